@@ -1,0 +1,123 @@
+"""The network of fxnn, described once in plain Python/numpy for every engine.
+
+conv(32)-pool-conv(64)-pool-fc384-fc192-fc10 with ReLU, dropout after each
+conv layer (training only), 2x2 max pooling (odd sizes floor, as ignore_border)
+and a softmax. ``fxnn`` and ``cnn`` differ only in the conv layer; ``baseline``
+is logistic regression on the pixels.
+
+Parameter names, shapes and layouts are the original's and are shared by all
+engines, so parameters move between engines and every ``.mat`` reads the same:
+
+* fxnn conv layer ``conv{i}_w``: (5*M, N), rows in the 5M layout of
+  :mod:`models.fixed_kernels`; ``conv{i}_b``: (N,)
+* cnn conv layer ``conv{i}_w``: (N, M, k, k) (cross-correlation); ``conv{i}_b``: (N,)
+* dense ``mlp{i}_w``: (fan_in, fan_out); ``mlp{i}_b``: (fan_out,)
+* baseline ``m_w``: (C*H*W, 10); ``m_b``: (10,)
+"""
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .fixed_kernels import NUM_KERNELS
+
+MODELS = ("fxnn", "cnn", "baseline")
+CONV_CHANNELS = (32, 64)
+HIDDEN_UNITS = (384, 192)
+INIT_SCALE = 1.4          # uniform(+-1.4/sqrt(fan_in + fan_out))
+FXNN_1X1_INIT_SCALE = 0.3  # uniform(+-0.3/sqrt(5*M + N)) for the fxnn 1x1 weights
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    name: str        # "conv0", "conv1"
+    kind: str        # "fxnn" or "cnn"
+    in_channels: int
+    out_channels: int
+    size: int        # kernel size (3 for fxnn)
+
+    def bias_shape(self):
+        return (self.out_channels,)
+
+    def weight_shape(self):
+        if self.kind == "fxnn":
+            return (NUM_KERNELS * self.in_channels, self.out_channels)
+        return (self.out_channels, self.in_channels, self.size, self.size)
+
+    def init_bound(self):
+        if self.kind == "fxnn":
+            return FXNN_1X1_INIT_SCALE / np.sqrt(NUM_KERNELS * self.in_channels + self.out_channels)
+        fan_in = self.in_channels * self.size * self.size
+        return INIT_SCALE / np.sqrt(fan_in + self.out_channels)
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    name: str        # "mlp0".. or "m" for the baseline
+    in_features: int
+    out_features: int
+    relu: bool       # False for the last (softmax) layer
+
+    def bias_shape(self):
+        return (self.out_features,)
+
+    def weight_shape(self):
+        return (self.in_features, self.out_features)
+
+    def init_bound(self):
+        return INIT_SCALE / np.sqrt(self.in_features + self.out_features)
+
+
+@dataclass(frozen=True)
+class Network:
+    model: str
+    input_shape: tuple   # (C, H, W)
+    convs: tuple         # ConvLayer, each followed by ReLU, dropout, 2x2 max pool
+    denses: tuple        # DenseLayer
+
+    def param_shapes(self):
+        """Ordered {name: shape} of all trainable parameters."""
+        shapes = OrderedDict()
+        for layer in self.convs + self.denses:
+            shapes[layer.name + "_w"] = layer.weight_shape()
+            shapes[layer.name + "_b"] = layer.bias_shape()
+        return shapes
+
+    def init_params(self, rng, dtype=np.float32):
+        """Fresh parameters drawn from ``rng`` (a numpy Generator): weights
+        uniform in +-bound, biases zero. Engine-independent, so one seed gives
+        the same starting point on every engine."""
+        params = OrderedDict()
+        for layer in self.convs + self.denses:
+            bound = layer.init_bound()
+            params[layer.name + "_w"] = rng.uniform(-bound, bound, size=layer.weight_shape()).astype(dtype)
+            params[layer.name + "_b"] = np.zeros(layer.bias_shape(), dtype=dtype)
+        return params
+
+
+def pooled_size(size):
+    """Spatial size after a 2x2 max pool that drops an odd last row/column."""
+    return size // 2
+
+
+def build_network(model, input_shape, num_classes=10, filter_size=3):
+    """The :class:`Network` for ``model`` on images of ``input_shape`` (C, H, W)."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    c, h, w = input_shape
+    if model == "baseline":
+        return Network(model, tuple(input_shape), (), (DenseLayer("m", c * h * w, num_classes, False),))
+    if filter_size < 1 or filter_size % 2 == 0:
+        raise ValueError(f"filter size must be a positive odd number, got {filter_size}")
+    size = 3 if model == "fxnn" else filter_size
+    convs = []
+    channels = c
+    for i, out in enumerate(CONV_CHANNELS):
+        convs.append(ConvLayer(f"conv{i}", model, channels, out, size))
+        channels, h, w = out, pooled_size(h), pooled_size(w)
+    if h < 1 or w < 1:
+        raise ValueError(f"images of shape {tuple(input_shape)} are too small for two 2x2 poolings")
+    widths = (channels * h * w,) + HIDDEN_UNITS + (num_classes,)
+    denses = tuple(DenseLayer(f"mlp{i}", widths[i], widths[i + 1], i + 1 < len(widths) - 1)
+                   for i in range(len(widths) - 1))
+    return Network(model, tuple(input_shape), tuple(convs), denses)
