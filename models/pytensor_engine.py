@@ -1,0 +1,146 @@
+"""The PyTensor engine: the network as one symbolic graph, compiled once.
+
+Compiles a training function (loss, error rate and the optimizer's updates,
+dropout on), an evaluation function (loss, error rate and class
+probabilities, dropout off) and, on demand for tests, a gradient function.
+Parameters and optimizer state live in shared variables; ``get_params`` /
+``set_params`` and ``get_state`` / ``set_state`` move them in and out as
+numpy arrays with the project-wide names of :mod:`models.architecture`.
+"""
+from collections import OrderedDict
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+
+from . import optimizers
+from .pytensor_layers import conv2d_same, fixed_stage, max_pool_2x2, pointwise, relu
+
+def compile_mode():
+    """PyTensor's C backend ('cvm'); its default in PyTensor 3 is Numba, whose
+    compile takes minutes for this graph. Without a C compiler: the Python VM."""
+    return pytensor.compile.mode.Mode(linker="cvm" if pytensor.config.cxx else "vm", optimizer="fast_run")
+
+
+LOG_EPS = 1e-3  # the original's loss: mean(-onehot(y) * log(p + 1e-3))
+FLOAT = "float32"  # training precision; float64 is for gradient checks
+
+
+def forward(network, params, x, dropout=0.0, rng=None):
+    """Class probabilities (B, classes) of ``network`` for images ``x``, and the
+    advanced random generator. Dropout (inverted: kept units scaled by 1/(1-p))
+    only when a shared generator ``rng`` is given."""
+    h = x
+    for layer in network.convs:
+        w, b = params[layer.name + "_w"], params[layer.name + "_b"]
+        h = pointwise(fixed_stage(h), w, b) if layer.kind == "fxnn" else conv2d_same(h, w, b, layer.size)
+        h = relu(h)
+        if rng is not None and dropout > 0:
+            rng, uniform = rng.uniform(size=h.shape, dtype=h.dtype)
+            keep = uniform >= dropout
+            h = h * pt.cast(keep, h.dtype) * np.asarray(1.0 / (1.0 - dropout), dtype=h.dtype)
+        h = max_pool_2x2(h)
+    h = h.flatten(2)
+    for layer in network.denses:
+        h = pt.dot(h, params[layer.name + "_w"]) + params[layer.name + "_b"]
+        h = relu(h) if layer.relu else pt.special.softmax(h, axis=-1)
+    return h, rng
+
+
+def objective(probs, y):
+    """The original's loss and the error rate of a batch."""
+    onehot = pt.eq(y.dimshuffle(0, "x"), pt.arange(probs.shape[1]).dimshuffle("x", 0))
+    loss = -pt.mean(pt.cast(onehot, probs.dtype) * pt.log(probs + np.asarray(LOG_EPS, dtype=probs.dtype)))
+    erate = pt.mean(pt.cast(pt.neq(pt.argmax(probs, axis=1), y), probs.dtype))
+    return loss, erate
+
+
+def optimizer_updates(optimizer, params, grads, lr):
+    """Symbolic updates implementing :mod:`models.optimizers`' rules; returns
+    (updates, state) with state as {slot: {name: shared}, "step": shared}."""
+    state = {slot: OrderedDict((n, pytensor.shared(np.zeros_like(p.get_value()), name=f"{slot}/{n}"))
+                               for n, p in params.items())
+             for slot in optimizers.state_slots(optimizer)}
+    step = pytensor.shared(np.asarray(0, dtype="int64"), name="step")
+    state["step"] = step
+    updates = [(step, step + 1)]
+    for name, p in params.items():
+        dtype = p.dtype
+        t = pt.cast(step + 1, dtype)
+        g = grads[name]
+        if optimizer == "sgd":
+            new_p = p - lr * g
+        elif optimizer == "momentum":
+            v = state["velocity"][name]
+            new_v = np.asarray(optimizers.MOMENTUM, dtype=dtype) * v + g
+            updates.append((v, new_v))
+            new_p = p - lr * new_v
+        else:
+            m, v = state["m"][name], state["v"][name]
+            b1, b2 = (np.asarray(b, dtype=dtype) for b in (optimizers.ADAM_BETA1, optimizers.ADAM_BETA2))
+            new_m = b1 * m + (1 - b1) * g
+            new_v = b2 * v + (1 - b2) * g * g
+            updates += [(m, new_m), (v, new_v)]
+            m_hat = new_m / (1 - b1 ** t)
+            v_hat = new_v / (1 - b2 ** t)
+            new_p = p - lr * m_hat / (pt.sqrt(v_hat) + np.asarray(optimizers.ADAM_EPS, dtype=dtype))
+        updates.append((p, pt.cast(new_p, dtype)))
+    return updates, state
+
+
+class PyTensorEngine:
+    """Trains and evaluates one network with PyTensor on the CPU."""
+
+    name = "pytensor"
+
+    def __init__(self, network, params, optimizer=optimizers.DEFAULT_OPTIMIZER, dropout=0.0, seed=0,
+                 dtype=FLOAT):
+        if optimizer not in optimizers.OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}")
+        self.network, self.optimizer, self.dtype = network, optimizer, dtype
+        self._params = OrderedDict((n, pytensor.shared(np.asarray(v, dtype=dtype), name=n))
+                                   for n, v in params.items())
+        self._x = pt.tensor4("x", dtype=dtype)
+        self._y = pt.ivector("y")
+        lr = pt.scalar("lr", dtype=dtype)
+        self._rng = pt.random.shared_rng(seed=seed, name="dropout_rng")
+        with pytensor.config.change_flags(floatX=dtype):
+            probs, next_rng = forward(network, self._params, self._x, dropout, self._rng)
+            loss, erate = objective(probs, self._y)
+            grads = OrderedDict(zip(self._params, pytensor.grad(loss, list(self._params.values()))))
+            updates, self._state = optimizer_updates(optimizer, self._params, grads, lr)
+            if next_rng is not self._rng:
+                updates.append((self._rng, next_rng))
+            self._train = pytensor.function([self._x, self._y, lr], [loss, erate], updates=updates,
+                                          mode=compile_mode())
+            probs, _ = forward(network, self._params, self._x)
+            self._eval = pytensor.function([self._x, self._y], list(objective(probs, self._y)) + [probs],
+                                         mode=compile_mode())
+        self._grad_fn = None
+
+    def train_step(self, x, y, lr):
+        """One optimizer step on a batch; returns (loss, error rate) before the step."""
+        loss, erate = self._train(x, y, np.asarray(lr, dtype=self.dtype))
+        return float(loss), float(erate)
+
+    def evaluate(self, x, y):
+        """(mean loss, error rate, probabilities) of a batch, dropout off."""
+        loss, erate, probs = self._eval(x, y)
+        return float(loss), float(erate), probs
+
+    def gradients(self, x, y):
+        """{name: d loss / d param} on a batch with dropout off (for tests)."""
+        if self._grad_fn is None:
+            with pytensor.config.change_flags(floatX=self.dtype):
+                loss, _ = objective(forward(self.network, self._params, self._x)[0], self._y)
+                self._grad_fn = pytensor.function([self._x, self._y],
+                                                  pytensor.grad(loss, list(self._params.values())),
+                                                  mode=compile_mode())
+        return OrderedDict(zip(self._params, self._grad_fn(x, y)))
+
+    def get_params(self):
+        return OrderedDict((n, p.get_value()) for n, p in self._params.items())
+
+    def set_params(self, params):
+        for n, p in self._params.items():
+            p.set_value(np.asarray(params[n], dtype=self.dtype))

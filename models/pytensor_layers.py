@@ -1,0 +1,80 @@
+"""Symbolic building blocks of the network in PyTensor.
+
+Each function maps symbolic tensors to symbolic tensors; PyTensor derives the
+gradients. The fixed stage is written with the separable factors of
+:mod:`models.fixed_kernels` (two vertical passes shared by four horizontal
+ones); the dense k x k convolution of ``cnn`` is an im2col of shifted views
+followed by one tensordot, since PyTensor no longer ships a conv2d op.
+"""
+import pytensor.tensor as pt
+
+from .fixed_kernels import NUM_KERNELS, SEPARABLE
+
+
+def zero_pad(x, pad):
+    """Zero pad the last two axes of ``x`` by ``pad`` on each side."""
+    if pad == 0:
+        return x
+    b, c, h, w = x.shape
+    padded = pt.zeros((b, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
+    return pt.set_subtensor(padded[:, :, pad:-pad, pad:-pad], x)
+
+
+def correlate_1d(v, taps, axis):
+    """Valid 1-D correlation of ``v`` with 3 ``taps`` along ``axis`` (2 or 3);
+    the axis shrinks by 2. Zero taps cost nothing."""
+    def shifted(i):
+        index = [slice(None)] * 4
+        index[axis] = slice(i, i - 2 if i < 2 else None)
+        return v[tuple(index)]
+    terms = [float(t) * shifted(i) if t != 1 else shifted(i) for i, t in enumerate(taps) if t]
+    out = terms[0]
+    for term in terms[1:]:
+        out = out + term
+    return out
+
+
+def fixed_stage(x):
+    """(B, M, H, W) -> (B, 5M, H, W): the five fixed kernels, channel ``5m+k``."""
+    b, m, h, w = x.shape
+    xp = zero_pad(x, 1)
+    vertical = {}  # one vertical pass per distinct column filter, shared
+    responses = []
+    for sep in SEPARABLE:
+        if sep is None:
+            responses.append(x)
+            continue
+        col, row = sep
+        key = tuple(col)
+        if key not in vertical:
+            vertical[key] = correlate_1d(xp, col, axis=2)
+        responses.append(correlate_1d(vertical[key], row, axis=3))
+    return pt.stack(responses, axis=2).reshape((b, m * NUM_KERNELS, h, w))
+
+
+def pointwise(x, w, bias):
+    """1x1 convolution: (B, C, H, W) with weight (C, N) -> (B, N, H, W)."""
+    return pt.tensordot(x, w, axes=[[1], [0]]).dimshuffle(0, 3, 1, 2) + bias.dimshuffle("x", 0, "x", "x")
+
+
+def conv2d_same(x, w, bias, k):
+    """Dense cross-correlation, zero padded to 'same' size: (B, M, H, W) with
+    weight (N, M, k, k), k odd -> (B, N, H, W)."""
+    b, _, h, width = x.shape
+    xp = zero_pad(x, k // 2)
+    patches = pt.stack([xp[:, :, a:a + h, c:c + width] for a in range(k) for c in range(k)], axis=2)
+    patches = patches.reshape((b, -1, h, width))          # channel index m*k*k + a*k + c
+    return pointwise(patches, w.reshape((w.shape[0], -1)).T, bias)
+
+
+def max_pool_2x2(x):
+    """2x2 max pooling, stride 2; an odd last row/column is dropped."""
+    b, c, h, w = x.shape
+    h2, w2 = h // 2, w // 2
+    x = x[:, :, :h2 * 2, :w2 * 2]
+    return x.reshape((b, c, h2, 2, w2, 2)).max(axis=(3, 5))
+
+
+def relu(x):
+    """max(x, 0) with gradient 0 at x == 0 (as PyTorch), unlike pt.maximum."""
+    return pt.switch(x > 0, x, 0)
