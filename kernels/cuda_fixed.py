@@ -24,8 +24,8 @@ How it runs:
   when torch's current stream is the legacy default stream (handle 0, torch's
   default) the kernel is launched on it directly; otherwise it runs on a PyCUDA
   stream of ours, fenced with events both ways: it waits for the work queued
-  on torch's stream, and torch's stream waits for it. That also keeps tensors
-  of the caching allocator safe and works under CUDA graph capture.
+  on torch's stream, and torch's stream waits for it, which also keeps the
+  caching allocator's reuse of the tensors' memory in order.
 
 Importing this module needs neither pycuda nor a GPU; ``available()`` says
 whether the kernels can run here, and why not.
