@@ -7,6 +7,7 @@ Parameters and optimizer state live in shared variables; ``get_params`` /
 ``set_params`` and ``get_state`` / ``set_state`` move them in and out as
 numpy arrays with the project-wide names of :mod:`models.architecture`.
 """
+import json
 from collections import OrderedDict
 
 import numpy as np
@@ -140,6 +141,25 @@ class PyTensorEngine:
 
     def get_params(self):
         return OrderedDict((n, p.get_value()) for n, p in self._params.items())
+
+    def get_state(self):
+        """Parameters, optimizer state and dropout generator as numpy arrays."""
+        state = {f"param/{n}": p.get_value() for n, p in self._params.items()}
+        for slot in optimizers.state_slots(self.optimizer):
+            state.update({f"{slot}/{n}": v.get_value() for n, v in self._state[slot].items()})
+        state["step"] = self._state["step"].get_value()
+        state["rng"] = np.asarray(json.dumps(self._rng.get_value().bit_generator.state))
+        return state
+
+    def set_state(self, state):
+        self.set_params({n: state[f"param/{n}"] for n in self._params})
+        for slot in optimizers.state_slots(self.optimizer):
+            for n, v in self._state[slot].items():
+                v.set_value(np.asarray(state[f"{slot}/{n}"], dtype=self.dtype))
+        self._state["step"].set_value(np.asarray(state["step"], dtype="int64"))
+        rng = np.random.default_rng()
+        rng.bit_generator.state = json.loads(str(state["rng"]))
+        self._rng.set_value(rng)
 
     def set_params(self, params):
         for n, p in self._params.items():

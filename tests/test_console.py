@@ -1,0 +1,38 @@
+"""Console lines exactly as the original fxnn printed them (from its README)."""
+import io
+
+from training.console import Progress, record_line
+
+
+def test_record_lines_match_the_original_output():
+    assert (record_line(0, 10000, None, None, 0.455130, 0.8715)
+            == "Iter 00000/10000: loss|erate --------|------% valid loss|erate 0.455130| 87.15%")
+    assert (record_line(100, 10000, 0.125169, 0.3905, 0.053871, 0.1681)
+            == "Iter 00100/10000: loss|erate 0.125169| 39.05% valid loss|erate 0.053871| 16.81%")
+    assert (record_line(400, 10000, 0.040513, 0.1314, 0.029721, 0.0954)
+            == "Iter 00400/10000: loss|erate 0.040513| 13.14% valid loss|erate 0.029721|  9.54%")
+
+
+def test_iteration_field_widens_for_long_runs():
+    assert record_line(250, 250000, 1.0, 1.0, 0.1, 0.05).startswith("Iter 000250/250000: loss|erate 1.000000|100.00%")
+
+
+def test_progress_bar_is_silent_when_not_a_terminal():
+    stream = io.StringIO()  # isatty() is False, as for a log file
+    bar = Progress(stream)
+    bar.update(5, 10)
+    bar.clear()
+    assert stream.getvalue() == ""
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_draws_and_erases_on_a_terminal():
+    stream = FakeTTY()
+    bar = Progress(stream)
+    bar.update(10, 10)
+    bar.clear()
+    assert "10/10" in stream.getvalue() and stream.getvalue().endswith("\r\033[K")

@@ -1,0 +1,92 @@
+"""The .mat writer against real parsers: scipy.io (v5), h5py (v7.3), and GNU
+Octave when it is installed."""
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import scipy.io
+
+from training import matfile
+from training.matfile import SnapshotSource, read_mat, write_mat
+
+
+def make_sources(tmp_path, shapes, records, seed=0):
+    """Spool files as the recorder writes them, and the stacks they hold."""
+    rng = np.random.default_rng(seed)
+    sources, stacks = [], {}
+    for name, shape in shapes.items():
+        stack = rng.standard_normal((records,) + shape).astype(np.float32)
+        path = tmp_path / f"spool-{name}.f32"
+        with open(path, "wb") as f:
+            for snapshot in stack:
+                f.write(snapshot.tobytes(order="F"))
+        sources.append(SnapshotSource(name, shape, np.float32, records, str(path)))
+        stacks[name] = stack
+    return sources, stacks
+
+
+SMALL = {"tloss": np.linspace(0, 1, 7), "meta": {"model": "fxnn", "seed": 3, "empty": "",
+                                                  "flags": {"lr": 0.001}}}
+SHAPES = {"conv0_w": (5, 32), "conv1_w": (64, 32, 3, 3), "mlp2_b": (10,)}
+
+
+@pytest.fixture(params=["v5", "v7.3"])
+def layout(request, monkeypatch):
+    if request.param == "v7.3":  # force the HDF5 layout on small data
+        monkeypatch.setattr(matfile, "V5_MAX_VARIABLE_BYTES", 0)
+    return request.param
+
+
+def test_round_trip_in_both_layouts(tmp_path, layout, monkeypatch):
+    monkeypatch.setattr(matfile, "SLAB_BYTES", 4096)  # many slabs even for small stacks
+    sources, stacks = make_sources(tmp_path, SHAPES, records=6)
+    path = str(tmp_path / "rec.mat")
+    assert write_mat(path, SMALL, sources) == layout
+    got = read_mat(path)
+    for name, stack in stacks.items():
+        want = stack if stack.ndim > 2 or stack.shape[1] > 1 else stack
+        np.testing.assert_array_equal(np.asarray(got[name]).reshape(want.shape), want)
+        assert np.asarray(got[name]).shape == stack.shape
+    np.testing.assert_array_equal(np.ravel(got["tloss"]), SMALL["tloss"])
+    assert got["meta"]["model"] == "fxnn" and float(got["meta"]["flags"]["lr"]) == 0.001
+    assert got["meta"]["empty"] == ""
+
+
+def test_v5_file_is_read_by_scipy_directly(tmp_path):
+    sources, stacks = make_sources(tmp_path, SHAPES, records=3)
+    path = str(tmp_path / "rec.mat")
+    write_mat(path, SMALL, sources)
+    raw = scipy.io.loadmat(path)
+    np.testing.assert_array_equal(raw["conv1_w"], stacks["conv1_w"])
+    assert raw["mlp2_b"].shape == (3, 10)
+
+
+def test_failed_write_keeps_the_earlier_file(tmp_path):
+    path = tmp_path / "rec.mat"
+    path.write_bytes(b"earlier result")
+    bad = [SnapshotSource("w", (4,), np.float32, 2, str(tmp_path / "missing.f32"))]
+    with pytest.raises(FileNotFoundError):
+        write_mat(str(path), SMALL, bad)
+    assert path.read_bytes() == b"earlier result"
+    assert [p.name for p in tmp_path.iterdir()] == ["rec.mat"]
+
+
+@pytest.mark.skipif(shutil.which("octave-cli") is None and shutil.which("octave") is None,
+                    reason="GNU Octave is not installed (apt-get install octave)")
+def test_octave_loads_both_layouts(tmp_path, layout):
+    sources, stacks = make_sources(tmp_path, SHAPES, records=4)
+    path = str(tmp_path / "rec.mat")
+    write_mat(path, SMALL, sources)
+    octave = shutil.which("octave-cli") or shutil.which("octave")
+    script = (f"r = load('{path}'); w = r.conv1_w; "
+              "printf('%d ', size(w)); printf('\\n%.6f\\n', w(2, 5, 3, 2, 1)); "
+              "printf('%s %d\\n', r.meta.model, r.meta.seed); printf('%d\\n', numel(r.tloss));")
+    out = subprocess.run([octave, "--no-gui", "--quiet", "--eval", script], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, HOME=str(tmp_path)))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    assert lines[0].split() == ["4", "64", "32", "3", "3"]
+    assert float(lines[1]) == pytest.approx(stacks["conv1_w"][1, 4, 2, 1, 0], abs=1e-6)
+    assert lines[2] == "fxnn 3" and lines[3] == "7"

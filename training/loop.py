@@ -1,0 +1,108 @@
+"""One training run, top to bottom: records of iterations, validation, recording.
+
+The schedule is the original's: ``nrec`` records of ``ipr`` iterations; each
+iteration trains on ``bsize`` samples drawn uniformly at random (with
+replacement); the learn rate during record i is ``lr * ld**(i/(nrec-1))``;
+after each record the whole test set is evaluated in batches of 100.
+
+:func:`train` returns how the run ended: "complete", "interrupted" (Ctrl-C),
+"terminated" (SIGTERM, see :func:`raise_on_sigterm`) or "diverged" (a
+non-finite training loss). Whatever happened, the recorder holds everything
+recorded so far.
+"""
+import math
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .console import Progress, record_line
+
+VALID_BATCH = 100
+NUM_SAMPLES = 10  # test images whose predictions are recorded each record
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so a run stops as on Ctrl-C."""
+
+
+def raise_on_sigterm():
+    def handler(signum, frame):
+        raise Terminated()
+    signal.signal(signal.SIGTERM, handler)
+
+
+@dataclass
+class Schedule:
+    num_records: int
+    iters_per_record: int
+    batch_size: int
+    learn_rate: float
+    learn_decay: float
+
+    @property
+    def total_iterations(self):
+        return self.num_records * self.iters_per_record
+
+    def learn_rate_at(self, record):
+        """Exponential decay from lr at the first record to lr*ld at the last."""
+        if self.num_records == 1:
+            return self.learn_rate
+        return self.learn_rate * self.learn_decay ** (record / (self.num_records - 1))
+
+
+def validate(engine, x, y, batch=VALID_BATCH):
+    """Mean loss and error rate over the whole of (x, y); any size works."""
+    loss = errors = 0.0
+    for start in range(0, len(x), batch):
+        xb, yb = x[start:start + batch], y[start:start + batch]
+        bl, be, _ = engine.evaluate(xb, yb)
+        loss += bl * len(xb)
+        errors += be * len(xb)
+    return loss / len(x), errors / len(x)
+
+
+def train(engine, dataset, schedule, recorder, sampler, start_record=0, on_record=None,
+          print_line=print, progress=None):
+    """Train records ``start_record``..nrec-1 (record 0's validation first on a
+    fresh run), calling ``on_record(done)`` after each; returns the outcome."""
+    progress = progress or Progress()
+    total = schedule.total_iterations
+    on_record = on_record or (lambda done: None)
+
+    def record(done, tloss, terate, seconds):
+        vloss, verate = validate(engine, dataset.test_x, dataset.test_y)
+        _, _, probs = engine.evaluate(recorder.sample_x, recorder.sample_y)
+        recorder.add_record(vloss, verate, engine.get_params(), probs, seconds)
+        progress.clear()
+        print_line(record_line(done * schedule.iters_per_record, total, tloss, terate, vloss, verate))
+        on_record(done)
+
+    try:
+        if recorder.records == 0:
+            record(0, None, None, 0.0)
+        n_train = len(dataset.train_x)
+        for r in range(start_record, schedule.num_records):
+            lr = schedule.learn_rate_at(r)
+            start = time.monotonic()
+            progress.start()
+            losses, erates = [], []
+            for i in range(schedule.iters_per_record):
+                idx = sampler.integers(0, n_train, schedule.batch_size)
+                loss, erate = engine.train_step(dataset.train_x[idx], dataset.train_y[idx], lr)
+                recorder.add_iteration(loss, erate)
+                if not math.isfinite(loss):
+                    progress.clear()
+                    return "diverged"
+                losses.append(loss)
+                erates.append(erate)
+                progress.update(i + 1, schedule.iters_per_record)
+            record(r + 1, float(np.mean(losses)), float(np.mean(erates)), time.monotonic() - start)
+    except KeyboardInterrupt:
+        progress.clear()
+        return "interrupted"
+    except Terminated:
+        progress.clear()
+        return "terminated"
+    return "complete"

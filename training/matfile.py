@@ -1,0 +1,218 @@
+"""Writing and reading the ``.mat`` record, streaming the big variables.
+
+Two layouts, both loaded by MATLAB and GNU Octave:
+
+* **v5** (``scipy.io.savemat``'s format) whenever every variable is under
+  2 GiB, MATLAB's limit for that format. Small variables and the ``meta``
+  struct go through scipy; the parameter snapshots, which grow with the
+  number of records, are appended as further v5 data elements streamed from
+  disk in slabs, so memory never holds a whole snapshot stack.
+* **v7.3** (HDF5 with MATLAB's 512-byte header, via h5py) when a snapshot
+  stack is larger. MATLAB reads HDF5 dimensions reversed, so each array is
+  stored transposed, which is again a straight stream of the same bytes.
+
+Both layouts need the snapshot stack of shape (R, *shape) in column-major
+(Fortran) order, where the record index varies fastest. The spool
+(:mod:`training.spool`) stores each record's array in Fortran order, one
+record after another; a slab of the output is therefore a strided read of
+the spool followed by a transpose of a few MB.
+"""
+import os
+import struct
+import tempfile
+import time
+
+import numpy as np
+import scipy.io
+
+V5_MAX_VARIABLE_BYTES = 2**31 - 1
+SLAB_BYTES = 32 * 2**20
+
+_MI_INT8, _MI_INT32, _MI_UINT32, _MI_SINGLE, _MI_DOUBLE, _MI_MATRIX = 1, 5, 6, 7, 9, 14
+_MX_CLASS = {np.dtype(np.float32): (7, _MI_SINGLE), np.dtype(np.float64): (6, _MI_DOUBLE)}
+
+
+class SnapshotSource:
+    """A stack of ``records`` arrays of ``shape``, each stored Fortran-ordered
+    back to back in a raw file (or an in-memory buffer for tests)."""
+
+    def __init__(self, name, shape, dtype, records, path):
+        self.name, self.shape, self.dtype = name, tuple(shape), np.dtype(dtype)
+        self.records, self.path = records, path
+
+    @property
+    def nbytes(self):
+        return self.records * int(np.prod(self.shape)) * self.dtype.itemsize
+
+    @property
+    def matlab_shape(self):
+        return (self.records,) + self.shape
+
+    def slabs(self):
+        """The (R, *shape) stack in Fortran order, as a sequence of
+        (start, block): block is (n, R), elements start..start+n of one
+        record in Fortran order, for all records. Slabs hold whole slices of
+        the last axis, so each one is also a range along HDF5's first axis."""
+        size = int(np.prod(self.shape))
+        if self.records == 0 or size == 0:
+            return
+        unit = size // self.shape[-1] if self.shape else 1
+        spool = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.records, size))
+        step = unit * max(1, SLAB_BYTES // (self.records * self.dtype.itemsize * unit))
+        for start in range(0, size, step):
+            yield start, np.ascontiguousarray(spool[:, start:start + step].T)
+        del spool
+
+
+def _pad8(n):
+    return (8 - n % 8) % 8
+
+
+def _write_v5_stream(f, source):
+    """Append one numeric v5 variable whose data comes from ``source.slabs()``."""
+    mx_class, mi_type = _MX_CLASS[source.dtype]
+    dims = source.matlab_shape if len(source.matlab_shape) > 1 else source.matlab_shape + (1,)
+    name = source.name.encode("ascii")
+    parts = [
+        struct.pack("<IIII", _MI_UINT32, 8, mx_class, 0),
+        struct.pack("<II", _MI_INT32, 4 * len(dims)) + struct.pack(f"<{len(dims)}i", *dims)
+        + b"\0" * _pad8(4 * len(dims)),
+        struct.pack("<II", _MI_INT8, len(name)) + name + b"\0" * _pad8(len(name)),
+    ]
+    head = b"".join(parts) + struct.pack("<II", mi_type, source.nbytes)
+    f.write(struct.pack("<II", _MI_MATRIX, len(head) + source.nbytes + _pad8(source.nbytes)))
+    f.write(head)
+    for _, block in source.slabs():
+        f.write(block.tobytes())
+    f.write(b"\0" * _pad8(source.nbytes))
+
+
+def needs_v73(sources):
+    return any(s.nbytes > V5_MAX_VARIABLE_BYTES for s in sources)
+
+
+def write_mat(path, small, sources):
+    """Write ``small`` ({name: array, str or dict}) and the snapshot ``sources``
+    to ``path`` atomically (temporary file beside it, then rename). Returns
+    the layout used: "v5" or "v7.3"."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mat", dir=directory)
+    os.close(fd)
+    try:
+        if needs_v73(sources):
+            layout = "v7.3"
+            _write_v73(tmp, small, sources)
+        else:
+            layout = "v5"
+            with open(tmp, "wb") as f:
+                scipy.io.savemat(f, small, oned_as="column")
+                for source in sources:
+                    _write_v5_stream(f, source)
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return layout
+
+
+# ---- v7.3 (HDF5) -------------------------------------------------------------
+
+def _v73_header():
+    text = (f"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: {time.strftime('%a %b %d %H:%M:%S %Y')} "
+            "HDF5 schema 1.00 .").encode("ascii")
+    return text.ljust(116, b" ") + b"\0" * 8 + struct.pack("<H", 0x0200) + b"IM"
+
+
+def _set_class(obj, matlab_class):
+    obj.attrs.create("MATLAB_class", np.bytes_(matlab_class))
+
+
+def _write_v73_value(group, name, value):
+    if isinstance(value, dict):
+        sub = group.create_group(name)
+        _set_class(sub, "struct")
+        for key, item in value.items():
+            _write_v73_value(sub, key, item)
+        return
+    if isinstance(value, str):
+        codes = np.frombuffer(value.encode("utf-16-le"), dtype=np.uint16)
+        if codes.size == 0:  # MATLAB's convention for an empty array: its dims, flagged
+            ds = group.create_dataset(name, data=np.array([0, 0], dtype=np.uint64))
+            ds.attrs.create("MATLAB_empty", np.uint8(1))
+        else:
+            ds = group.create_dataset(name, data=codes.reshape(-1, 1))
+            ds.attrs.create("MATLAB_int_decode", np.int32(2))
+        _set_class(ds, "char")
+        return
+    array = np.asarray(value)
+    if array.dtype.kind in "iub":
+        array = array.astype(np.float64)
+    if array.ndim < 2:  # column vectors, as in the v5 layout
+        array = array.reshape(-1, 1)
+    ds = group.create_dataset(name, data=array.T)
+    _set_class(ds, "single" if array.dtype == np.float32 else "double")
+
+
+def _write_v73(path, small, sources):
+    import h5py
+
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for name, value in small.items():
+            _write_v73_value(f, name, value)
+        for source in sources:
+            h5_shape = source.matlab_shape[::-1]
+            ds = f.create_dataset(source.name, shape=h5_shape, dtype=source.dtype)
+            _set_class(ds, "single" if source.dtype == np.float32 else "double")
+            slice_size = int(np.prod(h5_shape[1:]))
+            for start, block in source.slabs():
+                first = start * source.records // slice_size
+                ds[first:first + block.size // slice_size] = block.reshape((-1,) + h5_shape[1:])
+    with open(path, "r+b") as f:
+        f.write(_v73_header())
+
+
+# ---- reading -----------------------------------------------------------------
+
+def read_mat(path):
+    """{name: value} of a record file in either layout, the same for both:
+    structs as dicts, char arrays as str, column vectors as 1-D arrays,
+    1x1 numbers as floats, other arrays with MATLAB's shape."""
+    with open(path, "rb") as f:
+        head = f.read(128)
+    if head[124:126] == struct.pack("<H", 0x0200):
+        raw = _read_v73(path)
+    else:
+        raw = scipy.io.loadmat(path, chars_as_strings=True, simplify_cells=True)
+    return {k: _simplify(v) for k, v in raw.items() if not k.startswith("__")}
+
+
+def _simplify(value):
+    if isinstance(value, dict):
+        return {k: _simplify(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "US":
+            return str(value.item()) if value.size else ""
+        if value.ndim == 2 and value.shape[1] == 1:
+            value = value[:, 0]
+        if value.size == 1 and value.ndim <= 1:
+            return float(value.reshape(()))
+    return value
+
+
+def _read_v73(path):
+    import h5py
+
+    def convert(obj):
+        cls = obj.attrs.get("MATLAB_class", b"").decode()
+        if cls == "struct":
+            return {key: convert(obj[key]) for key in obj}
+        if cls == "char":
+            if obj.attrs.get("MATLAB_empty", 0):
+                return ""
+            return obj[()].T.astype(np.uint16).tobytes().decode("utf-16-le")
+        return np.ascontiguousarray(obj[()].T)
+
+    with h5py.File(path, "r") as f:
+        return {key: convert(f[key]) for key in f}

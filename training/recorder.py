@@ -1,0 +1,99 @@
+"""What a run records, kept on disk as it goes so memory does not grow with
+the number of records.
+
+Per iteration: training loss ``tloss`` and error rate ``terate``. Per record
+(record 0 is the untrained network, then one after each ``ipr`` iterations):
+validation ``vloss``/``verate``, the class probabilities ``yprob`` (records,
+10, classes) of ten fixed test images ``x`` with labels ``y``, the seconds the
+record took, and (``--record-params all``) a snapshot of every parameter.
+
+Snapshots are appended to a spool, one raw file per parameter in a run
+folder beside the output; the ``.mat`` is written from it at the end
+(:mod:`training.matfile`). Curves are small and stay in memory; they travel in
+the checkpoint through :meth:`Recorder.state` / :meth:`Recorder.restore`.
+"""
+import os
+
+import numpy as np
+
+from .matfile import SnapshotSource, write_mat
+
+RECORD_PARAMS = ("all", "last", "none")
+
+
+class Recorder:
+    def __init__(self, run_dir, param_shapes, sample_x, sample_y, record_params="all"):
+        if record_params not in RECORD_PARAMS:
+            raise ValueError(f"record_params must be one of {RECORD_PARAMS}")
+        self.run_dir, self.record_params = run_dir, record_params
+        self.param_shapes = dict(param_shapes)
+        self.sample_x, self.sample_y = sample_x, sample_y
+        self.tloss, self.terate = [], []
+        self.vloss, self.verate, self.yprob, self.sec_per_record = [], [], [], []
+        self.last_params = None
+
+    def _spool_path(self, name):
+        return os.path.join(self.run_dir, f"spool-{name}.f32")
+
+    @property
+    def records(self):
+        return len(self.vloss)
+
+    def add_iteration(self, loss, erate):
+        self.tloss.append(loss)
+        self.terate.append(erate)
+
+    def add_record(self, vloss, verate, params, sample_probs, seconds):
+        self.vloss.append(vloss)
+        self.verate.append(verate)
+        self.yprob.append(np.asarray(sample_probs, dtype=np.float32))
+        self.sec_per_record.append(seconds)
+        self.last_params = params
+        if self.record_params == "all":
+            for name, value in params.items():
+                with open(self._spool_path(name), "ab") as f:
+                    f.write(np.asarray(value, dtype=np.float32).tobytes(order="F"))
+
+    def state(self):
+        """The curves so far, as arrays for a checkpoint."""
+        return {"tloss": np.asarray(self.tloss), "terate": np.asarray(self.terate),
+                "vloss": np.asarray(self.vloss), "verate": np.asarray(self.verate),
+                "yprob": np.asarray(self.yprob), "sec_per_record": np.asarray(self.sec_per_record)}
+
+    def restore(self, state, params):
+        """Continue from a checkpoint's ``state``; the spool is cut back to
+        its record count, dropping a snapshot written after the checkpoint."""
+        for key in ("tloss", "terate", "vloss", "verate", "sec_per_record"):
+            setattr(self, key, [float(v) for v in state[key]])
+        self.yprob = list(state["yprob"])
+        self.last_params = params
+        if self.record_params == "all":
+            for name, shape in self.param_shapes.items():
+                with open(self._spool_path(name), "r+b") as f:
+                    f.truncate(self.records * int(np.prod(shape)) * 4)
+
+    def _sources(self):
+        if self.record_params == "none" or self.last_params is None:
+            return []
+        if self.record_params == "last":
+            for name, value in self.last_params.items():
+                with open(self._spool_path(name), "wb") as f:
+                    f.write(np.asarray(value, dtype=np.float32).tobytes(order="F"))
+        records = self.records if self.record_params == "all" else 1
+        return [SnapshotSource(name, shape, np.float32, records, self._spool_path(name))
+                for name, shape in self.param_shapes.items()]
+
+    def save(self, path, meta):
+        """Write the ``.mat`` atomically; returns the layout ("v5" or "v7.3")."""
+        small = {
+            "tloss": np.asarray(self.tloss, dtype=np.float64),
+            "terate": np.asarray(self.terate, dtype=np.float64),
+            "vloss": np.asarray(self.vloss, dtype=np.float64),
+            "verate": np.asarray(self.verate, dtype=np.float64),
+            "x": self.sample_x,
+            "y": np.asarray(self.sample_y, dtype=np.float64),
+            "yprob": np.asarray(self.yprob, dtype=np.float32),
+            "meta": dict(meta, sec_per_record=np.asarray(self.sec_per_record, dtype=np.float64),
+                         record_params=self.record_params),
+        }
+        return write_mat(path, small, self._sources())
