@@ -1,7 +1,7 @@
 """The PyTensor engine: the network as one symbolic graph, compiled once.
 
 Compiles a training function (loss, error rate and the optimizer's updates,
-dropout on), an evaluation function (loss, error rate and class
+dropout on, with masks from :mod:`models.dropout`), an evaluation function (loss, error rate and class
 probabilities, dropout off) and, on demand for tests, a gradient function.
 Parameters and optimizer state live in shared variables; ``get_params`` /
 ``set_params`` and ``get_state`` / ``set_state`` move them in and out as
@@ -14,38 +14,47 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
+from . import dropout as dropout_masks
 from . import optimizers
 from .pytensor_layers import conv2d_same, fixed_stage, max_pool_2x2, pointwise, relu
 
 def compile_mode():
     """PyTensor's C backend ('cvm'); its default in PyTensor 3 is Numba, whose
     compile takes minutes for this graph. Without a C compiler: the Python VM."""
-    return pytensor.compile.mode.Mode(linker="cvm" if pytensor.config.cxx else "vm", optimizer="fast_run")
+    mode = pytensor.compile.mode.Mode(linker="cvm" if pytensor.config.cxx else "vm", optimizer="fast_run")
+    # Keep softmax as elementwise C code: the rewrite to the symbolic Softmax
+    # op would run it in Python, 500x slower on (B, 10) logits.
+    return mode.excluding("symbolic_op_recognition")
 
 
 LOG_EPS = 1e-3  # the original's loss: mean(-onehot(y) * log(p + 1e-3))
 FLOAT = "float32"  # training precision; float64 is for gradient checks
 
 
-def forward(network, params, x, dropout=0.0, rng=None):
-    """Class probabilities (B, classes) of ``network`` for images ``x``, and the
-    advanced random generator. Dropout (inverted: kept units scaled by 1/(1-p))
-    only when a shared generator ``rng`` is given."""
+def softmax(h):
+    """Row-wise softmax from elementwise ops (see :func:`compile_mode`)."""
+    e = pt.exp(h - pytensor.gradient.disconnected_grad(h.max(axis=1, keepdims=True)))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def forward(network, params, x, dropout=0.0, masks=()):
+    """Class probabilities (B, classes) of ``network`` for images ``x``.
+    Dropout (inverted: kept units scaled by 1/(1-p)) when uint16 ``masks``
+    (one per conv layer, see :mod:`models.dropout`) are given."""
     h = x
-    for layer in network.convs:
+    for i, layer in enumerate(network.convs):
         w, b = params[layer.name + "_w"], params[layer.name + "_b"]
         h = pointwise(fixed_stage(h), w, b) if layer.kind == "fxnn" else conv2d_same(h, w, b, layer.size)
         h = relu(h)
-        if rng is not None and dropout > 0:
-            rng, uniform = rng.uniform(size=h.shape, dtype=h.dtype)
-            keep = uniform >= dropout
+        if masks:
+            keep = pt.ge(masks[i], dropout_masks.threshold(dropout))
             h = h * pt.cast(keep, h.dtype) * np.asarray(1.0 / (1.0 - dropout), dtype=h.dtype)
         h = max_pool_2x2(h)
     h = h.flatten(2)
     for layer in network.denses:
         h = pt.dot(h, params[layer.name + "_w"]) + params[layer.name + "_b"]
-        h = relu(h) if layer.relu else pt.special.softmax(h, axis=-1)
-    return h, rng
+        h = relu(h) if layer.relu else softmax(h)
+    return h
 
 
 def objective(probs, y):
@@ -98,30 +107,29 @@ class PyTensorEngine:
                  dtype=FLOAT):
         if optimizer not in optimizers.OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}")
-        self.network, self.optimizer, self.dtype = network, optimizer, dtype
+        self.network, self.optimizer, self.dtype, self.dropout = network, optimizer, dtype, dropout
         self._params = OrderedDict((n, pytensor.shared(np.asarray(v, dtype=dtype), name=n))
                                    for n, v in params.items())
         self._x = pt.tensor4("x", dtype=dtype)
         self._y = pt.ivector("y")
         lr = pt.scalar("lr", dtype=dtype)
-        self._rng = pt.random.shared_rng(seed=seed, name="dropout_rng")
+        self._rng = np.random.default_rng(seed)
+        masks = [pt.tensor4(f"mask{i}", dtype="uint16") for i in range(len(network.convs))] if dropout else []
         with pytensor.config.change_flags(floatX=dtype):
-            probs, next_rng = forward(network, self._params, self._x, dropout, self._rng)
-            loss, erate = objective(probs, self._y)
+            loss, erate = objective(forward(network, self._params, self._x, dropout, masks), self._y)
             grads = OrderedDict(zip(self._params, pytensor.grad(loss, list(self._params.values()))))
             updates, self._state = optimizer_updates(optimizer, self._params, grads, lr)
-            if next_rng is not self._rng:
-                updates.append((self._rng, next_rng))
-            self._train = pytensor.function([self._x, self._y, lr], [loss, erate], updates=updates,
+            self._train = pytensor.function([self._x, self._y, lr] + masks, [loss, erate], updates=updates,
                                           mode=compile_mode())
-            probs, _ = forward(network, self._params, self._x)
+            probs = forward(network, self._params, self._x)
             self._eval = pytensor.function([self._x, self._y], list(objective(probs, self._y)) + [probs],
                                          mode=compile_mode())
         self._grad_fn = None
 
     def train_step(self, x, y, lr):
         """One optimizer step on a batch; returns (loss, error rate) before the step."""
-        loss, erate = self._train(x, y, np.asarray(lr, dtype=self.dtype))
+        masks = dropout_masks.draw(self._rng, self.network, len(x), self.dropout)
+        loss, erate = self._train(x, y, np.asarray(lr, dtype=self.dtype), *masks)
         return float(loss), float(erate)
 
     def evaluate(self, x, y):
@@ -133,7 +141,7 @@ class PyTensorEngine:
         """{name: d loss / d param} on a batch with dropout off (for tests)."""
         if self._grad_fn is None:
             with pytensor.config.change_flags(floatX=self.dtype):
-                loss, _ = objective(forward(self.network, self._params, self._x)[0], self._y)
+                loss, _ = objective(forward(self.network, self._params, self._x), self._y)
                 self._grad_fn = pytensor.function([self._x, self._y],
                                                   pytensor.grad(loss, list(self._params.values())),
                                                   mode=compile_mode())
@@ -148,7 +156,7 @@ class PyTensorEngine:
         for slot in optimizers.state_slots(self.optimizer):
             state.update({f"{slot}/{n}": v.get_value() for n, v in self._state[slot].items()})
         state["step"] = self._state["step"].get_value()
-        state["rng"] = np.asarray(json.dumps(self._rng.get_value().bit_generator.state))
+        state["rng"] = np.asarray(json.dumps(self._rng.bit_generator.state))
         return state
 
     def set_state(self, state):
@@ -157,9 +165,7 @@ class PyTensorEngine:
             for n, v in self._state[slot].items():
                 v.set_value(np.asarray(state[f"{slot}/{n}"], dtype=self.dtype))
         self._state["step"].set_value(np.asarray(state["step"], dtype="int64"))
-        rng = np.random.default_rng()
-        rng.bit_generator.state = json.loads(str(state["rng"]))
-        self._rng.set_value(rng)
+        self._rng.bit_generator.state = json.loads(str(state["rng"]))
 
     def set_params(self, params):
         for n, p in self._params.items():
