@@ -8,11 +8,16 @@ Parameters and optimizer state live in shared variables; ``get_params`` /
 numpy arrays with the project-wide names of :mod:`models.architecture`.
 """
 import json
+import warnings
 from collections import OrderedDict
 
 import numpy as np
-import pytensor
-import pytensor.tensor as pt
+
+# Without a linkable BLAS, PyTensor's C code calls numpy's own (OpenBLAS) through
+# the numpy C API; it warns at length about that on every run. See README "Engines".
+warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", category=UserWarning)
+import pytensor  # noqa: E402
+import pytensor.tensor as pt  # noqa: E402
 
 from . import dropout as dropout_masks
 from . import optimizers

@@ -5,3 +5,28 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+import numpy as np
+import pytest
+
+from data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx, write_idx
+
+SAMPLE = os.path.join(ROOT, "data", "image", "mnist-sample")
+
+
+@pytest.fixture(scope="session")
+def small_mnist(tmp_path_factory):
+    """A data dir whose mnist/ holds 600 genuine training and 200 test images
+    (taken from the bundled sample), in the standard idx files."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "mnist").mkdir()
+    train_x, train_y, test_x, test_y = (
+        read_idx(os.path.join(SAMPLE, name), magic, "")
+        for name, magic in (("train-images-idx3-ubyte.gz", IMAGES_MAGIC), ("train-labels-idx1-ubyte.gz", LABELS_MAGIC),
+                            ("t10k-images-idx3-ubyte.gz", IMAGES_MAGIC), ("t10k-labels-idx1-ubyte.gz", LABELS_MAGIC)))
+    pick = np.random.default_rng(0).permutation(len(train_x))[:600]
+    write_idx(root / "mnist" / "train-images-idx3-ubyte.gz", train_x[pick])
+    write_idx(root / "mnist" / "train-labels-idx1-ubyte.gz", train_y[pick])
+    write_idx(root / "mnist" / "t10k-images-idx3-ubyte", test_x[:200])
+    write_idx(root / "mnist" / "t10k-labels-idx1-ubyte", test_y[:200])
+    return str(root)

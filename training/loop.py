@@ -80,25 +80,26 @@ def train(engine, dataset, schedule, recorder, sampler, start_record=0, on_recor
         on_record(done)
 
     try:
-        if recorder.records == 0:
-            record(0, None, None, 0.0)
-        n_train = len(dataset.train_x)
-        for r in range(start_record, schedule.num_records):
-            lr = schedule.learn_rate_at(r)
-            start = time.monotonic()
-            progress.start()
-            losses, erates = [], []
-            for i in range(schedule.iters_per_record):
-                idx = sampler.integers(0, n_train, schedule.batch_size)
-                loss, erate = engine.train_step(dataset.train_x[idx], dataset.train_y[idx], lr)
-                recorder.add_iteration(loss, erate)
-                if not math.isfinite(loss):
-                    progress.clear()
-                    return "diverged"
-                losses.append(loss)
-                erates.append(erate)
-                progress.update(i + 1, schedule.iters_per_record)
-            record(r + 1, float(np.mean(losses)), float(np.mean(erates)), time.monotonic() - start)
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is checked below
+            if recorder.records == 0:
+                record(0, None, None, 0.0)
+            n_train = len(dataset.train_x)
+            for r in range(start_record, schedule.num_records):
+                lr = schedule.learn_rate_at(r)
+                start = time.monotonic()
+                progress.start()
+                losses, erates = [], []
+                for i in range(schedule.iters_per_record):
+                    idx = sampler.integers(0, n_train, schedule.batch_size)
+                    loss, erate = engine.train_step(dataset.train_x[idx], dataset.train_y[idx], lr)
+                    recorder.add_iteration(loss, erate)
+                    if not math.isfinite(loss):
+                        progress.clear()
+                        return "diverged"
+                    losses.append(loss)
+                    erates.append(erate)
+                    progress.update(i + 1, schedule.iters_per_record)
+                record(r + 1, float(np.mean(losses)), float(np.mean(erates)), time.monotonic() - start)
     except KeyboardInterrupt:
         progress.clear()
         return "interrupted"

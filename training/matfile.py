@@ -98,6 +98,9 @@ def write_mat(path, small, sources):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mat", dir=directory)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as a plainly created file, not mkstemp's 0600
     try:
         if needs_v73(sources):
             layout = "v7.3"
@@ -184,11 +187,15 @@ def read_mat(path):
     if head[124:126] == struct.pack("<H", 0x0200):
         raw = _read_v73(path)
     else:
-        raw = scipy.io.loadmat(path, chars_as_strings=True, simplify_cells=True)
+        raw = scipy.io.loadmat(path, struct_as_record=False, chars_as_strings=True)
     return {k: _simplify(v) for k, v in raw.items() if not k.startswith("__")}
 
 
 def _simplify(value):
+    if isinstance(value, np.ndarray) and value.dtype == object and value.size == 1:
+        value = value.item()  # a 1x1 struct from scipy
+    if isinstance(value, scipy.io.matlab.mat_struct):
+        value = {k: getattr(value, k) for k in value._fieldnames}
     if isinstance(value, dict):
         return {k: _simplify(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):

@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""fxnn: train CNNs whose conv layers are fixed 3x3 kernels plus a trainable 1x1.
+
+Parses the flags and wires the parts together: data (``data/``), the network
+and its engine (``models/``), the training loop and recording (``training/``).
+``main(argv)`` returns the process exit code.
+"""
+import argparse
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+DATASETS = ("MNIST", "CIFAR10")
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_CODES = {"complete": 0, "diverged": EXIT_DIVERGED, "interrupted": 130, "terminated": 143}
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def probability(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def odd_size(text):
+    value = positive_int(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be odd (zero padding keeps the image size), got {text}")
+    return value
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the empty ones (None, False); keeps the
+    description's and examples' line breaks."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+EXAMPLES = """examples:
+  python3 fxnn.py --model=fxnn                      MNIST, 100 records of 100 iterations
+  python3 fxnn.py --model=cnn --seed 1              the generic CNN, reproducibly
+  python3 fxnn.py -d CIFAR10 -nrec 1000 -ipr 250    a long CIFAR-10 sweep
+  python3 fxnn.py -d CIFAR10 -nrec 1000 -ipr 250 --resume   continue it after Ctrl-C or a crash
+
+exit codes: 0 done, 2 bad input or flags, 3 training diverged (NaN), 130 Ctrl-C, 143 SIGTERM"""
+
+
+def build_parser():
+    from models.architecture import MODELS
+    from models.engines import DEVICES, ENGINES
+    from models.optimizers import DEFAULT_LEARN_RATE, DEFAULT_OPTIMIZER, OPTIMIZERS
+    from training.recorder import RECORD_PARAMS
+
+    p = argparse.ArgumentParser(
+        prog="fxnn.py",
+        description="Train a CNN whose conv layers are a fixed 3x3 stage (5 kernels per channel)\n"
+                    "followed by a trainable 1x1 (model fxnn), a generic CNN (cnn) or logistic\n"
+                    "regression (baseline), and record the curves to rec-<DATASET>-<MODEL>.mat.",
+        epilog=EXAMPLES, formatter_class=HelpFormatter)
+    p.add_argument("-m", "--model", choices=MODELS, default="fxnn", help="network to train")
+    p.add_argument("-d", "--dataset", choices=DATASETS, default="MNIST", type=str.upper, help="dataset")
+    p.add_argument("-fsize", "--filter-size", type=odd_size, default=3, help="conv kernel size (cnn only)")
+    p.add_argument("-bsize", "--batch-size", type=positive_int, default=64, help="training batch size")
+    p.add_argument("-pdpo", "--dropout-prob", type=probability, default=0.25,
+                   help="dropout probability after each conv layer (training only)")
+    p.add_argument("-nrec", "--num-records", type=positive_int, default=100,
+                   help="number of records (validation + snapshot after each)")
+    p.add_argument("-ipr", "--iters-per-record", type=positive_int, default=100,
+                   help="training iterations per record")
+    p.add_argument("-lr", "--learn-rate", type=positive_float, default=DEFAULT_LEARN_RATE,
+                   help="initial learn rate")
+    p.add_argument("-ld", "--learn-decay", type=positive_float, default=0.5,
+                   help="learn rate decays exponentially to lr*ld by the last record")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULT_OPTIMIZER, help="update rule")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="auto: torch on a CUDA GPU, else pytensor (see README 'Engines')")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="cuda needs the torch engine")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed; same seed, same engine: same numbers (default: a fresh one, "
+                        "stored in the record's meta.seed)")
+    p.add_argument("--data-dir", default=os.environ.get("FXNN_DATA", os.path.join("data", "image")),
+                   help="folder holding mnist/ and cifar10/ (env FXNN_DATA)")
+    p.add_argument("--no-download", action="store_true",
+                   help="never download MNIST; use the bundled sample when it is missing")
+    p.add_argument("-o", "--out", default=None, help="record file (default rec-<DATASET>-<MODEL>.mat)")
+    p.add_argument("--record-params", choices=RECORD_PARAMS, default="all",
+                   help="parameter snapshots to record: at every record, the last only, or none")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run whose checkpoint sits beside the record file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing record file")
+    return p
+
+
+def check_output(out, run_dir, resume, force):
+    """Why the run must not start (one line), or None. Checked before any
+    training, so an unwritable path or an earlier result costs nothing."""
+    from training import checkpoint
+
+    directory = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(directory):
+        return f"cannot write the record {out}: folder {directory} does not exist"
+    if not os.access(directory, os.W_OK):
+        return f"cannot write the record {out}: folder {directory} is not writable"
+    if resume:
+        if not checkpoint.exists(run_dir):
+            return f"nothing to resume: no checkpoint in {run_dir} (start a new run without --resume)"
+    elif not force:
+        if checkpoint.exists(run_dir):
+            return (f"an interrupted run left a checkpoint in {run_dir}: add --resume to continue it, "
+                    f"or --force to start over")
+        if os.path.exists(out):
+            return f"{out} exists: add --force to overwrite it, or -o to write elsewhere"
+    return None
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from data import DataError, load_dataset
+    from models.architecture import build_network
+    from models.engines import make_engine, resolve
+    from training import checkpoint
+    from training.loop import NUM_SAMPLES, Schedule, raise_on_sigterm, train
+    from training.recorder import Recorder
+
+    def fail(message):
+        print(f"fxnn: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    out = args.out or f"rec-{args.dataset}-{args.model}.mat"
+    run_dir = out + ".run"
+    problem = check_output(out, run_dir, args.resume, args.force)
+    if problem:
+        return fail(problem)
+    try:
+        engine_name, device = resolve(args.engine, args.device)
+    except ValueError as e:
+        return fail(e)
+
+    resumed = checkpoint.load(run_dir) if args.resume else None
+    if resumed:
+        seed = resumed[4]["seed"] if args.seed is None else args.seed
+    else:
+        seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    flags = dict(vars(args), engine=engine_name, device=device, seed=seed)
+    if resumed and checkpoint.mismatches(resumed[4], flags):
+        differ = ", ".join(f"--{k.replace('_', '-')} (run: {resumed[4][k]}, now: {flags[k]})"
+                           for k in checkpoint.mismatches(resumed[4], flags))
+        return fail(f"cannot resume {out}: these flags differ from the interrupted run: {differ}")
+    init_seed, batch_seed, engine_seed = np.random.SeedSequence(seed).generate_state(3)
+
+    print(f'Using dataset "{args.dataset}".', flush=True)
+    try:
+        dataset = load_dataset(args.dataset, args.data_dir, download=not args.no_download,
+                               log=lambda line: print(line, flush=True))
+    except DataError as e:
+        return fail(e)
+
+    print(f'Building model "{args.model}" ... ', end="", flush=True)
+    network = build_network(args.model, dataset.train_x.shape[1:], filter_size=args.filter_size)
+    params = network.init_params(np.random.default_rng(init_seed))
+    engine = make_engine(engine_name, device, network, params, args.optimizer, args.dropout_prob,
+                         int(engine_seed))
+    print(" done.", flush=True)
+
+    if not resumed:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir, exist_ok=True)
+    recorder = Recorder(run_dir, network.param_shapes(), dataset.test_x[:NUM_SAMPLES],
+                        dataset.test_y[:NUM_SAMPLES], args.record_params)
+    sampler = np.random.default_rng(batch_seed)
+    start_record = 0
+    if resumed:
+        start_record, engine_state, sampler, curves, _ = resumed
+        engine.set_state(engine_state)
+        recorder.restore(curves, engine.get_params())
+        print(f"Resuming at iteration {start_record * args.iters_per_record} from {run_dir}", flush=True)
+
+    def on_record(done):
+        checkpoint.save(run_dir, done, engine.get_state(), sampler, recorder.state(), flags)
+
+    schedule = Schedule(args.num_records, args.iters_per_record, args.batch_size,
+                        args.learn_rate, args.learn_decay)
+    raise_on_sigterm()
+    outcome = train(engine, dataset, schedule, recorder, sampler, start_record, on_record,
+                    print_line=lambda line: print(line, flush=True))
+    meta = {
+        "model": args.model, "dataset": args.dataset, "data_source": dataset.source,
+        "data_files": "; ".join(dataset.files), "engine": engine_name, "device": device,
+        "seed": seed, "status": outcome, "iterations_done": len(recorder.tloss),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "flags": {k: ("" if v is None else v) for k, v in vars(args).items()},
+    }
+    layout = recorder.save(out, meta)
+    if outcome == "complete":
+        shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"Saved recording to file {out}", flush=True)
+    elif outcome == "diverged":
+        print(f"fxnn: error: the training loss became {recorder.tloss[-1]} at iteration "
+              f"{len(recorder.tloss)}; saved the record so far to {out}; try a smaller -lr", file=sys.stderr)
+    else:
+        print(f"{outcome.capitalize()}: saved the recording so far to file {out}; "
+              f"continue with the same flags and --resume", flush=True)
+    if layout != "v5":
+        print(f"(the record is MATLAB v7.3/HDF5: load it with load() in MATLAB or Octave, "
+              f"or h5py)", flush=True)
+    return EXIT_CODES[outcome]
+
+
+def cli():
+    """Console-script entry point (``fxnn`` after ``pip install``)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
