@@ -57,9 +57,11 @@ def fetch(url, folder, name, md5):
             os.unlink(tmp)
 
 
-def download_mnist(folder, log=print, checksums=CHECKSUMS):
-    """Put the four files into ``folder``, trying each mirror in turn;
+def download_mnist(folder, log=print, checksums=None):
+    """Put the files of ``checksums`` ({name: MD5}, default the four of
+    :data:`CHECKSUMS`) into ``folder``, trying each mirror in turn;
     DownloadError when a file cannot be had from any of them."""
+    checksums = CHECKSUMS if checksums is None else checksums
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:

@@ -9,8 +9,11 @@ import pickle
 
 from .dataset import DataError
 
-#: What a numpy array needs to be rebuilt from a pickle, and nothing more.
+#: What a numpy array needs to be rebuilt from a pickle, and nothing more
+#: (``_codecs.encode`` turns text into bytes; Python 3 writes bytes that way
+#: in protocol 2).
 NUMPY_ARRAY = {
+    ("_codecs", "encode"): ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"): ("numpy", "ndarray"),

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Peak memory of a record-heavy run against a short one (issue: never lose a run).
+
+Builds CIFAR-10-shaped synthetic data in the python-batch format (random
+pixels: the point is the size of the network and its records, not accuracy),
+then runs ``fxnn.py -d CIFAR10 -ipr 1`` with ``-nrec 10`` and ``-nrec 1000``
+(each in its own process) and prints each one's peak resident memory, wall
+time and record size, and their ratio. Goal: peak memory within 10%.
+
+    python3 bench/bench_record_memory.py [--records 1000] [--model fxnn] [--json out.json]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from data.cifar10 import TEST, TRAIN, write_batch  # noqa: E402
+
+
+def write_cifar(folder, train_per_batch=1000, test=200, seed=0):
+    """Five training batches and a test batch of random pixels."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for name in TRAIN + (TEST,):
+        n = test if name == TEST else train_per_batch
+        write_batch(os.path.join(folder, name), rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                    rng.integers(0, 10, n))
+
+
+def measure(args, data_dir, records, out):
+    """(peak RSS in MiB, seconds, record file MiB) of one run in a child process."""
+    cmd = [sys.executable, os.path.join(ROOT, "fxnn.py"), "-d", "CIFAR10", "-m", args.model,
+           "-nrec", str(records), "-ipr", "1", "--data-dir", data_dir, "-o", out, "--seed", "0",
+           "--engine", args.engine, "--force"]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"bench: run with -nrec {records} failed: {proc.stderr.read().decode().strip()}")
+    return usage.ru_maxrss / 1024, seconds, os.path.getsize(out) / 2**20
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--records", type=int, default=1000, help="records of the long run")
+    p.add_argument("--model", default="fxnn", choices=("fxnn", "cnn"))
+    p.add_argument("--engine", default="pytensor", choices=("pytensor", "torch"))
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+        write_cifar(os.path.join(tmp, "cifar10"))
+        rows = {}
+        for records in (10, args.records):
+            rows[records] = measure(args, tmp, records, os.path.join(tmp, f"rec-{records}.mat"))
+            print(f"-nrec {records:5d}: peak RSS {rows[records][0]:8.1f} MiB, {rows[records][1]:7.1f} s, "
+                  f"record {rows[records][2]:9.1f} MiB", flush=True)
+    ratio = rows[args.records][0] / rows[10][0]
+    print(f"peak RSS ratio -nrec {args.records} / -nrec 10: {ratio:.3f} (goal: within 10%, "
+          f"{'met' if abs(ratio - 1) <= 0.10 else 'NOT met'})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "engine": args.engine, "ratio": ratio,
+                       "runs": {str(k): dict(zip(("peak_rss_mib", "seconds", "record_mib"), v))
+                                for k, v in rows.items()}}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

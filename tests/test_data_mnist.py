@@ -1,0 +1,126 @@
+"""MNIST loading: idx files the tests write, every kind of damage rejected
+with a one-line message naming the file, the npz made by mnist_pickler.py,
+and the bundled genuine sample."""
+import gzip
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from data import DataError, load_dataset
+from data.idx import write_idx
+from data.mnist import load_folder, load_sample
+
+RNG = np.random.default_rng(0)
+TRAIN_X = RNG.integers(0, 256, (30, 28, 28), dtype=np.uint8)
+TRAIN_Y = RNG.integers(0, 10, 30).astype(np.uint8)
+TEST_X = RNG.integers(0, 256, (12, 28, 28), dtype=np.uint8)
+TEST_Y = RNG.integers(0, 10, 12).astype(np.uint8)
+
+
+def make_mnist(folder, gz=True, **override):
+    arrays = {**dict(train_x=TRAIN_X, train_y=TRAIN_Y, test_x=TEST_X, test_y=TEST_Y), **override}
+    names = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+             "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+    os.makedirs(folder, exist_ok=True)
+    for key, name in names.items():
+        write_idx(os.path.join(folder, name + (".gz" if gz else "")), arrays[key])
+    return {key: os.path.join(folder, name + (".gz" if gz else "")) for key, name in names.items()}
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_files_load_as_float_nchw_in_unit_range(tmp_path, gz):
+    make_mnist(tmp_path / "mnist", gz=gz)
+    ds = load_dataset("MNIST", str(tmp_path))
+    assert ds.train_x.shape == (30, 1, 28, 28) and ds.train_x.dtype == np.float32
+    np.testing.assert_array_equal(ds.train_x[:, 0], TRAIN_X / np.float32(255))
+    np.testing.assert_array_equal(ds.test_y, TEST_Y)
+    assert ds.train_y.dtype == np.int32 and len(ds.files) == 4
+
+
+def damage(paths, key, how):
+    path = paths[key]
+    raw = gzip.open(path).read()
+    if how == "magic":
+        raw = (1234).to_bytes(4, "big") + raw[4:]
+    elif how == "truncate":
+        raw = raw[:-7]
+    elif how == "extra":
+        raw = raw + b"\0" * 5
+    if how == "badgzip":
+        with open(path, "r+b") as f:
+            f.seek(30)
+            f.write(b"\xff" * 16)
+        return
+    if how == "cutgzip":
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[:len(data) // 2])
+        return
+    with gzip.open(path, "wb") as f:
+        f.write(raw)
+
+
+@pytest.mark.parametrize("key,how,words", [
+    ("train_x", "magic", "magic number 1234"),
+    ("train_y", "magic", "magic number 1234"),
+    ("test_x", "truncate", "truncated"),
+    ("test_y", "extra", "longer than its header"),
+    ("train_x", "badgzip", "gzip"),
+    ("test_x", "cutgzip", "gzip"),
+])
+def test_damaged_files_are_rejected_naming_the_file(tmp_path, key, how, words):
+    paths = make_mnist(tmp_path / "mnist")
+    damage(paths, key, how)
+    with pytest.raises(DataError) as e:
+        load_dataset("MNIST", str(tmp_path), download=False)
+    message = str(e.value)
+    assert paths[key] in message and words in message and "\n" not in message
+
+
+@pytest.mark.parametrize("override,words", [
+    ({"train_y": TRAIN_Y[:29]}, "29 labels for 30 images"),
+    ({"test_y": np.full(12, 10, np.uint8)}, "labels must be 0..9"),
+    ({"train_x": np.zeros((30, 28, 27), np.uint8)}, "28x28"),
+])
+def test_inconsistent_files_are_rejected(tmp_path, override, words):
+    make_mnist(tmp_path / "mnist", **override)
+    with pytest.raises(DataError, match=words):
+        load_dataset("MNIST", str(tmp_path), download=False)
+
+
+def test_a_missing_file_among_the_four_is_named(tmp_path):
+    paths = make_mnist(tmp_path / "mnist")
+    os.unlink(paths["test_y"])
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
+        load_dataset("MNIST", str(tmp_path), download=False)
+
+
+def test_pickler_writes_an_npz_the_loader_prefers(tmp_path):
+    make_mnist(tmp_path / "mnist")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "mnist_pickler.py"), str(tmp_path / "mnist")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    npz = tmp_path / "mnist" / "mnist.npz"
+    with np.load(npz, allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["train_x"], TRAIN_X)
+    ds = load_folder(str(tmp_path / "mnist"))
+    assert ds.files == [str(npz)]
+    np.testing.assert_array_equal(ds.test_x[:, 0], TEST_X / np.float32(255))
+
+
+def test_pickler_fails_cleanly_on_missing_input(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "mnist_pickler.py"), str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and str(tmp_path) in out.stderr and "Traceback" not in out.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_bundled_sample_is_genuine_balanced_mnist():
+    ds = load_sample()
+    assert ds.train_x.shape == (5000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
+    assert np.bincount(ds.train_y).tolist() == [500] * 10
+    assert ds.train_x.min() == 0 and ds.train_x.max() == 1
+    assert "bundled sample" in ds.source
