@@ -1,0 +1,82 @@
+"""Interruption in real processes: Ctrl-C and SIGTERM save a loadable record,
+and a run killed with SIGKILL resumes to exactly the uninterrupted result."""
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from training.matfile import read_mat
+
+
+def start(small_mnist, out, *extra):
+    cmd = [sys.executable, os.path.join(ROOT, "fxnn.py"), "-m", "fxnn", "-nrec", "6", "-ipr", "8",
+           "--data-dir", small_mnist, "-o", str(out), "--seed", "3", "--engine", "pytensor", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def wait_for_records(proc, n):
+    """Read output until ``n`` record lines have been printed."""
+    seen = 0
+    while seen < n:
+        line = proc.stdout.readline()
+        assert line, f"process ended early: {proc.stderr.read()}"
+        seen += line.startswith("Iter")
+
+
+def finish(proc):
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "Interrupted"), (signal.SIGTERM, 143, "Terminated")])
+def test_signal_saves_a_loadable_record(tmp_path, small_mnist, sig, code, word):
+    out_file = tmp_path / "rec.mat"
+    proc = start(small_mnist, out_file)
+    wait_for_records(proc, 2)
+    proc.send_signal(sig)
+    returncode, out, err = finish(proc)
+    assert returncode == code, err
+    assert f"{word}: saved the recording so far to file {out_file}" in out and "Traceback" not in err
+    rec = read_mat(str(out_file))
+    assert rec["meta"]["status"] == word.lower()
+    assert 2 <= len(rec["vloss"]) < 7 and len(rec["tloss"]) == rec["meta"]["iterations_done"]
+    assert os.path.exists(str(out_file) + ".run/checkpoint.npz")
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, small_mnist):
+    whole, resumed = tmp_path / "whole.mat", tmp_path / "resumed.mat"
+    code, _, err = finish(start(small_mnist, whole))
+    assert code == 0, err
+
+    proc = start(small_mnist, resumed)
+    wait_for_records(proc, 4)
+    proc.kill()
+    proc.wait()
+    assert not resumed.exists()
+    code, out, err = finish(start(small_mnist, resumed, "--resume"))
+    assert code == 0, err
+    assert "Resuming at iteration" in out
+
+    a, b = read_mat(str(whole)), read_mat(str(resumed))
+    for key in ("tloss", "terate", "vloss", "verate", "yprob", "conv0_w", "conv1_w", "mlp0_w", "mlp2_b"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert not os.path.exists(str(resumed) + ".run")
+
+
+def test_resume_refuses_changed_flags_and_missing_checkpoints(tmp_path, small_mnist):
+    out_file = tmp_path / "rec.mat"
+    code, _, err = finish(start(small_mnist, out_file, "--resume"))
+    assert code == 2 and "nothing to resume" in err
+    proc = start(small_mnist, out_file)
+    wait_for_records(proc, 2)
+    proc.send_signal(signal.SIGINT)
+    finish(proc)
+    code, _, err = finish(start(small_mnist, out_file, "--resume", "-lr", "0.01"))
+    assert code == 2 and "--learn-rate (run: 0.2, now: 0.01)" in err
+    code, _, err = finish(start(small_mnist, out_file))
+    assert code == 2 and "--resume" in err and "--force" in err
