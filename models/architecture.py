@@ -26,6 +26,7 @@ CONV_CHANNELS = (32, 64)
 HIDDEN_UNITS = (384, 192)
 INIT_SCALE = 1.4          # uniform(+-1.4/sqrt(fan_in + fan_out))
 FXNN_1X1_INIT_SCALE = 0.3  # uniform(+-0.3/sqrt(5*M + N)) for the fxnn 1x1 weights
+LOG_EPS = 1e-3             # the original's loss: mean(-onehot(y) * log(p + 1e-3)) over batch and classes
 
 
 @dataclass(frozen=True)

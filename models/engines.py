@@ -9,21 +9,31 @@ ENGINES = ("auto", "pytensor", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def cuda_available():
+def torch_available():
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
         return False
+    return True
+
+
+def cuda_available():
+    if not torch_available():
+        return False
+    import torch
     return torch.cuda.is_available()
 
 
 def resolve(engine, device):
-    """(engine, device) with 'auto' replaced by a concrete choice; see README
-    "Engines" for the measurements behind the CPU choice."""
+    """(engine, device) with 'auto' replaced by a concrete choice: torch on a
+    CUDA GPU; on the CPU also torch when installed, which bench/bench_network.py
+    shows faster than pytensor for every model (README "Engines"); else pytensor."""
+    if engine == "torch" and not torch_available():
+        raise ValueError("--engine torch needs PyTorch: pip install torch (see README Quick start)")
     if device == "auto":
         device = "cuda" if engine in ("auto", "torch") and cuda_available() else "cpu"
     if engine == "auto":
-        engine = "torch" if device == "cuda" else "pytensor"
+        engine = "torch" if torch_available() else "pytensor"
     if engine == "pytensor" and device != "cpu":
         raise ValueError("the pytensor engine runs on the CPU only; use --engine torch for --device cuda")
     if device == "cuda" and not cuda_available():

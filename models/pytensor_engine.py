@@ -20,6 +20,7 @@ import pytensor  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 
 from . import dropout as dropout_masks
+from .architecture import LOG_EPS
 from . import optimizers
 from .pytensor_layers import conv2d_same, fixed_stage, max_pool_2x2, pointwise, relu
 
@@ -32,7 +33,6 @@ def compile_mode():
     return mode.excluding("symbolic_op_recognition")
 
 
-LOG_EPS = 1e-3  # the original's loss: mean(-onehot(y) * log(p + 1e-3))
 FLOAT = "float32"  # training precision; float64 is for gradient checks
 
 

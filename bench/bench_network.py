@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""One training step and one validation pass of the whole network, per engine.
+
+For fxnn and cnn on each engine present (pytensor, torch), against the peer a
+user would write instead: a plain PyTorch nn.Sequential cnn with nn.Conv2d
+and torch.optim.SGD. Medians of repeated timings after warm-up, measured side
+by side in one run, on MNIST-shaped random data (batch 64 for training, 100
+for validation, as fxnn.py uses them).
+
+    python3 bench/bench_network.py [--dataset MNIST|CIFAR10] [--repeats 20] [--json out.json]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from models.architecture import build_network  # noqa: E402
+from models.engines import make_engine  # noqa: E402
+
+SHAPES = {"MNIST": (1, 28, 28), "CIFAR10": (3, 32, 32)}
+
+
+def median_ms(fn, repeats, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def peer_cnn(shape):
+    """The plain PyTorch cnn: same layers, nn.Conv2d, torch.optim.SGD."""
+    import torch
+    from torch import nn
+    c, h, w = shape
+    net = nn.Sequential(nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.Dropout(0.25), nn.MaxPool2d(2),
+                        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Dropout(0.25), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 384), nn.ReLU(),
+                        nn.Linear(384, 192), nn.ReLU(), nn.Linear(192, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+
+    def train(x, y):
+        net.train()
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y).long())
+        loss.backward()
+        opt.step()
+
+    def validate(x, y):
+        net.eval()
+        with torch.no_grad():
+            net(torch.from_numpy(x))
+    return train, validate
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=SHAPES, default="MNIST")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args()
+    shape = SHAPES[args.dataset]
+    rng = np.random.default_rng(0)
+    xt, yt = rng.random((64,) + shape, dtype=np.float32), rng.integers(0, 10, 64).astype(np.int32)
+    xv, yv = rng.random((100,) + shape, dtype=np.float32), rng.integers(0, 10, 100).astype(np.int32)
+    try:
+        import torch
+        torch.set_num_threads(os.cpu_count())
+        engines = ("pytensor", "torch")
+    except ImportError:
+        engines = ("pytensor",)
+    rows = {}
+    if "torch" in engines:
+        train, validate = peer_cnn(shape)
+        rows["peer nn.Conv2d cnn"] = (median_ms(lambda: train(xt, yt), args.repeats),
+                                      median_ms(lambda: validate(xv, yv), args.repeats))
+    for engine_name in engines:
+        for model in ("fxnn", "cnn"):
+            net = build_network(model, shape)
+            engine = make_engine(engine_name, "cpu", net, net.init_params(rng), "sgd", 0.25, 0)
+            rows[f"{engine_name} {model}"] = (
+                median_ms(lambda: engine.train_step(xt, yt, 0.01), args.repeats),
+                median_ms(lambda: engine.evaluate(xv, yv), args.repeats))
+    peer = rows.get("peer nn.Conv2d cnn")
+    print(f"{args.dataset}, {os.cpu_count()} CPU threads, medians of {args.repeats}")
+    print(f"{'':22s} {'train step (64)':>16s} {'validation (100)':>17s}" + ("   vs peer: train  valid" if peer else ""))
+    for name, (t, v) in rows.items():
+        ratio = f"   {t / peer[0]:13.2f}x {v / peer[1]:6.2f}x" if peer else ""
+        print(f"{name:22s} {t:13.1f} ms {v:14.1f} ms{ratio}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"dataset": args.dataset, "threads": os.cpu_count(),
+                       "ms": {k: {"train_step": t, "validation": v} for k, (t, v) in rows.items()}}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The fixed stage as one PyTorch autograd op: (B, M, H, W) -> (B, 5M, H, W).
+
+Two implementations behind :func:`fixed_stage`:
+
+* the PyCUDA kernel of ``kernels/simple_conv.cu`` for CUDA tensors, when
+  PyCUDA and a GPU are there (``kernels.cuda_fixed.available()``);
+* otherwise a separable one in plain torch ops, for any device: the input is
+  padded once, the two vertical passes ([1,2,1] and [1,0,-1]) are computed
+  once and shared by the four non-identity kernels, and each horizontal pass
+  writes straight into its slot of a preallocated (B, M, 5, H, W) output,
+  which is the 5M layout of :mod:`models.fixed_kernels` without a copy.
+
+The backward is the adjoint (correlation with the kernels flipped in both
+axes), also separable; it is itself an autograd op whose backward is the
+forward, so higher derivatives work too.
+"""
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from .fixed_kernels import NUM_KERNELS, SEPARABLE
+
+log = logging.getLogger("fxnn")
+_announced = set()
+
+
+def _correlate(v, taps, dim, out=None):
+    """Valid 3-tap correlation of ``v`` along ``dim`` (the size shrinks by 2),
+    written into ``out`` when given."""
+    n = v.shape[dim] - 2
+    terms = [(float(t), v.narrow(dim, i, n)) for i, t in enumerate(taps) if t]
+    (t0, first), rest = terms[0], terms[1:]
+    if out is None:
+        out = first * t0 if t0 != 1 else first.clone()
+    else:
+        torch.mul(first, t0, out=out)
+    for t, term in rest:
+        out.add_(term, alpha=t)
+    return out
+
+
+def forward_torch(x):
+    """The separable forward in torch ops; see the module docstring."""
+    b, m, h, w = x.shape
+    xp = F.pad(x, (1, 1, 1, 1))
+    out = x.new_empty((b, m, NUM_KERNELS, h, w))
+    vertical = {}
+    for k, sep in enumerate(SEPARABLE):
+        if sep is None:
+            out[:, :, k].copy_(x)
+            continue
+        col, row = sep
+        if tuple(col) not in vertical:
+            vertical[tuple(col)] = _correlate(xp, col, dim=2)
+        _correlate(vertical[tuple(col)], row, dim=3, out=out[:, :, k])
+    return out.view(b, m * NUM_KERNELS, h, w)
+
+
+def backward_torch(g):
+    """The adjoint of :func:`forward_torch`: (B, 5M, H, W) -> (B, M, H, W).
+    Flipping a separable kernel flips both factors; kernels sharing a flipped
+    column filter are summed after their horizontal pass, so each distinct
+    column filter costs one vertical pass."""
+    b, c, h, w = g.shape
+    g5 = g.view(b, c // NUM_KERNELS, NUM_KERNELS, h, w)
+    gp = F.pad(g5, (1, 1, 1, 1))
+    by_column = {}
+    dx = None
+    for k, sep in enumerate(SEPARABLE):
+        if sep is None:
+            identity = k
+            continue
+        col, row = sep[0][::-1], sep[1][::-1]
+        horizontal = _correlate(gp[:, :, k], row, dim=3)
+        if tuple(col) in by_column:
+            by_column[tuple(col)].add_(horizontal)
+        else:
+            by_column[tuple(col)] = horizontal
+    for col, acc in by_column.items():
+        part = _correlate(acc, col, dim=2)
+        dx = part if dx is None else dx.add_(part)
+    return dx.add_(g5[:, :, identity])
+
+
+def _cuda_kernel(x):
+    """kernels.cuda_fixed when it can run on ``x``, else None."""
+    if not x.is_cuda:
+        return None
+    try:
+        from kernels import cuda_fixed
+    except ImportError:
+        return None
+    return cuda_fixed if cuda_fixed.available()[0] else None
+
+
+def implementation_name(device):
+    """Which implementation runs the fixed stage on ``device``, in words."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            from kernels import cuda_fixed
+            ok, why = cuda_fixed.available()
+        except ImportError as e:
+            ok, why = False, str(e)
+        if ok:
+            return why
+        return f"separable torch ops (CUDA kernel unavailable: {why})"
+    return "separable torch ops"
+
+
+def _announce(x):
+    if x.device.type not in _announced:
+        _announced.add(x.device.type)
+        log.info("fixed stage on %s: %s", x.device.type, implementation_name(x.device))
+
+
+class FixedStage(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        kernel = _cuda_kernel(x)
+        return kernel.fixed_forward(x.contiguous()) if kernel else forward_torch(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return FixedStageAdjoint.apply(g)
+
+
+class FixedStageAdjoint(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g):
+        kernel = _cuda_kernel(g)
+        return kernel.fixed_backward(g.contiguous()) if kernel else backward_torch(g)
+
+    @staticmethod
+    def backward(ctx, gx):
+        return FixedStage.apply(gx)
+
+
+def fixed_stage(x):
+    """The five fixed kernels on each channel of ``x`` (B, M, H, W), zero padded:
+    (B, 5M, H, W) with channel ``5*m + k`` (see :mod:`models.fixed_kernels`)."""
+    if x.dim() != 4:
+        raise ValueError(f"fixed_stage expects a 4-D (B, M, H, W) tensor, got shape {tuple(x.shape)}")
+    _announce(x)
+    return FixedStage.apply(x)

@@ -1,0 +1,57 @@
+"""``FixedConv2d``: the fxnn layer as a drop-in PyTorch module.
+
+    layer = FixedConv2d(64, 128)   # in place of nn.Conv2d(64, 128, 3, padding=1)
+
+The fixed stage (:func:`models.torch_fixed.fixed_stage`, five fixed 3x3
+kernels per input channel, nothing trainable) followed by a trainable 1x1
+convolution. ``weight`` has shape (5 * in_channels, out_channels), rows in the
+5M layout of :mod:`models.fixed_kernels` (row ``5*m + k``), the layout of the
+``conv*_w`` parameters in fxnn's records, so weights move between this layer,
+both engines and ``.mat`` files unchanged.
+"""
+import math
+
+import torch
+from torch import nn
+
+from .architecture import FXNN_1X1_INIT_SCALE
+from .fixed_kernels import NUM_KERNELS
+from .torch_fixed import fixed_stage
+
+
+def pointwise(x, weight, bias=None):
+    """1x1 convolution as one batched GEMM: (B, C, H, W) with weight (C, N)
+    -> (B, N, H, W); the (B, C, H*W) view of a contiguous x needs no copy."""
+    b, c, h, w = x.shape
+    out = torch.matmul(weight.t(), x.reshape(b, c, h * w))
+    if bias is not None:
+        out = out + bias[:, None]
+    return out.view(b, weight.shape[1], h, w)
+
+
+def fixed_conv2d(x, weight, bias=None):
+    """Functional form of :class:`FixedConv2d`."""
+    return pointwise(fixed_stage(x), weight, bias)
+
+
+class FixedConv2d(nn.Module):
+    def __init__(self, in_channels, out_channels, bias=True, device=None, dtype=None):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(NUM_KERNELS * in_channels, out_channels, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """fxnn's initialisation: uniform +-0.3/sqrt(5M + N), bias zero."""
+        bound = FXNN_1X1_INIT_SCALE / math.sqrt(NUM_KERNELS * self.in_channels + self.out_channels)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x):
+        return fixed_conv2d(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"{self.in_channels}, {self.out_channels}, fixed 3x3 x{NUM_KERNELS} + 1x1, bias={self.bias is not None}"

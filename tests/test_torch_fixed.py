@@ -1,0 +1,55 @@
+"""The PyTorch fixed stage against the dense numpy reference, a dense conv2d
+built from the same kernels, and gradcheck."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+from models.fixed_kernels import KERNELS, fixed_stage_grad_reference, fixed_stage_reference  # noqa: E402
+from models.torch_fixed import backward_torch, fixed_stage, implementation_name  # noqa: E402
+
+SHAPES = [(1, 1, 1, 1), (1, 1, 1, 5), (2, 3, 2, 3), (3, 17, 28, 28), (5, 2, 33, 17), (1, 64, 6, 7)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_forward_matches_the_dense_reference(shape, dtype, tol):
+    x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    want = fixed_stage_reference(x.double().numpy())
+    np.testing.assert_allclose(fixed_stage(x).double().numpy(), want, rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_matches_the_adjoint_reference(shape):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    g = torch.randn((shape[0], 5 * shape[1]) + shape[2:], dtype=torch.float64)
+    fixed_stage(x).backward(g)
+    np.testing.assert_allclose(x.grad.numpy(), fixed_stage_grad_reference(g.numpy()), rtol=1e-12, atol=1e-12)
+
+
+def test_equals_a_grouped_conv2d_with_the_same_kernels():
+    x = torch.randn(4, 6, 9, 11, dtype=torch.float64)
+    weight = torch.tensor(KERNELS)[:, None].repeat(6, 1, 1, 1)  # (5M, 1, 3, 3), channel 5m+k
+    np.testing.assert_allclose(fixed_stage(x).numpy(), F.conv2d(x, weight, padding=1, groups=6).numpy(),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_gradcheck_first_and_second_order():
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fixed_stage, (x,))
+    assert torch.autograd.gradgradcheck(fixed_stage, (x,))
+
+
+def test_backward_alone_is_the_adjoint_of_forward():
+    x, g = torch.randn(2, 4, 8, 3, dtype=torch.float64), torch.randn(2, 20, 8, 3, dtype=torch.float64)
+    assert torch.sum(fixed_stage(x) * g).item() == pytest.approx(torch.sum(x * backward_torch(g)).item(), rel=1e-12)
+
+
+def test_bad_input_is_refused_clearly():
+    with pytest.raises(ValueError, match="4-D"):
+        fixed_stage(torch.zeros(3, 4, 5))
+
+
+def test_cpu_implementation_is_named():
+    assert implementation_name("cpu") == "separable torch ops"

@@ -1,0 +1,86 @@
+"""FixedConv2d as a PyTorch module: numbers against numpy and a dense conv
+with the folded kernels, gradients, module conventions, and training."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from models.fixed_kernels import KERNELS, fixed_stage_reference  # noqa: E402
+from models.torch_layers import FixedConv2d  # noqa: E402
+
+
+def folded_conv(layer):
+    """The dense nn.Conv2d equal to ``layer``: W_eff[n, m] = sum_k weight[5m+k, n] K_k."""
+    m, n = layer.in_channels, layer.out_channels
+    w = layer.weight.detach().double().numpy().reshape(m, 5, n)
+    dense = nn.Conv2d(m, n, 3, padding=1).double()
+    with torch.no_grad():
+        dense.weight.copy_(torch.from_numpy(np.einsum("mkn,kab->nmab", w, KERNELS)))
+        dense.bias.copy_(layer.bias.detach().double())
+    return dense
+
+
+def test_output_is_fixed_stage_then_a_1x1():
+    layer = FixedConv2d(3, 4).double()
+    nn.init.normal_(layer.bias)
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    want = np.einsum("bchw,cn->bnhw", fixed_stage_reference(x.numpy()), layer.weight.detach().numpy())
+    want += layer.bias.detach().numpy()[:, None, None]
+    np.testing.assert_allclose(layer(x).detach().numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_equals_the_folded_dense_conv_with_the_same_gradients():
+    layer = FixedConv2d(5, 7).double()
+    nn.init.normal_(layer.bias)
+    dense = folded_conv(layer)
+    x = torch.randn(3, 5, 9, 8, dtype=torch.float64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    g = torch.randn(3, 7, 9, 8, dtype=torch.float64)
+    layer(x).backward(g)
+    dense(x2).backward(g)
+    np.testing.assert_allclose(x.grad.numpy(), x2.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.bias.grad.numpy(), dense.bias.grad.numpy(), rtol=1e-12)
+    # chain rule through W_eff = sum_k W[5m+k, n] K_k
+    want = np.einsum("nmab,kab->mkn", dense.weight.grad.numpy(), KERNELS).reshape(25, 7)
+    np.testing.assert_allclose(layer.weight.grad.numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_module_conventions():
+    layer = FixedConv2d(4, 6)
+    assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
+    assert layer.weight.shape == (20, 6)
+    bound = 0.3 / np.sqrt(20 + 6)
+    assert layer.weight.abs().max().item() <= bound and layer.bias.abs().max().item() == 0
+    copy = FixedConv2d(4, 6)
+    copy.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        assert torch.equal(copy(x), layer(x)) and not layer(x).requires_grad
+    assert FixedConv2d(4, 6, bias=False).bias is None
+    assert "4, 6" in repr(layer)
+
+
+def test_trains_inside_a_sequential():
+    """Tell horizontal from vertical bars: loss must fall far within 60 steps."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(64, 1, 8, 8)
+    y = torch.arange(64) % 2
+    for i in range(64):
+        pos = int(torch.randint(1, 7, (1,), generator=gen))
+        if y[i]:
+            x[i, 0, :, pos] = 1
+        else:
+            x[i, 0, pos, :] = 1
+    torch.manual_seed(0)
+    net = nn.Sequential(FixedConv2d(1, 8), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 16, 2))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+    assert net[0].weight.grad is not None
