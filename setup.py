@@ -1,0 +1,26 @@
+"""Install fxnn: ``python3 -m pip install -e ".[test]" torch==2.13.0`` (see README)."""
+from setuptools import setup
+
+setup(
+    name="fxnn",
+    version="0.1.0",
+    description="Train CNNs with fixed 3x3 convolution kernels followed by a trainable 1x1",
+    python_requires=">=3.10",
+    py_modules=["fxnn", "mnist_pickler"],
+    packages=["models", "data", "kernels", "training"],
+    package_data={"data": ["image/mnist-sample/*"], "kernels": ["*.cu"]},
+    install_requires=[
+        "numpy>=1.26,<3",
+        "scipy>=1.11,<2",
+        "pytensor>=3.0,<4",
+        "h5py>=3.8,<4",  # records larger than MATLAB v5 allows are written as v7.3 (HDF5)
+    ],
+    extras_require={
+        # The PyTorch engine and FixedConv2d; any 2.x from 2.2 works.
+        "torch": ["torch>=2.2,<3"],
+        # The CUDA kernel kernels/simple_conv.cu, launched through PyCUDA.
+        "cuda": ["torch>=2.2,<3", "pycuda>=2025.1.2,<2027"],
+        "test": ["pytest>=7"],
+    },
+    entry_points={"console_scripts": ["fxnn=fxnn:cli"]},
+)
