@@ -29,9 +29,10 @@ def load_mnist(data_dir, download=True, log=print):
             reason = f"download failed: {e}"
     else:
         reason = "downloading is off"
-    log(f"MNIST not found in {folder} ({reason}). Using the {mnist.SAMPLE_SOURCE}; "
+    sample = mnist.load_sample()
+    log(f"MNIST not found in {folder} ({reason}). Using the {sample.source}; "
         f"for full MNIST put its four files in {folder} or run once online.")
-    return mnist.load_sample()
+    return sample
 
 
 def load_dataset(name, data_dir, download=True, log=print):

@@ -20,6 +20,11 @@ class Dataset:
     files: list = field(default_factory=list)  # the files actually read
 
 
+def one_line(text):
+    """``text`` (often a quoted exception) on one line, to go inside a DataError."""
+    return " ".join(str(text).split())
+
+
 def to_float_images(images):
     """uint8 (N, H, W) or (N, C, H, W) -> float32 NCHW in [0, 1]."""
     x = images if images.ndim == 4 else images[:, None]
@@ -27,8 +32,14 @@ def to_float_images(images):
 
 
 def check_labels(labels, count, path, fix):
-    """Labels must be one per image and within 0..9."""
-    labels = np.asarray(labels)
+    """Labels must be integers, one per image, within 0..9."""
+    try:
+        labels = np.asarray(labels)
+        found = f"{labels.dtype} of shape {labels.shape}"
+    except (ValueError, TypeError):
+        labels, found = None, "nested sequences of different lengths"
+    if labels is None or labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: labels must be a 1-D sequence of integers, got {found}; {fix}")
     if len(labels) != count:
         raise DataError(f"{path}: {len(labels)} labels for {count} images; {fix}")
     if labels.size and (labels.min() < 0 or labels.max() > 9):

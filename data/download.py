@@ -1,12 +1,12 @@
 """Downloading the four MNIST files from well-known mirrors, each checked
 against its published MD5 and written atomically."""
 import hashlib
+import http.client
 import os
 import tempfile
-import urllib.error
 import urllib.request
 
-from .dataset import DataError
+from .dataset import DataError, one_line
 
 #: Base URLs tried in order; the environment variable FXNN_MNIST_MIRRORS
 #: (space- or comma-separated) replaces the list.
@@ -50,8 +50,8 @@ def fetch(url, folder, name, md5):
             return f"{url}: MD5 {digest.hexdigest()} is not the published {md5}"
         os.replace(tmp, os.path.join(folder, name))
         return None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        return f"{url}: {getattr(e, 'reason', None) or e}"
+    except (OSError, http.client.HTTPException, ValueError) as e:  # URLError is an OSError
+        return f"{url}: {one_line(getattr(e, 'reason', None) or e)}"
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -5,7 +5,7 @@ import zlib
 
 import numpy as np
 
-from .dataset import DataError
+from .dataset import DataError, one_line
 
 IMAGES_MAGIC = 2051  # 0x00000803: uint8, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: uint8, 1 dimension
@@ -20,7 +20,7 @@ def read_bytes(path, fix):
         with open(path, "rb") as f:
             return f.read()
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise DataError(f"{path}: corrupt or truncated gzip file ({e}); {fix}") from None
+        raise DataError(f"{path}: corrupt or truncated gzip file ({one_line(e)}); {fix}") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror or e}); {fix}") from None
 

@@ -1,10 +1,12 @@
 """MNIST from a folder: the fast ``mnist.npz`` made by ``mnist_pickler.py``
 when present, otherwise the four standard idx files (gzipped or not)."""
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
-from .dataset import DataError, Dataset, check_labels, to_float_images
+from .dataset import DataError, Dataset, check_labels, one_line, to_float_images
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 
 #: (key, idx file name, magic) of the four standard files.
@@ -17,8 +19,6 @@ FILES = (
 NPZ = "mnist.npz"
 IMAGE_SHAPE = (28, 28)
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "image", "mnist-sample")
-SAMPLE_SOURCE = ("bundled sample: 5,000 genuine MNIST training images (500 per class) "
-                 "and the full 10,000-image test set")
 
 
 class MissingData(DataError):
@@ -62,7 +62,7 @@ def validate(arrays, names, fix):
     return out
 
 
-def load_folder(folder, source=None):
+def load_folder(folder):
     """MNIST from ``folder``; raises MissingData when it holds nothing."""
     npz = os.path.join(folder, NPZ)
     if os.path.isfile(npz):
@@ -70,8 +70,8 @@ def load_folder(folder, source=None):
         try:
             with np.load(npz, allow_pickle=False) as z:
                 arrays = {key: z[key] for key, _, _ in FILES}
-        except (OSError, ValueError, KeyError, EOFError) as e:
-            raise DataError(f"{npz}: unreadable ({e}); {fix}") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise DataError(f"{npz}: unreadable ({one_line(e)}); {fix}") from None
         names, files = {key: npz for key, _, _ in FILES}, [npz]
     else:
         fix = f"delete it and run again to download it, or put a good copy in {folder}"
@@ -79,9 +79,13 @@ def load_folder(folder, source=None):
         names = dict(zip((key for key, _, _ in FILES), files))
     fields = validate(arrays, names, fix)
     n_train, n_test = len(fields["train_x"]), len(fields["test_x"])
-    return Dataset("MNIST", source=source or f"MNIST from {folder}: {n_train:,} training and "
+    return Dataset("MNIST", source=f"MNIST from {folder}: {n_train:,} training and "
                    f"{n_test:,} test images", files=files, **fields)
 
 
 def load_sample():
-    return load_folder(SAMPLE_DIR, SAMPLE_SOURCE)
+    """The bundled sample, its source line counting what it holds."""
+    ds = load_folder(SAMPLE_DIR)
+    ds.source = (f"bundled sample: {len(ds.train_x):,} genuine MNIST training images, "
+                 f"full {len(ds.test_x):,}-image test set")
+    return ds
