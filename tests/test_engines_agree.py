@@ -68,12 +68,14 @@ def test_state_round_trip_continues_identically(engine_class):
 @pytest.mark.parametrize("dropout", ["0", "0.25"])
 def test_seeded_runs_give_matching_curves_on_both_engines(tmp_path, capsys, small_mnist, dropout):
     """Dropout masks come from one numpy generator, so even with dropout on
-    the engines see the same masks; only float rounding differs."""
+    the engines see the same masks; only float rounding differs. (At the
+    default lr 0.2 rounding differences grow to ~1% within 30 steps; at 0.05
+    the curves stay within 1e-4.)"""
     recs = {}
     for engine in ("pytensor", "torch"):
         out = tmp_path / f"{engine}.mat"
         code = fxnn.main(["-m", "fxnn", "-nrec", "2", "-ipr", "15", "--data-dir", small_mnist, "-o", str(out),
-                          "--seed", "4", "--engine", engine, "-pdpo", dropout])
+                          "--seed", "4", "--engine", engine, "-pdpo", dropout, "-lr", "0.05"])
         assert code == 0, capsys.readouterr().err
         recs[engine] = read_mat(str(out))
     a, b = recs["pytensor"], recs["torch"]
@@ -81,7 +83,8 @@ def test_seeded_runs_give_matching_curves_on_both_engines(tmp_path, capsys, smal
     for key in a:
         if key != "meta":
             assert np.shape(a[key]) == np.shape(b[key]), key
-    np.testing.assert_allclose(b["tloss"], a["tloss"], rtol=2e-3)
-    np.testing.assert_allclose(b["vloss"], a["vloss"], rtol=2e-3)
-    np.testing.assert_allclose(b["conv1_w"][-1], a["conv1_w"][-1], rtol=1e-2, atol=1e-4)
+    np.testing.assert_allclose(b["tloss"], a["tloss"], rtol=5e-4)
+    np.testing.assert_allclose(b["vloss"], a["vloss"], rtol=5e-4)
+    scale = np.abs(a["conv1_w"][-1]).max()
+    np.testing.assert_allclose(b["conv1_w"][-1], a["conv1_w"][-1], rtol=0, atol=1e-2 * scale)
     assert (a["meta"]["engine"], b["meta"]["engine"]) == ("pytensor", "torch")
