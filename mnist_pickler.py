@@ -21,7 +21,9 @@ from data.mnist import FILES, NPZ, read_idx_files, validate
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="Exit codes: 0 written, 2 bad or missing input files.")
+                                epilog="Writes <folder>/mnist.npz (uint8 arrays, no pickled objects), "
+                                       "which fxnn then loads instead of the idx files. "
+                                       "Exit codes: 0 written, 2 bad or missing input files.")
     p.add_argument("folder", nargs="?", default=os.path.join("data", "image", "mnist"),
                    help="folder holding the four MNIST idx files (default: %(default)s)")
     args = p.parse_args(argv)

@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import os
 import socket
+import socketserver
 import threading
 
 import numpy as np
@@ -54,6 +55,23 @@ def made_files(folder, seed=0):
     return sums
 
 
+class GarbageHandler(socketserver.BaseRequestHandler):
+    """Answers any request with something that is not HTTP."""
+
+    def handle(self):
+        self.request.recv(4096)
+        self.request.sendall(b"SSH-2.0-not-a-web-server\r\nline two\r\n\r\n")
+
+
+@pytest.fixture
+def garbage_url():
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), GarbageHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
 def closed_port_url():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -84,6 +102,26 @@ def test_load_dataset_downloads_skipping_a_bad_mirror(tmp_path, serve, monkeypat
     assert sorted(os.listdir(tmp_path / "data" / "mnist")) == sorted(sums)  # no partial files left
 
 
+def test_a_mirror_answering_garbage_is_skipped(tmp_path, serve, garbage_url, monkeypatch):
+    sums = made_files(tmp_path / "good")
+    monkeypatch.setenv("FXNN_MNIST_MIRRORS", f"{garbage_url} {serve(tmp_path / 'good')}")
+    download.download_mnist(str(tmp_path / "got"), log=lambda line: None, checksums=sums)
+    for name in sums:
+        assert (tmp_path / "got" / name).read_bytes() == (tmp_path / "good" / name).read_bytes()
+
+
+def test_when_every_mirror_fails_the_error_is_one_line_and_no_file_is_left(tmp_path, serve, garbage_url,
+                                                                          monkeypatch):
+    sums = made_files(tmp_path / "good")
+    made_files(tmp_path / "bad", seed=1)
+    monkeypatch.setenv("FXNN_MNIST_MIRRORS", f"{garbage_url} {serve(tmp_path / 'bad')} {closed_port_url()}")
+    with pytest.raises(download.DownloadError) as e:
+        download.download_mnist(str(tmp_path / "got"), log=lambda line: None, checksums=sums)
+    message = str(e.value)
+    assert "\n" not in message and "train-images-idx3-ubyte.gz" in message and "MD5" in message
+    assert os.listdir(tmp_path / "got") == []
+
+
 def test_offline_falls_back_to_the_bundled_sample_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("FXNN_MNIST_MIRRORS", closed_port_url())
     lines = []
@@ -91,6 +129,7 @@ def test_offline_falls_back_to_the_bundled_sample_and_says_so(tmp_path, monkeypa
     assert ds.train_x.shape == (5000, 1, 28, 28) and "bundled sample" in ds.source
     announcement = [line for line in lines if "bundled sample" in line]
     assert len(announcement) == 1 and "download failed" in announcement[0]
+    assert str(tmp_path / "mnist") in announcement[0] and "\n" not in announcement[0]
     assert os.listdir(tmp_path / "mnist") == []
 
 

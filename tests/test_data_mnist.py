@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 from data import DataError, load_dataset
 from data.idx import write_idx
-from data.mnist import load_folder, load_sample
+from data.mnist import SAMPLE_DIR, load_folder, load_sample
 
 RNG = np.random.default_rng(0)
 TRAIN_X = RNG.integers(0, 256, (30, 28, 28), dtype=np.uint8)
@@ -111,16 +111,70 @@ def test_pickler_writes_an_npz_the_loader_prefers(tmp_path):
     np.testing.assert_array_equal(ds.test_x[:, 0], TEST_X / np.float32(255))
 
 
+def run_pickler(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "mnist_pickler.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
 def test_pickler_fails_cleanly_on_missing_input(tmp_path):
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "mnist_pickler.py"), str(tmp_path)],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = run_pickler(tmp_path)
     assert out.returncode == 2 and str(tmp_path) in out.stderr and "Traceback" not in out.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_pickler_fails_cleanly_on_a_damaged_file_and_writes_nothing(tmp_path):
+    paths = make_mnist(tmp_path)
+    damage(paths, "test_y", "truncate")
+    out = run_pickler(tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and paths["test_y"] in out.stderr and "truncated" in out.stderr
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths.values())
+
+
+def test_pickler_help():
+    out = run_pickler("--help")
+    assert out.returncode == 0 and "mnist.npz" in out.stdout
+
+
+def make_npz(path, **override):
+    arrays = {**dict(train_x=TRAIN_X, train_y=TRAIN_Y, test_x=TEST_X, test_y=TEST_Y), **override}
+    np.savez(path, **{key: value for key, value in arrays.items() if value is not None})
+
+
+@pytest.mark.parametrize("override,words", [
+    ({"test_y": None}, "test_y"),
+    ({"train_x": TRAIN_X.astype(np.float32)}, "uint8"),
+    ({"test_x": TEST_X.reshape(12, 784)}, "28x28"),
+    ({"train_y": TRAIN_Y.astype(np.float64)}, "integers"),
+    ({"train_y": TRAIN_Y.reshape(30, 1)}, "integers"),
+    ({"test_y": TEST_Y[:5]}, "5 labels for 12 images"),
+    ({"test_y": np.full(12, 11, np.uint8)}, "0..9"),
+    ({"test_y": np.array(list("abcdefghijkl"), dtype=object)}, "unreadable"),
+])
+def test_a_bad_npz_is_rejected_naming_it(tmp_path, override, words):
+    (tmp_path / "mnist").mkdir()
+    npz = tmp_path / "mnist" / "mnist.npz"
+    make_npz(npz, **override)
+    with pytest.raises(DataError) as e:
+        load_dataset("MNIST", str(tmp_path), download=False)
+    assert str(npz) in str(e.value) and words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_truncated_npz_is_rejected(tmp_path):
+    (tmp_path / "mnist").mkdir()
+    npz = tmp_path / "mnist" / "mnist.npz"
+    make_npz(npz)
+    npz.write_bytes(npz.read_bytes()[:3000])
+    with pytest.raises(DataError, match="mnist.npz: unreadable"):
+        load_dataset("MNIST", str(tmp_path), download=False)
 
 
 def test_bundled_sample_is_genuine_balanced_mnist():
     ds = load_sample()
     assert ds.train_x.shape == (5000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
     assert np.bincount(ds.train_y).tolist() == [500] * 10
-    assert ds.train_x.min() == 0 and ds.train_x.max() == 1
-    assert "bundled sample" in ds.source
+    assert ds.train_x.dtype == np.float32 and ds.train_x.flags.c_contiguous
+    assert ds.train_x.min() == 0 and ds.train_x.max() == 1 and ds.test_x.max() == 1
+    assert np.bincount(ds.test_y).sum() == 10000 and ds.test_y.dtype == np.int32
+    assert ds.source == "bundled sample: 5,000 genuine MNIST training images, full 10,000-image test set"
+    assert [os.path.dirname(f) for f in ds.files] == [SAMPLE_DIR] * 4
