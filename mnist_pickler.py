@@ -11,11 +11,11 @@ loads as fast and cannot carry code.
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 from data import DataError
+from data.atomic import atomic_path
 from data.mnist import FILES, NPZ, read_idx_files, validate
 
 
@@ -35,14 +35,8 @@ def main(argv=None):
         print(f"mnist_pickler: error: {e}", file=sys.stderr)
         return 2
     out = os.path.join(args.folder, NPZ)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=args.folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     print(f"Wrote {out}: {len(arrays['train_x']):,} training and {len(arrays['test_x']):,} test images "
           f"from {len(files)} idx files.")
     return 0

@@ -3,9 +3,9 @@ against its published MD5 and written atomically."""
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.request
 
+from .atomic import atomic_path
 from .dataset import DataError, one_line
 
 #: Base URLs tried in order; the environment variable FXNN_MNIST_MIRRORS
@@ -36,25 +36,25 @@ def mirrors():
     return [b if b.endswith("/") else b + "/" for b in bases]
 
 
+class ChecksumMismatch(ValueError):
+    pass
+
+
 def fetch(url, folder, name, md5):
     """Download ``url`` into ``folder/name`` if its MD5 is ``md5``; returns an
     error string, or None on success. Never leaves a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=".download-", dir=folder)
     try:
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-            while chunk := response.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != md5:
-            return f"{url}: MD5 {digest.hexdigest()} is not the published {md5}"
-        os.replace(tmp, os.path.join(folder, name))
+        with atomic_path(os.path.join(folder, name)) as tmp:
+            digest = hashlib.md5()
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+                while chunk := response.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != md5:
+                raise ChecksumMismatch(f"MD5 {digest.hexdigest()} is not the published {md5}")
         return None
     except (OSError, http.client.HTTPException, ValueError) as e:  # URLError is an OSError
         return f"{url}: {one_line(getattr(e, 'reason', None) or e)}"
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def download_mnist(folder, log=print, checksums=None):

@@ -8,9 +8,10 @@ so a kill at any moment leaves either the previous checkpoint or the new one.
 """
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from data.atomic import atomic_path
 
 FILE = "checkpoint.npz"
 #: Flags a resumed run must share with the run it continues.
@@ -25,14 +26,8 @@ def save(run_dir, record, engine_state, sampler, recorder_state, flags):
     arrays["record"] = np.asarray(record)
     arrays["sampler"] = np.asarray(json.dumps(sampler.bit_generator.state))
     arrays["flags"] = np.asarray(json.dumps(flags))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=run_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, os.path.join(run_dir, FILE))
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(os.path.join(run_dir, FILE)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def exists(run_dir):

@@ -19,11 +19,12 @@ the spool followed by a transpose of a few MB.
 """
 import os
 import struct
-import tempfile
 import time
 
 import numpy as np
 import scipy.io
+
+from data.atomic import atomic_path
 
 V5_MAX_VARIABLE_BYTES = 2**31 - 1
 SLAB_BYTES = 32 * 2**20
@@ -95,28 +96,17 @@ def write_mat(path, small, sources):
     """Write ``small`` ({name: array, str or dict}) and the snapshot ``sources``
     to ``path`` atomically (temporary file beside it, then rename). Returns
     the layout used: "v5" or "v7.3"."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mat", dir=directory)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # as a plainly created file, not mkstemp's 0600
-    try:
-        if needs_v73(sources):
-            layout = "v7.3"
+    layout = "v7.3" if needs_v73(sources) else "v5"
+    with atomic_path(path) as tmp:
+        if layout == "v7.3":
             _write_v73(tmp, small, sources)
         else:
-            layout = "v5"
             with open(tmp, "wb") as f:
                 scipy.io.savemat(f, small, oned_as="column")
                 for source in sources:
                     _write_v5_stream(f, source)
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
     return layout
 
 
