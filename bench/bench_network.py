@@ -13,28 +13,18 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from timing import median_ms  # noqa: E402
 from models.architecture import build_network  # noqa: E402
 from models.engines import make_engine  # noqa: E402
 
 SHAPES = {"MNIST": (1, 28, 28), "CIFAR10": (3, 32, 32)}
-
-
-def median_ms(fn, repeats, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
 
 
 def peer_cnn(shape):

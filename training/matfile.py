@@ -53,16 +53,25 @@ class SnapshotSource:
         """The (R, *shape) stack in Fortran order, as a sequence of
         (start, block): block is (n, R), elements start..start+n of one
         record in Fortran order, for all records. Slabs hold whole slices of
-        the last axis, so each one is also a range along HDF5's first axis."""
+        the last axis, so each one is also a range along HDF5's first axis.
+        The spool is read with plain reads into one reused buffer (a memmap
+        would map every page it touches into the process, gigabytes at the
+        end of a long run)."""
         size = int(np.prod(self.shape))
         if self.records == 0 or size == 0:
             return
         unit = size // self.shape[-1] if self.shape else 1
-        spool = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.records, size))
         step = unit * max(1, SLAB_BYTES // (self.records * self.dtype.itemsize * unit))
-        for start in range(0, size, step):
-            yield start, np.ascontiguousarray(spool[:, start:start + step].T)
-        del spool
+        buffer = np.empty((self.records, min(step, size)), dtype=self.dtype)
+        with open(self.path, "rb", buffering=0) as f:
+            for start in range(0, size, step):
+                n = min(step, size - start)
+                for r in range(self.records):
+                    f.seek((r * size + start) * self.dtype.itemsize)
+                    row = buffer[r, :n]
+                    if f.readinto(memoryview(row).cast("B")) != row.nbytes:
+                        raise OSError(f"{self.path}: spool shorter than {self.records} records")
+                yield start, np.ascontiguousarray(buffer[:, :n].T)
 
 
 def _pad8(n):

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Forward+backward of one fixed layer against a dense 3x3 conv and the naive
+fixed formulation, per engine, measured side by side in one run.
+
+Contenders at each (B, M, N, HxW):
+  torch    FixedConv2d (fixed stage + 1x1 GEMM)  |  nn.Conv2d(M, N, 3, padding=1)  |
+           naive: depthwise conv2d with the 5 kernels (groups=M), then a 1x1 conv2d
+  pytensor fixed stage + 1x1 (the engine's graph) |  dense 3x3 (the engine's im2col conv)
+Medians after warm-up; ratios are against the dense conv of the same engine
+and against the naive formulation.
+
+    python3 bench/bench_fixed_layer.py [--repeats 10] [--json out.json]
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from timing import median_ms  # noqa: E402
+
+#: (B, M, N, H=W): the issue's shapes, then the MNIST and CIFAR-10 nets' conv layers.
+SHAPES = [(64, 32, 64, 14), (64, 64, 64, 32), (64, 64, 128, 28),
+          (64, 1, 32, 28), (64, 32, 64, 14), (64, 3, 32, 32), (64, 32, 64, 16)]
+LABELS = ["issue", "issue", "issue", "MNIST conv0", "MNIST conv1", "CIFAR conv0", "CIFAR conv1"]
+
+
+def torch_contenders(b, m, n, hw):
+    import torch
+    import torch.nn.functional as F
+    from models.fixed_kernels import KERNELS
+    from models.torch_layers import FixedConv2d
+
+    x = torch.randn(b, m, hw, hw, requires_grad=True)
+    fixed, dense = FixedConv2d(m, n), torch.nn.Conv2d(m, n, 3, padding=1)
+    depthwise = torch.tensor(KERNELS, dtype=torch.float32)[:, None].repeat(m, 1, 1, 1)
+    pointwise = torch.randn(n, 5 * m, 1, 1, requires_grad=True)
+
+    def run(forward):
+        def step():
+            y = forward()
+            y.backward(torch.ones_like(y))
+        return step
+    return {"fixed": run(lambda: fixed(x)), "dense": run(lambda: dense(x)),
+            "naive": run(lambda: F.conv2d(F.conv2d(x, depthwise, padding=1, groups=m), pointwise))}
+
+
+def pytensor_contenders(b, m, n, hw):
+    import pytensor
+    import pytensor.tensor as pt
+    from models.pytensor_engine import compile_mode
+    from models.pytensor_layers import conv2d_same, fixed_stage, pointwise
+
+    rng = np.random.default_rng(0)
+    x = pytensor.shared(rng.random((b, m, hw, hw), dtype=np.float32))
+    w1 = pytensor.shared(rng.random((5 * m, n), dtype=np.float32))
+    w3 = pytensor.shared(rng.random((n, m, 3, 3), dtype=np.float32))
+    bias = pytensor.shared(np.zeros(n, np.float32))
+
+    def compiled(out, weight):
+        cost = pt.sum(out)  # d cost / d out = ones, as the torch contenders
+        return pytensor.function([], pytensor.grad(cost, [x, weight]), mode=compile_mode())
+    return {"fixed": compiled(pointwise(fixed_stage(x), w1, bias), w1),
+            "dense": compiled(conv2d_same(x, w3, bias, 3), w3)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--engines", default="torch,pytensor")
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args()
+    builders = {"torch": torch_contenders, "pytensor": pytensor_contenders}
+    rows = []
+    print(f"forward+backward, float32, {os.cpu_count()} CPU threads, medians of {args.repeats} (ms)")
+    print(f"{'engine':9s} {'B,M,N,HxW':18s} {'layer':12s} {'fixed':>8s} {'dense':>8s} {'naive':>8s}"
+          f" {'fixed/dense':>12s} {'naive/fixed':>12s}")
+    for engine in args.engines.split(","):
+        for (b, m, n, hw), label in zip(SHAPES, LABELS):
+            times = {k: median_ms(f, args.repeats) for k, f in builders[engine](b, m, n, hw).items()}
+            naive = times.get("naive")
+            rows.append({"engine": engine, "shape": [b, m, n, hw], "layer": label, **times})
+            print(f"{engine:9s} {f'{b},{m},{n},{hw}x{hw}':18s} {label:12s} {times['fixed']:8.2f} {times['dense']:8.2f} "
+                  f"{naive if naive else float('nan'):8.2f} {times['fixed'] / times['dense']:11.2f}x "
+                  f"{(naive / times['fixed']) if naive else float('nan'):11.2f}x", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": os.cpu_count(), "ms": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
