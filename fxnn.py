@@ -136,6 +136,15 @@ def check_output(out, run_dir, resume, force):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:  # before training started; during training the loop handles it
+        print("\nInterrupted before training started; nothing was recorded.", file=sys.stderr)
+        return EXIT_CODES["interrupted"]
+
+
+def run(args):
+    """One experiment from parsed flags; returns the exit code."""
     from data import DataError, load_dataset
     from models.architecture import build_network
     from models.engines import make_engine, resolve
@@ -159,14 +168,14 @@ def main(argv=None):
 
     resumed = checkpoint.load(run_dir) if args.resume else None
     if resumed:
-        seed = resumed[4]["seed"] if args.seed is None else args.seed
+        seed = resumed.flags["seed"] if args.seed is None else args.seed
     else:
         seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
     flags = dict(vars(args), engine=engine_name, device=device, seed=seed)
-    if resumed and checkpoint.mismatches(resumed[4], flags):
-        differ = ", ".join(f"--{k.replace('_', '-')} (run: {resumed[4][k]}, now: {flags[k]})"
-                           for k in checkpoint.mismatches(resumed[4], flags))
-        return fail(f"cannot resume {out}: these flags differ from the interrupted run: {differ}")
+    differ = checkpoint.mismatches(resumed.flags, flags) if resumed else []
+    if differ:
+        listed = ", ".join(f"--{k.replace('_', '-')} (run: {resumed.flags[k]}, now: {flags[k]})" for k in differ)
+        return fail(f"cannot resume {out}: these flags differ from the interrupted run: {listed}")
     init_seed, batch_seed, engine_seed = np.random.SeedSequence(seed).generate_state(3)
 
     print(f'Using dataset "{args.dataset}".', flush=True)
@@ -188,12 +197,11 @@ def main(argv=None):
     os.makedirs(run_dir, exist_ok=True)
     recorder = Recorder(run_dir, network.param_shapes(), dataset.test_x[:NUM_SAMPLES],
                         dataset.test_y[:NUM_SAMPLES], args.record_params)
-    sampler = np.random.default_rng(batch_seed)
-    start_record = 0
+    sampler, start_record = np.random.default_rng(batch_seed), 0
     if resumed:
-        start_record, engine_state, sampler, curves, _ = resumed
-        engine.set_state(engine_state)
-        recorder.restore(curves, engine.get_params())
+        sampler, start_record = resumed.sampler, resumed.record
+        engine.set_state(resumed.engine_state)
+        recorder.restore(resumed.curves, engine.get_params())
         print(f"Resuming at iteration {start_record * args.iters_per_record} from {run_dir}", flush=True)
 
     def on_record(done):

@@ -8,6 +8,7 @@ so a kill at any moment leaves either the previous checkpoint or the new one.
 """
 import json
 import os
+from collections import namedtuple
 
 import numpy as np
 
@@ -30,18 +31,22 @@ def save(run_dir, record, engine_state, sampler, recorder_state, flags):
         np.savez(f, **arrays)
 
 
+Checkpoint = namedtuple("Checkpoint", "record engine_state sampler curves flags")
+
+
 def exists(run_dir):
     return os.path.exists(os.path.join(run_dir, FILE))
 
 
 def load(run_dir):
-    """(record, engine_state, sampler Generator, recorder_state, flags)."""
+    """The :data:`Checkpoint` saved in ``run_dir``: records done, engine state,
+    the batch sampler's Generator, the curves and the run's flags."""
     with np.load(os.path.join(run_dir, FILE), allow_pickle=False) as z:
         engine_state = {k[len("engine/"):]: z[k] for k in z.files if k.startswith("engine/")}
         curves = {k[len("curves/"):]: z[k] for k in z.files if k.startswith("curves/")}
         sampler = np.random.default_rng()
         sampler.bit_generator.state = json.loads(str(z["sampler"]))
-        return int(z["record"]), engine_state, sampler, curves, json.loads(str(z["flags"]))
+        return Checkpoint(int(z["record"]), engine_state, sampler, curves, json.loads(str(z["flags"])))
 
 
 def mismatches(saved_flags, flags):
