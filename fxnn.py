@@ -150,8 +150,10 @@ def run(args):
     from models.engines import make_engine, resolve
     from training import checkpoint
     from training.loop import NUM_SAMPLES, Schedule, raise_on_sigterm, train
+    from training.memory import pin_mmap_threshold
     from training.recorder import Recorder
 
+    pin_mmap_threshold()
     def fail(message):
         print(f"fxnn: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

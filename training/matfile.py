@@ -27,7 +27,7 @@ import scipy.io
 from data.atomic import atomic_path
 
 V5_MAX_VARIABLE_BYTES = 2**31 - 1
-SLAB_BYTES = 32 * 2**20
+SLAB_BYTES = 8 * 2**20
 
 _MI_INT8, _MI_INT32, _MI_UINT32, _MI_SINGLE, _MI_DOUBLE, _MI_MATRIX = 1, 5, 6, 7, 9, 14
 _MX_CLASS = {np.dtype(np.float32): (7, _MI_SINGLE), np.dtype(np.float64): (6, _MI_DOUBLE)}
