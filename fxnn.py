@@ -153,11 +153,11 @@ def run(args):
     from training.memory import pin_mmap_threshold
     from training.recorder import Recorder
 
-    pin_mmap_threshold()
     def fail(message):
         print(f"fxnn: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    pin_mmap_threshold()
     out = args.out or f"rec-{args.dataset}-{args.model}.mat"
     run_dir = out + ".run"
     problem = check_output(out, run_dir, args.resume, args.force)
