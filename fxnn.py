@@ -150,14 +150,13 @@ def run(args):
     from models.engines import make_engine, resolve
     from training import checkpoint
     from training.loop import NUM_SAMPLES, Schedule, raise_on_sigterm, train
-    from training.memory import pin_mmap_threshold
+    from training.memory import release_free_memory
     from training.recorder import Recorder
 
     def fail(message):
         print(f"fxnn: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    pin_mmap_threshold()
     out = args.out or f"rec-{args.dataset}-{args.model}.mat"
     run_dir = out + ".run"
     problem = check_output(out, run_dir, args.resume, args.force)
@@ -208,6 +207,7 @@ def run(args):
 
     def on_record(done):
         checkpoint.save(run_dir, done, engine.get_state(), sampler, recorder.state(), flags)
+        release_free_memory()
 
     schedule = Schedule(args.num_records, args.iters_per_record, args.batch_size,
                         args.learn_rate, args.learn_decay)
