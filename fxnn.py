@@ -69,6 +69,7 @@ exit codes: 0 done, 2 bad input or flags, 3 training diverged (NaN), 130 Ctrl-C,
 def build_parser():
     from models.architecture import MODELS
     from models.engines import DEVICES, ENGINES
+    from models.fxnn_paths import PATHS
     from models.optimizers import DEFAULT_LEARN_RATE, DEFAULT_OPTIMIZER, OPTIMIZERS
     from training.recorder import RECORD_PARAMS
 
@@ -94,8 +95,13 @@ def build_parser():
                    help="learn rate decays exponentially to lr*ld by the last record")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULT_OPTIMIZER, help="update rule")
     p.add_argument("--engine", choices=ENGINES, default="auto",
-                   help="auto: torch on a CUDA GPU, else pytensor (see README 'Engines')")
+                   help="auto: torch when installed (the faster engine on CPU and GPU), else pytensor "
+                        "(see README 'Engines')")
     p.add_argument("--device", choices=DEVICES, default="auto", help="cuda needs the torch engine")
+    p.add_argument("--fxnn-path", choices=PATHS, default="auto",
+                   help="how fxnn layers compute: the fixed stage then the 1x1 GEMM, or folded into one "
+                        "dense 3x3 conv (same function); auto: the faster for the engine and device "
+                        "(README 'Which path runs when')")
     p.add_argument("--seed", type=int, default=None,
                    help="random seed; same seed, same engine: same numbers (default: a fresh one, "
                         "stored in the record's meta.seed)")
@@ -190,7 +196,7 @@ def run(args):
     network = build_network(args.model, dataset.train_x.shape[1:], filter_size=args.filter_size)
     params = network.init_params(np.random.default_rng(init_seed))
     engine = make_engine(engine_name, device, network, params, args.optimizer, args.dropout_prob,
-                         int(engine_seed))
+                         int(engine_seed), args.fxnn_path)
     print(" done.", flush=True)
 
     if not resumed:
@@ -217,6 +223,7 @@ def run(args):
     meta = {
         "model": args.model, "dataset": args.dataset, "data_source": dataset.source,
         "data_files": "; ".join(dataset.files), "engine": engine_name, "device": device,
+        "fxnn_path": f"train {engine.paths['train']}, valid {engine.paths['valid']}",
         "seed": seed, "status": outcome, "iterations_done": len(recorder.tloss),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "flags": {k: ("" if v is None else v) for k, v in vars(args).items()},

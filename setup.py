@@ -7,13 +7,14 @@ setup(
     description="Train CNNs with fixed 3x3 convolution kernels followed by a trainable 1x1",
     python_requires=">=3.10",
     py_modules=["fxnn", "mnist_pickler"],
-    packages=["models", "data", "kernels", "training"],
+    packages=["models", "data", "kernels", "training", "analysis"],
     package_data={"data": ["image/mnist-sample/*"], "kernels": ["*.cu"]},
     install_requires=[
         "numpy>=1.26,<3",
         "scipy>=1.11,<2",
         "pytensor>=3.0,<4",
         "h5py>=3.8,<4",  # records larger than MATLAB v5 allows are written as v7.3 (HDF5)
+        "matplotlib>=3.7,<4",  # analysis/: curves and sweep plots
     ],
     extras_require={
         # The PyTorch engine and FixedConv2d; any 2.x from 2.2 works.
@@ -22,5 +23,10 @@ setup(
         "cuda": ["torch>=2.2,<3", "pycuda>=2025.1.2,<2027"],
         "test": ["pytest>=7"],
     },
-    entry_points={"console_scripts": ["fxnn=fxnn:cli"]},
+    entry_points={"console_scripts": [
+        "fxnn=fxnn:cli",
+        "fxnn-plot=analysis.plot:cli",
+        "fxnn-summary=analysis.summary:cli",
+        "fxnn-sweep=analysis.sweep:cli",
+    ]},
 )

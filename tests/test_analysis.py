@@ -1,0 +1,224 @@
+"""Plots, summaries and seed sweeps, on records the tests construct (with
+known curves) and on short real sweeps."""
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from analysis import plot, summary, sweep
+from analysis.records import RecordError, load_run
+from analysis.stats import Spread, error_at, iterations_to, welch_difference
+from conftest import ROOT
+from training.matfile import write_mat
+
+
+def make_record(path, model, seed, verate, ipr=100, engine="torch"):
+    """A record file with the given validation error per record and simple
+    other curves, in the layout fxnn.py writes."""
+    verate = np.asarray(verate, dtype=float)
+    iters = (len(verate) - 1) * ipr
+    terate = np.linspace(verate[0], verate[-1], iters)
+    write_mat(str(path), {
+        "tloss": terate / 4, "terate": terate, "vloss": verate / 4, "verate": verate,
+        "meta": {"model": model, "dataset": "MNIST", "data_source": "test data", "data_files": "",
+                 "engine": engine, "device": "cpu", "seed": seed, "status": "complete",
+                 "iterations_done": iters, "flags": {"iters_per_record": ipr, "num_records": len(verate) - 1}},
+    }, [])
+    return str(path)
+
+
+FXNN = {1: [0.9, 0.20, 0.08, 0.04, 0.030], 2: [0.9, 0.25, 0.06, 0.05, 0.035], 3: [0.9, 0.18, 0.09, 0.045, 0.028]}
+CNN = {1: [0.9, 0.40, 0.12, 0.07, 0.045], 2: [0.9, 0.38, 0.15, 0.06, 0.041]}
+
+
+@pytest.fixture
+def records(tmp_path):
+    return ([make_record(tmp_path / f"fxnn-{s}.mat", "fxnn", s, v) for s, v in FXNN.items()]
+            + [make_record(tmp_path / f"cnn-{s}.mat", "cnn", s, v) for s, v in CNN.items()])
+
+
+def test_load_run_reads_the_curves_and_identity(records):
+    run = load_run(records[0])
+    assert (run.model, run.engine, run.seed, run.iters_per_record) == ("fxnn", "torch", 1, 100)
+    np.testing.assert_array_equal(run.verate, FXNN[1])
+    np.testing.assert_array_equal(run.record_iterations, [0, 100, 200, 300, 400])
+    assert len(run.tloss) == 400 and run.label == "fxnn (torch)"
+
+
+def test_load_run_refuses_missing_and_foreign_files(tmp_path):
+    with pytest.raises(RecordError, match="no such record file"):
+        load_run(str(tmp_path / "absent.mat"))
+    (tmp_path / "junk.mat").write_bytes(b"not a mat file at all" * 20)
+    with pytest.raises(RecordError, match="junk.mat: not an fxnn record"):
+        load_run(str(tmp_path / "junk.mat"))
+
+
+def test_error_at_and_iterations_to_target(records):
+    run = load_run(records[1])  # fxnn seed 2
+    assert error_at(run, 200) == 0.06
+    with pytest.raises(ValueError, match="no validation at iteration 150"):
+        error_at(run, 150)
+    assert iterations_to(run, 0.05) == 300       # 0.05 <= 0.05 counts as reached
+    assert iterations_to(run, 0.25) == 100
+    assert math.isnan(iterations_to(run, 0.01))  # never reached
+
+
+def test_spread_is_the_sample_mean_and_std_and_counts_nans():
+    s = Spread.of([1.0, 2.0, 4.0, math.nan])
+    assert (s.n, s.missing) == (3, 1)
+    assert s.mean == pytest.approx(7 / 3)
+    assert s.std == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+
+
+@pytest.mark.parametrize("a, b", [([1, 2, 3.5], [2, 4, 5, 6]), ([0.03, 0.035, 0.028], [0.045, 0.041]),
+                                  (np.arange(10.0), np.arange(5.0) * 3)])
+def test_welch_interval_equals_scipys(a, b):
+    d = welch_difference(a, b, level=0.9)
+    ref = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.9)
+    assert d.diff == pytest.approx(np.mean(a) - np.mean(b))
+    assert (d.low, d.high) == pytest.approx((ref.low, ref.high))
+
+
+def test_welch_interval_needs_two_values_a_side():
+    d = welch_difference([1.0], [2.0, 3.0])
+    assert d.diff == -1.5 and math.isnan(d.low) and math.isnan(d.high)
+
+
+def test_summary_rows_are_right_on_constructed_records(records, tmp_path):
+    runs = [load_run(p) for p in records]
+    rows = summary.summarize(runs, at=[100, 400], target=0.05, versus="cnn")
+    get = {(r["measure"], r["label"], r["at"]): r for r in rows}
+    fx100 = [v[1] for v in FXNN.values()]
+    cnn100 = [v[1] for v in CNN.values()]
+    row = get["verate", "fxnn (torch)", 100]
+    assert row["mean"] == pytest.approx(np.mean(fx100)) and row["std"] == pytest.approx(np.std(fx100, ddof=1))
+    assert row["n"] == 3
+    # iterations to 5%: fxnn seeds reach it at 300, 300, 300; cnn at 400, 400
+    assert get["iters_to", "fxnn (torch)", 0.05]["mean"] == 300
+    assert get["iters_to", "cnn (torch)", 0.05]["mean"] == 400
+    diff = get["verate_diff", "fxnn (torch)", 100]
+    ref = stats.ttest_ind(fx100, cnn100, equal_var=False).confidence_interval(0.95)
+    assert diff["versus"] == "cnn (torch)"
+    assert diff["mean"] == pytest.approx(np.mean(fx100) - np.mean(cnn100))
+    assert (diff["ci_low"], diff["ci_high"]) == pytest.approx((ref.low, ref.high))
+    assert ("verate_diff", "cnn (torch)", 100) not in get
+
+    # the CSV holds the same rows, readable by a real CSV parser
+    out = tmp_path / "s.csv"
+    summary.write_csv(rows, str(out))
+    with open(out, newline="") as f:
+        back = list(csv.DictReader(f))
+    assert len(back) == len(rows)
+    assert float(back[0]["mean"]) == pytest.approx(rows[0]["mean"])
+
+
+def test_never_reached_targets_are_counted_not_averaged(records):
+    runs = [load_run(p) for p in records]
+    rows = summary.summarize(runs, at=[400], target=0.029, versus="cnn")
+    (fx,) = [r for r in rows if r["measure"] == "iters_to" and r["label"] == "fxnn (torch)"]
+    assert (fx["mean"], fx["n"], fx["missing"]) == (400, 1, 2)
+    assert not [r for r in rows if r["measure"] == "iters_to_diff"]  # undefined when some never reach it
+    table = summary.format_table(rows, [400], 0.029)
+    assert "(2 never)" in table
+
+
+def test_summary_command_prints_the_table_and_writes_csv_and_png(records, tmp_path, capsys):
+    code = summary.main(records + ["--at", "100", "400", "--csv", str(tmp_path / "s.csv"),
+                                   "--png", str(tmp_path / "s.png")])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "data: MNIST from test data"
+    fx_line = next(line for line in lines if line.startswith("fxnn (torch)"))
+    assert f"{100 * np.mean([v[1] for v in FXNN.values()]):.2f}%" in fx_line
+    assert any(line.startswith("fxnn - cnn") for line in lines)
+    assert (tmp_path / "s.csv").stat().st_size > 0 and (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_summary_command_one_line_error_on_bad_iteration(records, capsys):
+    assert summary.main(records + ["--at", "150"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no validation at iteration 150" in err
+
+
+def test_plot_draws_two_curves_per_run_per_axis_to_a_png_of_the_figure_size(records, tmp_path):
+    import matplotlib.image
+    out = tmp_path / "curves.png"
+    fig = plot.plot_runs([load_run(p) for p in records], str(out), log_error=True)
+    loss_ax, err_ax = fig.axes
+    assert len(loss_ax.get_lines()) == len(err_ax.get_lines()) == 2 * len(records)
+    assert err_ax.get_yscale() == "log"
+    labels = [line.get_label() for line in err_ax.get_lines()]
+    assert "fxnn (torch) seed 2 valid" in labels and "cnn (torch) seed 1 train" in labels
+    # the training curve is the mean over each record's iterations
+    train = err_ax.get_lines()[1]
+    run = load_run(records[0])
+    np.testing.assert_allclose(train.get_ydata(), run.terate.reshape(4, 100).mean(axis=1))
+    np.testing.assert_array_equal(train.get_xdata(), [100, 200, 300, 400])
+    image = matplotlib.image.imread(str(out))
+    assert image.shape[:2] == (450, 1200)
+
+
+def test_band_plot_draws_the_mean_and_one_std_per_model(records, tmp_path):
+    fig = plot.plot_bands([load_run(p) for p in records], str(tmp_path / "bands.png"))
+    err_ax = fig.axes[1]
+    fx_line, cnn_line = err_ax.get_lines()
+    np.testing.assert_allclose(fx_line.get_ydata(), np.mean(list(FXNN.values()), axis=0))
+    assert fx_line.get_label() == "fxnn (torch), 3 seeds, valid"
+    assert len(err_ax.collections) == 2  # one band per model
+
+
+def test_plot_command_errors_in_one_line(tmp_path, capsys):
+    assert plot.main([str(tmp_path / "none.mat"), "-o", str(tmp_path / "x.png")]) == 2
+    assert "no such record file" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_sweep_runs_every_model_and_seed_then_skips_them_when_rerun(tmp_path, small_mnist):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "analysis.sweep", "-m", "fxnn", "baseline", "--seeds", "1", "2",
+           "-o", str(out), "--at", "5", "10", "--", "-nrec", "2", "-ipr", "5", "--data-dir", small_mnist]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "4 to run, 2 at a time" in done.stdout
+    for model in ("fxnn", "baseline"):
+        for seed in (1, 2):
+            run = load_run(str(out / f"{model}-seed{seed}.mat"))
+            assert (run.model, run.seed, run.status, len(run.verate)) == (model, seed, "complete", 3)
+            assert "Iter 00010/00010" in (out / f"{model}-seed{seed}.log").read_text()
+    assert "fxnn - baseline" not in done.stdout  # --versus cnn: no cnn here, so no differences
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["label"] for r in rows} == {"fxnn (torch)", "baseline (torch)"} or \
+        {r["label"] for r in rows} == {"fxnn (pytensor)", "baseline (pytensor)"}
+    assert os.path.getsize(out / "summary.png") > 0
+
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "4 already done, 0 to run" in again.stdout
+
+
+def test_sweep_resumes_a_run_that_left_a_checkpoint(tmp_path):
+    job = sweep.plan(["fxnn"], [7], str(tmp_path))[0]
+    assert job.state == "new" and "--resume" not in job.command([])
+    os.makedirs(job.record + ".run")
+    open(os.path.join(job.record + ".run", "checkpoint.npz"), "wb").close()
+    assert job.state == "resume" and job.command(["-nrec", "3"])[-3:] == ["-nrec", "3", "--resume"]
+
+
+@pytest.mark.parametrize("extra, message", [(["--", "--seed", "4"], "the sweep sets --seed itself"),
+                                            (["--", "-nrec", "0"], "must be a positive integer")])
+def test_sweep_refuses_bad_flags_before_running_anything(tmp_path, extra, message):
+    cmd = [sys.executable, "-m", "analysis.sweep", "-m", "fxnn", "--seeds", "1", "-o", str(tmp_path / "s")] + extra
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_progress_line_from_a_console_line():
+    line = "Iter 00300/10000: loss|erate 0.125169| 39.05% valid loss|erate 0.053871| 16.81%"
+    assert sweep.progress(line) == "Iter 00300/10000 valid 16.81%"
