@@ -41,10 +41,11 @@ def resolve(engine, device):
     return engine, device
 
 
-def make_engine(engine, device, network, params, optimizer, dropout, seed):
-    """A ready-to-train engine for ``network`` starting from ``params``."""
+def make_engine(engine, device, network, params, optimizer, dropout, seed, fxnn_path="auto"):
+    """A ready-to-train engine for ``network`` starting from ``params``; fxnn
+    layers on ``fxnn_path`` (see :mod:`models.fxnn_paths`)."""
     if engine == "pytensor":
         from .pytensor_engine import PyTensorEngine
-        return PyTensorEngine(network, params, optimizer, dropout, seed)
+        return PyTensorEngine(network, params, optimizer, dropout, seed, fxnn_path=fxnn_path)
     from .torch_engine import TorchEngine
-    return TorchEngine(network, params, optimizer, dropout, seed, device)
+    return TorchEngine(network, params, optimizer, dropout, seed, device, fxnn_path=fxnn_path)

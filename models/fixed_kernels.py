@@ -94,3 +94,15 @@ def fixed_stage_grad_reference(g):
                 if flipped[a, cc]:
                     dx += flipped[a, cc] * gp[:, :, k, a:a + h, cc:cc + w]
     return dx.astype(g.dtype, copy=False)
+
+
+def fold_weights(w):
+    """The dense 3x3 kernels equal to the fixed stage followed by the 1x1
+    weight ``w`` (5M, N): (N, M, 3, 3) with ``W_eff[n, m] = sum_k w[5m+k, n] *
+    KERNELS[k]``. With nothing between the two stages they are one linear
+    map, a dense 3x3 convolution whose kernels lie in the span of the five."""
+    w = np.asarray(w)
+    c, n = w.shape
+    if c % NUM_KERNELS:
+        raise ValueError(f"1x1 weight has {c} rows, not a multiple of {NUM_KERNELS}")
+    return np.einsum("mkn,kac->nmac", w.reshape(c // NUM_KERNELS, NUM_KERNELS, n), KERNELS).astype(w.dtype)

@@ -20,9 +20,10 @@ import pytensor  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 
 from . import dropout as dropout_masks
-from .architecture import LOG_EPS
 from . import optimizers
-from .pytensor_layers import conv2d_same, fixed_stage, max_pool_2x2, pointwise, relu
+from .architecture import LOG_EPS
+from .fxnn_paths import resolve_paths
+from .pytensor_layers import conv2d_same, fxnn_conv, max_pool_2x2, relu
 
 def compile_mode():
     """PyTensor's C backend ('cvm'); its default in PyTensor 3 is Numba, whose
@@ -42,14 +43,15 @@ def softmax(h):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def forward(network, params, x, dropout=0.0, masks=()):
-    """Class probabilities (B, classes) of ``network`` for images ``x``.
+def forward(network, params, x, dropout=0.0, masks=(), path="fixed"):
+    """Class probabilities (B, classes) of ``network`` for images ``x``, fxnn
+    layers on ``path`` (see :mod:`models.fxnn_paths`).
     Dropout (inverted: kept units scaled by 1/(1-p)) when uint16 ``masks``
     (one per conv layer, see :mod:`models.dropout`) are given."""
     h = x
     for i, layer in enumerate(network.convs):
         w, b = params[layer.name + "_w"], params[layer.name + "_b"]
-        h = pointwise(fixed_stage(h), w, b) if layer.kind == "fxnn" else conv2d_same(h, w, b, layer.size)
+        h = fxnn_conv(h, w, b, path) if layer.kind == "fxnn" else conv2d_same(h, w, b, layer.size)
         h = relu(h)
         if masks:
             keep = pt.ge(masks[i], dropout_masks.threshold(dropout))
@@ -109,9 +111,10 @@ class PyTensorEngine:
     name = "pytensor"
 
     def __init__(self, network, params, optimizer=optimizers.DEFAULT_OPTIMIZER, dropout=0.0, seed=0,
-                 dtype=FLOAT):
+                 dtype=FLOAT, fxnn_path="auto"):
         if optimizer not in optimizers.OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}")
+        self.paths = resolve_paths(fxnn_path, "pytensor", "cpu")
         self.network, self.optimizer, self.dtype, self.dropout = network, optimizer, dtype, dropout
         self._params = OrderedDict((n, pytensor.shared(np.asarray(v, dtype=dtype), name=n))
                                    for n, v in params.items())
@@ -121,12 +124,13 @@ class PyTensorEngine:
         self._rng = np.random.default_rng(seed)
         masks = [pt.tensor4(f"mask{i}", dtype="uint16") for i in range(len(network.convs))] if dropout else []
         with pytensor.config.change_flags(floatX=dtype):
-            loss, erate = objective(forward(network, self._params, self._x, dropout, masks), self._y)
+            loss, erate = objective(forward(network, self._params, self._x, dropout, masks, self.paths["train"]),
+                                    self._y)
             grads = OrderedDict(zip(self._params, pytensor.grad(loss, list(self._params.values()))))
             updates, self._state = optimizer_updates(optimizer, self._params, grads, lr)
             self._train = pytensor.function([self._x, self._y, lr] + masks, [loss, erate], updates=updates,
                                           mode=compile_mode())
-            probs = forward(network, self._params, self._x)
+            probs = forward(network, self._params, self._x, path=self.paths["valid"])
             self._eval = pytensor.function([self._x, self._y], list(objective(probs, self._y)) + [probs],
                                          mode=compile_mode())
         self._grad_fn = None
@@ -146,7 +150,7 @@ class PyTensorEngine:
         """{name: d loss / d param} on a batch with dropout off (for tests)."""
         if self._grad_fn is None:
             with pytensor.config.change_flags(floatX=self.dtype):
-                loss, _ = objective(forward(self.network, self._params, self._x), self._y)
+                loss, _ = objective(forward(self.network, self._params, self._x, path=self.paths["train"]), self._y)
                 self._grad_fn = pytensor.function([self._x, self._y],
                                                   pytensor.grad(loss, list(self._params.values())),
                                                   mode=compile_mode())

@@ -8,7 +8,7 @@ followed by one tensordot, since PyTensor no longer ships a conv2d op.
 """
 import pytensor.tensor as pt
 
-from .fixed_kernels import NUM_KERNELS, SEPARABLE
+from .fixed_kernels import KERNELS, NUM_KERNELS, SEPARABLE
 
 
 def zero_pad(x, pad):
@@ -65,6 +65,21 @@ def conv2d_same(x, w, bias, k):
     patches = pt.stack([xp[:, :, a:a + h, c:c + width] for a in range(k) for c in range(k)], axis=2)
     patches = patches.reshape((b, -1, h, width))          # channel index m*k*k + a*k + c
     return pointwise(patches, w.reshape((w.shape[0], -1)).T, bias)
+
+
+def fold(w):
+    """(5M, N) 1x1 weight -> (N, M, 3, 3) dense kernels, the symbolic form of
+    :func:`models.fixed_kernels.fold_weights`."""
+    c, n = w.shape
+    kernels = pt.constant(KERNELS.astype(w.dtype))
+    return pt.tensordot(w.reshape((c // NUM_KERNELS, NUM_KERNELS, n)), kernels, axes=[[1], [0]]).dimshuffle(1, 0, 2, 3)
+
+
+def fxnn_conv(x, w, bias, path="fixed"):
+    """An fxnn conv layer on ``path`` (see :mod:`models.fxnn_paths`)."""
+    if path == "folded":
+        return conv2d_same(x, fold(w), bias, 3)
+    return pointwise(fixed_stage(x), w, bias)
 
 
 def max_pool_2x2(x):

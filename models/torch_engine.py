@@ -3,9 +3,10 @@ the PyTensor engine, on the CPU or a CUDA GPU.
 
 Parameters are plain tensors keyed by the project-wide names of
 :mod:`models.architecture` (fxnn 1x1 weights (5M, N), dense weights
-(in, out)), so they move between engines unchanged. The fixed stage is
-:func:`models.torch_layers.fixed_conv2d` (the fixed stage, separable torch
-ops or the PyCUDA kernel on GPUs, then a 1x1 GEMM); the optimizers are written out to follow
+(in, out)), so they move between engines unchanged. An fxnn conv layer is
+:func:`models.torch_layers.fixed_conv2d` on the path of
+:mod:`models.fxnn_paths` (the fixed stage then a 1x1 GEMM, or the folded
+dense conv); the optimizers are written out to follow
 :mod:`models.optimizers` exactly rather than torch.optim.
 """
 import json
@@ -18,18 +19,19 @@ import torch.nn.functional as F
 from . import dropout as dropout_masks
 from . import optimizers
 from .architecture import LOG_EPS
+from .fxnn_paths import resolve_paths
 from .torch_layers import fixed_conv2d
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def forward(network, params, x, dropout=0.0, masks=()):
+def forward(network, params, x, dropout=0.0, masks=(), path="fixed"):
     """Class probabilities; dropout (inverted) when uint16 ``masks`` (one per
-    conv layer, see :mod:`models.dropout`) are given."""
+    conv layer, see :mod:`models.dropout`) are given; fxnn layers on ``path``."""
     h = x
     for i, layer in enumerate(network.convs):
         w, b = params[layer.name + "_w"], params[layer.name + "_b"]
-        h = fixed_conv2d(h, w, b) if layer.kind == "fxnn" else F.conv2d(h, w, b, padding=layer.size // 2)
+        h = fixed_conv2d(h, w, b, path) if layer.kind == "fxnn" else F.conv2d(h, w, b, padding=layer.size // 2)
         h = torch.relu(h)
         if masks:
             keep = masks[i] >= dropout_masks.threshold(dropout)
@@ -56,11 +58,12 @@ class TorchEngine:
     name = "torch"
 
     def __init__(self, network, params, optimizer=optimizers.DEFAULT_OPTIMIZER, dropout=0.0, seed=0,
-                 device="cpu", dtype="float32"):
+                 device="cpu", dtype="float32", fxnn_path="auto"):
         if optimizer not in optimizers.OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}")
         self.network, self.optimizer, self.dropout = network, optimizer, dropout
         self.device, self.dtype = torch.device(device), DTYPES[dtype]
+        self.paths = resolve_paths(fxnn_path, "torch", self.device.type)
         # copies: the updates are in place and must not reach the caller's arrays
         self._params = OrderedDict((n, self._tensor(v).clone().requires_grad_(True)) for n, v in params.items())
         self._state = {slot: {n: torch.zeros_like(p) for n, p in self._params.items()}
@@ -75,7 +78,7 @@ class TorchEngine:
         return self._tensor(x), torch.as_tensor(np.asarray(y), device=self.device).long()
 
     def _loss_and_grads(self, x, y, masks=()):
-        probs = forward(self.network, self._params, x, self.dropout, masks)
+        probs = forward(self.network, self._params, x, self.dropout, masks, self.paths["train"])
         loss, erate = objective(probs, y)
         grads = torch.autograd.grad(loss, list(self._params.values()))
         return loss, erate, OrderedDict(zip(self._params, grads))
@@ -111,7 +114,7 @@ class TorchEngine:
         """(mean loss, error rate, probabilities) of a batch, dropout off."""
         x, y = self._batch(x, y)
         with torch.no_grad():
-            probs = forward(self.network, self._params, x)
+            probs = forward(self.network, self._params, x, path=self.paths["valid"])
             loss, erate = objective(probs, y)
         return float(loss), float(erate), probs.cpu().numpy()
 

@@ -12,10 +12,12 @@ both engines and ``.mat`` files unchanged.
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .architecture import FXNN_1X1_INIT_SCALE
-from .fixed_kernels import NUM_KERNELS
+from .fixed_kernels import KERNELS, NUM_KERNELS
+from .fxnn_paths import PATHS, resolve_paths
 from .torch_fixed import fixed_stage
 
 
@@ -29,15 +31,32 @@ def pointwise(x, weight, bias=None):
     return out.view(b, weight.shape[1], h, w)
 
 
-def fixed_conv2d(x, weight, bias=None):
-    """Functional form of :class:`FixedConv2d`."""
+def fold(weight):
+    """(5M, N) 1x1 weight -> (N, M, 3, 3) dense kernels; the torch form of
+    :func:`models.fixed_kernels.fold_weights`, differentiable."""
+    c, n = weight.shape
+    kernels = torch.tensor(KERNELS, dtype=weight.dtype, device=weight.device)
+    return torch.einsum("mkn,kac->nmac", weight.reshape(c // NUM_KERNELS, NUM_KERNELS, n), kernels)
+
+
+def fixed_conv2d(x, weight, bias=None, path="fixed"):
+    """Functional form of :class:`FixedConv2d`. ``path`` (see
+    :mod:`models.fxnn_paths`): "fixed" runs the fixed stage then the 1x1
+    GEMM, "folded" one dense 3x3 conv with the folded kernels, "auto" the
+    faster of the two for the tensor's device and whether autograd records."""
+    if path == "auto":
+        path = resolve_paths("auto", "torch", x.device.type)["train" if torch.is_grad_enabled() else "valid"]
+    if path == "folded":
+        return F.conv2d(x, fold(weight), bias, padding=1)
     return pointwise(fixed_stage(x), weight, bias)
 
 
 class FixedConv2d(nn.Module):
-    def __init__(self, in_channels, out_channels, bias=True, device=None, dtype=None):
+    def __init__(self, in_channels, out_channels, bias=True, path="auto", device=None, dtype=None):
         super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+        self.in_channels, self.out_channels, self.path = in_channels, out_channels, path
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(NUM_KERNELS * in_channels, out_channels, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
@@ -51,7 +70,8 @@ class FixedConv2d(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x):
-        return fixed_conv2d(x, self.weight, self.bias)
+        return fixed_conv2d(x, self.weight, self.bias, self.path)
 
     def extra_repr(self):
-        return f"{self.in_channels}, {self.out_channels}, fixed 3x3 x{NUM_KERNELS} + 1x1, bias={self.bias is not None}"
+        return (f"{self.in_channels}, {self.out_channels}, fixed 3x3 x{NUM_KERNELS} + 1x1, "
+                f"bias={self.bias is not None}, path={self.path}")

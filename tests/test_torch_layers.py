@@ -6,23 +6,22 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from models.fixed_kernels import KERNELS, fixed_stage_reference  # noqa: E402
+from models.fixed_kernels import KERNELS, fixed_stage_reference, fold_weights  # noqa: E402
 from models.torch_layers import FixedConv2d  # noqa: E402
 
 
 def folded_conv(layer):
     """The dense nn.Conv2d equal to ``layer``: W_eff[n, m] = sum_k weight[5m+k, n] K_k."""
     m, n = layer.in_channels, layer.out_channels
-    w = layer.weight.detach().double().numpy().reshape(m, 5, n)
     dense = nn.Conv2d(m, n, 3, padding=1).double()
     with torch.no_grad():
-        dense.weight.copy_(torch.from_numpy(np.einsum("mkn,kab->nmab", w, KERNELS)))
+        dense.weight.copy_(torch.from_numpy(fold_weights(layer.weight.detach().double().numpy())))
         dense.bias.copy_(layer.bias.detach().double())
     return dense
 
 
 def test_output_is_fixed_stage_then_a_1x1():
-    layer = FixedConv2d(3, 4).double()
+    layer = FixedConv2d(3, 4, path="fixed").double()
     nn.init.normal_(layer.bias)
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
     want = np.einsum("bchw,cn->bnhw", fixed_stage_reference(x.numpy()), layer.weight.detach().numpy())
@@ -31,7 +30,7 @@ def test_output_is_fixed_stage_then_a_1x1():
 
 
 def test_equals_the_folded_dense_conv_with_the_same_gradients():
-    layer = FixedConv2d(5, 7).double()
+    layer = FixedConv2d(5, 7, path="fixed").double()
     nn.init.normal_(layer.bias)
     dense = folded_conv(layer)
     x = torch.randn(3, 5, 9, 8, dtype=torch.float64, requires_grad=True)
@@ -84,3 +83,32 @@ def test_trains_inside_a_sequential():
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0]
     assert net[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 5), (1, 1, 1, 1), (3, 2, 4, 9)])
+def test_folded_path_equals_the_fixed_path_forward_and_gradient(shape):
+    from models.torch_layers import fixed_conv2d
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5 * shape[1], 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: fixed_conv2d(*a, path="folded"), (x, w, b))
+    g = torch.randn(shape[0], 4, *shape[2:], dtype=torch.float64)
+    results = []
+    for path in ("fixed", "folded"):
+        out = fixed_conv2d(x, w, b, path)
+        results.append([out] + list(torch.autograd.grad(out, (x, w, b), g)))
+    for a, c in zip(*results):
+        np.testing.assert_allclose(c.detach().numpy(), a.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_auto_path_runs_the_folded_conv_on_the_cpu():
+    from models.torch_layers import fixed_conv2d
+    torch.manual_seed(0)
+    x, w, b = torch.randn(4, 16, 12, 12), torch.randn(80, 8), torch.randn(8)
+    fixed, folded = fixed_conv2d(x, w, b, "fixed"), fixed_conv2d(x, w, b, "folded")
+    assert not torch.equal(fixed, folded)  # float32 rounding tells the two apart
+    assert torch.equal(fixed_conv2d(x, w, b, "auto"), folded)
+    with torch.no_grad():
+        assert torch.equal(fixed_conv2d(x, w, b, "auto"), folded)
+    with pytest.raises(ValueError, match="path must be one of"):
+        FixedConv2d(2, 3, path="fast")
