@@ -3,9 +3,10 @@
 fixed formulation, per engine, measured side by side in one run.
 
 Contenders at each (B, M, N, HxW):
-  torch    FixedConv2d (fixed stage + 1x1 GEMM)  |  nn.Conv2d(M, N, 3, padding=1)  |
-           naive: depthwise conv2d with the 5 kernels (groups=M), then a 1x1 conv2d
-  pytensor fixed stage + 1x1 (the engine's graph) |  dense 3x3 (the engine's im2col conv)
+  fixed    the fixed stage + 1x1 GEMM (torch: FixedConv2d(path="fixed"); pytensor: the engine's graph)
+  folded   the 1x1 weights folded into dense 3x3 kernels, then one dense conv (models/fxnn_paths.py)
+  dense    a generic 3x3 conv (torch: nn.Conv2d(M, N, 3, padding=1); pytensor: its im2col conv)
+  naive    torch only: depthwise conv2d with the 5 kernels (groups=M), then a 1x1 conv2d
 Medians after warm-up; ratios are against the dense conv of the same engine
 and against the naive formulation.
 
@@ -37,7 +38,8 @@ def torch_contenders(b, m, n, hw):
     from models.torch_layers import FixedConv2d
 
     x = torch.randn(b, m, hw, hw, requires_grad=True)
-    fixed, dense = FixedConv2d(m, n), torch.nn.Conv2d(m, n, 3, padding=1)
+    fixed, folded = FixedConv2d(m, n, path="fixed"), FixedConv2d(m, n, path="folded")
+    dense = torch.nn.Conv2d(m, n, 3, padding=1)
     depthwise = torch.tensor(KERNELS, dtype=torch.float32)[:, None].repeat(m, 1, 1, 1)
     pointwise = torch.randn(n, 5 * m, 1, 1, requires_grad=True)
 
@@ -46,7 +48,7 @@ def torch_contenders(b, m, n, hw):
             y = forward()
             y.backward(torch.ones_like(y))
         return step
-    return {"fixed": run(lambda: fixed(x)), "dense": run(lambda: dense(x)),
+    return {"fixed": run(lambda: fixed(x)), "folded": run(lambda: folded(x)), "dense": run(lambda: dense(x)),
             "naive": run(lambda: F.conv2d(F.conv2d(x, depthwise, padding=1, groups=m), pointwise))}
 
 
@@ -54,7 +56,7 @@ def pytensor_contenders(b, m, n, hw):
     import pytensor
     import pytensor.tensor as pt
     from models.pytensor_engine import compile_mode
-    from models.pytensor_layers import conv2d_same, fixed_stage, pointwise
+    from models.pytensor_layers import conv2d_same, fxnn_conv
 
     rng = np.random.default_rng(0)
     x = pytensor.shared(rng.random((b, m, hw, hw), dtype=np.float32))
@@ -65,7 +67,8 @@ def pytensor_contenders(b, m, n, hw):
     def compiled(out, weight):
         cost = pt.sum(out)  # d cost / d out = ones, as the torch contenders
         return pytensor.function([], pytensor.grad(cost, [x, weight]), mode=compile_mode())
-    return {"fixed": compiled(pointwise(fixed_stage(x), w1, bias), w1),
+    return {"fixed": compiled(fxnn_conv(x, w1, bias, "fixed"), w1),
+            "folded": compiled(fxnn_conv(x, w1, bias, "folded"), w1),
             "dense": compiled(conv2d_same(x, w3, bias, 3), w3)}
 
 
@@ -78,15 +81,16 @@ def main():
     builders = {"torch": torch_contenders, "pytensor": pytensor_contenders}
     rows = []
     print(f"forward+backward, float32, {os.cpu_count()} CPU threads, medians of {args.repeats} (ms)")
-    print(f"{'engine':9s} {'B,M,N,HxW':18s} {'layer':12s} {'fixed':>8s} {'dense':>8s} {'naive':>8s}"
-          f" {'fixed/dense':>12s} {'naive/fixed':>12s}")
+    print(f"{'engine':9s} {'B,M,N,HxW':18s} {'layer':12s} {'fixed':>8s} {'folded':>8s} {'dense':>8s} {'naive':>8s}"
+          f" {'fixed/dense':>12s} {'folded/dense':>13s} {'naive/fixed':>12s}")
     for engine in args.engines.split(","):
         for (b, m, n, hw), label in zip(SHAPES, LABELS):
             times = {k: median_ms(f, args.repeats) for k, f in builders[engine](b, m, n, hw).items()}
             naive = times.get("naive")
             rows.append({"engine": engine, "shape": [b, m, n, hw], "layer": label, **times})
-            print(f"{engine:9s} {f'{b},{m},{n},{hw}x{hw}':18s} {label:12s} {times['fixed']:8.2f} {times['dense']:8.2f} "
-                  f"{naive if naive else float('nan'):8.2f} {times['fixed'] / times['dense']:11.2f}x "
+            print(f"{engine:9s} {f'{b},{m},{n},{hw}x{hw}':18s} {label:12s} {times['fixed']:8.2f} "
+                  f"{times['folded']:8.2f} {times['dense']:8.2f} {naive if naive else float('nan'):8.2f} "
+                  f"{times['fixed'] / times['dense']:11.2f}x {times['folded'] / times['dense']:12.2f}x "
                   f"{(naive / times['fixed']) if naive else float('nan'):11.2f}x", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """One training step and one validation pass of the whole network, per engine.
 
-For fxnn and cnn on each engine present (pytensor, torch), against the peer a
-user would write instead: a plain PyTorch nn.Sequential cnn with nn.Conv2d
+For fxnn (on each path of models/fxnn_paths.py: the fixed stage + 1x1 GEMM,
+and the folded dense conv) and cnn on each engine present (pytensor, torch),
+against the peer a user would write instead: a plain PyTorch nn.Sequential cnn with nn.Conv2d
 and torch.optim.SGD. Medians of repeated timings after warm-up, measured side
 by side in one run, on MNIST-shaped random data (batch 64 for training, 100
 for validation, as fxnn.py uses them).
@@ -74,18 +75,18 @@ def main():
         rows["peer nn.Conv2d cnn"] = (median_ms(lambda: train(xt, yt), args.repeats),
                                       median_ms(lambda: validate(xv, yv), args.repeats))
     for engine_name in engines:
-        for model in ("fxnn", "cnn"):
+        for model, path in (("fxnn", "fixed"), ("fxnn", "folded"), ("cnn", "auto")):
             net = build_network(model, shape)
-            engine = make_engine(engine_name, "cpu", net, net.init_params(rng), "sgd", 0.25, 0)
-            rows[f"{engine_name} {model}"] = (
+            engine = make_engine(engine_name, "cpu", net, net.init_params(rng), "sgd", 0.25, 0, path)
+            rows[f"{engine_name} {model}" + (f" ({path})" if model == "fxnn" else "")] = (
                 median_ms(lambda: engine.train_step(xt, yt, 0.01), args.repeats),
                 median_ms(lambda: engine.evaluate(xv, yv), args.repeats))
     peer = rows.get("peer nn.Conv2d cnn")
     print(f"{args.dataset}, {os.cpu_count()} CPU threads, medians of {args.repeats}")
-    print(f"{'':22s} {'train step (64)':>16s} {'validation (100)':>17s}" + ("   vs peer: train  valid" if peer else ""))
+    print(f"{'':24s} {'train step (64)':>16s} {'validation (100)':>17s}" + ("   vs peer: train  valid" if peer else ""))
     for name, (t, v) in rows.items():
         ratio = f"   {t / peer[0]:13.2f}x {v / peer[1]:6.2f}x" if peer else ""
-        print(f"{name:22s} {t:13.1f} ms {v:14.1f} ms{ratio}")
+        print(f"{name:24s} {t:13.1f} ms {v:14.1f} ms{ratio}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"dataset": args.dataset, "threads": os.cpu_count(),

@@ -3,14 +3,16 @@
 conv(32)-pool-conv(64)-pool-fc384-fc192-fc10 with ReLU, dropout after each
 conv layer (training only), 2x2 max pooling (odd sizes floor, as ignore_border)
 and a softmax. ``fxnn`` and ``cnn`` differ only in the conv layer; ``baseline``
-is logistic regression on the pixels.
+is logistic regression on the pixels. The ablation models (:data:`ABLATIONS`)
+change one thing each about the conv layers of fxnn or cnn.
 
 Parameter names, shapes and layouts are the original's and are shared by all
 engines, so parameters move between engines and every ``.mat`` reads the same:
 
-* fxnn conv layer ``conv{i}_w``: (5*M, N), rows in the 5M layout of
+* fxnn (and fxnn-ortho) conv layer ``conv{i}_w``: (5*M, N), rows in the 5M layout of
   :mod:`models.fixed_kernels`; ``conv{i}_b``: (N,)
-* cnn conv layer ``conv{i}_w``: (N, M, k, k) (cross-correlation); ``conv{i}_b``: (N,)
+* cnn (and cnn-sub, cnn-fxinit) conv layer ``conv{i}_w``: (N, M, k, k)
+  (cross-correlation); ``conv{i}_b``: (N,)
 * dense ``mlp{i}_w``: (fan_in, fan_out); ``mlp{i}_b``: (fan_out,)
 * baseline ``m_w``: (C*H*W, 10); ``m_b``: (10,)
 """
@@ -19,9 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fixed_kernels import NUM_KERNELS
+from .fixed_kernels import GRAM_SQRT, KERNELS, NUM_KERNELS, ORTHONORMAL, fold_weights, project_kernels
 
-MODELS = ("fxnn", "cnn", "baseline")
+MODELS = ("fxnn", "cnn", "baseline", "fxnn-ortho", "cnn-sub", "cnn-fxinit")
+#: The ablations: each changes one thing about fxnn or cnn (README "Ablations").
+ABLATIONS = {
+    "fxnn-ortho": "fxnn with an orthonormal basis of the same 5-dim span, from the same initial effective "
+                  "kernels (no preconditioning by the Gram matrix)",
+    "cnn-sub": "cnn's dense 3x3 weights, projected onto the span of the five kernels after every update",
+    "cnn-fxinit": "cnn whose initial kernels are drawn as fxnn's effective kernels (fxnn's init, folded)",
+}
 CONV_CHANNELS = (32, 64)
 HIDDEN_UNITS = (384, 192)
 INIT_SCALE = 1.4          # uniform(+-1.4/sqrt(fan_in + fan_out))
@@ -32,24 +41,54 @@ LOG_EPS = 1e-3             # the original's loss: mean(-onehot(y) * log(p + 1e-3
 @dataclass(frozen=True)
 class ConvLayer:
     name: str        # "conv0", "conv1"
-    kind: str        # "fxnn" or "cnn"
+    kind: str        # the model: "fxnn", "cnn" or an ablation
     in_channels: int
     out_channels: int
-    size: int        # kernel size (3 for fxnn)
+    size: int        # kernel size (3 for all but cnn)
+
+    @property
+    def factored(self):
+        """True for a 1x1 over a fixed basis (weight (5M, N)), False for a
+        dense k x k conv (weight (N, M, k, k))."""
+        return self.kind in ("fxnn", "fxnn-ortho")
+
+    @property
+    def basis(self):
+        """The fixed basis of a factored layer, (5, 3, 3)."""
+        return ORTHONORMAL if self.kind == "fxnn-ortho" else KERNELS
+
+    @property
+    def projected(self):
+        """True when the weights are kept in the span of the five kernels."""
+        return self.kind == "cnn-sub"
 
     def bias_shape(self):
         return (self.out_channels,)
 
     def weight_shape(self):
-        if self.kind == "fxnn":
+        if self.factored:
             return (NUM_KERNELS * self.in_channels, self.out_channels)
         return (self.out_channels, self.in_channels, self.size, self.size)
 
     def init_bound(self):
-        if self.kind == "fxnn":
+        if self.factored:
             return FXNN_1X1_INIT_SCALE / np.sqrt(NUM_KERNELS * self.in_channels + self.out_channels)
         fan_in = self.in_channels * self.size * self.size
         return INIT_SCALE / np.sqrt(fan_in + self.out_channels)
+
+    def init_weight(self, rng, dtype):
+        """Fresh weights: uniform in +-init_bound; cnn-sub's projected onto
+        the span; cnn-fxinit's drawn as fxnn's 1x1 weights and folded;
+        fxnn-ortho's drawn as fxnn's and mapped to the orthonormal basis, so
+        both start from the same effective kernels."""
+        fxnn = ConvLayer(self.name, "fxnn", self.in_channels, self.out_channels, 3)
+        if self.kind == "cnn-fxinit":
+            return fold_weights(fxnn.init_weight(rng, np.float64)).astype(dtype)
+        if self.kind == "fxnn-ortho":  # the same effective kernels as fxnn's init
+            w = fxnn.init_weight(rng, np.float64).reshape(self.in_channels, NUM_KERNELS, self.out_channels)
+            return np.einsum("kj,mjn->mkn", GRAM_SQRT, w).reshape(self.weight_shape()).astype(dtype)
+        w = rng.uniform(-self.init_bound(), self.init_bound(), size=self.weight_shape())
+        return (project_kernels(w) if self.projected else w).astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -67,6 +106,9 @@ class DenseLayer:
 
     def init_bound(self):
         return INIT_SCALE / np.sqrt(self.in_features + self.out_features)
+
+    def init_weight(self, rng, dtype):
+        return rng.uniform(-self.init_bound(), self.init_bound(), size=self.weight_shape()).astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -90,8 +132,7 @@ class Network:
         the same starting point on every engine."""
         params = OrderedDict()
         for layer in self.convs + self.denses:
-            bound = layer.init_bound()
-            params[layer.name + "_w"] = rng.uniform(-bound, bound, size=layer.weight_shape()).astype(dtype)
+            params[layer.name + "_w"] = layer.init_weight(rng, dtype)
             params[layer.name + "_b"] = np.zeros(layer.bias_shape(), dtype=dtype)
         return params
 
@@ -110,7 +151,7 @@ def build_network(model, input_shape, num_classes=10, filter_size=3):
         return Network(model, tuple(input_shape), (), (DenseLayer("m", c * h * w, num_classes, False),))
     if filter_size < 1 or filter_size % 2 == 0:
         raise ValueError(f"filter size must be a positive odd number, got {filter_size}")
-    size = 3 if model == "fxnn" else filter_size
+    size = filter_size if model == "cnn" else 3
     convs = []
     channels = c
     for i, out in enumerate(CONV_CHANNELS):

@@ -96,13 +96,50 @@ def fixed_stage_grad_reference(g):
     return dx.astype(g.dtype, copy=False)
 
 
-def fold_weights(w):
+def fold_weights(w, basis=KERNELS):
     """The dense 3x3 kernels equal to the fixed stage followed by the 1x1
     weight ``w`` (5M, N): (N, M, 3, 3) with ``W_eff[n, m] = sum_k w[5m+k, n] *
-    KERNELS[k]``. With nothing between the two stages they are one linear
-    map, a dense 3x3 convolution whose kernels lie in the span of the five."""
+    basis[k]``. With nothing between the two stages they are one linear map,
+    a dense 3x3 convolution whose kernels lie in the span of the five."""
     w = np.asarray(w)
     c, n = w.shape
     if c % NUM_KERNELS:
         raise ValueError(f"1x1 weight has {c} rows, not a multiple of {NUM_KERNELS}")
-    return np.einsum("mkn,kac->nmac", w.reshape(c // NUM_KERNELS, NUM_KERNELS, n), KERNELS).astype(w.dtype)
+    return np.einsum("mkn,kac->nmac", w.reshape(c // NUM_KERNELS, NUM_KERNELS, n), basis).astype(w.dtype)
+
+
+# ---- the subspace, for the ablation models of models/architecture.py -------
+
+#: Gram matrix of the five kernels as 9-vectors: diag(36, 12, 12, 4, 1) plus
+#: <smooth, identity> = 4; training W through this basis is gradient descent
+#: on W_eff preconditioned by it.
+GRAM = np.einsum("kac,jac->kj", KERNELS, KERNELS)
+
+
+def _gram_powers():
+    """GRAM^(1/2) and GRAM^(-1/2), from its eigendecomposition."""
+    values, vectors = np.linalg.eigh(GRAM)
+    return vectors @ np.diag(values ** 0.5) @ vectors.T, vectors @ np.diag(values ** -0.5) @ vectors.T
+
+
+#: GRAM^(1/2): maps coefficients over KERNELS to coefficients over ORTHONORMAL
+#: giving the same effective kernel.
+GRAM_SQRT, _GRAM_INV_SQRT = _gram_powers()
+GRAM_SQRT.setflags(write=False)
+
+#: An orthonormal basis (5, 3, 3) of the span of the five kernels: the
+#: symmetric (Loewdin) orthonormalisation GRAM^(-1/2) @ KERNELS, the one
+#: closest to the five kernels.
+ORTHONORMAL = np.einsum("kj,jac->kac", _GRAM_INV_SQRT, KERNELS)
+ORTHONORMAL.setflags(write=False)
+
+#: (9, 9) orthogonal projector onto the span, acting on flattened 3x3 kernels
+#: from the right: ``k.reshape(-1, 9) @ PROJECTOR``.
+PROJECTOR = ORTHONORMAL.reshape(NUM_KERNELS, 9).T @ ORTHONORMAL.reshape(NUM_KERNELS, 9)
+PROJECTOR.setflags(write=False)
+
+
+def project_kernels(w):
+    """Dense weights (N, M, 3, 3) projected onto the span of the five kernels."""
+    w = np.asarray(w)
+    return (w.reshape(-1, 9) @ PROJECTOR).reshape(w.shape).astype(w.dtype)

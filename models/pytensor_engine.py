@@ -23,7 +23,7 @@ from . import dropout as dropout_masks
 from . import optimizers
 from .architecture import LOG_EPS
 from .fxnn_paths import resolve_paths
-from .pytensor_layers import conv2d_same, fxnn_conv, max_pool_2x2, relu
+from .pytensor_layers import conv2d_same, fold, fxnn_conv, max_pool_2x2, project_kernels, relu
 
 def compile_mode():
     """PyTensor's C backend ('cvm'); its default in PyTensor 3 is Numba, whose
@@ -51,7 +51,12 @@ def forward(network, params, x, dropout=0.0, masks=(), path="fixed"):
     h = x
     for i, layer in enumerate(network.convs):
         w, b = params[layer.name + "_w"], params[layer.name + "_b"]
-        h = fxnn_conv(h, w, b, path) if layer.kind == "fxnn" else conv2d_same(h, w, b, layer.size)
+        if layer.kind == "fxnn":
+            h = fxnn_conv(h, w, b, path)
+        elif layer.factored:  # fxnn-ortho: other fixed kernels, folded path only
+            h = conv2d_same(h, fold(w, layer.basis), b, 3)
+        else:
+            h = conv2d_same(h, w, b, layer.size)
         h = relu(h)
         if masks:
             keep = pt.ge(masks[i], dropout_masks.threshold(dropout))
@@ -128,6 +133,8 @@ class PyTensorEngine:
                                     self._y)
             grads = OrderedDict(zip(self._params, pytensor.grad(loss, list(self._params.values()))))
             updates, self._state = optimizer_updates(optimizer, self._params, grads, lr)
+            projected = {self._params[layer.name + "_w"] for layer in network.convs if layer.projected}
+            updates = [(p, project_kernels(new) if p in projected else new) for p, new in updates]
             self._train = pytensor.function([self._x, self._y, lr] + masks, [loss, erate], updates=updates,
                                           mode=compile_mode())
             probs = forward(network, self._params, self._x, path=self.paths["valid"])

@@ -8,7 +8,7 @@ followed by one tensordot, since PyTensor no longer ships a conv2d op.
 """
 import pytensor.tensor as pt
 
-from .fixed_kernels import KERNELS, NUM_KERNELS, SEPARABLE
+from .fixed_kernels import KERNELS, NUM_KERNELS, PROJECTOR, SEPARABLE
 
 
 def zero_pad(x, pad):
@@ -67,11 +67,11 @@ def conv2d_same(x, w, bias, k):
     return pointwise(patches, w.reshape((w.shape[0], -1)).T, bias)
 
 
-def fold(w):
+def fold(w, basis=KERNELS):
     """(5M, N) 1x1 weight -> (N, M, 3, 3) dense kernels, the symbolic form of
     :func:`models.fixed_kernels.fold_weights`."""
     c, n = w.shape
-    kernels = pt.constant(KERNELS.astype(w.dtype))
+    kernels = pt.constant(basis.astype(w.dtype))
     return pt.tensordot(w.reshape((c // NUM_KERNELS, NUM_KERNELS, n)), kernels, axes=[[1], [0]]).dimshuffle(1, 0, 2, 3)
 
 
@@ -80,6 +80,12 @@ def fxnn_conv(x, w, bias, path="fixed"):
     if path == "folded":
         return conv2d_same(x, fold(w), bias, 3)
     return pointwise(fixed_stage(x), w, bias)
+
+
+def project_kernels(w):
+    """Dense (N, M, 3, 3) weights projected onto the span of the five kernels,
+    the symbolic form of :func:`models.fixed_kernels.project_kernels`."""
+    return pt.dot(w.reshape((-1, 9)), pt.constant(PROJECTOR.astype(w.dtype))).reshape(w.shape)
 
 
 def max_pool_2x2(x):

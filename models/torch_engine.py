@@ -20,7 +20,8 @@ from . import dropout as dropout_masks
 from . import optimizers
 from .architecture import LOG_EPS
 from .fxnn_paths import resolve_paths
-from .torch_layers import fixed_conv2d
+from .fixed_kernels import PROJECTOR
+from .torch_layers import fixed_conv2d, fold
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -31,7 +32,12 @@ def forward(network, params, x, dropout=0.0, masks=(), path="fixed"):
     h = x
     for i, layer in enumerate(network.convs):
         w, b = params[layer.name + "_w"], params[layer.name + "_b"]
-        h = fixed_conv2d(h, w, b, path) if layer.kind == "fxnn" else F.conv2d(h, w, b, padding=layer.size // 2)
+        if layer.kind == "fxnn":
+            h = fixed_conv2d(h, w, b, path)
+        elif layer.factored:  # fxnn-ortho: other fixed kernels, folded path only
+            h = F.conv2d(h, fold(w, layer.basis), b, padding=1)
+        else:
+            h = F.conv2d(h, w, b, padding=layer.size // 2)
         h = torch.relu(h)
         if masks:
             keep = masks[i] >= dropout_masks.threshold(dropout)
@@ -93,6 +99,10 @@ class TorchEngine:
         with torch.no_grad():
             for name, p in self._params.items():
                 self._update(name, p, grads[name], lr)
+            for layer in self.network.convs:
+                if layer.projected:  # cnn-sub: back into the span of the five kernels
+                    w = self._params[layer.name + "_w"]
+                    w.copy_((w.reshape(-1, 9) @ self._tensor(PROJECTOR.copy())).reshape(w.shape))
         return loss.item(), erate.item()
 
     def _update(self, name, p, g, lr):

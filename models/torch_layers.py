@@ -31,11 +31,11 @@ def pointwise(x, weight, bias=None):
     return out.view(b, weight.shape[1], h, w)
 
 
-def fold(weight):
+def fold(weight, basis=KERNELS):
     """(5M, N) 1x1 weight -> (N, M, 3, 3) dense kernels; the torch form of
     :func:`models.fixed_kernels.fold_weights`, differentiable."""
     c, n = weight.shape
-    kernels = torch.tensor(KERNELS, dtype=weight.dtype, device=weight.device)
+    kernels = torch.tensor(basis, dtype=weight.dtype, device=weight.device)
     return torch.einsum("mkn,kac->nmac", weight.reshape(c // NUM_KERNELS, NUM_KERNELS, n), kernels)
 
 

@@ -222,3 +222,34 @@ def test_sweep_refuses_bad_flags_before_running_anything(tmp_path, extra, messag
 def test_progress_line_from_a_console_line():
     line = "Iter 00300/10000: loss|erate 0.125169| 39.05% valid loss|erate 0.053871| 16.81%"
     assert sweep.progress(line) == "Iter 00300/10000 valid 16.81%"
+
+
+def test_interrupted_sweep_saves_every_run_and_the_rerun_resumes_them(tmp_path, small_mnist):
+    import signal
+    import time
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "analysis.sweep", "-m", "fxnn", "--seeds", "1", "2", "-o", str(out),
+           "--", "-nrec", "400", "-ipr", "5", "--data-dir", small_mnist, "--record-params", "none"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = [out / "fxnn-seed1.log", out / "fxnn-seed2.log"]
+    deadline = time.monotonic() + 300
+    while not all(p.exists() and "Iter 00010/02000" in p.read_text() for p in logs):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # to the sweep only, as a Ctrl-C reaches it
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "Rerun the same command to resume" in stderr
+    for seed in (1, 2):
+        run = load_run(str(out / f"fxnn-seed{seed}.mat"))
+        assert run.status == "interrupted" and 2 <= len(run.verate) < 401
+    # the rerun resumes both (it is stopped again right away: only the resume matters)
+    again = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while sum("Resuming at iteration" in p.read_text() for p in logs) < 2:
+        assert again.poll() is None and time.monotonic() < deadline, again.communicate()
+        time.sleep(0.2)
+    again.send_signal(signal.SIGTERM)
+    stdout, _ = again.communicate(timeout=300)
+    assert "0 already done, 2 to run" in stdout and stdout.count("resuming fxnn seed") == 2
+    assert again.returncode == 130

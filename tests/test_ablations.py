@@ -1,0 +1,122 @@
+"""The ablation models: the orthonormal basis, the subspace projector, the
+initialisations, and both engines keeping cnn-sub in the subspace."""
+import numpy as np
+import pytest
+
+import fxnn
+from models.architecture import ABLATIONS, build_network
+from models.fixed_kernels import (GRAM, GRAM_SQRT, KERNELS, ORTHONORMAL, PROJECTOR, fold_weights,
+                                  project_kernels)
+from models.pytensor_engine import PyTensorEngine
+
+
+def test_orthonormal_basis_is_orthonormal_and_spans_the_five_kernels():
+    b = ORTHONORMAL.reshape(5, 9)
+    np.testing.assert_allclose(b @ b.T, np.eye(5), atol=1e-12)
+    k = KERNELS.reshape(5, 9)
+    # each kernel is a combination of the orthonormal basis, and the other way round
+    np.testing.assert_allclose((k @ b.T) @ b, k, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.lstsq(k.T, b.T, rcond=None)[0].T @ k, b, atol=1e-12)
+    assert np.linalg.matrix_rank(np.vstack([k, b])) == 5
+
+
+def test_gram_and_projector():
+    np.testing.assert_array_equal(np.diag(GRAM), [36, 12, 12, 4, 1])
+    assert GRAM[0, 4] == 4 and np.count_nonzero(GRAM - np.diag(np.diag(GRAM))) == 2
+    np.testing.assert_allclose(GRAM_SQRT @ GRAM_SQRT, GRAM, atol=1e-12)
+    np.testing.assert_allclose(PROJECTOR, PROJECTOR.T, atol=1e-15)
+    np.testing.assert_allclose(PROJECTOR @ PROJECTOR, PROJECTOR, atol=1e-12)
+    assert round(np.trace(PROJECTOR)) == 5
+    # a kernel outside the span: the corners' checkerboard part is removed
+    outside = np.zeros((1, 1, 3, 3))
+    outside[0, 0, 0, 1] = 1.0
+    projected = project_kernels(outside)
+    assert np.abs(projected - outside).max() > 0.1
+    np.testing.assert_allclose(project_kernels(projected), projected, atol=1e-12)
+
+
+@pytest.mark.parametrize("model, shape", [("fxnn-ortho", (5, 32)), ("cnn-sub", (32, 1, 3, 3)),
+                                          ("cnn-fxinit", (32, 1, 3, 3))])
+def test_parameter_shapes(model, shape):
+    net = build_network(model, (1, 28, 28), filter_size=5)  # -fsize is cnn's only
+    assert net.param_shapes()["conv0_w"] == shape
+    assert net.param_shapes()["mlp0_w"] == (64 * 7 * 7, 384)
+    assert model in ABLATIONS
+
+
+def test_initialisations_match_fxnn_where_they_should():
+    init = {m: build_network(m, (1, 28, 28)).init_params(np.random.default_rng(5))
+            for m in ("fxnn", "fxnn-ortho", "cnn-sub", "cnn-fxinit")}
+    for name in ("conv0_w", "conv1_w"):
+        fxnn_eff = fold_weights(init["fxnn"][name].astype(np.float64))
+        ortho_eff = fold_weights(init["fxnn-ortho"][name].astype(np.float64), ORTHONORMAL)
+        np.testing.assert_allclose(ortho_eff, fxnn_eff, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(init["cnn-fxinit"][name], fxnn_eff, rtol=1e-6, atol=1e-8)
+        w = init["cnn-sub"][name].astype(np.float64)
+        np.testing.assert_allclose(project_kernels(w), w, atol=1e-6)
+        assert np.abs(w).max() > 0
+
+
+def _engines(model, **kw):
+    net = build_network(model, (1, 12, 10))
+    params = net.init_params(np.random.default_rng(1))
+    engines = [PyTensorEngine(net, params, **kw)]
+    try:
+        from models.torch_engine import TorchEngine
+        engines.append(TorchEngine(net, params, **kw))
+    except ImportError:
+        pass
+    return engines
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_cnn_sub_stays_in_the_subspace_while_training(optimizer):
+    rng = np.random.default_rng(2)
+    x, y = rng.random((8, 1, 12, 10), dtype=np.float32), rng.integers(0, 10, 8).astype(np.int32)
+    for engine in _engines("cnn-sub", optimizer=optimizer):
+        before = engine.get_params()
+        for _ in range(3):
+            engine.train_step(x, y, 0.1 if optimizer == "sgd" else 0.01)
+        after = engine.get_params()
+        for name in ("conv0_w", "conv1_w"):
+            w = after[name].astype(np.float64)
+            assert np.abs(w - before[name]).max() > 1e-4, engine.name  # it trains
+            np.testing.assert_allclose(project_kernels(w), w, atol=1e-6, err_msg=engine.name)
+
+
+@pytest.mark.parametrize("model", ["fxnn-ortho", "cnn-sub", "cnn-fxinit"])
+def test_engines_agree_on_the_ablation_models(model):
+    engines = _engines(model, dtype="float64")
+    if len(engines) < 2:
+        pytest.skip("PyTorch is not installed")
+    rng = np.random.default_rng(3)
+    x, y = rng.random((6, 1, 12, 10)), rng.integers(0, 10, 6).astype(np.int32)
+    (pl, pe, pp), (tl, te, tp) = (e.evaluate(x, y) for e in engines)
+    np.testing.assert_allclose(tp, pp, rtol=1e-10)
+    gp, gt = (e.gradients(x, y) for e in engines)
+    for name in gp:
+        np.testing.assert_allclose(gt[name], gp[name], rtol=1e-8, atol=1e-12, err_msg=name)
+
+
+def test_fxnn_ortho_layer_is_the_dense_conv_with_the_orthonormal_kernels():
+    import pytensor
+    import pytensor.tensor as pt
+    from scipy.signal import correlate2d
+
+    from models.pytensor_layers import conv2d_same, fold
+    rng = np.random.default_rng(4)
+    x, w = rng.random((1, 2, 8, 7)), rng.normal(size=(10, 3))
+    xs, ws = pt.tensor4(dtype="float64"), pt.matrix(dtype="float64")
+    layer = pytensor.function([xs, ws], conv2d_same(xs, fold(ws, ORTHONORMAL), pt.zeros(3, dtype="float64"), 3))
+    w_eff = np.einsum("mkn,kac->nmac", w.reshape(2, 5, 3), ORTHONORMAL)  # W_eff = sum_k W[5m+k] O_k
+    want = np.array([sum(correlate2d(x[0, m], w_eff[n, m], mode="same") for m in range(2)) for n in range(3)])
+    np.testing.assert_allclose(layer(x, w)[0], want, atol=1e-12)
+
+
+@pytest.mark.parametrize("model", sorted(ABLATIONS))
+def test_the_runner_trains_each_ablation_model(model, tmp_path, capsys, small_mnist):
+    out = tmp_path / f"rec-{model}.mat"
+    code = fxnn.main(["-m", model, "-nrec", "2", "-ipr", "5", "--data-dir", small_mnist, "-o", str(out),
+                      "--seed", "1"])
+    assert code == 0 and out.exists()
+    assert f'Building model "{model}"' in capsys.readouterr().out
