@@ -12,6 +12,7 @@ writes ``summary.csv`` and ``summary.png`` in the output folder.
 """
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,8 +80,10 @@ def _minutes(seconds):
 
 
 def run_jobs(jobs, fxnn_flags, parallel, threads, status_every=60.0, say=print):
-    """Run ``jobs`` ``parallel`` at a time; returns the failed ones. On Ctrl-C
-    the children (same process group) save and stop; we wait for them."""
+    """Run ``jobs`` ``parallel`` at a time; returns the failed ones. The
+    children run in sessions of their own, so a terminal's Ctrl-C reaches
+    only the sweep, which passes it on to each child exactly once (a second
+    one could cut a child's final save short) and waits for them to save."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     pending, running, failed, finished = list(jobs), {}, [], 0
     last_status = time.monotonic()
@@ -91,7 +94,7 @@ def run_jobs(jobs, fxnn_flags, parallel, threads, status_every=60.0, say=print):
                 verb = "resuming" if job.state == "resume" else "starting"
                 with open(job.log, "a") as log:
                     proc = subprocess.Popen(job.command(fxnn_flags), stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, cwd=os.getcwd())
+                                            env=env, cwd=os.getcwd(), start_new_session=True)
                 running[job.name] = (job, proc, time.monotonic())
                 say(f"{verb} {job.name} ({threads} threads): log {job.log}")
             time.sleep(0.5)
@@ -112,6 +115,8 @@ def run_jobs(jobs, fxnn_flags, parallel, threads, status_every=60.0, say=print):
                 say("  ".join(f"{name}: {progress(last_line(job.log))}" for name, (job, _, _) in running.items()))
     except KeyboardInterrupt:
         say("Interrupted: waiting for the running experiments to save their records ...")
+        for job, proc, _ in running.values():
+            proc.send_signal(signal.SIGINT)
         for job, proc, _ in running.values():
             proc.wait()
         raise
@@ -156,6 +161,7 @@ def main(argv=None):
     threads = max(1, cores // parallel)
     print(f"{len(jobs)} runs in {args.out_dir}: {len(jobs) - len(todo)} already done, {len(todo)} to run, "
           f"{parallel} at a time on {cores} cores", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the sweep as Ctrl-C does
     try:
         failed = run_jobs(todo, fxnn_flags, parallel, threads, args.status_every,
                           say=lambda line: print(line, flush=True))
