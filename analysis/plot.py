@@ -26,9 +26,11 @@ def _figure():
     return fig, loss_ax, err_ax
 
 
-def _finish(fig, loss_ax, err_ax, path, log_error, title):
+def _finish(fig, loss_ax, err_ax, path, log_error, title, log_iter=False):
     if log_error:
         err_ax.set_yscale("log")
+    if log_iter:  # iteration 0 (the untrained network) drops off a log axis
+        err_ax.set_xscale("log")
     loss_ax.set_yscale("log")
     err_ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -50,7 +52,7 @@ def _title(runs):
     return "; ".join(sources)
 
 
-def plot_runs(runs, path, log_error=False):
+def plot_runs(runs, path, log_error=False, log_iter=False):
     """One training and one validation curve per run on each axis; returns
     the (closed) figure."""
     fig, loss_ax, err_ax = _figure()
@@ -63,10 +65,10 @@ def plot_runs(runs, path, log_error=False):
             ax.plot(run.record_iterations, valid, color=color, label=f"{name} valid")
             ax.plot(train_iters, record_means(train, run.iters_per_record), color=color,
                     linestyle="--", alpha=0.7, label=f"{name} train")
-    return _finish(fig, loss_ax, err_ax, path, log_error, _title(runs))
+    return _finish(fig, loss_ax, err_ax, path, log_error, _title(runs), log_iter)
 
 
-def plot_bands(runs, path, log_error=False):
+def plot_bands(runs, path, log_error=False, log_iter=False):
     """Per model: the mean validation curve over seeds, with a band of one
     standard deviation; returns the (closed) figure."""
     fig, loss_ax, err_ax = _figure()
@@ -82,7 +84,7 @@ def plot_bands(runs, path, log_error=False):
             std = values.std(axis=0, ddof=1) if len(group) > 1 else np.zeros_like(mean)
             ax.plot(iters, mean, color=f"C{i % 10}", label=f"{label}, {len(group)} seeds, valid")
             ax.fill_between(iters, mean - std, mean + std, color=f"C{i % 10}", alpha=0.25, linewidth=0)
-    return _finish(fig, loss_ax, err_ax, path, log_error, _title(runs) + " (band: one std over seeds)")
+    return _finish(fig, loss_ax, err_ax, path, log_error, _title(runs) + " (band: one std over seeds)", log_iter)
 
 
 def build_parser():
@@ -91,6 +93,7 @@ def build_parser():
     p.add_argument("records", nargs="+", help="record files written by fxnn.py")
     p.add_argument("-o", "--out", default="curves.png", help="PNG to write")
     p.add_argument("--log-error", action="store_true", help="logarithmic error-rate axis")
+    p.add_argument("--log-iter", action="store_true", help="logarithmic iteration axis")
     p.add_argument("--bands", action="store_true",
                    help="one mean validation curve per model with a one-std band over its seeds")
     return p
@@ -100,7 +103,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         runs = [load_run(path) for path in args.records]
-        (plot_bands if args.bands else plot_runs)(runs, args.out, args.log_error)
+        (plot_bands if args.bands else plot_runs)(runs, args.out, args.log_error, args.log_iter)
     except (RecordError, OSError) as e:
         print(f"plot: error: {e}", file=sys.stderr)
         return 2

@@ -5,6 +5,8 @@ For every batch B, channel count M = N and image size H = W it times forward +
 backward of three ways to compute an fxnn-like layer with N outputs:
 
 * fxnn       the kernel, then a 1x1 convolution 5M -> N (cuDNN)
+* folded     the 1x1 weights folded into dense 3x3 kernels, then one cuDNN
+             3x3 conv (models/fxnn_paths.py; the same function as fxnn)
 * cudnn      torch.nn.Conv2d(M, N, 3, padding=1), a full trainable 3x3 layer
 * depthwise  conv2d with the five fixed kernels (groups=M), then the same 1x1
 
@@ -33,6 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from kernels import cuda_fixed  # noqa: E402
 from models.fixed_kernels import KERNELS, NUM_KERNELS  # noqa: E402
+from models.torch_layers import fold  # noqa: E402
 
 FULL = {"batch": [64, 256], "channels": [32, 64, 256], "sizes": [28, 32, 56], "warmup": 10, "reps": 50}
 QUICK = {"batch": [64], "channels": [32, 64], "sizes": [28, 56], "warmup": 3, "reps": 10}
@@ -121,6 +124,7 @@ def bench_config(b, m, size, args, peak):
 
     steps = {
         "fxnn": lambda: F.conv2d(FixedStage.apply(x), w1x1, b1x1).backward(grad_out),
+        "folded": lambda: F.conv2d(x, fold(w1x1.view(n, NUM_KERNELS * m).t()), b1x1, padding=1).backward(grad_out),
         "cudnn": lambda: conv3x3(x).backward(grad_out),
         "depthwise": lambda: F.conv2d(depthwise(x), w1x1, b1x1).backward(grad_out),
     }
@@ -133,7 +137,7 @@ def bench_config(b, m, size, args, peak):
     row = {"B": b, "M": m, "N": n, "H": size, "W": size}
     for name, step in steps.items():
         row[f"{name}_ms"] = median_ms(step, args.warmup, args.reps, clear_grads)
-    for name in ("cudnn", "depthwise"):
+    for name in ("folded", "cudnn", "depthwise"):
         row[f"{name}_over_fxnn"] = row[f"{name}_ms"] / row["fxnn_ms"]
 
     # The fixed stage alone: compulsory traffic, read 1 and write 5 planes per
@@ -167,16 +171,17 @@ def _bandwidth(row, direction):
 
 
 def format_table(rows):
-    header = (f"{'B':>4} {'M=N':>4} {'HxW':>6} | {'fxnn ms':>8} {'cudnn ms':>8} {'dw ms':>8} | "
-              f"{'cudnn/fxnn':>10} {'dw/fxnn':>7} | {'fixed fwd GB/s':>15} {'fixed bwd GB/s':>15}")
+    header = (f"{'B':>4} {'M=N':>4} {'HxW':>6} | {'fxnn ms':>8} {'folded ms':>9} {'cudnn ms':>8} {'dw ms':>8} | "
+              f"{'folded/fxnn':>11} {'cudnn/fxnn':>10} {'dw/fxnn':>7} | {'fixed fwd GB/s':>15} {'fixed bwd GB/s':>15}")
     lines = [header, "-" * len(header)]
     for r in rows:
         shape = f"{r['B']:>4} {r['M']:>4} {r['H']:>3}x{r['W']:<2}"
         if "skipped" in r:
             lines.append(f"{shape} | skipped: {r['skipped']}")
             continue
-        lines.append(f"{shape} | {r['fxnn_ms']:8.3f} {r['cudnn_ms']:8.3f} {r['depthwise_ms']:8.3f} | "
-                     f"{r['cudnn_over_fxnn']:10.2f} {r['depthwise_over_fxnn']:7.2f} | "
+        lines.append(f"{shape} | {r['fxnn_ms']:8.3f} {r['folded_ms']:9.3f} {r['cudnn_ms']:8.3f} "
+                     f"{r['depthwise_ms']:8.3f} | {r['folded_over_fxnn']:11.2f} {r['cudnn_over_fxnn']:10.2f} "
+                     f"{r['depthwise_over_fxnn']:7.2f} | "
                      f"{_bandwidth(r, 'fwd'):>15} {_bandwidth(r, 'bwd'):>15}")
     return "\n".join(lines)
 

@@ -165,8 +165,9 @@ def test_plot_draws_two_curves_per_run_per_axis_to_a_png_of_the_figure_size(reco
 
 
 def test_band_plot_draws_the_mean_and_one_std_per_model(records, tmp_path):
-    fig = plot.plot_bands([load_run(p) for p in records], str(tmp_path / "bands.png"))
+    fig = plot.plot_bands([load_run(p) for p in records], str(tmp_path / "bands.png"), log_iter=True)
     err_ax = fig.axes[1]
+    assert err_ax.get_xscale() == "log" and fig.axes[0].get_xscale() == "log"  # shared x axis
     fx_line, cnn_line = err_ax.get_lines()
     np.testing.assert_allclose(fx_line.get_ydata(), np.mean(list(FXNN.values()), axis=0))
     assert fx_line.get_label() == "fxnn (torch), 3 seeds, valid"
