@@ -21,13 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fixed_kernels import GRAM_SQRT, KERNELS, NUM_KERNELS, ORTHONORMAL, fold_weights, project_kernels
+from .fixed_kernels import (GRAM_SQRT, ISOTROPIC, KERNELS, NUM_KERNELS, ORTHONORMAL, fold_weights,
+                            project_kernels)
 
-MODELS = ("fxnn", "cnn", "baseline", "fxnn-ortho", "cnn-sub", "cnn-fxinit")
+MODELS = ("fxnn", "cnn", "baseline", "fxnn-ortho", "fxnn-iso", "cnn-sub", "cnn-fxinit")
 #: The ablations: each changes one thing about fxnn or cnn (README "Ablations").
 ABLATIONS = {
     "fxnn-ortho": "fxnn with an orthonormal basis of the same 5-dim span, from the same initial effective "
                   "kernels (no preconditioning by the Gram matrix)",
+    "fxnn-iso": "fxnn-ortho's basis scaled to fxnn's mean preconditioning (Gram matrix 13 I), from the same "
+                "initial effective kernels (fxnn's step size without its anisotropy)",
     "cnn-sub": "cnn's dense 3x3 weights, projected onto the span of the five kernels after every update",
     "cnn-fxinit": "cnn whose initial kernels are drawn as fxnn's effective kernels (fxnn's init, folded)",
 }
@@ -50,12 +53,12 @@ class ConvLayer:
     def factored(self):
         """True for a 1x1 over a fixed basis (weight (5M, N)), False for a
         dense k x k conv (weight (N, M, k, k))."""
-        return self.kind in ("fxnn", "fxnn-ortho")
+        return self.kind in ("fxnn", "fxnn-ortho", "fxnn-iso")
 
     @property
     def basis(self):
         """The fixed basis of a factored layer, (5, 3, 3)."""
-        return ORTHONORMAL if self.kind == "fxnn-ortho" else KERNELS
+        return {"fxnn-ortho": ORTHONORMAL, "fxnn-iso": ISOTROPIC}.get(self.kind, KERNELS)
 
     @property
     def projected(self):
@@ -79,14 +82,15 @@ class ConvLayer:
     def init_weight(self, rng, dtype):
         """Fresh weights: uniform in +-init_bound; cnn-sub's projected onto
         the span; cnn-fxinit's drawn as fxnn's 1x1 weights and folded;
-        fxnn-ortho's drawn as fxnn's and mapped to the orthonormal basis, so
-        both start from the same effective kernels."""
+        fxnn-ortho's and fxnn-iso's drawn as fxnn's and mapped to their
+        basis, so they start from the same effective kernels."""
         fxnn = ConvLayer(self.name, "fxnn", self.in_channels, self.out_channels, 3)
         if self.kind == "cnn-fxinit":
             return fold_weights(fxnn.init_weight(rng, np.float64)).astype(dtype)
-        if self.kind == "fxnn-ortho":  # the same effective kernels as fxnn's init
+        if self.kind in ("fxnn-ortho", "fxnn-iso"):  # the same effective kernels as fxnn's init
             w = fxnn.init_weight(rng, np.float64).reshape(self.in_channels, NUM_KERNELS, self.out_channels)
-            return np.einsum("kj,mjn->mkn", GRAM_SQRT, w).reshape(self.weight_shape()).astype(dtype)
+            scale = np.linalg.norm(self.basis[0]) / np.linalg.norm(ORTHONORMAL[0])
+            return (np.einsum("kj,mjn->mkn", GRAM_SQRT, w) / scale).reshape(self.weight_shape()).astype(dtype)
         w = rng.uniform(-self.init_bound(), self.init_bound(), size=self.weight_shape())
         return (project_kernels(w) if self.projected else w).astype(dtype)
 

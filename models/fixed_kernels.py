@@ -133,6 +133,11 @@ GRAM_SQRT.setflags(write=False)
 ORTHONORMAL = np.einsum("kj,jac->kac", _GRAM_INV_SQRT, KERNELS)
 ORTHONORMAL.setflags(write=False)
 
+#: ORTHONORMAL scaled so that its Gram matrix is (trace(GRAM) / 5) * I = 13 I:
+#: the five kernels' mean preconditioning, without their anisotropy.
+ISOTROPIC = ORTHONORMAL * np.sqrt(np.trace(GRAM) / NUM_KERNELS)
+ISOTROPIC.setflags(write=False)
+
 #: (9, 9) orthogonal projector onto the span, acting on flattened 3x3 kernels
 #: from the right: ``k.reshape(-1, 9) @ PROJECTOR``.
 PROJECTOR = ORTHONORMAL.reshape(NUM_KERNELS, 9).T @ ORTHONORMAL.reshape(NUM_KERNELS, 9)

@@ -53,7 +53,7 @@ def forward(network, params, x, dropout=0.0, masks=(), path="fixed"):
         w, b = params[layer.name + "_w"], params[layer.name + "_b"]
         if layer.kind == "fxnn":
             h = fxnn_conv(h, w, b, path)
-        elif layer.factored:  # fxnn-ortho: other fixed kernels, folded path only
+        elif layer.factored:  # fxnn-ortho, fxnn-iso: other fixed kernels, folded path only
             h = conv2d_same(h, fold(w, layer.basis), b, 3)
         else:
             h = conv2d_same(h, w, b, layer.size)

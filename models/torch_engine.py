@@ -34,7 +34,7 @@ def forward(network, params, x, dropout=0.0, masks=(), path="fixed"):
         w, b = params[layer.name + "_w"], params[layer.name + "_b"]
         if layer.kind == "fxnn":
             h = fixed_conv2d(h, w, b, path)
-        elif layer.factored:  # fxnn-ortho: other fixed kernels, folded path only
+        elif layer.factored:  # fxnn-ortho, fxnn-iso: other fixed kernels, folded path only
             h = F.conv2d(h, fold(w, layer.basis), b, padding=1)
         else:
             h = F.conv2d(h, w, b, padding=layer.size // 2)

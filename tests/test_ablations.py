@@ -5,7 +5,7 @@ import pytest
 
 import fxnn
 from models.architecture import ABLATIONS, build_network
-from models.fixed_kernels import (GRAM, GRAM_SQRT, KERNELS, ORTHONORMAL, PROJECTOR, fold_weights,
+from models.fixed_kernels import (GRAM, GRAM_SQRT, ISOTROPIC, KERNELS, ORTHONORMAL, PROJECTOR, fold_weights,
                                   project_kernels)
 from models.pytensor_engine import PyTensorEngine
 
@@ -18,6 +18,13 @@ def test_orthonormal_basis_is_orthonormal_and_spans_the_five_kernels():
     np.testing.assert_allclose((k @ b.T) @ b, k, atol=1e-12)
     np.testing.assert_allclose(np.linalg.lstsq(k.T, b.T, rcond=None)[0].T @ k, b, atol=1e-12)
     assert np.linalg.matrix_rank(np.vstack([k, b])) == 5
+
+
+def test_isotropic_basis_has_fxnns_mean_gram():
+    b = ISOTROPIC.reshape(5, 9)
+    np.testing.assert_allclose(b @ b.T, 13 * np.eye(5), atol=1e-12)
+    assert np.trace(GRAM) == 65
+    np.testing.assert_allclose(b @ PROJECTOR, b, atol=1e-12)  # the same span
 
 
 def test_gram_and_projector():
@@ -35,7 +42,7 @@ def test_gram_and_projector():
     np.testing.assert_allclose(project_kernels(projected), projected, atol=1e-12)
 
 
-@pytest.mark.parametrize("model, shape", [("fxnn-ortho", (5, 32)), ("cnn-sub", (32, 1, 3, 3)),
+@pytest.mark.parametrize("model, shape", [("fxnn-ortho", (5, 32)), ("fxnn-iso", (5, 32)), ("cnn-sub", (32, 1, 3, 3)),
                                           ("cnn-fxinit", (32, 1, 3, 3))])
 def test_parameter_shapes(model, shape):
     net = build_network(model, (1, 28, 28), filter_size=5)  # -fsize is cnn's only
@@ -46,11 +53,12 @@ def test_parameter_shapes(model, shape):
 
 def test_initialisations_match_fxnn_where_they_should():
     init = {m: build_network(m, (1, 28, 28)).init_params(np.random.default_rng(5))
-            for m in ("fxnn", "fxnn-ortho", "cnn-sub", "cnn-fxinit")}
+            for m in ("fxnn", "fxnn-ortho", "fxnn-iso", "cnn-sub", "cnn-fxinit")}
     for name in ("conv0_w", "conv1_w"):
         fxnn_eff = fold_weights(init["fxnn"][name].astype(np.float64))
-        ortho_eff = fold_weights(init["fxnn-ortho"][name].astype(np.float64), ORTHONORMAL)
-        np.testing.assert_allclose(ortho_eff, fxnn_eff, rtol=1e-5, atol=1e-7)
+        for model, basis in (("fxnn-ortho", ORTHONORMAL), ("fxnn-iso", ISOTROPIC)):
+            eff = fold_weights(init[model][name].astype(np.float64), basis)
+            np.testing.assert_allclose(eff, fxnn_eff, rtol=1e-5, atol=1e-7, err_msg=model)
         np.testing.assert_allclose(init["cnn-fxinit"][name], fxnn_eff, rtol=1e-6, atol=1e-8)
         w = init["cnn-sub"][name].astype(np.float64)
         np.testing.assert_allclose(project_kernels(w), w, atol=1e-6)
@@ -84,7 +92,7 @@ def test_cnn_sub_stays_in_the_subspace_while_training(optimizer):
             np.testing.assert_allclose(project_kernels(w), w, atol=1e-6, err_msg=engine.name)
 
 
-@pytest.mark.parametrize("model", ["fxnn-ortho", "cnn-sub", "cnn-fxinit"])
+@pytest.mark.parametrize("model", ["fxnn-ortho", "fxnn-iso", "cnn-sub", "cnn-fxinit"])
 def test_engines_agree_on_the_ablation_models(model):
     engines = _engines(model, dtype="float64")
     if len(engines) < 2:
