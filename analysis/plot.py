@@ -30,7 +30,7 @@ def _finish(fig, loss_ax, err_ax, path, log_error, title, log_iter=False):
     if log_error:
         err_ax.set_yscale("log")
     if log_iter:  # iteration 0 (the untrained network) drops off a log axis
-        err_ax.set_xscale("log")
+        err_ax.set_xscale("log", nonpositive="mask")
     loss_ax.set_yscale("log")
     err_ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
