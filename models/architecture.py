@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fixed_kernels import (GRAM_SQRT, ISOTROPIC, KERNELS, NUM_KERNELS, ORTHONORMAL, fold_weights,
+from .fixed_kernels import (GRAM, GRAM_SQRT, ISOTROPIC, KERNELS, NUM_KERNELS, ORTHONORMAL, fold_weights,
                             project_kernels)
 
-MODELS = ("fxnn", "cnn", "baseline", "fxnn-ortho", "fxnn-iso", "cnn-sub", "cnn-fxinit")
+MODELS = ("fxnn", "cnn", "baseline", "fxnn-ortho", "fxnn-iso", "cnn-sub", "cnn-fxinit", "cnn-x13")
 #: The ablations: each changes one thing about fxnn or cnn (README "Ablations").
 ABLATIONS = {
     "fxnn-ortho": "fxnn with an orthonormal basis of the same 5-dim span, from the same initial effective "
@@ -33,7 +33,13 @@ ABLATIONS = {
                 "initial effective kernels (fxnn's step size without its anisotropy)",
     "cnn-sub": "cnn's dense 3x3 weights, projected onto the span of the five kernels after every update",
     "cnn-fxinit": "cnn whose initial kernels are drawn as fxnn's effective kernels (fxnn's init, folded)",
+    "cnn-x13": "cnn whose conv weights are trained as W = sqrt(13) V, from cnn's initial kernels: with SGD, "
+               "a 13x learn rate on them, fxnn's mean preconditioning without its basis or subspace",
 }
+
+#: Mean eigenvalue of the five kernels' Gram matrix (trace 65 / 5): the factor
+#: by which fxnn's basis scales the step on the effective kernels, on average.
+MEAN_GRAM = float(np.trace(GRAM)) / NUM_KERNELS
 CONV_CHANNELS = (32, 64)
 HIDDEN_UNITS = (384, 192)
 INIT_SCALE = 1.4          # uniform(+-1.4/sqrt(fan_in + fan_out))
@@ -61,6 +67,11 @@ class ConvLayer:
         return {"fxnn-ortho": ORTHONORMAL, "fxnn-iso": ISOTROPIC}.get(self.kind, KERNELS)
 
     @property
+    def weight_scale(self):
+        """The conv uses ``weight_scale * w``; sqrt(MEAN_GRAM) for cnn-x13, else 1."""
+        return float(np.sqrt(MEAN_GRAM)) if self.kind == "cnn-x13" else 1.0
+
+    @property
     def projected(self):
         """True when the weights are kept in the span of the five kernels."""
         return self.kind == "cnn-sub"
@@ -83,7 +94,8 @@ class ConvLayer:
         """Fresh weights: uniform in +-init_bound; cnn-sub's projected onto
         the span; cnn-fxinit's drawn as fxnn's 1x1 weights and folded;
         fxnn-ortho's and fxnn-iso's drawn as fxnn's and mapped to their
-        basis, so they start from the same effective kernels."""
+        basis, so they start from the same effective kernels; cnn-x13's as
+        cnn's divided by weight_scale, so its initial kernels are cnn's."""
         fxnn = ConvLayer(self.name, "fxnn", self.in_channels, self.out_channels, 3)
         if self.kind == "cnn-fxinit":
             return fold_weights(fxnn.init_weight(rng, np.float64)).astype(dtype)
@@ -92,7 +104,8 @@ class ConvLayer:
             scale = np.linalg.norm(self.basis[0]) / np.linalg.norm(ORTHONORMAL[0])
             return (np.einsum("kj,mjn->mkn", GRAM_SQRT, w) / scale).reshape(self.weight_shape()).astype(dtype)
         w = rng.uniform(-self.init_bound(), self.init_bound(), size=self.weight_shape())
-        return (project_kernels(w) if self.projected else w).astype(dtype)
+        w = project_kernels(w) if self.projected else w / self.weight_scale
+        return w.astype(dtype)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ def forward(network, params, x, dropout=0.0, masks=(), path="fixed"):
         elif layer.factored:  # fxnn-ortho, fxnn-iso: other fixed kernels, folded path only
             h = conv2d_same(h, fold(w, layer.basis), b, 3)
         else:
-            h = conv2d_same(h, w, b, layer.size)
+            h = conv2d_same(h, w * np.asarray(layer.weight_scale, w.dtype) if layer.weight_scale != 1 else w, b,
+                            layer.size)
         h = relu(h)
         if masks:
             keep = pt.ge(masks[i], dropout_masks.threshold(dropout))

@@ -37,7 +37,7 @@ def forward(network, params, x, dropout=0.0, masks=(), path="fixed"):
         elif layer.factored:  # fxnn-ortho, fxnn-iso: other fixed kernels, folded path only
             h = F.conv2d(h, fold(w, layer.basis), b, padding=1)
         else:
-            h = F.conv2d(h, w, b, padding=layer.size // 2)
+            h = F.conv2d(h, w * layer.weight_scale if layer.weight_scale != 1 else w, b, padding=layer.size // 2)
         h = torch.relu(h)
         if masks:
             keep = masks[i] >= dropout_masks.threshold(dropout)

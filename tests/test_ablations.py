@@ -68,13 +68,7 @@ def test_initialisations_match_fxnn_where_they_should():
 def _engines(model, **kw):
     net = build_network(model, (1, 12, 10))
     params = net.init_params(np.random.default_rng(1))
-    engines = [PyTensorEngine(net, params, **kw)]
-    try:
-        from models.torch_engine import TorchEngine
-        engines.append(TorchEngine(net, params, **kw))
-    except ImportError:
-        pass
-    return engines
+    return [engine_class(net, params, **kw) for engine_class in _engine_classes()]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -92,7 +86,37 @@ def test_cnn_sub_stays_in_the_subspace_while_training(optimizer):
             np.testing.assert_allclose(project_kernels(w), w, atol=1e-6, err_msg=engine.name)
 
 
-@pytest.mark.parametrize("model", ["fxnn-ortho", "fxnn-iso", "cnn-sub", "cnn-fxinit"])
+def test_cnn_x13_starts_as_cnn_and_takes_13x_sgd_steps_on_its_conv_kernels():
+    rng = np.random.default_rng(6)
+    x, y = rng.random((8, 1, 12, 10)), rng.integers(0, 10, 8).astype(np.int32)
+    cnn, x13 = (build_network(m, (1, 12, 10)) for m in ("cnn", "cnn-x13"))
+    p_cnn, p_x13 = (n.init_params(np.random.default_rng(7), dtype=np.float64) for n in (cnn, x13))
+    for name in ("conv0_w", "conv1_w"):  # the same initial kernels
+        np.testing.assert_allclose(np.sqrt(13) * p_x13[name], p_cnn[name], rtol=1e-12)
+    for engine_class in _engine_classes():
+        e_cnn, e_x13 = engine_class(cnn, p_cnn, dtype="float64"), engine_class(x13, p_x13, dtype="float64")
+        np.testing.assert_allclose(e_x13.evaluate(x, y)[2], e_cnn.evaluate(x, y)[2], rtol=1e-10)
+        e_cnn.train_step(x, y, 0.1)
+        e_x13.train_step(x, y, 0.1)
+        for name in ("conv0_w", "conv1_w"):
+            step_cnn = e_cnn.get_params()[name] - p_cnn[name]
+            step_x13 = np.sqrt(13) * (e_x13.get_params()[name] - p_x13[name])  # the step on the kernels
+            np.testing.assert_allclose(step_x13, 13 * step_cnn, rtol=1e-8, atol=1e-14)
+        for name in ("conv0_b", "mlp0_w"):  # everything else: cnn's step
+            np.testing.assert_allclose(e_x13.get_params()[name], e_cnn.get_params()[name], rtol=1e-8, atol=1e-14)
+
+
+def _engine_classes():
+    classes = [PyTensorEngine]
+    try:
+        from models.torch_engine import TorchEngine
+        classes.append(TorchEngine)
+    except ImportError:
+        pass
+    return classes
+
+
+@pytest.mark.parametrize("model", ["fxnn-ortho", "fxnn-iso", "cnn-sub", "cnn-fxinit", "cnn-x13"])
 def test_engines_agree_on_the_ablation_models(model):
     engines = _engines(model, dtype="float64")
     if len(engines) < 2:
