@@ -79,7 +79,9 @@ def build_parser():
                     "followed by a trainable 1x1 (model fxnn), a generic CNN (cnn) or logistic\n"
                     "regression (baseline), and record the curves to rec-<DATASET>-<MODEL>.mat.",
         epilog=EXAMPLES, formatter_class=HelpFormatter)
-    p.add_argument("-m", "--model", choices=MODELS, default="fxnn", help="network to train")
+    p.add_argument("-m", "--model", choices=MODELS, default="fxnn", metavar="MODEL",
+                   help="network to train: fxnn, cnn or baseline; or an ablation (README 'Ablations'): "
+                        + ", ".join(m for m in MODELS if m not in ("fxnn", "cnn", "baseline")))
     p.add_argument("-d", "--dataset", choices=DATASETS, default="MNIST", type=str.upper, help="dataset")
     p.add_argument("-fsize", "--filter-size", type=odd_size, default=3, help="conv kernel size (cnn only)")
     p.add_argument("-bsize", "--batch-size", type=positive_int, default=64, help="training batch size")

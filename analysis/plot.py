@@ -88,7 +88,7 @@ def plot_bands(runs, path, log_error=False, log_iter=False):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python3 -m analysis.plot", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python3 -m analysis.plot", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("records", nargs="+", help="record files written by fxnn.py")
     p.add_argument("-o", "--out", default="curves.png", help="PNG to write")

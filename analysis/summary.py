@@ -130,7 +130,8 @@ def report(runs, at=None, target=0.05, versus="cnn", csv_path=None, png_path=Non
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python3 -m analysis.summary", description=__doc__.split("\n\n")[1],
+    p = argparse.ArgumentParser(prog="python3 -m analysis.summary",
+                                description=__doc__.split("\n\n")[1].replace("``", ""),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("records", nargs="+", help="record files written by fxnn.py")
     add_summary_flags(p)

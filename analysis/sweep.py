@@ -124,7 +124,8 @@ def run_jobs(jobs, fxnn_flags, parallel, threads, status_every=60.0, say=print):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python3 -m analysis.sweep", description=__doc__.split("\n\n")[1],
+    p = argparse.ArgumentParser(prog="python3 -m analysis.sweep",
+                                description=__doc__.split("\n\n")[1].replace("``", ""),
                                 usage="%(prog)s -m MODEL [MODEL ...] --seeds S [S ...] -o DIR [options] "
                                       "[-- FXNN_FLAGS ...]",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
