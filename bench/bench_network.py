@@ -9,6 +9,7 @@ by side in one run, on MNIST-shaped random data (batch 64 for training, 100
 for validation, as fxnn.py uses them).
 
     python3 bench/bench_network.py [--dataset MNIST|CIFAR10] [--repeats 20] [--json out.json]
+    python3 bench/bench_network.py --profile    # where the torch fxnn step's time goes, by op
 """
 import argparse
 import json
@@ -53,16 +54,40 @@ def peer_cnn(shape):
     return train, validate
 
 
+def profile(shape, xt, yt, xv, yv, repeats, rng):
+    """torch.profiler's table of the torch fxnn train step and validation
+    pass (default path), top ops by self CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    net = build_network("fxnn", shape)
+    engine = make_engine("torch", "cpu", net, net.init_params(rng), "sgd", 0.25, 0)
+    for name, step in (("train step", lambda: engine.train_step(xt, yt, 0.01)),
+                       ("validation", lambda: engine.evaluate(xv, yv))):
+        for _ in range(3):
+            step()
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(repeats):
+                step()
+        print(f"torch fxnn {name} (path {engine.paths['train' if name == 'train step' else 'valid']}), "
+              f"{repeats} calls:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=SHAPES, default="MNIST")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--profile", action="store_true", help="print torch.profiler tables instead of timings")
     args = p.parse_args()
     shape = SHAPES[args.dataset]
     rng = np.random.default_rng(0)
     xt, yt = rng.random((64,) + shape, dtype=np.float32), rng.integers(0, 10, 64).astype(np.int32)
     xv, yv = rng.random((100,) + shape, dtype=np.float32), rng.integers(0, 10, 100).astype(np.int32)
+    if args.profile:
+        import torch
+        torch.set_num_threads(os.cpu_count())
+        return profile(shape, xt, yt, xv, yv, args.repeats, rng)
     try:
         import torch
         torch.set_num_threads(os.cpu_count())

@@ -31,3 +31,9 @@ def draw(rng, network, batch, p):
     if p == 0:
         return []
     return [rng.integers(0, LEVELS, size=shape, dtype=np.uint16) for shape in mask_shapes(network, batch)]
+
+
+def scaled(mask, p, dtype=np.float32):
+    """A drawn mask as the factor to multiply by: 1/(1-p) where kept, 0 where
+    dropped (one multiply in the engine instead of a compare and two)."""
+    return (mask >= threshold(p)) * np.asarray(1.0 / (1.0 - p), dtype=dtype)

@@ -26,9 +26,22 @@ from .torch_layers import fixed_conv2d, fold
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def forward(network, params, x, dropout=0.0, masks=(), path="fixed"):
-    """Class probabilities; dropout (inverted) when uint16 ``masks`` (one per
-    conv layer, see :mod:`models.dropout`) are given; fxnn layers on ``path``."""
+def max_pool_2x2(h):
+    """2x2 max pooling, stride 2, an odd last row/column dropped. Without
+    autograd: the elementwise max of the four strided views, the same values as
+    F.max_pool2d and several times faster on NCHW CPU tensors (5.9 -> 0.9 ms on
+    (100, 32, 28, 28)); with autograd, F.max_pool2d and its usual gradient."""
+    if torch.is_grad_enabled() and h.requires_grad:
+        return F.max_pool2d(h, 2)
+    h = h[:, :, :h.shape[2] // 2 * 2, :h.shape[3] // 2 * 2]
+    return torch.maximum(torch.maximum(h[:, :, 0::2, 0::2], h[:, :, 0::2, 1::2]),
+                         torch.maximum(h[:, :, 1::2, 0::2], h[:, :, 1::2, 1::2]))
+
+
+def forward(network, params, x, masks=(), path="fixed"):
+    """Class probabilities; dropout (inverted) when ``masks`` (one per conv
+    layer, :func:`models.dropout.scaled`: 1/(1-p) kept, 0 dropped) are given;
+    fxnn layers on ``path``."""
     h = x
     for i, layer in enumerate(network.convs):
         w, b = params[layer.name + "_w"], params[layer.name + "_b"]
@@ -40,9 +53,8 @@ def forward(network, params, x, dropout=0.0, masks=(), path="fixed"):
             h = F.conv2d(h, w * layer.weight_scale if layer.weight_scale != 1 else w, b, padding=layer.size // 2)
         h = torch.relu(h)
         if masks:
-            keep = masks[i] >= dropout_masks.threshold(dropout)
-            h = h * keep * (1.0 / (1.0 - dropout))
-        h = F.max_pool2d(h, 2)
+            h = h * masks[i]
+        h = max_pool_2x2(h)
     h = h.flatten(1)
     for layer in network.denses:
         h = h @ params[layer.name + "_w"] + params[layer.name + "_b"]
@@ -84,14 +96,15 @@ class TorchEngine:
         return self._tensor(x), torch.as_tensor(np.asarray(y), device=self.device).long()
 
     def _loss_and_grads(self, x, y, masks=()):
-        probs = forward(self.network, self._params, x, self.dropout, masks, self.paths["train"])
+        probs = forward(self.network, self._params, x, masks, self.paths["train"])
         loss, erate = objective(probs, y)
         grads = torch.autograd.grad(loss, list(self._params.values()))
         return loss, erate, OrderedDict(zip(self._params, grads))
 
     def train_step(self, x, y, lr):
         """One optimizer step on a batch; returns (loss, error rate) before the step."""
-        masks = [torch.from_numpy(m.astype(np.int32)).to(self.device)
+        np_dtype = np.float32 if self.dtype == torch.float32 else np.float64
+        masks = [torch.from_numpy(dropout_masks.scaled(m, self.dropout, np_dtype)).to(self.device)
                  for m in dropout_masks.draw(self._rng, self.network, len(x), self.dropout)]
         x, y = self._batch(x, y)
         loss, erate, grads = self._loss_and_grads(x, y, masks)
