@@ -21,7 +21,7 @@ from . import optimizers
 from .architecture import LOG_EPS
 from .fxnn_paths import resolve_paths
 from .fixed_kernels import PROJECTOR
-from .torch_layers import fixed_conv2d, fold
+from .torch_layers import as_constant, fixed_conv2d, fold
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -115,7 +115,7 @@ class TorchEngine:
             for layer in self.network.convs:
                 if layer.projected:  # cnn-sub: back into the span of the five kernels
                     w = self._params[layer.name + "_w"]
-                    w.copy_((w.reshape(-1, 9) @ self._tensor(PROJECTOR.copy())).reshape(w.shape))
+                    w.copy_((w.reshape(-1, 9) @ as_constant(PROJECTOR, w)).reshape(w.shape))
         return loss.item(), erate.item()
 
     def _update(self, name, p, g, lr):

@@ -9,8 +9,10 @@ convolution. ``weight`` has shape (5 * in_channels, out_channels), rows in the
 ``conv*_w`` parameters in fxnn's records, so weights move between this layer,
 both engines and ``.mat`` files unchanged.
 """
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,12 +33,23 @@ def pointwise(x, weight, bias=None):
     return out.view(b, weight.shape[1], h, w)
 
 
+@functools.lru_cache(maxsize=32)
+def _constant(data, shape, dtype, device):
+    return torch.tensor(np.frombuffer(data).reshape(shape), dtype=dtype, device=device)
+
+
+def as_constant(array, like):
+    """A float64 numpy constant (a basis, a projector) as a tensor of
+    ``like``'s dtype and device, made once per (contents, dtype, device)."""
+    array = np.ascontiguousarray(array, dtype=np.float64)
+    return _constant(array.tobytes(), array.shape, like.dtype, like.device)
+
+
 def fold(weight, basis=KERNELS):
     """(5M, N) 1x1 weight -> (N, M, 3, 3) dense kernels; the torch form of
     :func:`models.fixed_kernels.fold_weights`, differentiable."""
     c, n = weight.shape
-    kernels = torch.tensor(basis, dtype=weight.dtype, device=weight.device)
-    return torch.einsum("mkn,kac->nmac", weight.reshape(c // NUM_KERNELS, NUM_KERNELS, n), kernels)
+    return torch.einsum("mkn,kac->nmac", weight.reshape(c // NUM_KERNELS, NUM_KERNELS, n), as_constant(basis, weight))
 
 
 def fixed_conv2d(x, weight, bias=None, path="fixed"):
