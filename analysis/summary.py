@@ -43,20 +43,19 @@ def summarize(runs, at, target, versus, level=0.95):
         s = Spread.of([iterations_to(r, target) for r in group])
         rows.append(dict(measure="iters_to", label=label, at=target, mean=s.mean, std=s.std, n=s.n,
                          missing=s.missing))
-    reference = [label for label, group in groups.items() if group[0].model == versus]
-    for ref in reference[:1]:
-        for label, group in groups.items():
-            if label == ref:
-                continue
-            for it in at:
-                d = welch_difference([error_at(r, it) for r in group], [error_at(r, it) for r in groups[ref]], level)
-                rows.append(dict(measure="verate_diff", label=label, versus=ref, at=it, mean=d.diff,
-                                 ci_low=d.low, ci_high=d.high))
-            a, b = ([iterations_to(r, target) for r in g] for g in (group, groups[ref]))
-            if not any(map(math.isnan, a + b)):
-                d = welch_difference(a, b, level)
-                rows.append(dict(measure="iters_to_diff", label=label, versus=ref, at=target, mean=d.diff,
-                                 ci_low=d.low, ci_high=d.high))
+    ref = next((label for label, group in groups.items() if group[0].model == versus), None)
+    for label, group in groups.items():
+        if ref is None or label == ref:
+            continue
+        for it in at:
+            d = welch_difference([error_at(r, it) for r in group], [error_at(r, it) for r in groups[ref]], level)
+            rows.append(dict(measure="verate_diff", label=label, versus=ref, at=it, mean=d.diff,
+                             ci_low=d.low, ci_high=d.high))
+        a, b = ([iterations_to(r, target) for r in g] for g in (group, groups[ref]))
+        if not any(map(math.isnan, a + b)):
+            d = welch_difference(a, b, level)
+            rows.append(dict(measure="iters_to_diff", label=label, versus=ref, at=target, mean=d.diff,
+                             ci_low=d.low, ci_high=d.high))
     return [{c: row.get(c, "") for c in CSV_COLUMNS} for row in rows]
 
 
