@@ -1,5 +1,16 @@
 """Install fxnn: ``python3 -m pip install -e ".[test]" torch==2.13.0`` (see README)."""
-from setuptools import setup
+from setuptools import Extension, setup
+
+# The C fixed stage for the PyTorch engine (kernels/cpu_fixed.py). Optional:
+# without a C compiler the install still succeeds and the engine falls back
+# to separable torch ops.
+FIXED_CPU = Extension(
+    "kernels._fixed_cpu",
+    sources=["kernels/fixed_cpu_module.c"],
+    depends=["kernels/fixed_cpu.c"],
+    extra_compile_args=["-O3", "-std=c99"],
+    optional=True,
+)
 
 setup(
     name="fxnn",
@@ -8,7 +19,8 @@ setup(
     python_requires=">=3.10",
     py_modules=["fxnn", "mnist_pickler"],
     packages=["models", "data", "kernels", "training", "analysis"],
-    package_data={"data": ["image/mnist-sample/*"], "kernels": ["*.cu"]},
+    package_data={"data": ["image/mnist-sample/*"], "kernels": ["*.cu", "*.c"]},
+    ext_modules=[FIXED_CPU],
     install_requires=[
         "numpy>=1.26,<3",
         "scipy>=1.11,<2",

@@ -1,5 +1,8 @@
 """The PyTorch fixed stage against the dense numpy reference, a dense conv2d
-built from the same kernels, and gradcheck."""
+built from the same kernels, and gradcheck; on the CPU once with the C kernel
+(kernels/fixed_cpu.c) and once with the separable torch ops."""
+import os
+
 import numpy as np
 import pytest
 
@@ -7,9 +10,20 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from models.fixed_kernels import KERNELS, fixed_stage_grad_reference, fixed_stage_reference  # noqa: E402
+from models import torch_fixed  # noqa: E402
 from models.torch_fixed import backward_torch, fixed_stage, implementation_name  # noqa: E402
 
 SHAPES = [(1, 1, 1, 1), (1, 1, 1, 5), (2, 3, 2, 3), (3, 17, 28, 28), (5, 2, 33, 17), (1, 64, 6, 7)]
+
+
+@pytest.fixture(autouse=True, params=["C kernel", "torch ops"])
+def implementation(request, monkeypatch):
+    """Every test runs on both CPU implementations behind fixed_stage."""
+    if request.param == "torch ops":
+        monkeypatch.setattr(torch_fixed, "_kernel_module", lambda device_type: (None, "disabled by the test"))
+    elif not torch_fixed._kernel_module("cpu")[0] and os.environ.get("FXNN_REQUIRE_NATIVE") != "1":
+        pytest.skip("kernels._fixed_cpu not built; build it with: pip install -e .")
+    return request.param
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -51,5 +65,7 @@ def test_bad_input_is_refused_clearly():
         fixed_stage(torch.zeros(3, 4, 5))
 
 
-def test_cpu_implementation_is_named():
-    assert implementation_name("cpu") == "separable torch ops"
+def test_cpu_implementation_is_named(implementation):
+    want = "C fixed stage" if implementation == "C kernel" else "separable torch ops"
+    assert implementation_name("cpu").startswith(want)
+
