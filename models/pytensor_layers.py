@@ -1,14 +1,17 @@
 """Symbolic building blocks of the network in PyTensor.
 
 Each function maps symbolic tensors to symbolic tensors; PyTensor derives the
-gradients. The fixed stage is written with the separable factors of
+gradients. The fixed stage is the C op of :mod:`models.pytensor_fixed_op`
+when PyTensor has a C compiler, else a graph of the separable factors of
 :mod:`models.fixed_kernels` (two vertical passes shared by four horizontal
-ones); the dense k x k convolution of ``cnn`` is an im2col of shifted views
+ones), which also serves as its reference; the dense k x k convolution of ``cnn`` is an im2col of shifted views
 followed by one tensordot, since PyTensor no longer ships a conv2d op.
 """
+import pytensor
 import pytensor.tensor as pt
 
 from .fixed_kernels import KERNELS, NUM_KERNELS, PROJECTOR, SEPARABLE
+from .pytensor_fixed_op import DTYPES as OP_DTYPES, fixed_stage_op
 
 
 def zero_pad(x, pad):
@@ -35,7 +38,15 @@ def correlate_1d(v, taps, axis):
 
 
 def fixed_stage(x):
-    """(B, M, H, W) -> (B, 5M, H, W): the five fixed kernels, channel ``5m+k``."""
+    """(B, M, H, W) -> (B, 5M, H, W): the five fixed kernels, channel ``5m+k``;
+    the C op where it compiles, else :func:`fixed_stage_graph`."""
+    if pytensor.config.cxx and x.dtype in OP_DTYPES:
+        return fixed_stage_op(x)
+    return fixed_stage_graph(x)
+
+
+def fixed_stage_graph(x):
+    """:func:`fixed_stage` in graph ops (pads, slices, a stack)."""
     b, m, h, w = x.shape
     xp = zero_pad(x, 1)
     vertical = {}  # one vertical pass per distinct column filter, shared

@@ -7,26 +7,30 @@ from scipy.signal import correlate2d
 
 from models.fixed_kernels import fixed_stage_grad_reference, fixed_stage_reference
 from models.pytensor_engine import compile_mode
-from models.pytensor_layers import conv2d_same, fixed_stage, max_pool_2x2, pointwise
+from models.pytensor_layers import conv2d_same, fixed_stage, fixed_stage_graph, max_pool_2x2, pointwise
 
 X = pt.tensor4("x", dtype="float64")
 G = pt.tensor4("g", dtype="float64")
-_fixed = pytensor.function([X], fixed_stage(X), mode=compile_mode())
-_fixed_grad = pytensor.function([X, G], pytensor.grad(pt.sum(fixed_stage(X) * G), X), mode=compile_mode())
+#: fixed_stage (the C op where PyTensor compiles C) and the graph version.
+FIXED = {name: (pytensor.function([X], f(X), mode=compile_mode()),
+                pytensor.function([X, G], pytensor.grad(pt.sum(f(X) * G), X), mode=compile_mode()))
+         for name, f in (("fixed_stage", fixed_stage), ("graph", fixed_stage_graph))}
 
 
+@pytest.mark.parametrize("impl", FIXED)
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 2, 3), (1, 2, 1, 5), (3, 4, 28, 28), (2, 5, 33, 17)])
-def test_fixed_stage_matches_dense_reference(shape):
+def test_fixed_stage_matches_dense_reference(shape, impl):
     x = np.random.default_rng(0).standard_normal(shape)
-    np.testing.assert_allclose(_fixed(x), fixed_stage_reference(x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(FIXED[impl][0](x), fixed_stage_reference(x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("impl", FIXED)
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 2, 3), (2, 5, 33, 17)])
-def test_fixed_stage_gradient_is_the_adjoint(shape):
+def test_fixed_stage_gradient_is_the_adjoint(shape, impl):
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape)
     g = rng.standard_normal((shape[0], 5 * shape[1]) + shape[2:])
-    np.testing.assert_allclose(_fixed_grad(x, g), fixed_stage_grad_reference(g), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(FIXED[impl][1](x, g), fixed_stage_grad_reference(g), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
