@@ -8,6 +8,7 @@ replaces the graph of pads, slices and a stack in
 of ``IncSubtensor`` ops writing the 5M-channel tensor several times over.
 Without a C compiler PyTensor runs :meth:`perform`, the numpy references.
 """
+import functools
 import hashlib
 import os
 
@@ -22,7 +23,9 @@ _SOURCE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 DTYPES = ("float32", "float64")
 
 
+@functools.lru_cache(maxsize=1)
 def _source():
+    """kernels/fixed_cpu.c, read once per process."""
     with open(_SOURCE_PATH) as f:
         return f.read()
 
