@@ -101,9 +101,10 @@ def build_parser():
                         "(see README 'Engines')")
     p.add_argument("--device", choices=DEVICES, default="auto", help="cuda needs the torch engine")
     p.add_argument("--fxnn-path", choices=PATHS, default="auto",
-                   help="how fxnn layers compute: the fixed stage then the 1x1 GEMM, or folded into one "
-                        "dense 3x3 conv (same function); auto: the faster for the engine and device "
-                        "(README 'Which path runs when')")
+                   help="how fxnn layers compute (the same function): the fixed stage then the 1x1 GEMM; "
+                        "fused, one C kernel (CPU, float32); or folded into one dense 3x3 conv; auto: each "
+                        "layer's fastest, timed on first use and cached per machine (README 'Which path "
+                        "runs when')")
     p.add_argument("--seed", type=int, default=None,
                    help="random seed; same seed, same engine: same numbers (default: a fresh one, "
                         "stored in the record's meta.seed)")
@@ -157,7 +158,7 @@ def run(args):
     from models.architecture import build_network
     from models.engines import make_engine, resolve
     from training import checkpoint
-    from training.loop import NUM_SAMPLES, Schedule, raise_on_sigterm, train
+    from training.loop import NUM_SAMPLES, VALID_BATCH, Schedule, raise_on_sigterm, train
     from training.memory import release_free_memory
     from training.recorder import Recorder
 
@@ -197,8 +198,12 @@ def run(args):
     print(f'Building model "{args.model}" ... ', end="", flush=True)
     network = build_network(args.model, dataset.train_x.shape[1:], filter_size=args.filter_size)
     params = network.init_params(np.random.default_rng(init_seed))
-    engine = make_engine(engine_name, device, network, params, args.optimizer, args.dropout_prob,
-                         int(engine_seed), args.fxnn_path)
+    try:
+        engine = make_engine(engine_name, device, network, params, args.optimizer, args.dropout_prob,
+                             int(engine_seed), args.fxnn_path, {"train": args.batch_size, "valid": VALID_BATCH})
+    except (ValueError, RuntimeError) as e:  # a path or FXNN_ISA this machine cannot run
+        print(flush=True)
+        return fail(e)
     print(" done.", flush=True)
 
     if not resumed:
@@ -222,10 +227,11 @@ def run(args):
     raise_on_sigterm()
     outcome = train(engine, dataset, schedule, recorder, sampler, start_record, on_record,
                     print_line=lambda line: print(line, flush=True))
+    paths, implementations = engine.describe_paths()
     meta = {
         "model": args.model, "dataset": args.dataset, "data_source": dataset.source,
         "data_files": "; ".join(dataset.files), "engine": engine_name, "device": device,
-        "fxnn_path": f"train {engine.paths['train']}, valid {engine.paths['valid']}",
+        "fxnn_path": paths, "fxnn_impl": implementations,
         "seed": seed, "status": outcome, "iterations_done": len(recorder.tloss),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "flags": {k: ("" if v is None else v) for k, v in vars(args).items()},

@@ -1,13 +1,13 @@
 """Install fxnn: ``python3 -m pip install -e ".[test]" torch==2.13.0`` (see README)."""
 from setuptools import Extension, setup
 
-# The C fixed stage for the PyTorch engine (kernels/cpu_fixed.py). Optional:
-# without a C compiler the install still succeeds and the engine falls back
-# to separable torch ops.
+# The C fixed stage and fused layer for the PyTorch engine (kernels/cpu_fixed.py,
+# kernels/cpu_fused.py). Optional: without a C compiler the install still
+# succeeds and the engine falls back to separable torch ops and library GEMMs.
 FIXED_CPU = Extension(
     "kernels._fixed_cpu",
     sources=["kernels/fixed_cpu_module.c"],
-    depends=["kernels/fixed_cpu.c"],
+    depends=["kernels/fixed_cpu.c", "kernels/fused_cpu.c", "kernels/fused_isa.h"],
     extra_compile_args=["-O3", "-std=c99"],
     optional=True,
 )
@@ -19,7 +19,7 @@ setup(
     python_requires=">=3.10",
     py_modules=["fxnn", "mnist_pickler"],
     packages=["models", "data", "kernels", "training", "analysis"],
-    package_data={"data": ["image/mnist-sample/*"], "kernels": ["*.cu", "*.c"]},
+    package_data={"data": ["image/mnist-sample/*"], "kernels": ["*.cu", "*.c", "*.h"]},
     ext_modules=[FIXED_CPU],
     install_requires=[
         "numpy>=1.26,<3",

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """One training step and one validation pass of the whole network, per engine.
 
-For fxnn (on each path of models/fxnn_paths.py: the fixed stage + 1x1 GEMM,
-and the folded dense conv) and cnn on each engine present (pytensor, torch),
-against the peer a user would write instead: a plain PyTorch nn.Sequential cnn with nn.Conv2d
-and torch.optim.SGD. Medians of repeated timings after warm-up, measured side
-by side in one run, on MNIST-shaped random data (batch 64 for training, 100
-for validation, as fxnn.py uses them).
+For fxnn (on each path of models/fxnn_paths.py: fused, fixed, folded, and
+auto, which times them per layer) and cnn on each engine present (pytensor,
+torch), against the peer a user would write instead: a plain PyTorch
+nn.Sequential cnn with nn.Conv2d and torch.optim.SGD. Medians of alternated
+rounds after warm-up, measured side by side in one run, on MNIST-shaped
+random data (batch 64 for training, 100 for validation, as fxnn.py uses
+them).
 
     python3 bench/bench_network.py [--dataset MNIST|CIFAR10] [--repeats 20] [--json out.json]
     python3 bench/bench_network.py --profile    # where the torch fxnn step's time goes, by op
@@ -22,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from timing import median_ms  # noqa: E402
+from machine import banner, describe  # noqa: E402
+from timing import alternated_ms  # noqa: E402
 from models.architecture import build_network  # noqa: E402
 from models.engines import make_engine  # noqa: E402
 
@@ -56,7 +58,7 @@ def peer_cnn(shape):
 
 def profile(shape, xt, yt, xv, yv, repeats, rng):
     """torch.profiler's table of the torch fxnn train step and validation
-    pass (default path), top ops by self CPU time."""
+    pass (auto paths), top ops by self CPU time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
     net = build_network("fxnn", shape)
@@ -68,8 +70,7 @@ def profile(shape, xt, yt, xv, yv, repeats, rng):
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(repeats):
                 step()
-        print(f"torch fxnn {name} (path {engine.paths['train' if name == 'train step' else 'valid']}), "
-              f"{repeats} calls:")
+        print(f"torch fxnn {name} ({engine.describe_paths()[0]}), {repeats} calls:")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
 
 
@@ -88,33 +89,45 @@ def main():
         import torch
         torch.set_num_threads(os.cpu_count())
         return profile(shape, xt, yt, xv, yv, args.repeats, rng)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         import torch
-        torch.set_num_threads(os.cpu_count())
+        torch.set_num_threads(threads)
         engines = ("pytensor", "torch")
     except ImportError:
         engines = ("pytensor",)
-    rows = {}
+    info = describe(threads)
+    print(banner(info))
+    steps = {}
     if "torch" in engines:
         train, validate = peer_cnn(shape)
-        rows["peer nn.Conv2d cnn"] = (median_ms(lambda: train(xt, yt), args.repeats),
-                                      median_ms(lambda: validate(xv, yv), args.repeats))
+        steps["peer nn.Conv2d cnn"] = (lambda: train(xt, yt), lambda: validate(xv, yv))
     for engine_name in engines:
-        for model, path in (("fxnn", "fixed"), ("fxnn", "folded"), ("cnn", "auto")):
+        paths = ("fused", "fixed", "folded", "auto")
+        for model, path in [("fxnn", p) for p in paths] + [("cnn", "auto")]:
             net = build_network(model, shape)
-            engine = make_engine(engine_name, "cpu", net, net.init_params(rng), "sgd", 0.25, 0, path)
-            rows[f"{engine_name} {model}" + (f" ({path})" if model == "fxnn" else "")] = (
-                median_ms(lambda: engine.train_step(xt, yt, 0.01), args.repeats),
-                median_ms(lambda: engine.evaluate(xv, yv), args.repeats))
+            engine = make_engine(engine_name, "cpu", net, net.init_params(rng), "sgd", 0.25, 0, path,
+                                 {"train": len(xt), "valid": len(xv)})
+            engine.train_step(xt, yt, 0.01)  # auto chooses its paths on the first calls
+            engine.evaluate(xv, yv)
+            name = f"{engine_name} {model}" + (f" ({path})" if model == "fxnn" else "")
+            if path == "auto":
+                name += f" [{engine.describe_paths()[0]}]" if model == "fxnn" else ""
+            steps[name] = (lambda e=engine: e.train_step(xt, yt, 0.01), lambda e=engine: e.evaluate(xv, yv))
+    train_ms = alternated_ms({k: t for k, (t, _) in steps.items()}, args.repeats)
+    valid_ms = alternated_ms({k: v for k, (_, v) in steps.items()}, args.repeats)
+    rows = {k: (train_ms[k], valid_ms[k]) for k in steps}
     peer = rows.get("peer nn.Conv2d cnn")
-    print(f"{args.dataset}, {os.cpu_count()} CPU threads, medians of {args.repeats}")
-    print(f"{'':24s} {'train step (64)':>16s} {'validation (100)':>17s}" + ("   vs peer: train  valid" if peer else ""))
+    print(f"{args.dataset}, {threads} threads, medians of {args.repeats} alternated rounds")
+    width = max(len(k) for k in rows) + 2
+    print(f"{'':{width}s} {'train step (64)':>16s} {'validation (100)':>17s}"
+          + ("   vs peer: train  valid" if peer else ""))
     for name, (t, v) in rows.items():
         ratio = f"   {t / peer[0]:13.2f}x {v / peer[1]:6.2f}x" if peer else ""
-        print(f"{name:24s} {t:13.1f} ms {v:14.1f} ms{ratio}")
+        print(f"{name:{width}s} {t:13.1f} ms {v:14.1f} ms{ratio}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"dataset": args.dataset, "threads": os.cpu_count(),
+            json.dump({"dataset": args.dataset, "machine": info, "repeats": args.repeats,
                        "ms": {k: {"train_step": t, "validation": v} for k, (t, v) in rows.items()}}, f, indent=2)
 
 

@@ -8,19 +8,16 @@ why and ``models.torch_fixed`` runs its separable torch ops instead.
 """
 import torch
 
-from models.fixed_kernels import NUM_KERNELS
+from . import native
+from .native import module as _fixed_cpu
 
-try:
-    from . import _fixed_cpu
-    _WHY = "C fixed stage (kernels/fixed_cpu.c)"
-except ImportError as e:  # not built: no C compiler at install time
-    _fixed_cpu = None
-    _WHY = f"kernels._fixed_cpu not built ({e}); reinstall with a C compiler: pip install -e ."
+NUM_KERNELS = 5  # the kernels of models/fixed_kernels.py, as in fixed_cpu.c
 
 
 def available():
     """(True, description) when the extension is built, else (False, why)."""
-    return _fixed_cpu is not None, _WHY
+    ok, why = native.available()
+    return ok, "C fixed stage (kernels/fixed_cpu.c)" if ok else why
 
 
 def fixed_forward(x):

@@ -20,8 +20,14 @@
  *   dx[i] = A[i-1] + 2 A[i] + A[i+1] - B[i-1] + B[i+1] + g_identity[i]
  * with A = hs(g0) + hd'(g2), B = hs(g1) + hd'(g3), hs = [1,2,1], hd' = [-1,0,1].
  *
- * Threads: planes are split into contiguous ranges, one pthread each.
+ * Threads: fxnn_parallel splits a range of work items (here planes) into
+ * contiguous ranges, one pthread each; kernels/fused_cpu.c uses it too.
  */
+#ifndef FXNN_FIXED_CPU_C
+#define FXNN_FIXED_CPU_C
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200112L /* posix_memalign under -std=c99 */
+#endif
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +41,75 @@
 #else
 #define FXNN_CLONES
 #endif
+
+/* ---- threading: split [0, items) into nthreads contiguous ranges ---- */
+
+/* fn(arg, first, last, scratch) does items [first, last) with a private,
+ * 64-byte aligned scratch buffer of the size fxnn_parallel was given. */
+typedef void (*fxnn_items_fn)(void *arg, long first, long last, void *scratch);
+
+struct fxnn_job {
+    fxnn_items_fn fn;
+    void *arg;
+    long first, last;
+    size_t scratch_bytes;
+    int failed;
+};
+
+static void *fxnn_run_job(void *p)
+{
+    struct fxnn_job *job = (struct fxnn_job *)p;
+    void *scratch = NULL;
+    if (job->first >= job->last)
+        return NULL;
+    if (posix_memalign(&scratch, 64, job->scratch_bytes ? job->scratch_bytes : 64) != 0) {
+        job->failed = 1;
+        return NULL;
+    }
+    job->fn(job->arg, job->first, job->last, scratch);
+    free(scratch);
+    return NULL;
+}
+
+#define FXNN_MAX_THREADS 64
+
+/* Returns 0 on success, -1 when memory for a scratch buffer ran out. The
+ * split depends on nthreads, so callers whose numbers must not depend on it
+ * make each item's result independent of which thread computes it. */
+static int fxnn_parallel(fxnn_items_fn fn, void *arg, long items, size_t scratch_bytes, int nthreads)
+{
+    struct fxnn_job jobs[FXNN_MAX_THREADS];
+    pthread_t ids[FXNN_MAX_THREADS];
+    int started[FXNN_MAX_THREADS];
+    int t, failed = 0;
+    if (items <= 0)
+        return 0;
+    if (nthreads > FXNN_MAX_THREADS) nthreads = FXNN_MAX_THREADS;
+    if (nthreads > items) nthreads = (int)items;
+    if (nthreads < 1) nthreads = 1;
+    for (t = 0; t < nthreads; t++) {
+        jobs[t].fn = fn; jobs[t].arg = arg;
+        jobs[t].first = items * t / nthreads; jobs[t].last = items * (t + 1) / nthreads;
+        jobs[t].scratch_bytes = scratch_bytes; jobs[t].failed = 0;
+    }
+    /* Thread 0 is the caller; a thread that cannot start runs inline too. */
+    for (t = 1; t < nthreads; t++)
+        started[t] = pthread_create(&ids[t], NULL, fxnn_run_job, &jobs[t]) == 0;
+    fxnn_run_job(&jobs[0]);
+    for (t = 1; t < nthreads; t++) {
+        if (started[t]) pthread_join(ids[t], NULL);
+        else fxnn_run_job(&jobs[t]);
+    }
+    for (t = 0; t < nthreads; t++) failed |= jobs[t].failed;
+    return failed ? -1 : 0;
+}
+
+/* The arguments of the plane loops below. */
+struct fxnn_planes {
+    const void *in;
+    void *out;
+    long h, w;
+};
 
 #define FXNN_DEFINE(T, SUFFIX)                                                             \
 /* Vertical passes of input row i into s[1..w], d[1..w]; rows outside are zero. */        \
@@ -76,11 +151,12 @@ FXNN_CLONES static void fxnn_forward_planes_##SUFFIX(const T *x, T *out, long fi
     }                                                                                     \
 }                                                                                         \
                                                                                           \
-/* A and B of row i (0 <= i < h) of plane g into a[0..w-1], b[0..w-1]. */                \
-FXNN_CLONES static void fxnn_horizontal_##SUFFIX(const T *g, long h, long w, long i, T *a, T *b) \
+/* A and B of one row into a[0..w-1], b[0..w-1]; g0 is that row of plane k=0, \
+ * plane k at g0 + k*ks. */                                                               \
+FXNN_CLONES static void fxnn_horizontal_##SUFFIX(const T *g0, long ks, long w, T *a, T *b) \
 {                                                                                         \
-    long hw = h * w, j;                                                                   \
-    const T *g0 = g + i * w, *g1 = g0 + hw, *g2 = g1 + hw, *g3 = g2 + hw;                 \
+    long j;                                                                               \
+    const T *g1 = g0 + ks, *g2 = g1 + ks, *g3 = g2 + ks;                                  \
     if (w == 1) { a[0] = 2 * g0[0]; b[0] = 2 * g1[0]; return; }                           \
     a[0] = 2 * g0[0] + g0[1] + g2[1];                                                     \
     b[0] = 2 * g1[0] + g1[1] + g3[1];                                                     \
@@ -92,122 +168,85 @@ FXNN_CLONES static void fxnn_horizontal_##SUFFIX(const T *g, long h, long w, lon
     b[w - 1] = g1[w - 2] + 2 * g1[w - 1] - g3[w - 2];                                     \
 }                                                                                         \
                                                                                           \
-/* buf holds 6 rows of w: A and B of rows i-1, i, i+1, rotated as i advances. */          \
-FXNN_CLONES static void fxnn_adjoint_planes_##SUFFIX(const T *g, T *dx, long first,       \
-                                                     long last, long h, long w, T *buf)   \
+/* Rows [i0, i1) of the adjoint of one plane into dx (the whole plane, row i  \
+ * at dx + i*w). The five gradient planes are given for rows [ra, rb) only:    \
+ * row i of plane k at g + k*ks + (i - ra)*w, where [ra, rb) holds [i0-1, i1+1) \
+ * clipped to [0, h); rows outside [0, h) are zero. buf: 6 rows of w, A and B   \
+ * of rows i-1, i, i+1, rotated as i advances. */                               \
+FXNN_CLONES static void fxnn_adjoint_rows_##SUFFIX(const T *g, long ks, long ra, long i0, long i1, \
+                                                   long h, long w, T *dx, T *buf)         \
 {                                                                                         \
-    long hw = h * w, p, i, j;                                                             \
-    for (p = first; p < last; p++) {                                                     \
-        const T *gp = g + p * FXNN_NUM_KERNELS * hw;                                      \
-        T *a[3] = {buf, buf + w, buf + 2 * w}, *b[3] = {buf + 3 * w, buf + 4 * w, buf + 5 * w}; \
-        memset(a[0], 0, w * sizeof(T));                                                   \
-        memset(b[0], 0, w * sizeof(T));                                                   \
-        fxnn_horizontal_##SUFFIX(gp, h, w, 0, a[1], b[1]);                                \
-        for (i = 0; i < h; i++) {                                                         \
-            const T *a0, *a1, *a2, *b0, *b2, *gi = gp + 4 * hw + i * w;              \
-            T *o = dx + p * hw + i * w, *t;                                               \
-            if (i + 1 < h) fxnn_horizontal_##SUFFIX(gp, h, w, i + 1, a[2], b[2]);         \
-            else { memset(a[2], 0, w * sizeof(T)); memset(b[2], 0, w * sizeof(T)); }      \
-            a0 = a[0]; a1 = a[1]; a2 = a[2]; b0 = b[0]; b2 = b[2];             \
-            for (j = 0; j < w; j++)                                                       \
-                o[j] = a0[j] + 2 * a1[j] + a2[j] - b0[j] + b2[j] + gi[j];                 \
-            t = a[0]; a[0] = a[1]; a[1] = a[2]; a[2] = t;                                 \
-            t = b[0]; b[0] = b[1]; b[1] = b[2]; b[2] = t;                                 \
-        }                                                                                 \
+    long i, j;                                                                            \
+    T *a[3] = {buf, buf + w, buf + 2 * w}, *b[3] = {buf + 3 * w, buf + 4 * w, buf + 5 * w}; \
+    if (i0 > 0) fxnn_horizontal_##SUFFIX(g + (i0 - 1 - ra) * w, ks, w, a[0], b[0]);       \
+    else { memset(a[0], 0, w * sizeof(T)); memset(b[0], 0, w * sizeof(T)); }              \
+    fxnn_horizontal_##SUFFIX(g + (i0 - ra) * w, ks, w, a[1], b[1]);                       \
+    for (i = i0; i < i1; i++) {                                                           \
+        const T *a0, *a1, *a2, *b0, *b2, *gi = g + 4 * ks + (i - ra) * w;                 \
+        T *o = dx + i * w, *t;                                                            \
+        if (i + 1 < h) fxnn_horizontal_##SUFFIX(g + (i + 1 - ra) * w, ks, w, a[2], b[2]); \
+        else { memset(a[2], 0, w * sizeof(T)); memset(b[2], 0, w * sizeof(T)); }          \
+        a0 = a[0]; a1 = a[1]; a2 = a[2]; b0 = b[0]; b2 = b[2];                            \
+        for (j = 0; j < w; j++)                                                           \
+            o[j] = a0[j] + 2 * a1[j] + a2[j] - b0[j] + b2[j] + gi[j];                     \
+        t = a[0]; a[0] = a[1]; a[1] = a[2]; a[2] = t;                                     \
+        t = b[0]; b[0] = b[1]; b[1] = b[2]; b[2] = t;                                     \
     }                                                                                     \
 }                                                                                         \
                                                                                           \
-/* The two plane loops behind the untyped signature fxnn_run takes. */                   \
-static void fxnn_forward_job_##SUFFIX(const void *in, void *out, long first, long last,   \
-                                      long h, long w, void *buf)                          \
-{ fxnn_forward_planes_##SUFFIX((const T *)in, (T *)out, first, last, h, w, (T *)buf); }   \
-static void fxnn_adjoint_job_##SUFFIX(const void *in, void *out, long first, long last,   \
-                                      long h, long w, void *buf)                          \
-{ fxnn_adjoint_planes_##SUFFIX((const T *)in, (T *)out, first, last, h, w, (T *)buf); }
+static void fxnn_adjoint_planes_##SUFFIX(const T *g, T *dx, long first, long last,        \
+                                         long h, long w, T *buf)                          \
+{                                                                                         \
+    long hw = h * w, p;                                                                   \
+    for (p = first; p < last; p++)                                                        \
+        fxnn_adjoint_rows_##SUFFIX(g + p * FXNN_NUM_KERNELS * hw, hw, 0, 0, h, h, w, dx + p * hw, buf); \
+}                                                                                         \
+                                                                                          \
+/* The two plane loops as work functions of fxnn_parallel (items = planes). */                \
+static void fxnn_forward_job_##SUFFIX(void *arg, long first, long last, void *buf)        \
+{                                                                                         \
+    const struct fxnn_planes *pl = (const struct fxnn_planes *)arg;                       \
+    fxnn_forward_planes_##SUFFIX((const T *)pl->in, (T *)pl->out, first, last, pl->h, pl->w, (T *)buf); \
+}                                                                                         \
+static void fxnn_adjoint_job_##SUFFIX(void *arg, long first, long last, void *buf)        \
+{                                                                                         \
+    const struct fxnn_planes *pl = (const struct fxnn_planes *)arg;                       \
+    fxnn_adjoint_planes_##SUFFIX((const T *)pl->in, (T *)pl->out, first, last, pl->h, pl->w, (T *)buf); \
+}
 
 FXNN_DEFINE(float, f32)
 FXNN_DEFINE(double, f64)
 
-/* ---- threading: split [0, planes) into nthreads contiguous ranges ---- */
-
-typedef void (*fxnn_planes_fn)(const void *in, void *out, long first, long last, long h, long w, void *buf);
-
-struct fxnn_job {
-    fxnn_planes_fn fn;
-    const void *in;
-    void *out;
-    long first, last, h, w;
-    size_t buf_bytes;
-    int failed;
-};
-
-static void *fxnn_run_job(void *arg)
+static int fxnn_run_planes(fxnn_items_fn fn, const void *in, void *out, long planes, long h, long w,
+                           size_t buf_bytes, int nthreads)
 {
-    struct fxnn_job *job = (struct fxnn_job *)arg;
-    void *buf = malloc(job->buf_bytes);
-    if (!buf) {
-        job->failed = 1;
-        return NULL;
-    }
-    job->fn(job->in, job->out, job->first, job->last, job->h, job->w, buf);
-    free(buf);
-    return NULL;
-}
-
-#define FXNN_MAX_THREADS 64
-
-/* Returns 0 on success, -1 when memory for the row buffers ran out. */
-static int fxnn_run(fxnn_planes_fn fn, const void *in, void *out, long planes, long h, long w,
-                    size_t buf_bytes, int nthreads)
-{
-    struct fxnn_job jobs[FXNN_MAX_THREADS];
-    pthread_t ids[FXNN_MAX_THREADS];
-    int started[FXNN_MAX_THREADS];
-    int t, failed = 0;
-    if (planes <= 0 || h <= 0 || w <= 0)
+    struct fxnn_planes pl;
+    if (h <= 0 || w <= 0)
         return 0;
-    if (nthreads > FXNN_MAX_THREADS) nthreads = FXNN_MAX_THREADS;
-    if (nthreads > planes) nthreads = (int)planes;
-    if (nthreads < 1) nthreads = 1;
-    for (t = 0; t < nthreads; t++) {
-        jobs[t].fn = fn; jobs[t].in = in; jobs[t].out = out;
-        jobs[t].first = planes * t / nthreads; jobs[t].last = planes * (t + 1) / nthreads;
-        jobs[t].h = h; jobs[t].w = w; jobs[t].buf_bytes = buf_bytes; jobs[t].failed = 0;
-    }
-    /* Thread 0 is the caller; a thread that cannot start runs inline too. */
-    for (t = 1; t < nthreads; t++)
-        started[t] = pthread_create(&ids[t], NULL, fxnn_run_job, &jobs[t]) == 0;
-    fxnn_run_job(&jobs[0]);
-    for (t = 1; t < nthreads; t++) {
-        if (started[t]) pthread_join(ids[t], NULL);
-        else fxnn_run_job(&jobs[t]);
-    }
-    for (t = 0; t < nthreads; t++) failed |= jobs[t].failed;
-    return failed ? -1 : 0;
+    pl.in = in; pl.out = out; pl.h = h; pl.w = w;
+    return fxnn_parallel(fn, &pl, planes, buf_bytes, nthreads);
 }
 
 /* x (planes, h, w) -> out (planes, 5, h, w), both C-contiguous. */
 static int fxnn_fixed_forward_f32(const float *x, float *out, long planes, long h, long w, int nthreads)
 {
-    return fxnn_run(fxnn_forward_job_f32, x, out, planes, h, w,
-                    2 * (size_t)(w + 2) * sizeof(float), nthreads);
+    return fxnn_run_planes(fxnn_forward_job_f32, x, out, planes, h, w, 2 * (size_t)(w + 2) * sizeof(float), nthreads);
 }
 
 static int fxnn_fixed_forward_f64(const double *x, double *out, long planes, long h, long w, int nthreads)
 {
-    return fxnn_run(fxnn_forward_job_f64, x, out, planes, h, w,
-                    2 * (size_t)(w + 2) * sizeof(double), nthreads);
+    return fxnn_run_planes(fxnn_forward_job_f64, x, out, planes, h, w, 2 * (size_t)(w + 2) * sizeof(double), nthreads);
 }
 
 /* g (planes, 5, h, w) -> dx (planes, h, w), both C-contiguous. */
 static int fxnn_fixed_adjoint_f32(const float *g, float *dx, long planes, long h, long w, int nthreads)
 {
-    return fxnn_run(fxnn_adjoint_job_f32, g, dx, planes, h, w,
-                    6 * (size_t)w * sizeof(float), nthreads);
+    return fxnn_run_planes(fxnn_adjoint_job_f32, g, dx, planes, h, w, 6 * (size_t)w * sizeof(float), nthreads);
 }
 
 static int fxnn_fixed_adjoint_f64(const double *g, double *dx, long planes, long h, long w, int nthreads)
 {
-    return fxnn_run(fxnn_adjoint_job_f64, g, dx, planes, h, w,
-                    6 * (size_t)w * sizeof(double), nthreads);
+    return fxnn_run_planes(fxnn_adjoint_job_f64, g, dx, planes, h, w, 6 * (size_t)w * sizeof(double), nthreads);
 }
+
+#endif /* FXNN_FIXED_CPU_C */

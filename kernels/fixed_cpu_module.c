@@ -1,18 +1,25 @@
-/* kernels._fixed_cpu: the C fixed stage of fixed_cpu.c as a Python module.
+/* kernels._fixed_cpu: the C fixed stage of fixed_cpu.c and the fused layer of
+ * fused_cpu.c as a Python module.
  *
  *   forward(x, out, threads)   x (P, H, W)    -> out (P, 5, H, W)
  *   adjoint(g, dx, threads)    g (P, 5, H, W) -> dx (P, H, W)
+ *   fused_forward(x, w, bias, y, threads, isa)      y = bias + W^T fixed(x)
+ *   fused_wgrad(x, dy, dw, dbias, threads, isa)     dW, dbias (bias may be None)
+ *   fused_dgrad(dy, w, dx, threads, isa)            dx
+ *   isas()                                          the ISAs this CPU runs, best first
+ *   fma_peak(isa, threads, seconds)                 measured FMA throughput, GFLOP/s
  *
- * Arguments are C-contiguous float32 or float64 buffers (numpy arrays, or
- * torch CPU tensors through .numpy()); the outputs are written in place with
- * the GIL released. Shapes and dtypes are checked here, so a wrong call is a
- * ValueError, never a bad memory access. Built by setup.py; the caller is
- * kernels/cpu_fixed.py.
+ * Arguments are C-contiguous buffers (numpy arrays, or torch CPU tensors
+ * through .numpy()): float32 or float64 for the fixed stage, float32 for the
+ * fused layer (x (B, M, H, W), w (5M, N), y and dy (B, N, H, W)); the outputs
+ * are written in place with the GIL released. Shapes and dtypes are checked
+ * here, so a wrong call is a ValueError, never a bad memory access. Built by
+ * setup.py; the callers are kernels/cpu_fixed.py and kernels/cpu_fused.py.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include "fixed_cpu.c"
+#include "fused_cpu.c"
 
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, int ndim, const char *name)
 {
@@ -77,16 +84,217 @@ static PyObject *run(PyObject *args, int forward)
 static PyObject *forward(PyObject *self, PyObject *args) { (void)self; return run(args, 1); }
 static PyObject *adjoint(PyObject *self, PyObject *args) { (void)self; return run(args, 0); }
 
+/* ---- the fused layer ---- */
+
+/* A float32 C-contiguous buffer of ndim dimensions, or None when allowed. */
+static int get_f32(PyObject *obj, Py_buffer *view, int writable, int ndim, const char *name, int optional)
+{
+    view->obj = NULL;
+    if (optional && obj == Py_None)
+        return 0;
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    if (view->ndim != ndim || strcmp(view->format, "f") != 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be a %d-dimensional float32 buffer, got %d dimensions of format '%s'",
+                     name, ndim, view->ndim, view->format);
+        PyBuffer_Release(view);
+        view->obj = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void release_all(Py_buffer *views, int count)
+{
+    int i;
+    for (i = 0; i < count; i++)
+        if (views[i].obj) PyBuffer_Release(&views[i]);
+}
+
+/* The ISA index of a name this CPU supports; -1 with ValueError otherwise. */
+static int isa_index(const char *name)
+{
+    int i = fxnn_isa_lookup(name);
+    if (i >= 0 && name[0])
+        return i;
+    for (i = 0; i < FXNN_NUM_ISAS; i++)
+        if (strcmp(fxnn_isas[i]->name, name) == 0) {
+            PyErr_Format(PyExc_ValueError, "this CPU does not support the %s kernels", name);
+            return -1;
+        }
+    PyErr_Format(PyExc_ValueError, "unknown instruction set '%s'", name);
+    return -1;
+}
+
+static PyObject *fused_result(int rc)
+{
+    if (rc == FXNN_ERR_MEMORY)
+        return PyErr_NoMemory();
+    if (rc == FXNN_ERR_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "images of 2^31 pixels or more are not supported by the fused kernels");
+        return NULL;
+    }
+    if (rc != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "fused kernel failed");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+#define SHAPE_ERROR(msg) do { PyErr_SetString(PyExc_ValueError, msg); release_all(v, count); return NULL; } while (0)
+
+static PyObject *fused_forward(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *wo, *bo, *yo;
+    Py_buffer v[4];
+    const int count = 4;
+    int threads, isa, rc;
+    const char *isa_name;
+    long b, m, n, h, w;
+    (void)self;
+    memset(v, 0, sizeof(v));
+    if (!PyArg_ParseTuple(args, "OOOOis", &xo, &wo, &bo, &yo, &threads, &isa_name) || (isa = isa_index(isa_name)) < 0)
+        return NULL;
+    if (get_f32(xo, &v[0], 0, 4, "x", 0) || get_f32(wo, &v[1], 0, 2, "w", 0) || get_f32(bo, &v[2], 0, 1, "bias", 1)
+        || get_f32(yo, &v[3], 1, 4, "y", 0)) {
+        release_all(v, count);
+        return NULL;
+    }
+    b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
+    n = (long)v[1].shape[1];
+    if (v[1].shape[0] != FXNN_NUM_KERNELS * m)
+        SHAPE_ERROR("w must be (5M, N) for x of M channels");
+    if (v[2].obj && v[2].shape[0] != n)
+        SHAPE_ERROR("bias must be (N,)");
+    if (v[3].shape[0] != b || v[3].shape[1] != n || v[3].shape[2] != h || v[3].shape[3] != w)
+        SHAPE_ERROR("y must be (B, N, H, W)");
+    Py_BEGIN_ALLOW_THREADS
+    rc = fxnn_fused_forward(isa, (const float *)v[0].buf, (const float *)v[1].buf,
+                            v[2].obj ? (const float *)v[2].buf : NULL, (float *)v[3].buf, b, m, n, h, w, threads);
+    Py_END_ALLOW_THREADS
+    release_all(v, count);
+    return fused_result(rc);
+}
+
+static PyObject *fused_wgrad(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *dyo, *dwo, *dbo;
+    Py_buffer v[4];
+    const int count = 4;
+    int threads, isa, rc;
+    const char *isa_name;
+    long b, m, n, h, w;
+    (void)self;
+    memset(v, 0, sizeof(v));
+    if (!PyArg_ParseTuple(args, "OOOOis", &xo, &dyo, &dwo, &dbo, &threads, &isa_name)
+        || (isa = isa_index(isa_name)) < 0)
+        return NULL;
+    if (get_f32(xo, &v[0], 0, 4, "x", 0) || get_f32(dyo, &v[1], 0, 4, "dy", 0) || get_f32(dwo, &v[2], 1, 2, "dw", 0)
+        || get_f32(dbo, &v[3], 1, 1, "dbias", 1)) {
+        release_all(v, count);
+        return NULL;
+    }
+    b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
+    n = (long)v[1].shape[1];
+    if (v[1].shape[0] != b || v[1].shape[2] != h || v[1].shape[3] != w)
+        SHAPE_ERROR("dy must be (B, N, H, W) for x of shape (B, M, H, W)");
+    if (v[2].shape[0] != FXNN_NUM_KERNELS * m || v[2].shape[1] != n)
+        SHAPE_ERROR("dw must be (5M, N)");
+    if (v[3].obj && v[3].shape[0] != n)
+        SHAPE_ERROR("dbias must be (N,)");
+    Py_BEGIN_ALLOW_THREADS
+    rc = fxnn_fused_wgrad(isa, (const float *)v[0].buf, (const float *)v[1].buf, (float *)v[2].buf,
+                          v[3].obj ? (float *)v[3].buf : NULL, b, m, n, h, w, threads);
+    Py_END_ALLOW_THREADS
+    release_all(v, count);
+    return fused_result(rc);
+}
+
+static PyObject *fused_dgrad(PyObject *self, PyObject *args)
+{
+    PyObject *dyo, *wo, *dxo;
+    Py_buffer v[3];
+    const int count = 3;
+    int threads, isa, rc;
+    const char *isa_name;
+    long b, m, n, h, w;
+    (void)self;
+    memset(v, 0, sizeof(v));
+    if (!PyArg_ParseTuple(args, "OOOis", &dyo, &wo, &dxo, &threads, &isa_name) || (isa = isa_index(isa_name)) < 0)
+        return NULL;
+    if (get_f32(dyo, &v[0], 0, 4, "dy", 0) || get_f32(wo, &v[1], 0, 2, "w", 0) || get_f32(dxo, &v[2], 1, 4, "dx", 0)) {
+        release_all(v, count);
+        return NULL;
+    }
+    b = (long)v[0].shape[0]; n = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
+    m = (long)v[2].shape[1];
+    if (v[2].shape[0] != b || v[2].shape[2] != h || v[2].shape[3] != w)
+        SHAPE_ERROR("dx must be (B, M, H, W) for dy of shape (B, N, H, W)");
+    if (v[1].shape[0] != FXNN_NUM_KERNELS * m || v[1].shape[1] != n)
+        SHAPE_ERROR("w must be (5M, N)");
+    Py_BEGIN_ALLOW_THREADS
+    rc = fxnn_fused_dgrad(isa, (const float *)v[0].buf, (const float *)v[1].buf, (float *)v[2].buf, b, m, n, h, w,
+                          threads);
+    Py_END_ALLOW_THREADS
+    release_all(v, count);
+    return fused_result(rc);
+}
+
+static PyObject *isas(PyObject *self, PyObject *args)
+{
+    PyObject *names = PyList_New(0);
+    int i;
+    (void)self; (void)args;
+    for (i = 0; names && i < FXNN_NUM_ISAS; i++) {
+        PyObject *name;
+        if (!fxnn_isa_supported(i))
+            continue;
+        name = PyUnicode_FromString(fxnn_isas[i]->name);
+        if (!name || PyList_Append(names, name) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    return names;
+}
+
+static PyObject *fma_peak(PyObject *self, PyObject *args)
+{
+    const char *isa_name;
+    int threads, isa;
+    double seconds, gflops;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "sid", &isa_name, &threads, &seconds) || (isa = isa_index(isa_name)) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    gflops = fxnn_fma_peak(isa, threads, seconds);
+    Py_END_ALLOW_THREADS
+    if (gflops < 0)
+        return PyErr_NoMemory();
+    return PyFloat_FromDouble(gflops);
+}
+
 static PyMethodDef methods[] = {
     {"forward", forward, METH_VARARGS, "forward(x, out, threads): x (P, H, W) -> out (P, 5, H, W)"},
     {"adjoint", adjoint, METH_VARARGS, "adjoint(g, dx, threads): g (P, 5, H, W) -> dx (P, H, W)"},
+    {"fused_forward", fused_forward, METH_VARARGS,
+     "fused_forward(x, w, bias, y, threads, isa): y (B, N, H, W) = bias + W^T fixed(x); bias may be None"},
+    {"fused_wgrad", fused_wgrad, METH_VARARGS,
+     "fused_wgrad(x, dy, dw, dbias, threads, isa): dw (5M, N) and dbias (N,) from x and dy; dbias may be None"},
+    {"fused_dgrad", fused_dgrad, METH_VARARGS,
+     "fused_dgrad(dy, w, dx, threads, isa): dx (B, M, H, W), the input gradient"},
+    {"isas", isas, METH_NOARGS, "isas(): the instruction sets of the fused kernels this CPU runs, best first"},
+    {"fma_peak", fma_peak, METH_VARARGS,
+     "fma_peak(isa, threads, seconds): measured FMA throughput of that many threads, GFLOP/s"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_fixed_cpu",
-    .m_doc = "The fxnn fixed stage in C (kernels/fixed_cpu.c).",
+    .m_doc = "The fxnn fixed stage (kernels/fixed_cpu.c) and fused layer (kernels/fused_cpu.c) in C.",
     .m_size = -1,
     .m_methods = methods,
 };

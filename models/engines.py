@@ -41,11 +41,14 @@ def resolve(engine, device):
     return engine, device
 
 
-def make_engine(engine, device, network, params, optimizer, dropout, seed, fxnn_path="auto"):
+def make_engine(engine, device, network, params, optimizer, dropout, seed, fxnn_path="auto", batch_sizes=None):
     """A ready-to-train engine for ``network`` starting from ``params``; fxnn
-    layers on ``fxnn_path`` (see :mod:`models.fxnn_paths`)."""
+    layers on ``fxnn_path`` (see :mod:`models.fxnn_paths`); ``batch_sizes``
+    {pass: B} tells an engine that chooses paths before it runs (PyTensor)
+    which batches to choose them for."""
     if engine == "pytensor":
         from .pytensor_engine import PyTensorEngine
-        return PyTensorEngine(network, params, optimizer, dropout, seed, fxnn_path=fxnn_path)
+        return PyTensorEngine(network, params, optimizer, dropout, seed, fxnn_path=fxnn_path,
+                              batch_sizes=batch_sizes)
     from .torch_engine import TorchEngine
     return TorchEngine(network, params, optimizer, dropout, seed, device, fxnn_path=fxnn_path)

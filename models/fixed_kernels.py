@@ -96,6 +96,23 @@ def fixed_stage_grad_reference(g):
     return dx.astype(g.dtype, copy=False)
 
 
+def fixed_conv_reference(x, w, bias=None):
+    """The whole fxnn layer in float64 numpy: the fixed stage of ``x``
+    (B, M, H, W), then the 1x1 weight ``w`` (5M, N) and ``bias`` (N,):
+    (B, N, H, W). The reference of every fused implementation."""
+    y = np.einsum("bchw,cn->bnhw", fixed_stage_reference(np.asarray(x, dtype=np.float64)), np.asarray(w, np.float64))
+    return y if bias is None else y + np.asarray(bias, np.float64)[None, :, None, None]
+
+
+def fixed_conv_grad_reference(x, w, dy):
+    """Gradients of :func:`fixed_conv_reference` for output gradient ``dy``
+    (B, N, H, W): (dx (B, M, H, W), dw (5M, N), dbias (N,)), float64."""
+    x5 = fixed_stage_reference(np.asarray(x, dtype=np.float64))
+    dy = np.asarray(dy, dtype=np.float64)
+    dx = fixed_stage_grad_reference(np.einsum("cn,bnhw->bchw", np.asarray(w, np.float64), dy))
+    return dx, np.einsum("bchw,bnhw->cn", x5, dy), dy.sum(axis=(0, 2, 3))
+
+
 def fold_weights(w, basis=KERNELS):
     """The dense 3x3 kernels equal to the fixed stage followed by the 1x1
     weight ``w`` (5M, N): (N, M, 3, 3) with ``W_eff[n, m] = sum_k w[5m+k, n] *

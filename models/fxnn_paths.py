@@ -1,33 +1,229 @@
-"""Which computation an fxnn conv layer runs, per engine, device and pass.
+"""Which computation an fxnn conv layer runs, chosen per layer by measurement.
 
 - ``fixed``: the fixed stage (5M channels written out), then the 1x1 GEMM;
+- ``fused``: one C kernel (``kernels/fused_cpu.c``) that computes the fixed
+  stage into the GEMM's packed operand, so the 5M channels never reach
+  memory; CPU and float32 only;
 - ``folded``: the 1x1 weights folded into dense 3x3 kernels
   (:func:`models.fixed_kernels.fold_weights`), then one dense 3x3 conv.
 
-Both compute the same function and gradient (tested); they differ in speed
-and float rounding. ``auto`` takes the faster one as measured by
-``bench/bench_fixed_layer.py`` and ``bench/bench_network.py`` on the CPU
-machines (README "Which path runs when"): in PyTorch the dense conv is
-1.3-3.3x faster than the fixed stage at every measured shape, so folded wins
-for training and validation; PyTensor's dense conv is an im2col written in
-graph ops, 1.1-1.6x slower than its fixed stage, so fixed wins there. On CUDA
-nothing has been measured yet: the fixed stage (the PyCUDA kernel) stays
-until ``bench/bench_gpu.py`` says otherwise.
+All compute the same function and gradient (tested); they differ in speed
+and float rounding. ``auto`` times every path available for a layer's
+shape, dtype, thread count and pass (training: forward and backward;
+validation: forward) on first use, like cuDNN's benchmark mode, and keeps
+the fastest: in memory for the process and in a small JSON file in the
+user's cache directory (``$FXNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fxnn``,
+else ``~/.cache/fxnn``), keyed by the machine (CPU model, instruction set,
+threads, library versions) and the layer. ``FXNN_AUTOTUNE=0`` switches the
+measuring off; ``auto`` then takes :func:`default_path`.
+
+The engines supply what to time (:func:`models.torch_layers.path_contenders`,
+:func:`models.pytensor_paths.path_contenders`); this module only times,
+chooses and remembers, so it is tested with an injected clock.
 """
-PATHS = ("auto", "fixed", "folded")
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+
+PATHS = ("auto", "fixed", "fused", "folded")
 PASSES = ("train", "valid")
 
-FASTEST = {
-    ("torch", "cpu"): {"train": "folded", "valid": "folded"},
-    ("torch", "cuda"): {"train": "fixed", "valid": "fixed"},
-    ("pytensor", "cpu"): {"train": "fixed", "valid": "fixed"},
-}
+CACHE_VARIABLE = "FXNN_CACHE_DIR"
+SWITCH_VARIABLE = "FXNN_AUTOTUNE"
+CACHE_FORMAT = 1
+#: Seconds of timed rounds per choice, after one warm-up call of each path.
+BUDGET_S = 0.25
+#: Contenders are timed on at most this many pixels (B*H*W) of the layer's
+#: batch: whole images, at least one.
+TIMING_PIXELS = 16384
+
+log = logging.getLogger("fxnn")
 
 
-def resolve_paths(requested, engine, device):
-    """{pass: path} for ``requested`` in PATHS ("auto" looks up FASTEST)."""
+def check_path(requested):
+    """``requested`` if it names a path, else ValueError."""
     if requested not in PATHS:
         raise ValueError(f"unknown fxnn path {requested!r}; one of {', '.join(PATHS)}")
-    if requested != "auto":
-        return {p: requested for p in PASSES}
-    return dict(FASTEST[engine, device])
+    return requested
+
+
+def measuring_enabled():
+    """False when ``$FXNN_AUTOTUNE`` is 0, off, no or false."""
+    return os.environ.get(SWITCH_VARIABLE, "1").strip().lower() not in ("0", "off", "no", "false")
+
+
+def default_path(available):
+    """What ``auto`` takes without measuring: fused where it runs (the one
+    path that does 5/9 of a dense conv's multiply-adds without a library's
+    help), else fixed."""
+    return "fused" if "fused" in available else "fixed"
+
+
+def timing_batch(batch, height, width):
+    """The batch the contenders are timed on (see :data:`TIMING_PIXELS`)."""
+    return max(1, min(batch, TIMING_PIXELS // max(1, height * width)))
+
+
+def cache_file():
+    """Where chosen paths are kept between processes."""
+    folder = os.environ.get(CACHE_VARIABLE)
+    if not folder:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "fxnn")
+    return os.path.join(folder, "paths.json")
+
+
+def cpu_model():
+    """The CPU's marketing name, as the kernel reports it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_paths(network, layer_paths, implementation):
+    """(paths, implementations) in words for a record's meta: each conv
+    layer's path in each pass ("conv0: train fused, valid fused; ..."; "-"
+    for a pass not run yet; the ablations' other bases always fold), and what
+    runs each path used (``implementation(path)``)."""
+    parts, used = [], []
+    for layer in network.convs:
+        if layer.kind == "fxnn":
+            chosen = [layer_paths.get((layer.name, p), "-") for p in PASSES]
+            parts.append(f"{layer.name}: " + ", ".join(f"{p} {c}" for p, c in zip(PASSES, chosen)))
+            used += [c for c in chosen if c != "-"]
+        elif layer.factored:
+            parts.append(f"{layer.name}: folded ({layer.kind} basis)")
+            used.append("folded")
+    if not parts:
+        return "none (no fxnn layers)", "none"
+    names = [p for p in ("fused", "fixed", "folded") if p in used]
+    return "; ".join(parts), "; ".join(f"{p}: {implementation(p)}" for p in names)
+
+
+class PathTuner:
+    """Times contenders and remembers the fastest per key.
+
+    ``clock`` (seconds, monotonic) and ``budget`` are injectable so that tests
+    can decide what the timings say; ``cache`` is the JSON file (None: no
+    file)."""
+
+    def __init__(self, cache=None, clock=time.perf_counter, budget=BUDGET_S):
+        self.cache, self.clock, self.budget = cache, clock, budget
+        self._memory = {}
+        self._loaded = None
+
+    def choose(self, key, paths, build):
+        """The fastest of ``paths`` for ``key`` (a JSON-able dict naming
+        machine and layer): from memory, from the cache file, or measured now
+        on the contenders ``build()`` returns ({path: callable running one
+        pass}) and remembered."""
+        name = json.dumps(key, sort_keys=True)
+        if name not in self._memory:
+            entry = self._entries().get(name)
+            if entry is None or entry.get("path") not in paths:
+                timings = self.measure(build())
+                entry = {"path": min(timings, key=timings.get),
+                         "ms": {p: round(1000 * t, 3) for p, t in timings.items()}}
+                log.info("fxnn path for %s: %s (measured %s)", describe(key), entry["path"],
+                         ", ".join(f"{p} {ms:.2f} ms" for p, ms in entry["ms"].items()))
+                self._save(name, entry)
+            self._memory[name] = entry["path"]
+        return self._memory[name]
+
+    def measure(self, contenders):
+        """{path: seconds}: one untimed call each, then rounds of one call
+        each in turn until the budget is spent (at least three rounds, at
+        most seven); a path's time is its fastest call, since interference
+        from the rest of the machine only ever slows a call down."""
+        for run in contenders.values():
+            run()
+        times = {p: [] for p in contenders}
+        start = self.clock()
+        for rounds in range(7):
+            if rounds >= 3 and self.clock() - start >= self.budget:
+                break
+            for p, run in contenders.items():
+                t0 = self.clock()
+                run()
+                times[p].append(self.clock() - t0)
+        return {p: min(t) for p, t in times.items()}
+
+    def _entries(self):
+        if self._loaded is None:
+            self._loaded = self._read()
+        return self._loaded
+
+    def _read(self):
+        """The cache file's entries; a missing file is empty, an unreadable or
+        foreign one is ignored with a warning."""
+        if not self.cache or not os.path.exists(self.cache):
+            return {}
+        try:
+            with open(self.cache) as f:
+                data = json.load(f)
+            if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("entries"), dict):
+                raise ValueError(f"not an fxnn path cache of format {CACHE_FORMAT}")
+            return {k: v for k, v in data["entries"].items() if isinstance(v, dict)}
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            warnings.warn(f"ignoring the fxnn path cache {self.cache} ({e}); paths will be measured again "
+                          f"and the file rewritten", RuntimeWarning, stacklevel=4)
+            return {}
+
+    def _save(self, name, entry):
+        """Add an entry to the cache file (merged with what other processes
+        wrote meanwhile, replaced atomically); a file that cannot be written
+        costs a warning, not the run."""
+        self._entries()[name] = entry
+        if not self.cache:
+            return
+        from data.atomic import atomic_path
+        try:
+            os.makedirs(os.path.dirname(self.cache), exist_ok=True)
+            entries = dict(self._read_quietly())
+            entries[name] = entry
+            with atomic_path(self.cache) as tmp:
+                with open(tmp, "w") as f:
+                    json.dump({"format": CACHE_FORMAT, "entries": entries}, f, indent=1, sort_keys=True)
+        except OSError as e:
+            warnings.warn(f"could not write the fxnn path cache {self.cache}: {e}", RuntimeWarning, stacklevel=4)
+
+    def _read_quietly(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._read()
+
+
+_default = None
+
+
+def tuner():
+    """The process-wide tuner, on :func:`cache_file`."""
+    global _default
+    if _default is None:
+        _default = PathTuner(cache_file())
+    return _default
+
+
+def describe(key):
+    """A layer's key in a few words, for messages."""
+    shape = "x".join(str(v) for v in key.get("shape", ()))
+    return f"{key.get('engine')} {key.get('pass')} (B,M,N,H,W)={shape}"
+
+
+def choose(key, paths, build):
+    """``auto``'s choice among ``paths`` for ``key`` (the CPU model is added
+    here): measured on ``build()``'s contenders, or :func:`default_path`
+    when measuring is off."""
+    if len(paths) == 1:
+        return paths[0]
+    if not measuring_enabled():
+        return default_path(paths)
+    return tuner().choose(dict(key, cpu=cpu_model()), paths, build)

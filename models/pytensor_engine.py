@@ -19,11 +19,13 @@ warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", c
 import pytensor  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 
+from kernels import native  # noqa: E402
+
 from . import dropout as dropout_masks
-from . import optimizers
+from . import optimizers, pytensor_paths
 from .architecture import LOG_EPS
-from .fxnn_paths import resolve_paths
-from .pytensor_layers import conv2d_same, fold, fxnn_conv, max_pool_2x2, project_kernels, relu
+from .fxnn_paths import check_path, describe_paths
+from .pytensor_layers import conv2d_same, fold, fused_available, fxnn_conv, max_pool_2x2, project_kernels, relu
 
 def compile_mode():
     """PyTensor's C backend ('cvm'); its default in PyTensor 3 is Numba, whose
@@ -37,6 +39,17 @@ def compile_mode():
 FLOAT = "float32"  # training precision; float64 is for gradient checks
 
 
+def implementation(path):
+    """What runs ``path`` in this engine, in words (for records)."""
+    if path == "fused":
+        isa = native.isa() if native.fused_available()[0] else native.requested_isa() or "best ISA of this CPU"
+        return f"PyTensor C op of kernels/fused_cpu.c, {isa}"
+    if path == "fixed":
+        return "PyTensor C op of kernels/fixed_cpu.c, then tensordot"
+    return "im2col in PyTensor graph ops with folded kernels"
+
+
+
 def softmax(h):
     """Row-wise softmax from elementwise ops (see :func:`compile_mode`)."""
     e = pt.exp(h - pytensor.gradient.disconnected_grad(h.max(axis=1, keepdims=True)))
@@ -45,14 +58,15 @@ def softmax(h):
 
 def forward(network, params, x, dropout=0.0, masks=(), path="fixed"):
     """Class probabilities (B, classes) of ``network`` for images ``x``, fxnn
-    layers on ``path`` (see :mod:`models.fxnn_paths`).
+    layers on ``path`` (see :mod:`models.fxnn_paths`): a path's name, or
+    {layer name: path}.
     Dropout (inverted: kept units scaled by 1/(1-p)) when uint16 ``masks``
     (one per conv layer, see :mod:`models.dropout`) are given."""
     h = x
     for i, layer in enumerate(network.convs):
         w, b = params[layer.name + "_w"], params[layer.name + "_b"]
         if layer.kind == "fxnn":
-            h = fxnn_conv(h, w, b, path)
+            h = fxnn_conv(h, w, b, path[layer.name] if isinstance(path, dict) else path)
         elif layer.factored:  # fxnn-ortho, fxnn-iso: other fixed kernels, folded path only
             h = conv2d_same(h, fold(w, layer.basis), b, 3)
         else:
@@ -117,10 +131,22 @@ class PyTensorEngine:
     name = "pytensor"
 
     def __init__(self, network, params, optimizer=optimizers.DEFAULT_OPTIMIZER, dropout=0.0, seed=0,
-                 dtype=FLOAT, fxnn_path="auto"):
+                 dtype=FLOAT, fxnn_path="auto", batch_sizes=None):
+        """``batch_sizes`` {pass: B}: the batches ``auto`` chooses paths for
+        (default: the training batch 64 and the validation batch 100)."""
         if optimizer not in optimizers.OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}")
-        self.paths = resolve_paths(fxnn_path, "pytensor", "cpu")
+        self.fxnn_path = check_path(fxnn_path)
+        if fxnn_path == "fused" and not fused_available(dtype):
+            raise ValueError("--fxnn-path fused needs float32 and a C compiler for PyTensor; use --fxnn-path auto")
+        if fxnn_path == "auto":
+            self.layer_paths = pytensor_paths.choose(network, dtype, batch_sizes or {"train": 64, "valid": 100},
+                                                     compile_mode())
+        else:
+            self.layer_paths = {(name, p): fxnn_path for name in pytensor_paths.layer_shapes(network, 1)
+                                for p in ("train", "valid")}
+        train_paths, valid_paths = ({name: path for (name, p), path in self.layer_paths.items() if p == pass_}
+                                    for pass_ in ("train", "valid"))
         self.network, self.optimizer, self.dtype, self.dropout = network, optimizer, dtype, dropout
         self._params = OrderedDict((n, pytensor.shared(np.asarray(v, dtype=dtype), name=n))
                                    for n, v in params.items())
@@ -130,18 +156,21 @@ class PyTensorEngine:
         self._rng = np.random.default_rng(seed)
         masks = [pt.tensor4(f"mask{i}", dtype="uint16") for i in range(len(network.convs))] if dropout else []
         with pytensor.config.change_flags(floatX=dtype):
-            loss, erate = objective(forward(network, self._params, self._x, dropout, masks, self.paths["train"]),
-                                    self._y)
+            loss, erate = objective(forward(network, self._params, self._x, dropout, masks, train_paths), self._y)
             grads = OrderedDict(zip(self._params, pytensor.grad(loss, list(self._params.values()))))
             updates, self._state = optimizer_updates(optimizer, self._params, grads, lr)
             projected = {self._params[layer.name + "_w"] for layer in network.convs if layer.projected}
             updates = [(p, project_kernels(new) if p in projected else new) for p, new in updates]
             self._train = pytensor.function([self._x, self._y, lr] + masks, [loss, erate], updates=updates,
                                           mode=compile_mode())
-            probs = forward(network, self._params, self._x, path=self.paths["valid"])
+            probs = forward(network, self._params, self._x, path=valid_paths)
             self._eval = pytensor.function([self._x, self._y], list(objective(probs, self._y)) + [probs],
                                          mode=compile_mode())
-        self._grad_fn = None
+        self._grad_fn, self._train_paths = None, train_paths
+
+    def describe_paths(self):
+        """(paths, implementations) of the fxnn layers in words, for records."""
+        return describe_paths(self.network, self.layer_paths, implementation)
 
     def train_step(self, x, y, lr):
         """One optimizer step on a batch; returns (loss, error rate) before the step."""
@@ -158,7 +187,7 @@ class PyTensorEngine:
         """{name: d loss / d param} on a batch with dropout off (for tests)."""
         if self._grad_fn is None:
             with pytensor.config.change_flags(floatX=self.dtype):
-                loss, _ = objective(forward(self.network, self._params, self._x, path=self.paths["train"]), self._y)
+                loss, _ = objective(forward(self.network, self._params, self._x, path=self._train_paths), self._y)
                 self._grad_fn = pytensor.function([self._x, self._y],
                                                   pytensor.grad(loss, list(self._params.values())),
                                                   mode=compile_mode())

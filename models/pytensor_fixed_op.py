@@ -2,46 +2,25 @@
 and its adjoint, each the gradient of the other.
 
 The C code is ``kernels/fixed_cpu.c``, the same source the PyTorch engine's
-extension is built from, compiled by PyTensor into its cache on first use. It
+extension is built from, compiled by PyTensor into its cache on first use
+(:mod:`models.pytensor_kernels`). It
 replaces the graph of pads, slices and a stack in
 :func:`models.pytensor_layers.fixed_stage_graph`, whose gradient is a chain
 of ``IncSubtensor`` ops writing the 5M-channel tensor several times over.
 Without a C compiler PyTensor runs :meth:`perform`, the numpy references.
 """
-import functools
-import hashlib
-import os
-
-import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
-from pytensor.link.c.op import COp
 
 from .fixed_kernels import NUM_KERNELS, fixed_stage_grad_reference, fixed_stage_reference
+from .pytensor_kernels import KernelsOp
 
-_SOURCE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels", "fixed_cpu.c")
 DTYPES = ("float32", "float64")
 
 
-@functools.lru_cache(maxsize=1)
-def _source():
-    """kernels/fixed_cpu.c, read once per process."""
-    with open(_SOURCE_PATH) as f:
-        return f.read()
-
-
-def default_threads():
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-class _FixedOpBase(COp):
+class _FixedOpBase(KernelsOp):
     """Shared by the forward and the adjoint; ``forward`` says which one."""
-    __props__ = ("threads",)
     forward = True
-
-    def __init__(self, threads=None):
-        self.threads = int(threads or default_threads())
 
     def make_node(self, x):
         x = pt.as_tensor_variable(x)
@@ -61,12 +40,6 @@ class _FixedOpBase(COp):
     def perform(self, node, inputs, outputs):
         reference = fixed_stage_reference if self.forward else fixed_stage_grad_reference
         outputs[0][0] = reference(inputs[0]).astype(node.inputs[0].dtype)
-
-    def c_support_code(self, **kwargs):
-        return _source()
-
-    def c_code_cache_version(self):
-        return (1, int(hashlib.sha1(_source().encode()).hexdigest()[:12], 16))
 
     def c_code(self, node, name, inputs, outputs, sub):
         (x,), (out,) = inputs, outputs

@@ -12,6 +12,7 @@ import pytensor.tensor as pt
 
 from .fixed_kernels import KERNELS, NUM_KERNELS, PROJECTOR, SEPARABLE
 from .pytensor_fixed_op import DTYPES as OP_DTYPES, fixed_stage_op
+from .pytensor_fused_op import fused_conv
 
 
 def zero_pad(x, pad):
@@ -86,10 +87,18 @@ def fold(w, basis=KERNELS):
     return pt.tensordot(w.reshape((c // NUM_KERNELS, NUM_KERNELS, n)), kernels, axes=[[1], [0]]).dimshuffle(1, 0, 2, 3)
 
 
+def fused_available(dtype):
+    """Whether the fused C ops can compute a layer of ``dtype``."""
+    return bool(pytensor.config.cxx) and dtype == "float32"
+
+
 def fxnn_conv(x, w, bias, path="fixed"):
-    """An fxnn conv layer on ``path`` (see :mod:`models.fxnn_paths`)."""
+    """An fxnn conv layer on ``path`` (see :mod:`models.fxnn_paths`); "fused"
+    where it cannot run (float64, no C compiler) computes the fixed path."""
     if path == "folded":
         return conv2d_same(x, fold(w), bias, 3)
+    if path == "fused" and fused_available(x.dtype):
+        return fused_conv(x, w, bias)
     return pointwise(fixed_stage(x), w, bias)
 
 

@@ -4,9 +4,9 @@ the PyTensor engine, on the CPU or a CUDA GPU.
 Parameters are plain tensors keyed by the project-wide names of
 :mod:`models.architecture` (fxnn 1x1 weights (5M, N), dense weights
 (in, out)), so they move between engines unchanged. An fxnn conv layer is
-:func:`models.torch_layers.fixed_conv2d` on the path of
-:mod:`models.fxnn_paths` (the fixed stage then a 1x1 GEMM, or the folded
-dense conv); the optimizers are written out to follow
+:func:`models.torch_layers.fixed_conv2d` on a path of :mod:`models.fxnn_paths`
+(fixed, fused or folded), chosen per layer and pass on its first call when
+the path is ``auto``; the optimizers are written out to follow
 :mod:`models.optimizers` exactly rather than torch.optim.
 """
 import json
@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from . import dropout as dropout_masks
-from . import optimizers
+from . import optimizers, torch_fused
 from .architecture import LOG_EPS
-from .fxnn_paths import resolve_paths
 from .fixed_kernels import PROJECTOR
-from .torch_layers import as_constant, fixed_conv2d, fold
+from .fxnn_paths import check_path, describe_paths
+from .torch_layers import as_constant, auto_path, fixed_conv2d, fold, implementation
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -41,12 +41,13 @@ def max_pool_2x2(h):
 def forward(network, params, x, masks=(), path="fixed"):
     """Class probabilities; dropout (inverted) when ``masks`` (one per conv
     layer, :func:`models.dropout.scaled`: 1/(1-p) kept, 0 dropped) are given;
-    fxnn layers on ``path``."""
+    fxnn layers on ``path``, a path's name or a function (layer, input, weight,
+    bias) -> name."""
     h = x
     for i, layer in enumerate(network.convs):
         w, b = params[layer.name + "_w"], params[layer.name + "_b"]
         if layer.kind == "fxnn":
-            h = fixed_conv2d(h, w, b, path)
+            h = fixed_conv2d(h, w, b, path(layer, h, w, b) if callable(path) else path)
         elif layer.factored:  # fxnn-ortho, fxnn-iso: other fixed kernels, folded path only
             h = F.conv2d(h, fold(w, layer.basis), b, padding=1)
         else:
@@ -81,13 +82,32 @@ class TorchEngine:
             raise ValueError(f"unknown optimizer {optimizer!r}")
         self.network, self.optimizer, self.dropout = network, optimizer, dropout
         self.device, self.dtype = torch.device(device), DTYPES[dtype]
-        self.paths = resolve_paths(fxnn_path, "torch", self.device.type)
+        self.fxnn_path = check_path(fxnn_path)
+        if fxnn_path == "fused" and not torch_fused.available(torch.empty(0, device=self.device, dtype=self.dtype)):
+            raise ValueError(f"--fxnn-path fused runs on the CPU in float32 only, with the C kernels built "
+                             f"({torch_fused.implementation_name()}); use --fxnn-path auto")
+        #: {(layer name, pass): path} of the fxnn layers, filled on each one's first call
+        self.layer_paths = {}
         # copies: the updates are in place and must not reach the caller's arrays
         self._params = OrderedDict((n, self._tensor(v).clone().requires_grad_(True)) for n, v in params.items())
         self._state = {slot: {n: torch.zeros_like(p) for n, p in self._params.items()}
                        for slot in optimizers.state_slots(optimizer)}
         self._step = 0
         self._rng = np.random.default_rng(seed)
+
+    def _path(self, pass_):
+        """The path function of :func:`forward` for ``pass_``: each fxnn
+        layer's path, chosen on its first call in that pass and kept."""
+        def path(layer, h, w, b):
+            key = (layer.name, pass_)
+            if key not in self.layer_paths:
+                self.layer_paths[key] = auto_path(h, w, b) if self.fxnn_path == "auto" else self.fxnn_path
+            return self.layer_paths[key]
+        return path
+
+    def describe_paths(self):
+        """(paths, implementations) of the fxnn layers in words, for records."""
+        return describe_paths(self.network, self.layer_paths, lambda p: implementation(p, self.device))
 
     def _tensor(self, array):
         return torch.as_tensor(np.asarray(array), device=self.device).to(self.dtype)
@@ -96,7 +116,7 @@ class TorchEngine:
         return self._tensor(x), torch.as_tensor(np.asarray(y), device=self.device).long()
 
     def _loss_and_grads(self, x, y, masks=()):
-        probs = forward(self.network, self._params, x, masks, self.paths["train"])
+        probs = forward(self.network, self._params, x, masks, self._path("train"))
         loss, erate = objective(probs, y)
         grads = torch.autograd.grad(loss, list(self._params.values()))
         return loss, erate, OrderedDict(zip(self._params, grads))
@@ -137,7 +157,7 @@ class TorchEngine:
         """(mean loss, error rate, probabilities) of a batch, dropout off."""
         x, y = self._batch(x, y)
         with torch.no_grad():
-            probs = forward(self.network, self._params, x, path=self.paths["valid"])
+            probs = forward(self.network, self._params, x, path=self._path("valid"))
             loss, erate = objective(probs, y)
         return float(loss), float(erate), probs.cpu().numpy()
 

@@ -7,9 +7,12 @@ kernels per input channel, nothing trainable) followed by a trainable 1x1
 convolution. ``weight`` has shape (5 * in_channels, out_channels), rows in the
 5M layout of :mod:`models.fixed_kernels` (row ``5*m + k``), the layout of the
 ``conv*_w`` parameters in fxnn's records, so weights move between this layer,
-both engines and ``.mat`` files unchanged.
+both engines and ``.mat`` files unchanged. It computes on one of the paths of
+:mod:`models.fxnn_paths` (fixed, fused, folded), by default the one measured
+fastest for its shape.
 """
 import functools
+import logging
 import math
 
 import numpy as np
@@ -17,10 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fxnn_paths, torch_fused
 from .architecture import FXNN_1X1_INIT_SCALE
 from .fixed_kernels import KERNELS, NUM_KERNELS
-from .fxnn_paths import PATHS, resolve_paths
+from .fxnn_paths import PATHS
 from .torch_fixed import fixed_stage
+from .torch_fixed import implementation_name as fixed_stage_name
+
+log = logging.getLogger("fxnn")
+_fallbacks = set()
 
 
 def pointwise(x, weight, bias=None):
@@ -56,13 +64,85 @@ def fold(weight, basis=KERNELS):
     return torch.einsum("mkn,kac->nmac", weight.reshape(c // NUM_KERNELS, NUM_KERNELS, n), as_constant(basis, weight))
 
 
+def available_paths(x):
+    """The paths that can compute an fxnn layer on tensor ``x``, fastest
+    first by default (:func:`models.fxnn_paths.default_path`)."""
+    return (("fused",) if torch_fused.available(x) else ()) + ("fixed", "folded")
+
+
+def implementation(path, device):
+    """What runs ``path`` on ``device``, in words (for records and logs)."""
+    if path == "fused":
+        return torch_fused.implementation_name()
+    if path == "folded":
+        return "torch conv2d with folded kernels"
+    return f"{fixed_stage_name(device)}, then torch bmm"
+
+
+def path_contenders(shape, dtype, device, train, input_grad, bias=True):
+    """{path: callable}: one pass of an fxnn layer of ``shape`` (B, M, N, H, W)
+    on each available path, on random data with the timing batch of
+    :func:`models.fxnn_paths.timing_batch`; ``train``: forward and backward
+    (the input's gradient too when ``input_grad``), else forward without
+    autograd. For :func:`models.fxnn_paths.choose`."""
+    b, m, n, h, w = shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(fxnn_paths.timing_batch(b, h, w), m, h, w, generator=g).to(device, dtype)
+    weight = (0.1 * torch.randn(NUM_KERNELS * m, n, generator=g)).to(device, dtype).requires_grad_(train)
+    b_ = torch.zeros(n, device=device, dtype=dtype, requires_grad=train) if bias else None
+    x.requires_grad_(train and input_grad)
+    dy = torch.randn(x.shape[0], n, h, w, generator=g).to(device, dtype)
+
+    def run(path):
+        def one_pass():
+            if train:
+                fixed_conv2d(x, weight, b_, path).backward(dy)
+            else:
+                with torch.no_grad():
+                    fixed_conv2d(x, weight, b_, path)
+        return one_pass
+    return {path: run(path) for path in available_paths(x)}
+
+
+_auto = {}
+
+
+def auto_path(x, weight, bias=None):
+    """The path ``auto`` takes for this layer call: measured once per shape,
+    dtype, device, thread count and pass (training when autograd records)."""
+    train = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                         or (bias is not None and bias.requires_grad))
+    b, m, h, w = x.shape
+    call = (b, m, weight.shape[1], h, w, x.dtype, x.device, train, train and x.requires_grad, bias is not None,
+            torch.get_num_threads())
+    if call not in _auto:
+        paths = available_paths(x)
+        key = {"engine": "torch", "torch": torch.__version__, "device": x.device.type, "dtype": str(x.dtype),
+               "threads": torch.get_num_threads(), "shape": [b, m, weight.shape[1], h, w],
+               "pass": "train" if train else "valid", "input_grad": call[8], "bias": bias is not None,
+               "fused": implementation("fused", x.device) if "fused" in paths else None}
+        _auto[call] = fxnn_paths.choose(key, paths, lambda: path_contenders(
+            key["shape"], x.dtype, x.device, train, call[8], bias is not None))
+    return _auto[call]
+
+
 def fixed_conv2d(x, weight, bias=None, path="fixed"):
-    """Functional form of :class:`FixedConv2d`. ``path`` (see
+    """Functional form of :class:`FixedConv2d` on ``path`` (see
     :mod:`models.fxnn_paths`): "fixed" runs the fixed stage then the 1x1
-    GEMM, "folded" one dense 3x3 conv with the folded kernels, "auto" the
-    faster of the two for the tensor's device and whether autograd records."""
+    GEMM, "fused" the fused kernel, "folded" one dense 3x3 conv with the
+    folded kernels, "auto" the fastest as measured for this call's shape.
+    "fused" on a tensor it cannot run on (CUDA, float64, no C build) runs
+    the fixed path and says so once."""
     if path == "auto":
-        path = resolve_paths("auto", "torch", x.device.type)["train" if torch.is_grad_enabled() else "valid"]
+        path = auto_path(x, weight, bias)
+    if path == "fused":
+        if torch_fused.available(x):
+            return torch_fused.fused_conv2d(x, weight, bias)
+        if (x.device.type, x.dtype) not in _fallbacks:
+            _fallbacks.add((x.device.type, x.dtype))
+            log.info("fused fxnn path unavailable for %s %s tensors (%s): running the fixed path",
+                     x.device.type, x.dtype, torch_fused.implementation_name())
+        path = "fixed"
     if path == "folded":
         return F.conv2d(x, fold(weight), bias, padding=1)
     return pointwise(fixed_stage(x), weight, bias)

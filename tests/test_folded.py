@@ -1,6 +1,7 @@
 """The folded path: an fxnn layer as one dense 3x3 conv with kernels
 W_eff[n, m] = sum_k W[5m+k, n] K_k, against a dense scipy correlation and
-against the fixed-stage path, forward and gradient, in both engines."""
+against the fixed-stage path, forward and gradient, in both engines. (The
+fused path: tests/test_torch_fused.py, tests/test_pytensor_fused_op.py.)"""
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
@@ -9,7 +10,6 @@ from scipy.signal import correlate2d
 
 from models.architecture import build_network
 from models.fixed_kernels import KERNELS, fixed_stage_reference, fold_weights
-from models.fxnn_paths import FASTEST, resolve_paths
 from models.pytensor_engine import PyTensorEngine, compile_mode
 from models.pytensor_layers import fxnn_conv
 
@@ -36,14 +36,6 @@ def test_fold_weights_puts_each_row_on_its_kernel():
     np.testing.assert_array_equal(folded[0, 0], 0.0)
     with pytest.raises(ValueError, match="not a multiple of 5"):
         fold_weights(np.zeros((7, 2)))
-
-
-def test_auto_paths_follow_the_measured_table():
-    assert resolve_paths("auto", "torch", "cpu") == {"train": "folded", "valid": "folded"}
-    assert resolve_paths("auto", "pytensor", "cpu") == FASTEST["pytensor", "cpu"]
-    assert resolve_paths("fixed", "torch", "cpu") == {"train": "fixed", "valid": "fixed"}
-    with pytest.raises(ValueError, match="unknown fxnn path"):
-        resolve_paths("fused", "torch", "cpu")
 
 
 def _pytensor_layer(path):
@@ -77,4 +69,4 @@ def test_engines_give_the_same_gradients_on_either_path():
     for other in grads[1:]:
         for name in grads[0]:
             np.testing.assert_allclose(other[name], grads[0][name], rtol=1e-9, atol=1e-12, err_msg=name)
-    assert torch is not None and engines[3].paths == {"train": "folded", "valid": "folded"}
+    assert engines[3].describe_paths()[0] == "conv0: train folded, valid -; conv1: train folded, valid -"

@@ -1,0 +1,392 @@
+/* The fused fxnn layer on the CPU, float32: y = bias + W^T fixed(x) and its
+ * two gradients, with the 5M fixed-stage channels never written to memory.
+ *
+ * A GEMM in the manner of BLIS whose packing step is the fixed stage: the
+ * forward computes the five responses of each input channel for a
+ * micro-panel of pixels straight into the operand panel the micro-kernel
+ * reads (kernels/fused_isa.h); the weight gradient does the same for rows of
+ * pixels and takes dot products with dY; the input gradient multiplies
+ * W by dY into a cache-sized scratch of rows with a one-row halo and applies
+ * the adjoint stencil of kernels/fixed_cpu.c there. Bias in the epilogue.
+ *
+ * One source, compiled for each instruction set: AVX-512 and AVX2+FMA on
+ * x86-64 with GCC or clang (function target attributes, so the build needs no
+ * special flags) and a portable version in GCC vector extensions (SSE2,
+ * NEON or scalar, as the compiler maps it); the caller picks one that the
+ * CPU supports (fxnn_isa_supported). Layouts are those of the fixed stage:
+ * x (B, M, H, W), W (5M, N) with row 5m+k, y and dY (B, N, H, W), all
+ * C-contiguous. The numpy references are in models/fused_reference.py.
+ *
+ * Numbers do not depend on the thread count: every output element is
+ * computed by one thread in a fixed order, and the weight gradient's
+ * partial sums are over pixel groups fixed by the problem's size.
+ *
+ * Plain C99 plus GCC vector extensions; also valid C++ (PyTensor compiles
+ * it with g++, models/pytensor_fused_op.py).
+ */
+#ifndef FXNN_FUSED_CPU_C
+#define FXNN_FUSED_CPU_C
+
+#include "fixed_cpu.c"
+
+#include <time.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FXNN_X86 1
+#include <immintrin.h>
+#else
+#define FXNN_X86 0
+#endif
+
+#define FXNN_STR2(x) #x
+#define FXNN_STR(x) FXNN_STR2(x)
+
+/* Cache budgets of the blocking: the forward's packed panel stays in L1, the
+ * weight gradient's and input gradient's blocks in L2. */
+#define FXNN_L1_PANEL_BYTES (16 * 1024)
+#define FXNN_L2_BLOCK_BYTES (256 * 1024)
+#define FXNN_DGRAD_BLOCK_BYTES (1024 * 1024)
+#define FXNN_WGRAD_GROUPS 16                       /* pixel groups (work items) of the weight gradient */
+#define FXNN_WGRAD_PARTIAL_BYTES (32 * 1024 * 1024)  /* at most, for their partial sums */
+#define FXNN_WGRAD_SPAN_BYTES (1024 * 1024)          /* packed dY of a span */
+
+/* One call: the tensors, their sizes and the blocking (see fused_isa.h). */
+struct fxnn_fused {
+    const float *x, *weight, *bias, *dy;
+    float *y, *dw, *dbias, *dx;
+    long b, m, n, h, w, hw, hwp, c5;
+    const float *a;                 /* the weights, packed for the micro-kernel */
+    const int *mask_left, *mask_right;
+    long mc;                        /* input channels per chunk */
+    long block, span;               /* weight gradient: pixels per block and per span */
+    long groups;                    /* weight gradient: pixel groups */
+    float *partial, *partial_bias;  /* weight gradient: one sum per group */
+    long rows;                      /* input gradient: image rows per item */
+};
+
+/* What fused_isa.h defines for one instruction set. */
+struct fxnn_isa {
+    const char *name;
+    int vw, mr, nr, wr, wc, flops_per_iteration;
+    fxnn_items_fn forward, wgrad, dgrad;
+    float (*fma_loop)(long iterations);
+};
+
+#if FXNN_X86
+#define FXNN_ISA avx512
+#define FXNN_VW 16
+#define FXNN_MR 8
+#define FXNN_NV 3
+#define FXNN_WR 8
+#define FXNN_WC 3
+#define FXNN_TARGET __attribute__((target("avx512f,avx2,fma")))
+#define FXNN_FMA(a, b, c) ((FX(vf))_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
+#define FXNN_SPLAT(s) _mm512_set1_ps(s)
+#define FXNN_MASKLOAD(p, m) _mm512_maskz_loadu_ps(_mm512_test_epi32_mask((__m512i)(m), (__m512i)(m)), (p))
+#include "fused_isa.h"
+#undef FXNN_ISA
+#undef FXNN_VW
+#undef FXNN_MR
+#undef FXNN_NV
+#undef FXNN_WR
+#undef FXNN_WC
+#undef FXNN_TARGET
+#undef FXNN_FMA
+#undef FXNN_SPLAT
+#undef FXNN_MASKLOAD
+
+#define FXNN_ISA avx2
+#define FXNN_VW 8
+#define FXNN_MR 6
+#define FXNN_NV 2
+#define FXNN_WR 6
+#define FXNN_WC 2
+#define FXNN_TARGET __attribute__((target("avx2,fma")))
+#define FXNN_FMA(a, b, c) ((FX(vf))_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
+#define FXNN_SPLAT(s) _mm256_set1_ps(s)
+#define FXNN_MASKLOAD(p, m) _mm256_maskload_ps((p), (__m256i)(m))
+#include "fused_isa.h"
+#undef FXNN_ISA
+#undef FXNN_VW
+#undef FXNN_MR
+#undef FXNN_NV
+#undef FXNN_WR
+#undef FXNN_WC
+#undef FXNN_TARGET
+#undef FXNN_FMA
+#undef FXNN_SPLAT
+#undef FXNN_MASKLOAD
+#endif
+
+#define FXNN_ISA portable
+#define FXNN_VW 4
+#define FXNN_MR 4
+#define FXNN_NV 2
+#define FXNN_WR 3
+#define FXNN_WC 3
+#define FXNN_TARGET
+#define FXNN_FMA(a, b, c) ((a) * (b) + (c))
+#define FXNN_SPLAT(s) ((FX(vf)){0} + (s))
+#define FXNN_MASKLOAD(p, m) FX(maskload_scalar)((p), (m))
+#include "fused_isa.h"
+#undef FXNN_ISA
+#undef FXNN_VW
+#undef FXNN_MR
+#undef FXNN_NV
+#undef FXNN_WR
+#undef FXNN_WC
+#undef FXNN_TARGET
+#undef FXNN_FMA
+#undef FXNN_SPLAT
+#undef FXNN_MASKLOAD
+
+/* Best first. */
+static const struct fxnn_isa *const fxnn_isas[] = {
+#if FXNN_X86
+    &isa_avx512, &isa_avx2,
+#endif
+    &isa_portable,
+};
+#define FXNN_NUM_ISAS ((int)(sizeof(fxnn_isas) / sizeof(fxnn_isas[0])))
+
+/* Whether this CPU (and its operating system) runs fxnn_isas[i]. */
+static int fxnn_isa_supported(int i)
+{
+    if (i < 0 || i >= FXNN_NUM_ISAS)
+        return 0;
+#if FXNN_X86
+    __builtin_cpu_init();
+    if (fxnn_isas[i] == &isa_avx512)
+        return __builtin_cpu_supports("avx512f");
+    if (fxnn_isas[i] == &isa_avx2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return 1;
+}
+
+/* The index of the named ISA ("" or NULL: the best) if this CPU runs it, else -1. */
+static int fxnn_isa_lookup(const char *name)
+{
+    int i;
+    for (i = 0; i < FXNN_NUM_ISAS; i++)
+        if ((!name || !name[0] || strcmp(fxnn_isas[i]->name, name) == 0) && fxnn_isa_supported(i))
+            return i;
+    return -1;
+}
+
+#define FXNN_ERR_MEMORY (-1)
+#define FXNN_ERR_ISA (-2)
+#define FXNN_ERR_SIZE (-3)   /* an image of 2^31 pixels or more: lane indices are ints */
+
+static long fxnn_round_up(long v, long to) { return (v + to - 1) / to * to; }
+static long fxnn_min(long a, long b) { return a < b ? a : b; }
+static long fxnn_max(long a, long b) { return a > b ? a : b; }
+
+/* Sizes and lane masks shared by the three passes; the masks (W + VW ints
+ * each) say which pixel of a row has a left / right neighbour. */
+static int fxnn_setup(struct fxnn_fused *f, const struct fxnn_isa *isa, long b, long m, long n, long h, long w)
+{
+    long t;
+    int *masks;
+    memset(f, 0, sizeof(*f));
+    if (h * w > 2147483647L - 64)
+        return FXNN_ERR_SIZE;
+    f->b = b; f->m = m; f->n = n; f->h = h; f->w = w; f->hw = h * w; f->c5 = FXNN_NUM_KERNELS * m;
+    f->hwp = fxnn_round_up(f->hw, isa->vw);
+    masks = (int *)malloc(2 * (size_t)(w + isa->vw) * sizeof(int));
+    if (!masks)
+        return FXNN_ERR_MEMORY;
+    for (t = 0; t < w + isa->vw; t++) {
+        masks[t] = t % w != 0 ? -1 : 0;
+        masks[w + isa->vw + t] = t % w != w - 1 ? -1 : 0;
+    }
+    f->mask_left = masks;
+    f->mask_right = masks + w + isa->vw;
+    return 0;
+}
+
+static void fxnn_release(struct fxnn_fused *f)
+{
+    free((void *)f->mask_left);
+    free((void *)f->a);
+    free(f->partial);
+    free(f->partial_bias);
+}
+
+static int fxnn_empty(long b, long m, long n, long h, long w)
+{
+    return b <= 0 || m <= 0 || n <= 0 || h <= 0 || w <= 0;
+}
+
+/* y (B, N, H, W) = bias + W^T fixed(x); bias may be NULL. */
+static int fxnn_fused_forward(int isa_index, const float *x, const float *weight, const float *bias, float *y,
+                              long b, long m, long n, long h, long w, int threads)
+{
+    const struct fxnn_isa *isa = fxnn_isas[isa_index];
+    struct fxnn_fused f;
+    float *a;
+    long nb, c, r, rc;
+    if (!fxnn_isa_supported(isa_index))
+        return FXNN_ERR_ISA;
+    if (fxnn_empty(b, m, n, h, w))
+        return 0;
+    if ((rc = fxnn_setup(&f, isa, b, m, n, h, w)) != 0)
+        return (int)rc;
+    f.x = x; f.weight = weight; f.bias = bias; f.y = y;
+    /* W^T in blocks of MR output channels: block nb/MR at nb * 5M, row c at c * MR */
+    a = (float *)malloc((size_t)fxnn_round_up(n, isa->mr) * f.c5 * sizeof(float));
+    f.a = a;
+    if (!a) {
+        fxnn_release(&f);
+        return FXNN_ERR_MEMORY;
+    }
+    for (nb = 0; nb < n; nb += isa->mr)
+        for (c = 0; c < f.c5; c++)
+            for (r = 0; r < isa->mr; r++)
+                a[nb * f.c5 + c * isa->mr + r] = nb + r < n ? weight[c * n + nb + r] : 0.0f;
+    f.mc = fxnn_max(1, fxnn_min(m, FXNN_L1_PANEL_BYTES / ((long)sizeof(float) * FXNN_NUM_KERNELS * isa->nr)));
+    rc = fxnn_parallel(isa->forward, &f, fxnn_round_up(b * f.hwp, isa->nr) / isa->nr,
+                       (size_t)FXNN_NUM_KERNELS * f.mc * isa->nr * sizeof(float), threads);
+    fxnn_release(&f);
+    return (int)rc;
+}
+
+/* dw (5M, N) = fixed(x) . dY over batch and pixels; dbias (N,) = sums of dY
+ * (skipped when NULL). */
+static int fxnn_fused_wgrad(int isa_index, const float *x, const float *dy, float *dw, float *dbias,
+                            long b, long m, long n, long h, long w, int threads)
+{
+    const struct fxnn_isa *isa = fxnn_isas[isa_index];
+    struct fxnn_fused f;
+    long kc_rows, n_rows, g, i, rc;
+    if (!fxnn_isa_supported(isa_index))
+        return FXNN_ERR_ISA;
+    if (fxnn_empty(b, m, n, h, w)) {
+        if (m > 0 && n > 0) {
+            memset(dw, 0, (size_t)FXNN_NUM_KERNELS * m * n * sizeof(float));
+            if (dbias) memset(dbias, 0, (size_t)n * sizeof(float));
+        }
+        return 0;
+    }
+    if ((rc = fxnn_setup(&f, isa, b, m, n, h, w)) != 0)
+        return (int)rc;
+    f.x = x; f.dy = dy; f.dw = dw; f.dbias = dbias;
+    kc_rows = FXNN_NUM_KERNELS * isa->wr;
+    n_rows = fxnn_round_up(n, isa->wc);
+    f.groups = fxnn_max(1, fxnn_min(fxnn_min(FXNN_WGRAD_GROUPS, b * f.hwp / isa->vw),
+                                    FXNN_WGRAD_PARTIAL_BYTES / ((long)sizeof(float) * f.c5 * n)));
+    f.block = fxnn_min(4096, fxnn_max(isa->vw, FXNN_L2_BLOCK_BYTES / ((kc_rows + n_rows) * (long)sizeof(float))
+                                                   / isa->vw * isa->vw));
+    f.span = fxnn_max(f.block, FXNN_WGRAD_SPAN_BYTES / (n_rows * (long)sizeof(float)) / f.block * f.block);
+    if (f.groups > 1) {
+        f.partial = (float *)malloc((size_t)f.groups * f.c5 * n * sizeof(float));
+        f.partial_bias = (float *)malloc((size_t)f.groups * n * sizeof(float));
+        if (!f.partial || !f.partial_bias) {
+            fxnn_release(&f);
+            return FXNN_ERR_MEMORY;
+        }
+    }
+    rc = fxnn_parallel(isa->wgrad, &f, f.groups,
+                       ((size_t)kc_rows * f.block + (size_t)n_rows * f.span + (size_t)kc_rows * n_rows * isa->vw)
+                       * sizeof(float), threads);
+    if (rc == 0 && f.groups > 1) {
+        memcpy(dw, f.partial, (size_t)f.c5 * n * sizeof(float));
+        for (g = 1; g < f.groups; g++)
+            for (i = 0; i < f.c5 * n; i++) dw[i] += f.partial[g * f.c5 * n + i];
+        if (dbias) {
+            memcpy(dbias, f.partial_bias, (size_t)n * sizeof(float));
+            for (g = 1; g < f.groups; g++)
+                for (i = 0; i < n; i++) dbias[i] += f.partial_bias[g * n + i];
+        }
+    }
+    fxnn_release(&f);
+    return (int)rc;
+}
+
+/* dx (B, M, H, W) = adjoint of the fixed stage applied to W dY. */
+static int fxnn_fused_dgrad(int isa_index, const float *dy, const float *weight, float *dx,
+                            long b, long m, long n, long h, long w, int threads)
+{
+    const struct fxnn_isa *isa = fxnn_isas[isa_index];
+    struct fxnn_fused f;
+    float *a;
+    long c0, k, r, blocks, lp, rc;
+    if (!fxnn_isa_supported(isa_index))
+        return FXNN_ERR_ISA;
+    if (fxnn_empty(b, m, n, h, w)) {
+        if (b > 0 && m > 0 && h > 0 && w > 0)
+            memset(dx, 0, (size_t)b * m * h * w * sizeof(float));
+        return 0;
+    }
+    if ((rc = fxnn_setup(&f, isa, b, m, n, h, w)) != 0)
+        return (int)rc;
+    f.dy = dy; f.weight = weight; f.dx = dx;
+    /* W in blocks of MR fixed-stage channels: block c0/MR at c0 * N, row k at k * MR */
+    a = (float *)malloc((size_t)fxnn_round_up(f.c5, isa->mr) * n * sizeof(float));
+    f.a = a;
+    if (!a) {
+        fxnn_release(&f);
+        return FXNN_ERR_MEMORY;
+    }
+    for (c0 = 0; c0 < f.c5; c0 += isa->mr)
+        for (k = 0; k < n; k++)
+            for (r = 0; r < isa->mr; r++)
+                a[c0 * n + k * isa->mr + r] = c0 + r < f.c5 ? weight[(c0 + r) * n + k] : 0.0f;
+    /* rows per item: whole images, unless the packed dY and the scratch
+     * ((N + 5 MR) rows of (rows + 2) W pixels) outgrow FXNN_DGRAD_BLOCK_BYTES
+     * or there are too few images to keep every thread busy */
+    f.rows = fxnn_max(1, fxnn_min(h, FXNN_DGRAD_BLOCK_BYTES / ((long)sizeof(float) * (n + FXNN_NUM_KERNELS * isa->mr) * w) - 2));
+    blocks = (4L * threads + b - 1) / b;
+    if (blocks > 1)
+        f.rows = fxnn_max(1, fxnn_min(f.rows, (h + blocks - 1) / blocks));
+    lp = fxnn_round_up((f.rows + 2) * w, isa->nr);
+    rc = fxnn_parallel(isa->dgrad, &f, b * ((h + f.rows - 1) / f.rows),
+                       ((size_t)(FXNN_NUM_KERNELS * isa->mr + n) * lp + 6 * (size_t)w) * sizeof(float), threads);
+    fxnn_release(&f);
+    return (int)rc;
+}
+
+static double fxnn_seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+struct fxnn_peak { const struct fxnn_isa *isa; long iterations; float sink; };
+
+static void fxnn_peak_items(void *arg, long first, long last, void *scratch)
+{
+    struct fxnn_peak *p = (struct fxnn_peak *)arg;
+    (void)scratch;
+    for (; first < last; first++)
+        *(volatile float *)&p->sink = p->isa->fma_loop(p->iterations);
+}
+
+/* The FMA throughput of `threads` threads running the ISA's widest
+ * independent FMAs for about `seconds`, in GFLOP/s; negative on error. */
+static double fxnn_fma_peak(int isa_index, int threads, double seconds)
+{
+    struct fxnn_peak p;
+    double t0, t;
+    if (!fxnn_isa_supported(isa_index))
+        return FXNN_ERR_ISA;
+    if (threads < 1) threads = 1;
+    p.isa = fxnn_isas[isa_index];
+    p.iterations = 1000;
+    for (;;) {  /* calibrate on one thread, then time them all */
+        t0 = fxnn_seconds();
+        fxnn_peak_items(&p, 0, 1, NULL);
+        t = fxnn_seconds() - t0;
+        if (t > 0.02 || p.iterations > (1L << 40)) break;
+        p.iterations *= 4;
+    }
+    p.iterations = (long)((double)p.iterations * seconds / (t > 1e-9 ? t : 1e-9)) + 1;
+    t0 = fxnn_seconds();
+    if (fxnn_parallel(fxnn_peak_items, &p, threads, 0, threads))
+        return FXNN_ERR_MEMORY;
+    t = fxnn_seconds() - t0;
+    return (double)threads * (double)p.iterations * p.isa->flops_per_iteration / t * 1e-9;
+}
+
+#endif /* FXNN_FUSED_CPU_C */

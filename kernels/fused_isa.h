@@ -1,0 +1,430 @@
+/* The fused fxnn layer for one instruction set: packing, micro-kernels and
+ * the three drivers (forward, weight gradient, input gradient).
+ *
+ * kernels/fused_cpu.c includes this file once per instruction set, with:
+ *   FXNN_ISA        name suffix of everything defined here (avx512, avx2, portable)
+ *   FXNN_VW         floats per vector
+ *   FXNN_MR         rows of the GEMM tile: output channels (forward) or
+ *                   fixed-stage channels (input gradient), broadcast one at a time
+ *   FXNN_NV         vectors of pixels in a GEMM tile; NR = NV * VW pixels
+ *   FXNN_WR, FXNN_WC  the dW tile (fixed-stage channels x output channels)
+ *                   of the weight gradient's dot kernel
+ *   FXNN_TARGET     function attribute that enables the instruction set
+ *   FXNN_FMA(a, b, c)  a * b + c on vectors, one fused instruction where the ISA has it
+ *   FXNN_SPLAT(s)   a vector of VW copies of the float s
+ *   FXNN_MASKLOAD(p, m)  the lanes of p where the int vector m is -1, zero elsewhere,
+ *                   touching no memory in the other lanes
+ * and with struct fxnn_fused (fused_cpu.c) describing one call.
+ *
+ * Names: g is a pixel in the padded pixel space of the batch, g = b * HWp + p
+ * with HWp = H*W rounded up to VW, so no vector of VW pixels crosses images;
+ * lanes with p >= H*W are padding, zero in every packed operand and never
+ * stored. c = 5m + k is a fixed-stage channel (models/fixed_kernels.py).
+ */
+#define FXNN_CAT2(a, b) a##_##b
+#define FXNN_CAT(a, b) FXNN_CAT2(a, b)
+#define FX(name) FXNN_CAT(name, FXNN_ISA)
+#define FX_NR (FXNN_NV * FXNN_VW)
+
+typedef float FX(vf) __attribute__((vector_size(FXNN_VW * 4)));
+typedef int FX(vi) __attribute__((vector_size(FXNN_VW * 4)));
+/* the same vectors at any float-aligned address */
+typedef float FX(vf_u) __attribute__((vector_size(FXNN_VW * 4), aligned(4), may_alias));
+typedef int FX(vi_u) __attribute__((vector_size(FXNN_VW * 4), aligned(4), may_alias));
+
+#define FX_INLINE FXNN_TARGET static inline __attribute__((always_inline))
+
+FX_INLINE FX(vf) FX(load)(const float *p) { return *(const FX(vf_u) *)p; }
+FX_INLINE void FX(store)(float *p, FX(vf) v) { *(FX(vf_u) *)p = v; }
+FX_INLINE FX(vf) FX(splat)(float s) { return (FX(vf))FXNN_SPLAT(s); }
+FX_INLINE FX(vf) FX(mask)(FX(vf) v, FX(vi) m) { return (FX(vf))((FX(vi))v & m); }
+
+FX_INLINE float FX(sum)(FX(vf) v)
+{
+    float s = 0;
+    int i;
+    for (i = 0; i < FXNN_VW; i++) s += v[i];
+    return s;
+}
+
+/* FXNN_MASKLOAD in plain C, for instruction sets without masked loads. */
+FX_INLINE FX(vf) FX(maskload_scalar)(const float *p, FX(vi) m)
+{
+    FX(vf) v;
+    int i;
+    for (i = 0; i < FXNN_VW; i++) v[i] = m[i] ? p[i] : 0.0f;
+    return v;
+}
+
+/* x[q .. q+VW), zero where outside [0, n). */
+FX_INLINE FX(vf) FX(load_clipped)(const float *x, long q, long n)
+{
+    float t[FXNN_VW];
+    int i;
+    for (i = 0; i < FXNN_VW; i++) t[i] = q + i >= 0 && q + i < n ? x[q + i] : 0.0f;
+    return FX(load)(t);
+}
+
+/* ------------------------------------------------------------------------
+ * Packing: the fixed stage, computed straight into a GEMM operand.
+ *
+ * One vector of VW pixels p..p+VW-1 of a plane (H, W), flattened: the
+ * vertical passes s = [1,2,1], d = [1,0,-1] at p-1, p, p+1 (neighbours
+ * p -+ W; zero outside the plane), then the horizontal ones, with the lane
+ * masks left/right clearing neighbours that belong to another row.
+ * ------------------------------------------------------------------------ */
+/* x[q .. q+VW), zero where outside [0, n), without touching memory there. */
+FX_INLINE FX(vf) FX(load_inside)(const float *x, long q, long n)
+{
+    FX(vi) lane, in;
+    int i;
+    for (i = 0; i < FXNN_VW; i++) lane[i] = i;
+    lane += (int)q;
+    in = (lane >= 0) & (lane < (int)n);
+    return (FX(vf))FXNN_MASKLOAD(x + q, in);
+}
+
+/* The vertical passes of the three rows q - w, q, q + w (q = p-1, p, p+1)
+ * into s[o], d[o], and the middle row at p into *mid; zeros outside [0, n). */
+FX_INLINE void FX(vertical)(const float *x, long p, long w, long n, int inside, FX(vf) *s, FX(vf) *d, FX(vf) *mid)
+{
+    int o;
+    for (o = 0; o < 3; o++) {
+        long q = p + o - 1;
+        FX(vf) up, md, dn;
+        if (inside) {
+            up = FX(load)(x + q - w); md = FX(load)(x + q); dn = FX(load)(x + q + w);
+        } else {
+            up = FX(load_inside)(x, q - w, n); md = FX(load_inside)(x, q, n); dn = FX(load_inside)(x, q + w, n);
+        }
+        s[o] = up + dn + (md + md);
+        d[o] = up - dn;
+        if (o == 1) *mid = md;
+    }
+}
+
+FX_INLINE void FX(stencil)(const float *x, long h, long w, long p, FX(vi) left, FX(vi) right,
+                           float *out, long ks)
+{
+    long n = h * w;
+    FX(vf) s[3], d[3], mid = FX(splat)(0.0f);
+    if (p - w - 1 >= 0 && p + FXNN_VW + w + 1 <= n)
+        FX(vertical)(x, p, w, n, 1, s, d, &mid);
+    else  /* first or last row */
+        FX(vertical)(x, p, w, n, 0, s, d, &mid);
+    {
+        FX(vf) sl = FX(mask)(s[0], left), sr = FX(mask)(s[2], right);
+        FX(vf) dl = FX(mask)(d[0], left), dr = FX(mask)(d[2], right);
+        FX(store)(out, sl + sr + (s[1] + s[1]));
+        FX(store)(out + ks, dl + dr + (d[1] + d[1]));
+        FX(store)(out + 2 * ks, sl - sr);
+        FX(store)(out + 3 * ks, dl - dr);
+        FX(store)(out + 4 * ks, mid);
+    }
+    if (p + FXNN_VW > n) {  /* padding lanes: zero */
+        int k, i;
+        for (k = 0; k < FXNN_NUM_KERNELS; k++)
+            for (i = (int)(n - p); i < FXNN_VW; i++) out[k * ks + i] = 0.0f;
+    }
+}
+
+/* The fixed stage of channels [m0, m0+mc) at padded pixels [g0, g1) (g0 and
+ * g1 - g0 multiples of VW) into dst: channel c = 5(m - m0) + k of local pixel
+ * l = g - g0 at dst[(l / grp) * grp_stride + c * c_stride + l % grp]. With
+ * grp = NR, grp_stride = 5 mc NR, c_stride = NR these are the GEMM's
+ * micro-panels; with grp > g1 - g0 and c_stride = row length, plain rows.
+ * Channel by channel over runs of up to 64 vectors, so each input row is
+ * read from L1 while it is used. */
+FXNN_TARGET static void FX(pack_fixed)(const struct fxnn_fused *f, long m0, long mc, long g0, long g1,
+                                       float *dst, long grp, long grp_stride, long c_stride)
+{
+    enum { RUN = 64 };
+    long plane[RUN], pixel[RUN], column[RUN], out[RUN], g, m;
+    int count, j;
+    for (g = g0; g < g1; g += RUN * FXNN_VW) {
+        for (count = 0; count < RUN && g + count * FXNN_VW < g1; count++) {
+            long gc = g + count * FXNN_VW, b = gc / f->hwp, l = gc - g0;
+            pixel[count] = gc % f->hwp;
+            plane[count] = (b * f->m + m0) * f->hw;
+            column[count] = pixel[count] % f->w;
+            out[count] = (l / grp) * grp_stride + l % grp;
+        }
+        for (m = 0; m < mc; m++)
+            for (j = 0; j < count; j++) {
+                if (pixel[j] + 2 * f->w < f->hw)  /* the row this pixel's next-row neighbour will need */
+                    __builtin_prefetch(f->x + plane[j] + m * f->hw + pixel[j] + 2 * f->w);
+                FX(stencil)(f->x + plane[j] + m * f->hw, f->h, f->w, pixel[j],
+                            *(const FX(vi_u) *)(f->mask_left + column[j]),
+                            *(const FX(vi_u) *)(f->mask_right + column[j]),
+                            dst + out[j] + FXNN_NUM_KERNELS * m * c_stride, c_stride);
+            }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * The GEMM tile: C (rows x NR) = [C or bias] + A (rows x kc) B (kc x NR),
+ * A packed as a[k * MR + r], B as b[k * NR + j]. Row r of vector v of C is
+ * at c[v] + r * ldc and has valid[v] lanes (VW: all, 0: none).
+ * ------------------------------------------------------------------------ */
+FX_INLINE void FX(tile_mr)(const int mr, long kc, const float *a, const float *b, int rows, float *const *c,
+                           const int *valid, int full, long ldc, const float *bias, int accumulate)
+{
+    FX(vf) acc[FXNN_MR][FXNN_NV];
+    long k;
+    int r, v, i;
+    for (r = 0; r < mr; r++)
+        for (v = 0; v < FXNN_NV; v++) acc[r][v] = FX(splat)(0.0f);
+    for (k = 0; k < kc; k++) {
+        FX(vf) bv[FXNN_NV];
+        for (v = 0; v < FXNN_NV; v++) bv[v] = FX(load)(b + k * FX_NR + v * FXNN_VW);
+        for (r = 0; r < mr; r++) {
+            FX(vf) ar = FX(splat)(a[k * FXNN_MR + r]);
+            for (v = 0; v < FXNN_NV; v++) acc[r][v] = FXNN_FMA(ar, bv[v], acc[r][v]);
+        }
+    }
+    if (full) {  /* the common case: the NV vectors of a row contiguous and whole */
+        for (r = 0; r < mr; r++)
+            if (r < rows)
+                for (v = 0; v < FXNN_NV; v++) {
+                    float *dst = c[0] + r * ldc + v * FXNN_VW;
+                    FX(vf) out = acc[r][v];
+                    if (accumulate) out += FX(load)(dst);
+                    else if (bias) out += FX(splat)(bias[r]);
+                    FX(store)(dst, out);
+                }
+        return;
+    }
+    for (r = 0; r < mr; r++) {
+        if (r >= rows) break;
+        for (v = 0; v < FXNN_NV; v++) {
+            float *dst = c[v] + r * ldc, t[FXNN_VW];
+            FX(store)(t, acc[r][v]);
+            for (i = 0; i < valid[v]; i++)
+                dst[i] = t[i] + (accumulate ? dst[i] : bias ? bias[r] : 0.0f);
+        }
+    }
+}
+
+/* One tile, with the accumulators of the fewest rows that cover ``rows``. */
+FXNN_TARGET static void FX(tile)(long kc, const float *a, const float *b, int rows, float *const *c,
+                                 const int *valid, long ldc, const float *bias, int accumulate)
+{
+    int v, full = 1;
+    for (v = 0; v < FXNN_NV; v++)
+        full &= valid[v] == FXNN_VW && c[v] == c[0] + v * FXNN_VW;
+    if (rows > FXNN_MR / 2)
+        FX(tile_mr)(FXNN_MR, kc, a, b, rows, c, valid, full, ldc, bias, accumulate);
+    else if (rows > 1)
+        FX(tile_mr)(FXNN_MR / 2, kc, a, b, rows, c, valid, full, ldc, bias, accumulate);
+    else
+        FX(tile_mr)(1, kc, a, b, rows, c, valid, full, ldc, bias, accumulate);
+}
+
+/* ------------------------------------------------------------------------
+ * The weight gradient's dot kernel: acc[r][s] += x[r * xs + l] y[s * ys + l]
+ * lane by lane for l < len (a multiple of VW), WR x WC vectors of partial
+ * sums kept in memory between calls and summed across lanes once at the end.
+ * ------------------------------------------------------------------------ */
+FXNN_TARGET static void FX(dot)(long len, const float *x, long xs, const float *y, long ys, float *acc_mem)
+{
+    FX(vf) acc[FXNN_WR][FXNN_WC];
+    long l;
+    int r, s;
+    for (r = 0; r < FXNN_WR; r++)
+        for (s = 0; s < FXNN_WC; s++) acc[r][s] = FX(load)(acc_mem + (r * FXNN_WC + s) * FXNN_VW);
+    for (l = 0; l < len; l += FXNN_VW) {
+        FX(vf) yv[FXNN_WC];
+        for (s = 0; s < FXNN_WC; s++) yv[s] = FX(load)(y + s * ys + l);
+        for (r = 0; r < FXNN_WR; r++) {
+            FX(vf) xv = FX(load)(x + r * xs + l);
+            for (s = 0; s < FXNN_WC; s++) acc[r][s] = FXNN_FMA(xv, yv[s], acc[r][s]);
+        }
+    }
+    for (r = 0; r < FXNN_WR; r++)
+        for (s = 0; s < FXNN_WC; s++) FX(store)(acc_mem + (r * FXNN_WC + s) * FXNN_VW, acc[r][s]);
+}
+
+/* Pointers and valid lanes of the NV vectors of an output micro-panel at
+ * padded pixel g0 of the (B, C, H, W) tensor t, plane of channel 0. */
+static void FX(panel_out)(const struct fxnn_fused *f, float *t, long channels, long g0, long g_end,
+                          float **c, int *valid)
+{
+    int v;
+    for (v = 0; v < FXNN_NV; v++) {
+        long g = g0 + v * FXNN_VW, b = g / f->hwp, p = g % f->hwp;
+        c[v] = t + b * channels * f->hw + p;
+        valid[v] = g >= g_end ? 0 : (int)(f->hw - p < FXNN_VW ? f->hw - p : FXNN_VW);
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Forward: y = bias + W^T X5. Items are runs of micro-panels of NR padded
+ * pixels; for each micro-panel and chunk of mc input channels, the fixed
+ * stage is packed into an L1-sized panel (5mc x NR) and multiplied by every
+ * MR-row block of W^T (f->a: block nb at a + nb * 5M * MR, row c at c * MR).
+ * ------------------------------------------------------------------------ */
+FXNN_TARGET static void FX(forward_items)(void *arg, long first, long last, void *scratch)
+{
+    const struct fxnn_fused *f = (const struct fxnn_fused *)arg;
+    float *panel = (float *)scratch;
+    long q, m0, nb, total = f->b * f->hwp;
+    for (q = first; q < last; q++) {
+        long g0 = q * FX_NR, g1 = g0 + FX_NR < total ? g0 + FX_NR : total;
+        float *c[FXNN_NV], *cn[FXNN_NV];
+        int valid[FXNN_NV], v;
+        FX(panel_out)(f, f->y, f->n, g0, g1, c, valid);
+        for (m0 = 0; m0 < f->m; m0 += f->mc) {
+            long mc = f->m - m0 < f->mc ? f->m - m0 : f->mc, kc = FXNN_NUM_KERNELS * mc;
+            if (g1 - g0 < FX_NR)  /* the batch's last micro-panel: zero the lanes past its end */
+                memset(panel, 0, kc * FX_NR * sizeof(float));
+            FX(pack_fixed)(f, m0, mc, g0, g1, panel, FX_NR, kc * FX_NR, FX_NR);
+            for (nb = 0; nb < f->n; nb += FXNN_MR) {
+                for (v = 0; v < FXNN_NV; v++) cn[v] = c[v] + nb * f->hw;
+                FX(tile)(kc, f->a + nb * f->c5 + FXNN_NUM_KERNELS * m0 * FXNN_MR, panel,
+                         (int)(f->n - nb < FXNN_MR ? f->n - nb : FXNN_MR), cn, valid, f->hw,
+                         f->bias ? f->bias + nb : NULL, m0 > 0);
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Weight gradient: dW = X5 dY^T, dbias = sum of dY. Items are groups of
+ * padded pixels, each summed into its own partial dW (f->partial + group *
+ * 5M N; f->dw itself when there is one group). A group goes in spans of
+ * f->span pixels whose dY is packed once as rows (N x span, L3); for each
+ * chunk of WR input channels the span goes in blocks of f->block pixels
+ * whose fixed stage (5 WR x block rows) is packed beside the matching dY
+ * (both in L2), and the dot kernel keeps vector sums until the span ends.
+ * The groups depend on the problem only, so no number depends on the thread
+ * count; fused_cpu.c adds the partial sums up in group order.
+ * ------------------------------------------------------------------------ */
+FXNN_TARGET static void FX(wgrad_items)(void *arg, long first, long last, void *scratch)
+{
+    const struct fxnn_fused *f = (const struct fxnn_fused *)arg;
+    long group, pw = f->block, sp = f->span, kc_max = FXNN_NUM_KERNELS * FXNN_WR, total = f->b * f->hwp;
+    long n_rows = (f->n + FXNN_WC - 1) / FXNN_WC * FXNN_WC, tiles = FXNN_NUM_KERNELS * (n_rows / FXNN_WC);
+    float *xs = (float *)scratch, *ys = xs + kc_max * pw, *acc = ys + n_rows * sp;
+    memset(ys + f->n * sp, 0, (n_rows - f->n) * sp * sizeof(float));  /* rows the dot kernel reads past N */
+    for (group = first; group < last; group++) {
+        long g_first = total / FXNN_VW * group / f->groups * FXNN_VW;
+        long g_last = total / FXNN_VW * (group + 1) / f->groups * FXNN_VW;
+        float *dw = f->groups == 1 ? f->dw : f->partial + group * f->c5 * f->n;
+        float *db = !f->dbias ? NULL : f->groups == 1 ? f->dbias : f->partial_bias + group * f->n;
+        long s0, m0, b0, t, n, l, r, c;
+        memset(dw, 0, f->c5 * f->n * sizeof(float));
+        if (db) memset(db, 0, f->n * sizeof(float));
+        for (s0 = g_first; s0 < g_last; s0 += sp) {
+            long slen = g_last - s0 < sp ? g_last - s0 : sp;
+            for (l = 0; l < slen; ) {  /* dY rows, image by image, zero in the padding lanes */
+                long g = s0 + l, b = g / f->hwp, p = g % f->hwp, run = f->hwp - p < slen - l ? f->hwp - p : slen - l;
+                for (n = 0; n < f->n; n++) {
+                    const float *src = f->dy + (b * f->n + n) * f->hw;
+                    float *dst = ys + n * sp + l - p;
+                    long j;
+                    for (j = p; j < p + run; j += FXNN_VW)
+                        FX(store)(dst + j, j + FXNN_VW <= f->hw ? FX(load)(src + j) : FX(load_clipped)(src + j, 0, f->hw - j));
+                }
+                l += run;
+            }
+            for (n = 0; db && n < f->n; n++) {
+                FX(vf) sum = FX(splat)(0.0f);
+                for (l = 0; l < slen; l += FXNN_VW) sum += FX(load)(ys + n * sp + l);
+                db[n] += FX(sum)(sum);
+            }
+            for (m0 = 0; m0 < f->m; m0 += FXNN_WR) {
+                long mc = f->m - m0 < FXNN_WR ? f->m - m0 : FXNN_WR, kc = FXNN_NUM_KERNELS * mc;
+                memset(acc, 0, tiles * FXNN_WR * FXNN_WC * FXNN_VW * sizeof(float));
+                memset(xs + kc * pw, 0, (kc_max - kc) * pw * sizeof(float));
+                for (b0 = 0; b0 < slen; b0 += pw) {
+                    long len = slen - b0 < pw ? slen - b0 : pw;
+                    FX(pack_fixed)(f, m0, mc, s0 + b0, s0 + b0 + len, xs, pw + 1, 0, pw);
+                    for (t = 0; t < tiles; t++) {  /* fixed-stage rows outer: their block stays in L1 */
+                        long r0 = t / (n_rows / FXNN_WC) * FXNN_WR, n0 = t % (n_rows / FXNN_WC) * FXNN_WC;
+                        if (r0 < kc)
+                            FX(dot)(len, xs + r0 * pw, pw, ys + n0 * sp + b0, sp,
+                                    acc + t * FXNN_WR * FXNN_WC * FXNN_VW);
+                    }
+                }
+                for (t = 0; t < tiles; t++) {
+                    long r0 = t / (n_rows / FXNN_WC) * FXNN_WR, n0 = t % (n_rows / FXNN_WC) * FXNN_WC;
+                    for (r = 0; r < FXNN_WR && r0 + r < kc; r++)
+                        for (c = 0; c < FXNN_WC && n0 + c < f->n; c++)
+                            dw[(FXNN_NUM_KERNELS * m0 + r0 + r) * f->n + n0 + c] +=
+                                FX(sum)(FX(load)(acc + ((t * FXNN_WR + r) * FXNN_WC + c) * FXNN_VW));
+                }
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Input gradient: dx = adjoint(W dY). Items are (image, block of rows
+ * [i0, i1)). dY of rows [i0-1, i1+1) is packed once into micro-panels
+ * (N x NR each); then for each chunk of MR input channels (5 MR fixed-stage
+ * channels: whole MR-row blocks of W, f->a: block at a + block * N * MR,
+ * row n at n * MR) W dY goes into a scratch of 5 MR rows of lp pixels, and
+ * the adjoint stencil of kernels/fixed_cpu.c turns it into rows [i0, i1) of dx.
+ * ------------------------------------------------------------------------ */
+FXNN_TARGET static void FX(dgrad_items)(void *arg, long first, long last, void *scratch)
+{
+    const struct fxnn_fused *f = (const struct fxnn_fused *)arg;
+    long item, blocks = (f->h + f->rows - 1) / f->rows;
+    long lp_max = ((f->rows + 2) * f->w + FX_NR - 1) / FX_NR * FX_NR;
+    float *s = (float *)scratch, *panels = s + FXNN_NUM_KERNELS * FXNN_MR * lp_max,
+          *rowbuf = panels + f->n * lp_max;
+    for (item = first; item < last; item++) {
+        long b = item / blocks, i0 = item % blocks * f->rows, i1 = i0 + f->rows < f->h ? i0 + f->rows : f->h;
+        long ra = i0 > 0 ? i0 - 1 : 0, rb = i1 < f->h ? i1 + 1 : f->h;
+        long len = (rb - ra) * f->w, lp = (len + FX_NR - 1) / FX_NR * FX_NR;
+        const float *dy = f->dy + b * f->n * f->hw + ra * f->w;
+        long m0, q, cb, n, j;
+        int v, full[FXNN_NV];
+        for (n = 0; n < f->n; n++)  /* dY rows, read in order, into micro-panels [q][n][NR] */
+            for (q = 0; q < lp; q += FX_NR) {
+                const float *src = dy + n * f->hw + q;
+                float *dst = panels + q * f->n + n * FX_NR;
+                if (q + FX_NR <= len)
+                    for (v = 0; v < FXNN_NV; v++) FX(store)(dst + v * FXNN_VW, FX(load)(src + v * FXNN_VW));
+                else
+                    for (j = 0; j < FX_NR; j++) dst[j] = q + j < len ? src[j] : 0.0f;
+            }
+        for (v = 0; v < FXNN_NV; v++) full[v] = FXNN_VW;
+        for (m0 = 0; m0 < f->m; m0 += FXNN_MR) {
+            long mc = f->m - m0 < FXNN_MR ? f->m - m0 : FXNN_MR, kc = FXNN_NUM_KERNELS * mc, m;
+            for (q = 0; q < lp; q += FX_NR)
+                for (cb = 0; cb < kc; cb += FXNN_MR) {
+                    float *c[FXNN_NV];
+                    for (v = 0; v < FXNN_NV; v++) c[v] = s + cb * lp + q + v * FXNN_VW;
+                    FX(tile)(f->n, f->a + (FXNN_NUM_KERNELS * m0 + cb) * f->n, panels + q * f->n,
+                             (int)(kc - cb < FXNN_MR ? kc - cb : FXNN_MR), c, full, lp, NULL, 0);
+                }
+            for (m = 0; m < mc; m++)
+                fxnn_adjoint_rows_f32(s + FXNN_NUM_KERNELS * m * lp, lp, ra, i0, i1, f->h, f->w,
+                                      f->dx + (b * f->m + m0 + m) * f->hw, rowbuf);
+        }
+    }
+}
+
+/* Seconds-long loops of independent FMAs: the machine's peak, measured. */
+FXNN_TARGET static float FX(fma_loop)(long iterations)
+{
+    FX(vf) acc[FXNN_MR * FXNN_NV], b = FX(splat)(0.999999f), c = FX(splat)(1e-7f);
+    float s = 0;
+    long i;
+    int k;
+    for (k = 0; k < FXNN_MR * FXNN_NV; k++) acc[k] = FX(splat)((float)k);
+    for (i = 0; i < iterations; i++)
+        for (k = 0; k < FXNN_MR * FXNN_NV; k++) acc[k] = FXNN_FMA(acc[k], b, c);
+    for (k = 0; k < FXNN_MR * FXNN_NV; k++) s += FX(sum)(acc[k]);
+    return s;
+}
+
+/* Work functions of fxnn_parallel and the tile sizes, by ISA. */
+static const struct fxnn_isa FX(isa) = {
+    FXNN_STR(FXNN_ISA), FXNN_VW, FXNN_MR, FX_NR, FXNN_WR, FXNN_WC, 2 * FXNN_VW * FXNN_MR * FXNN_NV,
+    FX(forward_items), FX(wgrad_items), FX(dgrad_items), FX(fma_loop),
+};
+
+#undef FX_NR
+#undef FX_INLINE

@@ -1,0 +1,53 @@
+"""The compiled extension ``kernels._fixed_cpu`` (the fixed stage of
+``fixed_cpu.c`` and the fused layer of ``fused_cpu.c``), when ``pip install``
+built it, and the instruction set its fused kernels use.
+
+No framework here: the PyTorch launchers (:mod:`kernels.cpu_fixed`,
+:mod:`kernels.cpu_fused`) and the PyTensor engine both ask this module.
+"""
+import os
+
+try:
+    from . import _fixed_cpu as module
+    WHY = None
+except ImportError as e:  # not built: no C compiler at install time
+    module = None
+    WHY = f"kernels._fixed_cpu not built ({e}); reinstall with a C compiler: pip install -e ."
+
+#: Names the instruction set of the fused kernels (avx512, avx2, portable).
+ISA_VARIABLE = "FXNN_ISA"
+
+
+def available():
+    """(True, None) when the extension is built, else (False, why)."""
+    return module is not None, WHY
+
+
+def fused_available():
+    """(True, None) when the fused kernels are built, else (False, why)."""
+    if module is None:
+        return False, WHY
+    if not hasattr(module, "fused_forward"):
+        return False, "kernels._fixed_cpu predates the fused kernels; rebuild it: pip install -e ."
+    return True, None
+
+
+def isas():
+    """The instruction sets of the fused kernels this CPU runs, best first."""
+    return tuple(module.isas())
+
+
+def requested_isa():
+    """``$FXNN_ISA``, normalised ("" when unset)."""
+    return os.environ.get(ISA_VARIABLE, "").strip().lower()
+
+
+def isa():
+    """The instruction set in use: ``$FXNN_ISA`` when set, else the best."""
+    supported, wanted = isas(), requested_isa()
+    if not wanted:
+        return supported[0]
+    if wanted not in supported:
+        raise RuntimeError(f"{ISA_VARIABLE}={wanted}: this CPU runs the fused kernels as "
+                           f"{', '.join(supported)}; unset {ISA_VARIABLE} or name one of those")
+    return wanted

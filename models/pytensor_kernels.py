@@ -1,0 +1,45 @@
+"""What every PyTensor op on the C code of ``kernels/`` shares: the support
+code (``kernels/fused_cpu.c``, which includes ``kernels/fixed_cpu.c``; one
+identical string for all of them, so several ops can share a module), the
+cache key that changes with those sources, and the thread count."""
+import functools
+import hashlib
+import os
+
+from pytensor.link.c.op import COp
+
+KERNELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+SOURCES = ("fused_cpu.c", "fused_isa.h", "fixed_cpu.c")
+SUPPORT_CODE = '#include "fused_cpu.c"\n'
+
+
+@functools.lru_cache(maxsize=1)
+def source_version():
+    """A number that changes whenever the C sources do, read once per process."""
+    digest = hashlib.sha1()
+    for name in SOURCES:
+        with open(os.path.join(KERNELS_DIR, name), "rb") as f:
+            digest.update(f.read())
+    return int(digest.hexdigest()[:12], 16)
+
+
+def default_threads():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class KernelsOp(COp):
+    """A COp whose C code calls the functions of ``kernels/``."""
+    __props__ = ("threads",)
+
+    def __init__(self, threads=None):
+        self.threads = int(threads or default_threads())
+
+    def c_header_dirs(self, **kwargs):
+        return [KERNELS_DIR]
+
+    def c_support_code(self, **kwargs):
+        return SUPPORT_CODE
+
+    def c_code_cache_version(self):
+        return (2, source_version())

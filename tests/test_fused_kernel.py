@@ -1,0 +1,160 @@
+"""The fused layer of kernels/fused_cpu.c (through kernels._fixed_cpu) against
+the float64 numpy references of models/fixed_kernels.py: forward, weight and
+bias gradient, input gradient, on odd shapes, in every instruction set this
+CPU runs, with any thread count; and its refusal of bad buffers.
+
+The extension is built by ``pip install -e .``; where it was not (no C
+compiler) these tests skip, except under FXNN_REQUIRE_NATIVE=1 (set by
+.ci/run), where a missing build fails."""
+import os
+
+import numpy as np
+import pytest
+
+from models.fixed_kernels import NUM_KERNELS, fixed_conv_grad_reference, fixed_conv_reference
+
+try:
+    from kernels import _fixed_cpu
+except ImportError as e:
+    if os.environ.get("FXNN_REQUIRE_NATIVE") == "1":
+        raise
+    pytest.skip(f"kernels._fixed_cpu not built ({e}); build it with: pip install -e .", allow_module_level=True)
+
+ISAS = _fixed_cpu.isas()
+
+#: (B, M, N, H, W): single pixels, 1xN and Nx1 images, sizes that are no
+#: multiple of any vector or tile, M = 1 and 3, N = 1, 5, 17, batch 1, a
+#: batch whose padded pixels cross tiles, and more channels than one chunk.
+SHAPES = [(1, 1, 1, 1, 1), (1, 1, 5, 1, 9), (2, 3, 17, 7, 1), (1, 3, 1, 13, 11), (3, 1, 17, 14, 14),
+          (2, 3, 5, 33, 65), (1, 2, 7, 300, 3), (5, 3, 16, 9, 10), (2, 70, 13, 5, 6), (1, 9, 33, 17, 40)]
+
+
+def layer(shape, seed=0):
+    b, m, n, h, w = shape
+    rng = np.random.default_rng(seed)
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    return f32(b, m, h, w), f32(NUM_KERNELS * m, n), f32(n), f32(b, n, h, w)
+
+
+def run(x, w, bias, dy, isa, threads=2):
+    """(y, dx, dw, db) from the three kernels, outputs pre-filled with NaN so
+    that any element a kernel leaves unwritten fails the comparison."""
+    y = np.full((x.shape[0], w.shape[1]) + x.shape[2:], np.nan, np.float32)
+    dx = np.full(x.shape, np.nan, np.float32)
+    dw, db = np.full(w.shape, np.nan, np.float32), np.full(w.shape[1], np.nan, np.float32)
+    _fixed_cpu.fused_forward(x, w, bias, y, threads, isa)
+    _fixed_cpu.fused_dgrad(dy, w, dx, threads, isa)
+    _fixed_cpu.fused_wgrad(x, dy, dw, db, threads, isa)
+    return y, dx, dw, db
+
+
+def close(got, want):
+    """float32 sums of up to a few thousand terms against float64."""
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * scale)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_forward_and_gradients_match_the_references(shape, isa):
+    x, w, bias, dy = layer(shape)
+    y, dx, dw, db = run(x, w, bias, dy, isa)
+    close(y, fixed_conv_reference(x, w, bias))
+    want_dx, want_dw, want_db = fixed_conv_grad_reference(x, w, dy)
+    close(dx, want_dx)
+    close(dw, want_dw)
+    close(db, want_db)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_without_bias(isa):
+    x, w, _, dy = layer((2, 3, 5, 6, 7), seed=1)
+    y = np.full((2, 5, 6, 7), np.nan, np.float32)
+    _fixed_cpu.fused_forward(x, w, None, y, 1, isa)
+    close(y, fixed_conv_reference(x, w))
+    dw = np.full(w.shape, np.nan, np.float32)
+    _fixed_cpu.fused_wgrad(x, dy, dw, None, 1, isa)
+    close(dw, fixed_conv_grad_reference(x, w, dy)[1])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [2, 3, 7, 64])
+def test_the_thread_count_changes_no_number(isa, threads):
+    """Every output element is computed by one thread in a fixed order, and
+    the weight gradient's partial sums are over groups fixed by the size."""
+    x, w, bias, dy = layer((5, 13, 11, 17, 19), seed=2)
+    for got, want in zip(run(x, w, bias, dy, isa, threads), run(x, w, bias, dy, isa, 1)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_every_isa_this_cpu_runs_agrees_with_the_portable_one():
+    assert ISAS[-1] == "portable"
+    x, w, bias, dy = layer((3, 6, 20, 15, 17), seed=3)
+    portable = run(x, w, bias, dy, "portable")
+    for isa in ISAS:
+        for got, want in zip(run(x, w, bias, dy, isa), portable):
+            close(got, want)
+
+
+def test_isas_name_what_the_cpu_supports():
+    flags = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    assert ("avx512" in ISAS) == ("avx512f" in flags)
+    assert ("avx2" in ISAS) == ("avx2" in flags and "fma" in flags)
+
+
+def test_an_isa_the_cpu_lacks_or_an_unknown_one_is_refused():
+    x, w, bias, dy = layer((1, 1, 2, 3, 3))
+    y = np.zeros((1, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="unknown instruction set 'sse9'"):
+        _fixed_cpu.fused_forward(x, w, bias, y, 1, "sse9")
+    for isa in {"avx512", "avx2"} - set(ISAS):
+        with pytest.raises(ValueError, match=f"does not support the {isa} kernels"):
+            _fixed_cpu.fused_forward(x, w, bias, y, 1, isa)
+
+
+def test_bad_buffers_are_refused_not_read():
+    x, w, bias, dy = layer((2, 3, 4, 5, 6))
+    y, dx = np.zeros((2, 4, 5, 6), np.float32), np.zeros((2, 3, 5, 6), np.float32)
+    dw, db = np.zeros(w.shape, np.float32), np.zeros(4, np.float32)
+    isa = ISAS[0]
+    with pytest.raises(ValueError, match="float32"):
+        _fixed_cpu.fused_forward(x.astype(np.float64), w, bias, y, 1, isa)
+    with pytest.raises(ValueError, match=r"\(5M, N\)"):
+        _fixed_cpu.fused_forward(x, w[:-1], bias, y, 1, isa)
+    with pytest.raises(ValueError, match=r"\(N,\)"):
+        _fixed_cpu.fused_forward(x, w, bias[:-1], y, 1, isa)
+    with pytest.raises(ValueError, match=r"\(B, N, H, W\)"):
+        _fixed_cpu.fused_forward(x, w, bias, np.zeros((2, 4, 5, 5), np.float32), 1, isa)
+    with pytest.raises(ValueError, match="dy must be"):
+        _fixed_cpu.fused_wgrad(x, dy[:1], dw, db, 1, isa)
+    with pytest.raises(ValueError, match="dbias"):
+        _fixed_cpu.fused_wgrad(x, dy, dw, db[:-1], 1, isa)
+    with pytest.raises(ValueError, match="dx must be"):
+        _fixed_cpu.fused_dgrad(dy, w, np.zeros((2, 3, 4, 6), np.float32), 1, isa)
+    with pytest.raises((ValueError, BufferError)):  # not C-contiguous
+        _fixed_cpu.fused_forward(x[:, :, :, ::2], w, bias, y[:, :, :, :3], 1, isa)
+    readonly = y.copy()
+    readonly.setflags(write=False)
+    with pytest.raises((ValueError, BufferError)):
+        _fixed_cpu.fused_forward(x, w, bias, readonly, 1, isa)
+
+
+def test_the_fma_peak_is_measured():
+    one = _fixed_cpu.fma_peak(ISAS[0], 1, 0.02)
+    assert one > 0.1  # GFLOP/s: any CPU of this century
+
+
+def test_the_fixed_stage_is_still_what_the_fused_kernels_pack():
+    """A 1x1 weight that picks one fixed-stage channel gives that channel."""
+    x, _, _, _ = layer((2, 2, 1, 9, 8), seed=4)
+    from models.fixed_kernels import fixed_stage_reference
+    x5 = fixed_stage_reference(x.astype(np.float64))
+    for c in range(NUM_KERNELS * 2):
+        w = np.zeros((NUM_KERNELS * 2, 1), np.float32)
+        w[c, 0] = 1.0
+        y = np.zeros((2, 1, 9, 8), np.float32)
+        _fixed_cpu.fused_forward(x, w, None, y, 1, ISAS[0])
+        close(y[:, 0], x5[:, c])

@@ -1,0 +1,138 @@
+"""The fused path in PyTorch (models/torch_fused.py): FixedConv2d and the
+torch engine on it, against the numpy references and the other paths,
+gradients of every input, higher derivatives, and the fallback where the
+fused kernels cannot run."""
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kernels import native  # noqa: E402
+from models.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
+from models.torch_layers import FixedConv2d, available_paths, fixed_conv2d  # noqa: E402
+
+if not native.fused_available()[0]:
+    if os.environ.get("FXNN_REQUIRE_NATIVE") == "1":
+        raise ImportError(native.fused_available()[1])
+    pytest.skip(native.fused_available()[1], allow_module_level=True)
+
+
+def tensors(b, m, n, h, w, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*s, generator=g, dtype=dtype) for s in ((b, m, h, w), (5 * m, n), (n,), (b, n, h, w))]
+
+
+@pytest.mark.parametrize("isa", native.isas())
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1), (2, 3, 17, 7, 5), (3, 4, 5, 1, 12), (1, 2, 32, 16, 16)])
+def test_forward_and_every_gradient_match_the_references(shape, isa, monkeypatch):
+    monkeypatch.setenv("FXNN_ISA", isa)
+    x, w, b, dy = tensors(*shape)
+    x.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True)
+    y = fixed_conv2d(x, w, b, "fused")
+    y.backward(dy)
+    scale = lambda a: 2e-5 * max(1.0, float(np.abs(a).max()))  # noqa: E731
+    want = fixed_conv_reference(x.detach().numpy(), w.detach().numpy(), b.detach().numpy())
+    np.testing.assert_allclose(y.detach().numpy(), want, rtol=2e-5, atol=scale(want))
+    for got, ref in zip((x.grad, w.grad, b.grad),
+                        fixed_conv_grad_reference(x.detach().numpy(), w.detach().numpy(), dy.numpy())):
+        np.testing.assert_allclose(got.numpy(), ref, rtol=2e-5, atol=scale(ref))
+
+
+def test_only_the_gradients_asked_for_are_computed():
+    x, w, b, dy = tensors(2, 3, 4, 5, 6)
+    w.requires_grad_(True)
+    y = fixed_conv2d(x, w, b, "fused")
+    dw, = torch.autograd.grad(y, [w], dy)
+    np.testing.assert_allclose(dw.numpy(), fixed_conv_grad_reference(x.numpy(), w.detach().numpy(), dy.numpy())[1],
+                               rtol=2e-5, atol=1e-4)
+    assert x.grad is None and b.grad is None
+
+
+def test_agrees_with_the_fixed_and_folded_paths():
+    x, w, b, dy = tensors(4, 6, 10, 9, 11, seed=1)
+    results = {}
+    for path in ("fused", "fixed", "folded"):
+        args = [t.clone().requires_grad_(True) for t in (x, w, b)]
+        y = fixed_conv2d(*args, path)
+        results[path] = [y] + list(torch.autograd.grad(y, args, dy))
+    for path in ("fixed", "folded"):
+        for got, want in zip(results["fused"], results[path]):
+            np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_second_derivatives_equal_those_of_the_fixed_path():
+    """create_graph=True: the backward runs differentiable ops."""
+    x, w, b, dy = tensors(2, 3, 4, 6, 5, seed=2)
+    results = {}
+    for path in ("fused", "fixed"):
+        args = [t.clone().requires_grad_(True) for t in (x, w, b)]
+        gx, gw = torch.autograd.grad(fixed_conv2d(*args, path), args[:2], dy, create_graph=True)
+        results[path] = torch.autograd.grad((gx ** 2).sum() + (gw ** 2).sum(), args[:2])
+    for got, want in zip(results["fused"], results["fixed"]):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_float64_and_its_gradcheck_run_the_fixed_path():
+    """The fused kernels are float32; float64 (e.g. gradcheck) falls back."""
+    x, w, b, _ = tensors(2, 2, 3, 5, 4, seed=3, dtype=torch.float64)
+    args = [t.requires_grad_(True) for t in (x, w, b)]
+    assert "fused" not in available_paths(x)
+    assert torch.autograd.gradcheck(lambda *a: fixed_conv2d(*a, path="fused"), args)
+    assert torch.equal(fixed_conv2d(*args, path="fused"), fixed_conv2d(*args, path="fixed"))
+
+
+def test_a_module_on_the_fused_path_trains_and_works_without_grad():
+    torch.manual_seed(0)
+    layer = FixedConv2d(3, 5, path="fused")
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        y = layer(x)
+    assert not y.requires_grad
+    np.testing.assert_allclose(y.numpy(), fixed_conv_reference(x.numpy(), layer.weight.detach().numpy(),
+                                                               layer.bias.detach().numpy()), rtol=1e-5, atol=1e-5)
+    opt = torch.optim.SGD(layer.parameters(), 0.1)
+    target = torch.randn(4, 5, 8, 8)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = ((layer(x) - target) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_the_engine_on_the_fused_path_matches_the_fixed_path():
+    from models.architecture import build_network
+    from models.engines import make_engine
+    rng = np.random.default_rng(0)
+    net = build_network("fxnn", (1, 12, 12))
+    params = net.init_params(rng)
+    x, y = rng.random((8, 1, 12, 12), dtype=np.float32), rng.integers(0, 10, 8).astype(np.int32)
+    engines = {p: make_engine("torch", "cpu", net, params, "sgd", 0.25, 7, p) for p in ("fused", "fixed")}
+    for _ in range(3):
+        losses = {p: e.train_step(x, y, 0.1) for p, e in engines.items()}
+        np.testing.assert_allclose(losses["fused"], losses["fixed"], rtol=1e-4)
+    for name, value in engines["fused"].get_params().items():
+        np.testing.assert_allclose(value, engines["fixed"].get_params()[name], rtol=1e-4, atol=1e-5)
+    engines["fused"].evaluate(x, y)
+    paths, implementation = engines["fused"].describe_paths()
+    assert paths == "conv0: train fused, valid fused; conv1: train fused, valid fused"
+    assert implementation == f"fused: C fused kernel (kernels/fused_cpu.c), {native.isa()}"
+
+
+def test_the_engine_refuses_the_fused_path_where_it_cannot_run():
+    from models.architecture import build_network
+    from models.torch_engine import TorchEngine
+    net = build_network("fxnn", (1, 8, 8))
+    with pytest.raises(ValueError, match="fused runs on the CPU in float32"):
+        TorchEngine(net, net.init_params(np.random.default_rng(0)), dtype="float64", fxnn_path="fused")
+
+
+def test_an_isa_the_cpu_lacks_is_a_clear_error(monkeypatch):
+    from kernels import cpu_fused
+    monkeypatch.setenv("FXNN_ISA", "sse9")
+    with pytest.raises(RuntimeError, match="FXNN_ISA=sse9: this CPU runs the fused kernels as"):
+        cpu_fused.forward(*tensors(1, 1, 1, 2, 2)[:3])
