@@ -9,8 +9,8 @@ rounds after warm-up, measured side by side in one run, on MNIST-shaped
 random data (batch 64 for training, 100 for validation, as fxnn.py uses
 them).
 
-    python3 bench/bench_network.py [--dataset MNIST|CIFAR10] [--repeats 20] [--json out.json]
-    python3 bench/bench_network.py --profile    # where the torch fxnn step's time goes, by op
+    python3 bench/bench_network.py [--dataset MNIST|CIFAR10] [--engines pytensor,torch] [--repeats 20] [--json out.json]
+    python3 bench/bench_network.py --profile [cnn]   # where the torch fxnn (cnn) step's time goes, by op
 """
 import argparse
 import json
@@ -56,12 +56,12 @@ def peer_cnn(shape):
     return train, validate
 
 
-def profile(shape, xt, yt, xv, yv, repeats, rng):
-    """torch.profiler's table of the torch fxnn train step and validation
-    pass (auto paths), top ops by self CPU time."""
+def profile(model, shape, xt, yt, xv, yv, repeats, rng):
+    """torch.profiler's table of the torch engine's train step and validation
+    pass of ``model`` (auto paths), top ops by self CPU time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
-    net = build_network("fxnn", shape)
+    net = build_network(model, shape)
     engine = make_engine("torch", "cpu", net, net.init_params(rng), "sgd", 0.25, 0)
     for name, step in (("train step", lambda: engine.train_step(xt, yt, 0.01)),
                        ("validation", lambda: engine.evaluate(xv, yv))):
@@ -70,7 +70,7 @@ def profile(shape, xt, yt, xv, yv, repeats, rng):
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(repeats):
                 step()
-        print(f"torch fxnn {name} ({engine.describe_paths()[0]}), {repeats} calls:")
+        print(f"torch {model} {name} ({engine.describe_paths()[0]}), {repeats} calls:")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
 
 
@@ -79,7 +79,9 @@ def main():
     p.add_argument("--dataset", choices=SHAPES, default="MNIST")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--json", help="also write the figures to this file")
-    p.add_argument("--profile", action="store_true", help="print torch.profiler tables instead of timings")
+    p.add_argument("--engines", default="pytensor,torch", help="engines to time, beside the peer")
+    p.add_argument("--profile", metavar="MODEL", nargs="?", const="fxnn",
+                   help="print torch.profiler tables of MODEL (default fxnn) instead of timings")
     args = p.parse_args()
     shape = SHAPES[args.dataset]
     rng = np.random.default_rng(0)
@@ -88,14 +90,14 @@ def main():
     if args.profile:
         import torch
         torch.set_num_threads(os.cpu_count())
-        return profile(shape, xt, yt, xv, yv, args.repeats, rng)
+        return profile(args.profile, shape, xt, yt, xv, yv, args.repeats, rng)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         import torch
         torch.set_num_threads(threads)
-        engines = ("pytensor", "torch")
+        engines = tuple(args.engines.split(","))
     except ImportError:
-        engines = ("pytensor",)
+        engines = tuple(e for e in args.engines.split(",") if e != "torch")
     info = describe(threads)
     print(banner(info))
     steps = {}

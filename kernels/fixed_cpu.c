@@ -21,7 +21,8 @@
  * with A = hs(g0) + hd'(g2), B = hs(g1) + hd'(g3), hs = [1,2,1], hd' = [-1,0,1].
  *
  * Threads: fxnn_parallel splits a range of work items (here planes) into
- * contiguous ranges, one pthread each; kernels/fused_cpu.c uses it too.
+ * contiguous ranges, one per thread of the OpenMP runtime's pool where the
+ * build has OpenMP, else one pthread each; kernels/fused_cpu.c uses it too.
  */
 #ifndef FXNN_FIXED_CPU_C
 #define FXNN_FIXED_CPU_C
@@ -48,34 +49,59 @@
  * 64-byte aligned scratch buffer of the size fxnn_parallel was given. */
 typedef void (*fxnn_items_fn)(void *arg, long first, long last, void *scratch);
 
+#define FXNN_MAX_THREADS 64
+
+/* Thread t of n: its range of the items, run with its own scratch; returns
+ * nonzero when the scratch could not be allocated. */
+static int fxnn_run_share(fxnn_items_fn fn, void *arg, long items, size_t scratch_bytes, int t, int n)
+{
+    long first = items * t / n, last = items * (t + 1) / n;
+    void *scratch = NULL;
+    if (first >= last)
+        return 0;
+    if (posix_memalign(&scratch, 64, scratch_bytes ? scratch_bytes : 64) != 0)
+        return 1;
+    fn(arg, first, last, scratch);
+    free(scratch);
+    return 0;
+}
+
+#ifdef _OPENMP
+/* With OpenMP (setup.py and the PyTensor ops build with it where the
+ * compiler has it) the work runs on the OpenMP runtime's thread pool, the
+ * one PyTorch's CPU operators use too: the threads are already there, and
+ * none of them spins idle beside ours right after a PyTorch operator. */
+#include <omp.h>
+
+static int fxnn_parallel(fxnn_items_fn fn, void *arg, long items, size_t scratch_bytes, int nthreads)
+{
+    int failed = 0;
+    if (items <= 0)
+        return 0;
+    if (nthreads > FXNN_MAX_THREADS) nthreads = FXNN_MAX_THREADS;
+    if (nthreads > items) nthreads = (int)items;
+    if (nthreads < 1) nthreads = 1;
+#pragma omp parallel num_threads(nthreads) reduction(| : failed)
+    failed |= fxnn_run_share(fn, arg, items, scratch_bytes, omp_get_thread_num(), omp_get_num_threads());
+    return failed ? -1 : 0;
+}
+#else
 struct fxnn_job {
     fxnn_items_fn fn;
     void *arg;
-    long first, last;
+    long items;
     size_t scratch_bytes;
-    int failed;
+    int t, n, failed;
 };
 
 static void *fxnn_run_job(void *p)
 {
     struct fxnn_job *job = (struct fxnn_job *)p;
-    void *scratch = NULL;
-    if (job->first >= job->last)
-        return NULL;
-    if (posix_memalign(&scratch, 64, job->scratch_bytes ? job->scratch_bytes : 64) != 0) {
-        job->failed = 1;
-        return NULL;
-    }
-    job->fn(job->arg, job->first, job->last, scratch);
-    free(scratch);
+    job->failed = fxnn_run_share(job->fn, job->arg, job->items, job->scratch_bytes, job->t, job->n);
     return NULL;
 }
 
-#define FXNN_MAX_THREADS 64
-
-/* Returns 0 on success, -1 when memory for a scratch buffer ran out. The
- * split depends on nthreads, so callers whose numbers must not depend on it
- * make each item's result independent of which thread computes it. */
+/* Without OpenMP: one pthread per share but the first, which the caller runs. */
 static int fxnn_parallel(fxnn_items_fn fn, void *arg, long items, size_t scratch_bytes, int nthreads)
 {
     struct fxnn_job jobs[FXNN_MAX_THREADS];
@@ -88,11 +114,10 @@ static int fxnn_parallel(fxnn_items_fn fn, void *arg, long items, size_t scratch
     if (nthreads > items) nthreads = (int)items;
     if (nthreads < 1) nthreads = 1;
     for (t = 0; t < nthreads; t++) {
-        jobs[t].fn = fn; jobs[t].arg = arg;
-        jobs[t].first = items * t / nthreads; jobs[t].last = items * (t + 1) / nthreads;
-        jobs[t].scratch_bytes = scratch_bytes; jobs[t].failed = 0;
+        jobs[t].fn = fn; jobs[t].arg = arg; jobs[t].items = items; jobs[t].scratch_bytes = scratch_bytes;
+        jobs[t].t = t; jobs[t].n = nthreads; jobs[t].failed = 0;
     }
-    /* Thread 0 is the caller; a thread that cannot start runs inline too. */
+    /* a thread that cannot start runs inline */
     for (t = 1; t < nthreads; t++)
         started[t] = pthread_create(&ids[t], NULL, fxnn_run_job, &jobs[t]) == 0;
     fxnn_run_job(&jobs[0]);
@@ -103,6 +128,7 @@ static int fxnn_parallel(fxnn_items_fn fn, void *arg, long items, size_t scratch
     for (t = 0; t < nthreads; t++) failed |= jobs[t].failed;
     return failed ? -1 : 0;
 }
+#endif
 
 /* The arguments of the plane loops below. */
 struct fxnn_planes {

@@ -7,6 +7,8 @@
  *   fused_wgrad(x, dy, dw, dbias, threads, isa)     dW, dbias (bias may be None)
  *   fused_dgrad(dy, w, dx, threads, isa)            dx
  *   isas()                                          the ISAs this CPU runs, best first
+ *   block_forward(y, mask, threshold, scale, out, threads)           ReLU, dropout, 2x2 max pool
+ *   block_backward(y, mask, threshold, scale, out, g, gy, threads)   and its gradient (block_cpu.c)
  *   fma_peak(isa, threads, seconds)                 measured FMA throughput, GFLOP/s
  *
  * Arguments are C-contiguous buffers (numpy arrays, or torch CPU tensors
@@ -20,6 +22,7 @@
 #include <Python.h>
 
 #include "fused_cpu.c"
+#include "block_cpu.c"
 
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, int ndim, const char *name)
 {
@@ -276,6 +279,62 @@ static PyObject *fma_peak(PyObject *self, PyObject *args)
     return PyFloat_FromDouble(gflops);
 }
 
+/* ---- ReLU, dropout, 2x2 max pooling ---- */
+
+/* y, mask (or None), out, g, gy: planes (P, H, W) and pooled (P, H/2, W/2). */
+static PyObject *block(PyObject *args, int forward)
+{
+    PyObject *yo, *mo, *oo, *go = NULL, *gyo = NULL;
+    Py_buffer v[5];
+    const int count = 5;
+    int threads, rc;
+    unsigned int threshold;
+    float scale;
+    long p, h, w;
+    memset(v, 0, sizeof(v));
+    if (forward ? !PyArg_ParseTuple(args, "OOIfOi", &yo, &mo, &threshold, &scale, &oo, &threads)
+                : !PyArg_ParseTuple(args, "OOIfOOOi", &yo, &mo, &threshold, &scale, &oo, &go, &gyo, &threads))
+        return NULL;
+    if (threshold > 65535) {
+        PyErr_SetString(PyExc_ValueError, "threshold must fit 16 bits");
+        return NULL;
+    }
+    if (get_f32(yo, &v[0], 0, 3, "y", 0) || get_f32(oo, &v[2], forward, 3, "out", 0)
+        || (!forward && (get_f32(go, &v[3], 0, 3, "g", 0) || get_f32(gyo, &v[4], 1, 3, "gy", 0)))) {
+        release_all(v, count);
+        return NULL;
+    }
+    if (mo != Py_None) {
+        if (PyObject_GetBuffer(mo, &v[1], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+            release_all(v, count);
+            return NULL;
+        }
+        if (v[1].ndim != 3 || strcmp(v[1].format, "H") != 0 || v[1].shape[0] != v[0].shape[0]
+            || v[1].shape[1] != v[0].shape[1] || v[1].shape[2] != v[0].shape[2])
+            SHAPE_ERROR("mask must be uint16 of y's shape");
+    }
+    p = (long)v[0].shape[0]; h = (long)v[0].shape[1]; w = (long)v[0].shape[2];
+    if (v[2].shape[0] != p || v[2].shape[1] != h / 2 || v[2].shape[2] != w / 2)
+        SHAPE_ERROR("out must be (P, H/2, W/2) for y of shape (P, H, W)");
+    if (!forward && (v[3].shape[0] != p || v[3].shape[1] != h / 2 || v[3].shape[2] != w / 2
+                     || v[4].shape[0] != p || v[4].shape[1] != h || v[4].shape[2] != w))
+        SHAPE_ERROR("g must be shaped as out and gy as y");
+    Py_BEGIN_ALLOW_THREADS
+    if (forward)
+        rc = fxnn_block_forward((const float *)v[0].buf, v[1].obj ? (const uint16_t *)v[1].buf : NULL,
+                                (uint16_t)threshold, scale, (float *)v[2].buf, p, h, w, threads);
+    else
+        rc = fxnn_block_backward((const float *)v[0].buf, v[1].obj ? (const uint16_t *)v[1].buf : NULL,
+                                 (uint16_t)threshold, scale, (const float *)v[2].buf, (const float *)v[3].buf,
+                                 (float *)v[4].buf, p, h, w, threads);
+    Py_END_ALLOW_THREADS
+    release_all(v, count);
+    return fused_result(rc);
+}
+
+static PyObject *block_forward(PyObject *self, PyObject *args) { (void)self; return block(args, 1); }
+static PyObject *block_backward(PyObject *self, PyObject *args) { (void)self; return block(args, 0); }
+
 static PyMethodDef methods[] = {
     {"forward", forward, METH_VARARGS, "forward(x, out, threads): x (P, H, W) -> out (P, 5, H, W)"},
     {"adjoint", adjoint, METH_VARARGS, "adjoint(g, dx, threads): g (P, 5, H, W) -> dx (P, H, W)"},
@@ -286,6 +345,10 @@ static PyMethodDef methods[] = {
     {"fused_dgrad", fused_dgrad, METH_VARARGS,
      "fused_dgrad(dy, w, dx, threads, isa): dx (B, M, H, W), the input gradient"},
     {"isas", isas, METH_NOARGS, "isas(): the instruction sets of the fused kernels this CPU runs, best first"},
+    {"block_forward", block_forward, METH_VARARGS,
+     "block_forward(y, mask, threshold, scale, out, threads): out = 2x2 max pool of relu(y) * dropout factor"},
+    {"block_backward", block_backward, METH_VARARGS,
+     "block_backward(y, mask, threshold, scale, out, g, gy, threads): gy, the gradient of block_forward"},
     {"fma_peak", fma_peak, METH_VARARGS,
      "fma_peak(isa, threads, seconds): measured FMA throughput of that many threads, GFLOP/s"},
     {NULL, NULL, 0, NULL},

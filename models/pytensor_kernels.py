@@ -1,7 +1,9 @@
 """What every PyTensor op on the C code of ``kernels/`` shares: the support
 code (``kernels/fused_cpu.c``, which includes ``kernels/fixed_cpu.c``; one
 identical string for all of them, so several ops can share a module), the
-cache key that changes with those sources, and the thread count."""
+cache key that changes with those sources, the thread count, and OpenMP
+where the compiler has it (the kernels then run on the OpenMP runtime's
+thread pool, as setup.py's build does)."""
 import functools
 import hashlib
 import os
@@ -11,6 +13,13 @@ from pytensor.link.c.op import COp
 KERNELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
 SOURCES = ("fused_cpu.c", "fused_isa.h", "fixed_cpu.c")
 SUPPORT_CODE = '#include "fused_cpu.c"\n'
+
+
+@functools.lru_cache(maxsize=1)
+def openmp_flags():
+    """["-fopenmp"] where PyTensor's compiler takes it, else []."""
+    from pytensor.link.c.cmodule import GCC_compiler
+    return ["-fopenmp"] if GCC_compiler.try_flags(["-fopenmp"]) else []
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,5 +50,8 @@ class KernelsOp(COp):
     def c_support_code(self, **kwargs):
         return SUPPORT_CODE
 
+    def c_compile_args(self, **kwargs):
+        return openmp_flags()
+
     def c_code_cache_version(self):
-        return (2, source_version())
+        return (3, source_version())
