@@ -21,8 +21,9 @@
  * with A = hs(g0) + hd'(g2), B = hs(g1) + hd'(g3), hs = [1,2,1], hd' = [-1,0,1].
  *
  * Threads: fxnn_parallel splits a range of work items (here planes) into
- * contiguous ranges, one per thread of the OpenMP runtime's pool where the
- * build has OpenMP, else one pthread each; kernels/fused_cpu.c uses it too.
+ * contiguous ranges that the threads (the OpenMP runtime's pool where the
+ * build has OpenMP, else pthreads) take in turn; kernels/fused_cpu.c and
+ * kernels/block_cpu.c use it too.
  */
 #ifndef FXNN_FIXED_CPU_C
 #define FXNN_FIXED_CPU_C
@@ -51,17 +52,29 @@ typedef void (*fxnn_items_fn)(void *arg, long first, long last, void *scratch);
 
 #define FXNN_MAX_THREADS 64
 
-/* Thread t of n: its range of the items, run with its own scratch; returns
- * nonzero when the scratch could not be allocated. */
-static int fxnn_run_share(fxnn_items_fn fn, void *arg, long items, size_t scratch_bytes, int t, int n)
+/* The shared state of one fxnn_parallel call: the items go in CHUNKS
+ * contiguous ranges, handed to whichever thread asks next (an atomic
+ * counter), so a thread that is slowed down (a busy or shared machine) takes
+ * fewer of them; which thread computes a range changes no number. */
+struct fxnn_work {
+    fxnn_items_fn fn;
+    void *arg;
+    long items, chunks, next;
+    size_t scratch_bytes;
+};
+
+#define FXNN_CHUNKS_PER_THREAD 4
+
+/* One thread's part: ranges until none are left, with its own scratch;
+ * returns nonzero when the scratch could not be allocated. */
+static int fxnn_work_share(struct fxnn_work *work)
 {
-    long first = items * t / n, last = items * (t + 1) / n;
     void *scratch = NULL;
-    if (first >= last)
-        return 0;
-    if (posix_memalign(&scratch, 64, scratch_bytes ? scratch_bytes : 64) != 0)
+    long c;
+    if (posix_memalign(&scratch, 64, work->scratch_bytes ? work->scratch_bytes : 64) != 0)
         return 1;
-    fn(arg, first, last, scratch);
+    while ((c = __sync_fetch_and_add(&work->next, 1)) < work->chunks)
+        work->fn(work->arg, work->items * c / work->chunks, work->items * (c + 1) / work->chunks, scratch);
     free(scratch);
     return 0;
 }
@@ -73,62 +86,62 @@ static int fxnn_run_share(fxnn_items_fn fn, void *arg, long items, size_t scratc
  * none of them spins idle beside ours right after a PyTorch operator. */
 #include <omp.h>
 
-static int fxnn_parallel(fxnn_items_fn fn, void *arg, long items, size_t scratch_bytes, int nthreads)
+static int fxnn_run_work(struct fxnn_work *work, int nthreads)
 {
     int failed = 0;
-    if (items <= 0)
-        return 0;
-    if (nthreads > FXNN_MAX_THREADS) nthreads = FXNN_MAX_THREADS;
-    if (nthreads > items) nthreads = (int)items;
-    if (nthreads < 1) nthreads = 1;
 #pragma omp parallel num_threads(nthreads) reduction(| : failed)
-    failed |= fxnn_run_share(fn, arg, items, scratch_bytes, omp_get_thread_num(), omp_get_num_threads());
-    return failed ? -1 : 0;
+    failed |= fxnn_work_share(work);
+    return failed;
 }
 #else
-struct fxnn_job {
-    fxnn_items_fn fn;
-    void *arg;
-    long items;
-    size_t scratch_bytes;
-    int t, n, failed;
+struct fxnn_thread {
+    struct fxnn_work *work;
+    int failed;
 };
 
-static void *fxnn_run_job(void *p)
+static void *fxnn_thread_main(void *p)
 {
-    struct fxnn_job *job = (struct fxnn_job *)p;
-    job->failed = fxnn_run_share(job->fn, job->arg, job->items, job->scratch_bytes, job->t, job->n);
+    struct fxnn_thread *t = (struct fxnn_thread *)p;
+    t->failed = fxnn_work_share(t->work);
     return NULL;
 }
 
-/* Without OpenMP: one pthread per share but the first, which the caller runs. */
-static int fxnn_parallel(fxnn_items_fn fn, void *arg, long items, size_t scratch_bytes, int nthreads)
+/* Without OpenMP: pthreads beside the caller, which works too. */
+static int fxnn_run_work(struct fxnn_work *work, int nthreads)
 {
-    struct fxnn_job jobs[FXNN_MAX_THREADS];
+    struct fxnn_thread threads[FXNN_MAX_THREADS];
     pthread_t ids[FXNN_MAX_THREADS];
     int started[FXNN_MAX_THREADS];
-    int t, failed = 0;
+    int t, failed;
+    for (t = 1; t < nthreads; t++) {
+        threads[t].work = work;
+        threads[t].failed = 0;
+        started[t] = pthread_create(&ids[t], NULL, fxnn_thread_main, &threads[t]) == 0;
+    }
+    failed = fxnn_work_share(work);
+    for (t = 1; t < nthreads; t++)
+        if (started[t]) {
+            pthread_join(ids[t], NULL);
+            failed |= threads[t].failed;
+        }
+    return failed;
+}
+#endif
+
+/* Runs fn over [0, items) on nthreads threads; 0 on success, -1 when
+ * memory for a scratch buffer ran out. */
+static int fxnn_parallel(fxnn_items_fn fn, void *arg, long items, size_t scratch_bytes, int nthreads)
+{
+    struct fxnn_work work;
     if (items <= 0)
         return 0;
     if (nthreads > FXNN_MAX_THREADS) nthreads = FXNN_MAX_THREADS;
     if (nthreads > items) nthreads = (int)items;
     if (nthreads < 1) nthreads = 1;
-    for (t = 0; t < nthreads; t++) {
-        jobs[t].fn = fn; jobs[t].arg = arg; jobs[t].items = items; jobs[t].scratch_bytes = scratch_bytes;
-        jobs[t].t = t; jobs[t].n = nthreads; jobs[t].failed = 0;
-    }
-    /* a thread that cannot start runs inline */
-    for (t = 1; t < nthreads; t++)
-        started[t] = pthread_create(&ids[t], NULL, fxnn_run_job, &jobs[t]) == 0;
-    fxnn_run_job(&jobs[0]);
-    for (t = 1; t < nthreads; t++) {
-        if (started[t]) pthread_join(ids[t], NULL);
-        else fxnn_run_job(&jobs[t]);
-    }
-    for (t = 0; t < nthreads; t++) failed |= jobs[t].failed;
-    return failed ? -1 : 0;
+    work.fn = fn; work.arg = arg; work.items = items; work.next = 0; work.scratch_bytes = scratch_bytes;
+    work.chunks = items < (long)FXNN_CHUNKS_PER_THREAD * nthreads ? items : (long)FXNN_CHUNKS_PER_THREAD * nthreads;
+    return fxnn_run_work(&work, nthreads) ? -1 : 0;
 }
-#endif
 
 /* The arguments of the plane loops below. */
 struct fxnn_planes {

@@ -42,11 +42,19 @@
 #define FXNN_STR(x) FXNN_STR2(x)
 
 /* Cache budgets of the blocking: the forward's packed panel stays in L1, the
- * weight gradient's and input gradient's blocks in L2. */
+ * weight gradient's and input gradient's blocks in L2. (Overridable with -D
+ * for tuning experiments.) */
+#ifndef FXNN_L1_PANEL_BYTES
 #define FXNN_L1_PANEL_BYTES (16 * 1024)
+#endif
+#ifndef FXNN_L2_BLOCK_BYTES
 #define FXNN_L2_BLOCK_BYTES (256 * 1024)
+#endif
+#ifndef FXNN_DGRAD_BLOCK_BYTES
 #define FXNN_DGRAD_BLOCK_BYTES (1024 * 1024)
+#endif
 #define FXNN_WGRAD_GROUPS 16                       /* pixel groups (work items) of the weight gradient */
+#define FXNN_WGRAD_GROUP_PIXELS 2048               /* at least, per group */
 #define FXNN_WGRAD_PARTIAL_BYTES (32 * 1024 * 1024)  /* at most, for their partial sums */
 #define FXNN_WGRAD_SPAN_BYTES (1024 * 1024)          /* packed dY of a span */
 
@@ -77,8 +85,8 @@ struct fxnn_isa {
 #define FXNN_VW 16
 #define FXNN_MR 8
 #define FXNN_NV 3
-#define FXNN_WR 8
-#define FXNN_WC 3
+#define FXNN_WR 5
+#define FXNN_WC 4
 #define FXNN_TARGET __attribute__((target("avx512f,avx2,fma")))
 #define FXNN_FMA(a, b, c) ((FX(vf))_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
 #define FXNN_SPLAT(s) _mm512_set1_ps(s)
@@ -99,8 +107,8 @@ struct fxnn_isa {
 #define FXNN_VW 8
 #define FXNN_MR 6
 #define FXNN_NV 2
-#define FXNN_WR 6
-#define FXNN_WC 2
+#define FXNN_WR 3
+#define FXNN_WC 3
 #define FXNN_TARGET __attribute__((target("avx2,fma")))
 #define FXNN_FMA(a, b, c) ((FX(vf))_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
 #define FXNN_SPLAT(s) _mm256_set1_ps(s)
@@ -273,8 +281,13 @@ static int fxnn_fused_wgrad(int isa_index, const float *x, const float *dy, floa
     f.x = x; f.dy = dy; f.dw = dw; f.dbias = dbias;
     kc_rows = FXNN_NUM_KERNELS * isa->wr;
     n_rows = fxnn_round_up(n, isa->wc);
-    f.groups = fxnn_max(1, fxnn_min(fxnn_min(FXNN_WGRAD_GROUPS, b * f.hwp / isa->vw),
-                                    FXNN_WGRAD_PARTIAL_BYTES / ((long)sizeof(float) * f.c5 * n)));
+    /* groups: a power of two (so that they split evenly over 2, 4, 8 or 16
+     * threads), at most 16, of at least FXNN_WGRAD_GROUP_PIXELS pixels each
+     * (every group ends with 5M N lane sums), within the memory cap */
+    for (f.groups = 1; 2 * f.groups <= FXNN_WGRAD_GROUPS
+                       && 2 * f.groups * FXNN_WGRAD_GROUP_PIXELS <= b * f.hwp
+                       && 2 * f.groups * (long)sizeof(float) * f.c5 * n <= FXNN_WGRAD_PARTIAL_BYTES; )
+        f.groups *= 2;
     f.block = fxnn_min(4096, fxnn_max(isa->vw, FXNN_L2_BLOCK_BYTES / ((kc_rows + n_rows) * (long)sizeof(float))
                                                    / isa->vw * isa->vw));
     f.span = fxnn_max(f.block, FXNN_WGRAD_SPAN_BYTES / (n_rows * (long)sizeof(float)) / f.block * f.block);

@@ -8,7 +8,10 @@
  *                   fixed-stage channels (input gradient), broadcast one at a time
  *   FXNN_NV         vectors of pixels in a GEMM tile; NR = NV * VW pixels
  *   FXNN_WR, FXNN_WC  the dW tile (fixed-stage channels x output channels)
- *                   of the weight gradient's dot kernel
+ *                   of the weight gradient's dot kernel: WR x WC accumulators
+ *                   and the WR + WC vectors they multiply must all fit the
+ *                   vector registers, or the compiler reloads operands and
+ *                   the loads, not the FMAs, set the pace
  *   FXNN_TARGET     function attribute that enables the instruction set
  *   FXNN_FMA(a, b, c)  a * b + c on vectors, one fused instruction where the ISA has it
  *   FXNN_SPLAT(s)   a vector of VW copies of the float s
@@ -194,14 +197,16 @@ FX_INLINE void FX(tile_mr)(const int mr, long kc, const float *a, const float *b
                 }
         return;
     }
-    for (r = 0; r < mr; r++) {
-        if (r >= rows) break;
-        for (v = 0; v < FXNN_NV; v++) {
-            float *dst = c[v] + r * ldc, t[FXNN_VW];
-            FX(store)(t, acc[r][v]);
-            for (i = 0; i < valid[v]; i++)
-                dst[i] = t[i] + (accumulate ? dst[i] : bias ? bias[r] : 0.0f);
-        }
+    {  /* vectors split across images or past the batch: through a buffer, by element */
+        float t[FXNN_MR * FX_NR] = {0};
+        for (r = 0; r < mr; r++)  /* every row, so that the accumulators stay in registers */
+            for (v = 0; v < FXNN_NV; v++) FX(store)(t + r * FX_NR + v * FXNN_VW, acc[r][v]);
+        for (r = 0; r < rows; r++)
+            for (v = 0; v < FXNN_NV; v++) {
+                float *dst = c[v] + r * ldc;
+                for (i = 0; i < valid[v]; i++)
+                    dst[i] = t[r * FX_NR + v * FXNN_VW + i] + (accumulate ? dst[i] : bias ? bias[r] : 0.0f);
+            }
     }
 }
 
@@ -223,15 +228,17 @@ FXNN_TARGET static void FX(tile)(long kc, const float *a, const float *b, int ro
 /* ------------------------------------------------------------------------
  * The weight gradient's dot kernel: acc[r][s] += x[r * xs + l] y[s * ys + l]
  * lane by lane for l < len (a multiple of VW), WR x WC vectors of partial
- * sums kept in memory between calls and summed across lanes once at the end.
+ * sums kept in memory between calls (starting from zero when ``first``) and
+ * summed across lanes once at the end.
  * ------------------------------------------------------------------------ */
-FXNN_TARGET static void FX(dot)(long len, const float *x, long xs, const float *y, long ys, float *acc_mem)
+FXNN_TARGET static void FX(dot)(long len, const float *x, long xs, const float *y, long ys, float *acc_mem, int first)
 {
     FX(vf) acc[FXNN_WR][FXNN_WC];
     long l;
     int r, s;
     for (r = 0; r < FXNN_WR; r++)
-        for (s = 0; s < FXNN_WC; s++) acc[r][s] = FX(load)(acc_mem + (r * FXNN_WC + s) * FXNN_VW);
+        for (s = 0; s < FXNN_WC; s++)
+            acc[r][s] = first ? FX(splat)(0.0f) : FX(load)(acc_mem + (r * FXNN_WC + s) * FXNN_VW);
     for (l = 0; l < len; l += FXNN_VW) {
         FX(vf) yv[FXNN_WC];
         for (s = 0; s < FXNN_WC; s++) yv[s] = FX(load)(y + s * ys + l);
@@ -334,16 +341,16 @@ FXNN_TARGET static void FX(wgrad_items)(void *arg, long first, long last, void *
             }
             for (m0 = 0; m0 < f->m; m0 += FXNN_WR) {
                 long mc = f->m - m0 < FXNN_WR ? f->m - m0 : FXNN_WR, kc = FXNN_NUM_KERNELS * mc;
-                memset(acc, 0, tiles * FXNN_WR * FXNN_WC * FXNN_VW * sizeof(float));
+                long blocks = (slen + pw - 1) / pw, step = (slen / FXNN_VW + blocks - 1) / blocks * FXNN_VW;
                 memset(xs + kc * pw, 0, (kc_max - kc) * pw * sizeof(float));
-                for (b0 = 0; b0 < slen; b0 += pw) {
-                    long len = slen - b0 < pw ? slen - b0 : pw;
+                for (b0 = 0; b0 < slen; b0 += step) {  /* blocks of equal length, at most pw */
+                    long len = slen - b0 < step ? slen - b0 : step;
                     FX(pack_fixed)(f, m0, mc, s0 + b0, s0 + b0 + len, xs, pw + 1, 0, pw);
                     for (t = 0; t < tiles; t++) {  /* fixed-stage rows outer: their block stays in L1 */
                         long r0 = t / (n_rows / FXNN_WC) * FXNN_WR, n0 = t % (n_rows / FXNN_WC) * FXNN_WC;
                         if (r0 < kc)
                             FX(dot)(len, xs + r0 * pw, pw, ys + n0 * sp + b0, sp,
-                                    acc + t * FXNN_WR * FXNN_WC * FXNN_VW);
+                                    acc + t * FXNN_WR * FXNN_WC * FXNN_VW, b0 == 0);
                     }
                 }
                 for (t = 0; t < tiles; t++) {
