@@ -11,7 +11,13 @@ import shutil
 import sys
 import time
 
-import numpy as np
+# numpy's OpenBLAS (PyTensor's dense layers use it) keeps its threads spinning for a
+# while after each call, which takes the cores from the C kernels that run next
+# (README "Engines"); let them sleep at once, unless the environment says otherwise.
+# Read when numpy loads OpenBLAS, so set before the first import of numpy.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 DATASETS = ("MNIST", "CIFAR10")
 EXIT_BAD_INPUT = 2
@@ -247,8 +253,8 @@ def run(args):
         print(f"{outcome.capitalize()}: saved the recording so far to file {out}; "
               f"continue with the same flags and --resume", flush=True)
     if layout != "v5":
-        print(f"(the record is MATLAB v7.3/HDF5: load it with load() in MATLAB or Octave, "
-              f"or h5py)", flush=True)
+        print("(the record is MATLAB v7.3/HDF5: load it with load() in MATLAB or Octave, "
+              "or h5py)", flush=True)
     return EXIT_CODES[outcome]
 
 

@@ -5,7 +5,8 @@ For fxnn (on each path of models/fxnn_paths.py: fused, fixed, folded, and
 auto, which times them per layer) and cnn on each engine present (pytensor,
 torch), against the peer a user would write instead: a plain PyTorch
 nn.Sequential cnn with nn.Conv2d and torch.optim.SGD. Medians of alternated
-rounds after warm-up, measured side by side in one run, on MNIST-shaped
+rounds after warm-up (each engine's rows alternate among themselves, the
+peer's with torch's), measured side by side in one run, on MNIST-shaped
 random data (batch 64 for training, 100 for validation, as fxnn.py uses
 them).
 
@@ -17,7 +18,8 @@ import json
 import os
 import sys
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as fxnn.py: no spinning BLAS threads between contenders
+import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -116,9 +118,15 @@ def main():
             if path == "auto":
                 name += f" [{engine.describe_paths()[0]}]" if model == "fxnn" else ""
             steps[name] = (lambda e=engine: e.train_step(xt, yt, 0.01), lambda e=engine: e.evaluate(xv, yv))
-    train_ms = alternated_ms({k: t for k, (t, _) in steps.items()}, args.repeats)
-    valid_ms = alternated_ms({k: v for k, (_, v) in steps.items()}, args.repeats)
-    rows = {k: (train_ms[k], valid_ms[k]) for k in steps}
+    # Rounds alternate within one engine's rows (the peer's with torch's): right after a
+    # PyTensor step numpy's BLAS threads still spin, which would slow the next torch step.
+    rows = {}
+    for engine_name in engines:
+        group = {k: f for k, f in steps.items() if k.startswith(engine_name) or (engine_name == "torch" and "peer" in k)}
+        train_ms = alternated_ms({k: t for k, (t, _) in group.items()}, args.repeats)
+        valid_ms = alternated_ms({k: v for k, (_, v) in group.items()}, args.repeats)
+        rows.update({k: (train_ms[k], valid_ms[k]) for k in group})
+    rows = {k: rows[k] for k in steps}
     peer = rows.get("peer nn.Conv2d cnn")
     print(f"{args.dataset}, {threads} threads, medians of {args.repeats} alternated rounds")
     width = max(len(k) for k in rows) + 2

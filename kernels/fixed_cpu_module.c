@@ -114,6 +114,25 @@ static void release_all(Py_buffer *views, int count)
         if (views[i].obj) PyBuffer_Release(&views[i]);
 }
 
+/* One float32 argument of a fused call. */
+struct f32_arg {
+    const char *name;
+    int ndim, writable, optional;
+};
+
+/* The buffers of objs as spec says, all or none (0, or -1 with an error). */
+static int get_f32_args(PyObject *const *objs, const struct f32_arg *spec, int count, Py_buffer *v)
+{
+    int i;
+    memset(v, 0, count * sizeof(*v));
+    for (i = 0; i < count; i++)
+        if (get_f32(objs[i], &v[i], spec[i].writable, spec[i].ndim, spec[i].name, spec[i].optional) < 0) {
+            release_all(v, count);
+            return -1;
+        }
+    return 0;
+}
+
 /* The ISA index of a name this CPU supports; -1 with ValueError otherwise. */
 static int isa_index(const char *name)
 {
@@ -146,23 +165,23 @@ static PyObject *fused_result(int rc)
 
 #define SHAPE_ERROR(msg) do { PyErr_SetString(PyExc_ValueError, msg); release_all(v, count); return NULL; } while (0)
 
+/* Parses (buffers..., threads, isa) of a fused call into o, v, threads, isa. */
+#define PARSE_FUSED(format, ...)                                                                   \
+    if (!PyArg_ParseTuple(args, format "is", __VA_ARGS__, &threads, &isa_name)                    \
+        || (isa = isa_index(isa_name)) < 0 || get_f32_args(o, spec, count, v) < 0)                \
+        return NULL
+
 static PyObject *fused_forward(PyObject *self, PyObject *args)
 {
-    PyObject *xo, *wo, *bo, *yo;
-    Py_buffer v[4];
-    const int count = 4;
+    static const struct f32_arg spec[] = {{"x", 4, 0, 0}, {"w", 2, 0, 0}, {"bias", 1, 0, 1}, {"y", 4, 1, 0}};
+    enum { count = 4 };
+    PyObject *o[count];
+    Py_buffer v[count];
     int threads, isa, rc;
     const char *isa_name;
     long b, m, n, h, w;
     (void)self;
-    memset(v, 0, sizeof(v));
-    if (!PyArg_ParseTuple(args, "OOOOis", &xo, &wo, &bo, &yo, &threads, &isa_name) || (isa = isa_index(isa_name)) < 0)
-        return NULL;
-    if (get_f32(xo, &v[0], 0, 4, "x", 0) || get_f32(wo, &v[1], 0, 2, "w", 0) || get_f32(bo, &v[2], 0, 1, "bias", 1)
-        || get_f32(yo, &v[3], 1, 4, "y", 0)) {
-        release_all(v, count);
-        return NULL;
-    }
+    PARSE_FUSED("OOOO", &o[0], &o[1], &o[2], &o[3]);
     b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
     n = (long)v[1].shape[1];
     if (v[1].shape[0] != FXNN_NUM_KERNELS * m)
@@ -181,22 +200,15 @@ static PyObject *fused_forward(PyObject *self, PyObject *args)
 
 static PyObject *fused_wgrad(PyObject *self, PyObject *args)
 {
-    PyObject *xo, *dyo, *dwo, *dbo;
-    Py_buffer v[4];
-    const int count = 4;
+    static const struct f32_arg spec[] = {{"x", 4, 0, 0}, {"dy", 4, 0, 0}, {"dw", 2, 1, 0}, {"dbias", 1, 1, 1}};
+    enum { count = 4 };
+    PyObject *o[count];
+    Py_buffer v[count];
     int threads, isa, rc;
     const char *isa_name;
     long b, m, n, h, w;
     (void)self;
-    memset(v, 0, sizeof(v));
-    if (!PyArg_ParseTuple(args, "OOOOis", &xo, &dyo, &dwo, &dbo, &threads, &isa_name)
-        || (isa = isa_index(isa_name)) < 0)
-        return NULL;
-    if (get_f32(xo, &v[0], 0, 4, "x", 0) || get_f32(dyo, &v[1], 0, 4, "dy", 0) || get_f32(dwo, &v[2], 1, 2, "dw", 0)
-        || get_f32(dbo, &v[3], 1, 1, "dbias", 1)) {
-        release_all(v, count);
-        return NULL;
-    }
+    PARSE_FUSED("OOOO", &o[0], &o[1], &o[2], &o[3]);
     b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
     n = (long)v[1].shape[1];
     if (v[1].shape[0] != b || v[1].shape[2] != h || v[1].shape[3] != w)
@@ -215,20 +227,15 @@ static PyObject *fused_wgrad(PyObject *self, PyObject *args)
 
 static PyObject *fused_dgrad(PyObject *self, PyObject *args)
 {
-    PyObject *dyo, *wo, *dxo;
-    Py_buffer v[3];
-    const int count = 3;
+    static const struct f32_arg spec[] = {{"dy", 4, 0, 0}, {"w", 2, 0, 0}, {"dx", 4, 1, 0}};
+    enum { count = 3 };
+    PyObject *o[count];
+    Py_buffer v[count];
     int threads, isa, rc;
     const char *isa_name;
     long b, m, n, h, w;
     (void)self;
-    memset(v, 0, sizeof(v));
-    if (!PyArg_ParseTuple(args, "OOOis", &dyo, &wo, &dxo, &threads, &isa_name) || (isa = isa_index(isa_name)) < 0)
-        return NULL;
-    if (get_f32(dyo, &v[0], 0, 4, "dy", 0) || get_f32(wo, &v[1], 0, 2, "w", 0) || get_f32(dxo, &v[2], 1, 4, "dx", 0)) {
-        release_all(v, count);
-        return NULL;
-    }
+    PARSE_FUSED("OOO", &o[0], &o[1], &o[2]);
     b = (long)v[0].shape[0]; n = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
     m = (long)v[2].shape[1];
     if (v[2].shape[0] != b || v[2].shape[2] != h || v[2].shape[3] != w)

@@ -92,16 +92,6 @@ struct fxnn_isa {
 #define FXNN_SPLAT(s) _mm512_set1_ps(s)
 #define FXNN_MASKLOAD(p, m) _mm512_maskz_loadu_ps(_mm512_test_epi32_mask((__m512i)(m), (__m512i)(m)), (p))
 #include "fused_isa.h"
-#undef FXNN_ISA
-#undef FXNN_VW
-#undef FXNN_MR
-#undef FXNN_NV
-#undef FXNN_WR
-#undef FXNN_WC
-#undef FXNN_TARGET
-#undef FXNN_FMA
-#undef FXNN_SPLAT
-#undef FXNN_MASKLOAD
 
 #define FXNN_ISA avx2
 #define FXNN_VW 8
@@ -114,16 +104,6 @@ struct fxnn_isa {
 #define FXNN_SPLAT(s) _mm256_set1_ps(s)
 #define FXNN_MASKLOAD(p, m) _mm256_maskload_ps((p), (__m256i)(m))
 #include "fused_isa.h"
-#undef FXNN_ISA
-#undef FXNN_VW
-#undef FXNN_MR
-#undef FXNN_NV
-#undef FXNN_WR
-#undef FXNN_WC
-#undef FXNN_TARGET
-#undef FXNN_FMA
-#undef FXNN_SPLAT
-#undef FXNN_MASKLOAD
 #endif
 
 #define FXNN_ISA portable
@@ -137,16 +117,6 @@ struct fxnn_isa {
 #define FXNN_SPLAT(s) ((FX(vf)){0} + (s))
 #define FXNN_MASKLOAD(p, m) FX(maskload_scalar)((p), (m))
 #include "fused_isa.h"
-#undef FXNN_ISA
-#undef FXNN_VW
-#undef FXNN_MR
-#undef FXNN_NV
-#undef FXNN_WR
-#undef FXNN_WC
-#undef FXNN_TARGET
-#undef FXNN_FMA
-#undef FXNN_SPLAT
-#undef FXNN_MASKLOAD
 
 /* Best first. */
 static const struct fxnn_isa *const fxnn_isas[] = {

@@ -17,7 +17,8 @@
  *   FXNN_SPLAT(s)   a vector of VW copies of the float s
  *   FXNN_MASKLOAD(p, m)  the lanes of p where the int vector m is -1, zero elsewhere,
  *                   touching no memory in the other lanes
- * and with struct fxnn_fused (fused_cpu.c) describing one call.
+ * and with struct fxnn_fused (fused_cpu.c) describing one call; it
+ * undefines them all at its end, ready for the next instruction set.
  *
  * Names: g is a pixel in the padded pixel space of the batch, g = b * HWp + p
  * with HWp = H*W rounded up to VW, so no vector of VW pixels crosses images;
@@ -435,3 +436,13 @@ static const struct fxnn_isa FX(isa) = {
 
 #undef FX_NR
 #undef FX_INLINE
+#undef FXNN_ISA
+#undef FXNN_VW
+#undef FXNN_MR
+#undef FXNN_NV
+#undef FXNN_WR
+#undef FXNN_WC
+#undef FXNN_TARGET
+#undef FXNN_FMA
+#undef FXNN_SPLAT
+#undef FXNN_MASKLOAD

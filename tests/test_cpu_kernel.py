@@ -1,23 +1,15 @@
 """The C fixed stage (kernels/fixed_cpu.c through kernels._fixed_cpu) against
 the dense numpy references, on odd shapes, both dtypes and any thread count,
-and its refusal of bad buffers.
-
-The extension is built by ``pip install -e .``; where it was not (no C
-compiler) these tests skip, except under FXNN_REQUIRE_NATIVE=1 (set by
-.ci/run), where a missing build fails."""
-import os
+and its refusal of bad buffers (skipped where the extension is not built:
+conftest.native_module)."""
 
 import numpy as np
 import pytest
+from conftest import native_module
 
 from models.fixed_kernels import NUM_KERNELS, fixed_stage_grad_reference, fixed_stage_reference
 
-try:
-    from kernels import _fixed_cpu
-except ImportError as e:
-    if os.environ.get("FXNN_REQUIRE_NATIVE") == "1":
-        raise
-    pytest.skip(f"kernels._fixed_cpu not built ({e}); build it with: pip install -e .", allow_module_level=True)
+_fixed_cpu = native_module()
 
 #: (B, M, H, W): single pixels, single rows and columns, odd sizes, wide planes.
 SHAPES = [(1, 1, 1, 1), (1, 1, 1, 9), (2, 1, 7, 1), (1, 2, 2, 2), (3, 5, 13, 7), (2, 3, 33, 65), (1, 1, 300, 3)]

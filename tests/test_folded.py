@@ -62,7 +62,7 @@ def test_engines_give_the_same_gradients_on_either_path():
     rng = np.random.default_rng(3)
     x, y = rng.random((6, 1, 12, 10)).astype(np.float64), rng.integers(0, 10, 6).astype(np.int32)
     engines = [PyTensorEngine(network, params, dtype="float64", fxnn_path=p) for p in ("fixed", "folded")]
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from models.torch_engine import TorchEngine
     engines += [TorchEngine(network, params, dtype="float64", fxnn_path=p) for p in ("fixed", "folded")]
     grads = [e.gradients(x, y) for e in engines]

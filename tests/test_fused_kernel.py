@@ -1,24 +1,17 @@
 """The fused layer of kernels/fused_cpu.c (through kernels._fixed_cpu) against
 the float64 numpy references of models/fixed_kernels.py: forward, weight and
 bias gradient, input gradient, on odd shapes, in every instruction set this
-CPU runs, with any thread count; and its refusal of bad buffers.
-
-The extension is built by ``pip install -e .``; where it was not (no C
-compiler) these tests skip, except under FXNN_REQUIRE_NATIVE=1 (set by
-.ci/run), where a missing build fails."""
+CPU runs, with any thread count; and its refusal of bad buffers (skipped
+where the extension is not built: conftest.native_module)."""
 import os
 
 import numpy as np
 import pytest
+from conftest import native_module
 
 from models.fixed_kernels import NUM_KERNELS, fixed_conv_grad_reference, fixed_conv_reference
 
-try:
-    from kernels import _fixed_cpu
-except ImportError as e:
-    if os.environ.get("FXNN_REQUIRE_NATIVE") == "1":
-        raise
-    pytest.skip(f"kernels._fixed_cpu not built ({e}); build it with: pip install -e .", allow_module_level=True)
+_fixed_cpu = native_module()
 
 ISAS = _fixed_cpu.isas()
 
@@ -117,7 +110,7 @@ def test_an_isa_the_cpu_lacks_or_an_unknown_one_is_refused():
 
 def test_bad_buffers_are_refused_not_read():
     x, w, bias, dy = layer((2, 3, 4, 5, 6))
-    y, dx = np.zeros((2, 4, 5, 6), np.float32), np.zeros((2, 3, 5, 6), np.float32)
+    y = np.zeros((2, 4, 5, 6), np.float32)
     dw, db = np.zeros(w.shape, np.float32), np.zeros(4, np.float32)
     isa = ISAS[0]
     with pytest.raises(ValueError, match="float32"):

@@ -50,7 +50,7 @@ def test_it_picks_the_path_its_own_timings_say_is_fastest(tmp_path, fastest):
 
 
 def test_one_slow_call_does_not_decide(tmp_path):
-    clock, calls = FakeClock(), {}
+    clock = FakeClock()
     durations = {"fused": iter([0.001, 0.5, 0.002, 0.002, 0.002, 0.002, 0.002, 0.002]),
                  "fixed": iter([0.003] * 8)}
 

@@ -77,15 +77,15 @@ def test_second_derivatives_equal_those_of_the_fixed_path():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_thread_count_changes_no_number(threads):
+def test_thread_count_changes_no_number():
+    """One thread against the default (each count is a compile of its own)."""
     x, w, b, g = symbols()
 
-    def compiled(t):
-        y = FusedConvOp(t)(x, w, b)
+    def compiled(threads):
+        y = FusedConvOp(threads)(x, w, b)
         return pytensor.function([x, w, b, g], [y] + pytensor.grad(pt.sum(y * g), [x, w, b]), mode=compile_mode())
     args = values(3, 5, 7, 11, 9, seed=3)
-    for got, want in zip(compiled(threads)(*args), compiled(2)(*args)):
+    for got, want in zip(compiled(1)(*args), compiled(None)(*args)):
         np.testing.assert_array_equal(got, want)
 
 
