@@ -80,13 +80,20 @@ struct fxnn_isa {
     float (*fma_loop)(long iterations);
 };
 
+/* The AVX-512 build's geometry, shared with its stand-in below. */
+#define FXNN_AVX512_VW 16
+#define FXNN_AVX512_MR 8
+#define FXNN_AVX512_NV 3
+#define FXNN_AVX512_WR 5
+#define FXNN_AVX512_WC 4
+
 #if FXNN_X86
 #define FXNN_ISA avx512
-#define FXNN_VW 16
-#define FXNN_MR 8
-#define FXNN_NV 3
-#define FXNN_WR 5
-#define FXNN_WC 4
+#define FXNN_VW FXNN_AVX512_VW
+#define FXNN_MR FXNN_AVX512_MR
+#define FXNN_NV FXNN_AVX512_NV
+#define FXNN_WR FXNN_AVX512_WR
+#define FXNN_WC FXNN_AVX512_WC
 #define FXNN_TARGET __attribute__((target("avx512f,avx2,fma")))
 #define FXNN_FMA(a, b, c) ((FX(vf))_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
 #define FXNN_SPLAT(s) _mm512_set1_ps(s)
@@ -118,12 +125,34 @@ struct fxnn_isa {
 #define FXNN_MASKLOAD(p, m) FX(maskload_scalar)((p), (m))
 #include "fused_isa.h"
 
+#ifdef FXNN_AVX512_STANDIN
+/* The AVX-512 build's geometry (16-float vectors, its tiles and blocking) in
+ * portable vector code, which any CPU runs: built only by the tests
+ * (tests/test_fused_kernel.py), so that machines without AVX-512 check the
+ * index arithmetic the AVX-512 build will run elsewhere; its name comes last
+ * in the list, so it is never chosen as the best. */
+#define FXNN_ISA avx512_standin
+#define FXNN_VW FXNN_AVX512_VW
+#define FXNN_MR FXNN_AVX512_MR
+#define FXNN_NV FXNN_AVX512_NV
+#define FXNN_WR FXNN_AVX512_WR
+#define FXNN_WC FXNN_AVX512_WC
+#define FXNN_TARGET
+#define FXNN_FMA(a, b, c) ((a) * (b) + (c))
+#define FXNN_SPLAT(s) ((FX(vf)){0} + (s))
+#define FXNN_MASKLOAD(p, m) FX(maskload_scalar)((p), (m))
+#include "fused_isa.h"
+#endif
+
 /* Best first. */
 static const struct fxnn_isa *const fxnn_isas[] = {
 #if FXNN_X86
     &isa_avx512, &isa_avx2,
 #endif
     &isa_portable,
+#ifdef FXNN_AVX512_STANDIN
+    &isa_avx512_standin,
+#endif
 };
 #define FXNN_NUM_ISAS ((int)(sizeof(fxnn_isas) / sizeof(fxnn_isas[0])))
 

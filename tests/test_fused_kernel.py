@@ -29,15 +29,16 @@ def layer(shape, seed=0):
     return f32(b, m, h, w), f32(NUM_KERNELS * m, n), f32(n), f32(b, n, h, w)
 
 
-def run(x, w, bias, dy, isa, threads=2):
-    """(y, dx, dw, db) from the three kernels, outputs pre-filled with NaN so
-    that any element a kernel leaves unwritten fails the comparison."""
+def run(x, w, bias, dy, isa, threads=2, kernels=_fixed_cpu):
+    """(y, dx, dw, db) from the three kernels of module ``kernels``, outputs
+    pre-filled with NaN so that any element a kernel leaves unwritten fails
+    the comparison."""
     y = np.full((x.shape[0], w.shape[1]) + x.shape[2:], np.nan, np.float32)
     dx = np.full(x.shape, np.nan, np.float32)
     dw, db = np.full(w.shape, np.nan, np.float32), np.full(w.shape[1], np.nan, np.float32)
-    _fixed_cpu.fused_forward(x, w, bias, y, threads, isa)
-    _fixed_cpu.fused_dgrad(dy, w, dx, threads, isa)
-    _fixed_cpu.fused_wgrad(x, dy, dw, db, threads, isa)
+    kernels.fused_forward(x, w, bias, y, threads, isa)
+    kernels.fused_dgrad(dy, w, dx, threads, isa)
+    kernels.fused_wgrad(x, dy, dw, db, threads, isa)
     return y, dx, dw, db
 
 
@@ -151,3 +152,37 @@ def test_the_fixed_stage_is_still_what_the_fused_kernels_pack():
         y = np.zeros((2, 1, 9, 8), np.float32)
         _fixed_cpu.fused_forward(x, w, None, y, 1, ISAS[0])
         close(y[:, 0], x5[:, c])
+
+
+@pytest.fixture(scope="module")
+def avx512_standin(tmp_path_factory):
+    """The extension built with FXNN_AVX512_STANDIN: the AVX-512 build's
+    geometry (16-float vectors, its tiles and blocking) in portable code, so
+    that a machine without AVX-512 checks the index arithmetic that build runs
+    on machines with it. Needs a C compiler and Python's headers."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sysconfig
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    include = sysconfig.get_paths()["include"]
+    if not cc or not os.path.exists(os.path.join(include, "Python.h")):
+        pytest.skip("no C compiler or Python headers to build the AVX-512 stand-in")
+    from conftest import ROOT
+    out = tmp_path_factory.mktemp("standin") / "_fixed_cpu.so"
+    subprocess.run([cc, "-O1", "-std=c99", "-fPIC", "-shared", "-Wno-psabi", f"-I{include}", "-DFXNN_AVX512_STANDIN",
+                    os.path.join(ROOT, "kernels", "fixed_cpu_module.c"), "-o", str(out)], check=True)
+    spec = importlib.util.spec_from_file_location("standin._fixed_cpu", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_the_avx512_geometry_matches_the_references(avx512_standin, shape):
+    assert avx512_standin.isas()[-1] == "avx512_standin"  # listed, never the best
+    x, w, bias, dy = layer(shape)
+    y, dx, dw, db = run(x, w, bias, dy, "avx512_standin", kernels=avx512_standin)
+    close(y, fixed_conv_reference(x, w, bias))
+    for got, want in zip((dx, dw, db), fixed_conv_grad_reference(x, w, dy)):
+        close(got, want)
