@@ -51,3 +51,10 @@ def isa():
         raise RuntimeError(f"{ISA_VARIABLE}={wanted}: this CPU runs the fused kernels as "
                            f"{', '.join(supported)}; unset {ISA_VARIABLE} or name one of those")
     return wanted
+
+
+def check_isa():
+    """RuntimeError with the fix when ``$FXNN_ISA`` names an instruction set
+    this CPU does not run (checked where the extension is built)."""
+    if requested_isa() and fused_available()[0]:
+        isa()

@@ -137,6 +137,7 @@ class PyTensorEngine:
         if optimizer not in optimizers.OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}")
         self.fxnn_path = check_path(fxnn_path)
+        native.check_isa()
         if fxnn_path == "fused" and not fused_available(dtype):
             raise ValueError("--fxnn-path fused needs float32 and a C compiler for PyTensor; use --fxnn-path auto")
         if fxnn_path == "auto":

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kernels import native
+
 from . import dropout as dropout_masks
 from . import optimizers, torch_fused
 from .architecture import LOG_EPS
@@ -71,6 +73,7 @@ class TorchEngine:
         self.network, self.optimizer, self.dropout = network, optimizer, dropout
         self.device, self.dtype = torch.device(device), DTYPES[dtype]
         self.fxnn_path = check_path(fxnn_path)
+        native.check_isa()
         if fxnn_path == "fused" and not torch_fused.available(torch.empty(0, device=self.device, dtype=self.dtype)):
             raise ValueError(f"--fxnn-path fused runs on the CPU in float32 only, with the C kernels built "
                              f"({torch_fused.implementation_name()}); use --fxnn-path auto")

@@ -136,3 +136,16 @@ def test_an_isa_the_cpu_lacks_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("FXNN_ISA", "sse9")
     with pytest.raises(RuntimeError, match="FXNN_ISA=sse9: this CPU runs the fused kernels as"):
         cpu_fused.forward(*tensors(1, 1, 1, 2, 2)[:3])
+
+
+@pytest.mark.parametrize("engine", ["torch", "pytensor"])
+def test_a_bad_fxnn_isa_stops_the_run_before_training_with_one_line(engine, monkeypatch, capsys, small_mnist,
+                                                                      tmp_path):
+    import fxnn
+    monkeypatch.setenv("FXNN_ISA", "sse9")
+    out = tmp_path / "r.mat"
+    code = fxnn.main(["-nrec", "1", "-ipr", "1", "--engine", engine, "--data-dir", small_mnist, "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not out.exists()
+    assert err == ["fxnn: error: FXNN_ISA=sse9: this CPU runs the fused kernels as "
+                   f"{', '.join(native.isas())}; unset FXNN_ISA or name one of those"]
