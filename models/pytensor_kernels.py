@@ -1,9 +1,9 @@
 """What every PyTensor op on the C code of ``kernels/`` shares: the support
-code (``kernels/fused_cpu.c``, which includes ``kernels/fixed_cpu.c``; one
-identical string for all of them, so several ops can share a module), the
-cache key that changes with those sources, the thread count, and OpenMP
-where the compiler has it (the kernels then run on the OpenMP runtime's
-thread pool, as setup.py's build does)."""
+code (an ``#include`` of the source it needs; the sources have include
+guards, so ops of several sources can share a module), the cache key that
+changes with those sources, the thread count, and OpenMP where the compiler
+has it (the kernels then run on the OpenMP runtime's thread pool, as
+setup.py's build does)."""
 import functools
 import hashlib
 import os
@@ -12,7 +12,6 @@ from pytensor.link.c.op import COp
 
 KERNELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
 SOURCES = ("fused_cpu.c", "fused_isa.h", "fixed_cpu.c")
-SUPPORT_CODE = '#include "fused_cpu.c"\n'
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,8 +37,9 @@ def default_threads():
 
 
 class KernelsOp(COp):
-    """A COp whose C code calls the functions of ``kernels/``."""
+    """A COp whose C code calls the functions of ``kernels/`` in ``source``."""
     __props__ = ("threads",)
+    source = "fused_cpu.c"
 
     def __init__(self, threads=None):
         self.threads = int(threads or default_threads())
@@ -48,10 +48,10 @@ class KernelsOp(COp):
         return [KERNELS_DIR]
 
     def c_support_code(self, **kwargs):
-        return SUPPORT_CODE
+        return f'#include "{self.source}"\n'
 
     def c_compile_args(self, **kwargs):
         return openmp_flags()
 
     def c_code_cache_version(self):
-        return (3, source_version())
+        return (4, source_version())
