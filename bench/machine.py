@@ -10,37 +10,23 @@ printed beside it where the kernel reports a clock."""
 import os
 import platform
 
-from models.fxnn_paths import cpu_model
+from models.fxnn_paths import cpu_model, cpuinfo
 
 LANES = {"avx512": 16, "avx2": 8, "portable": 4}
 
 
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def cpu_mhz():
+    mhz = cpuinfo("cpu MHz")
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("cpu MHz"):
-                    return float(line.split(":", 1)[1])
-    except (OSError, ValueError):
-        pass
-    return None
+        return float(mhz) if mhz else None
+    except ValueError:
+        return None
 
 
 def describe(threads):
     """{field: value} of this machine, for ``threads`` threads."""
     from kernels import native
-    flags = cpu_flags()
+    flags = set((cpuinfo("flags") or "").split())
     info = {"cpu": cpu_model(), "machine": platform.machine(), "threads": threads,
             "cores_visible": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "isa_flags": " ".join(f for f in ("avx512f", "avx2", "fma") if f in flags) or "none of avx2/avx512",

@@ -51,9 +51,3 @@ def input_grad(dy, weight):
     dx = dy.new_empty((b, weight.shape[0] // 5, h, w))
     _fixed_cpu.fused_dgrad(_array(dy), _array(weight), dx.numpy(), torch.get_num_threads(), isa())
     return dx
-
-
-def fma_peak(threads, seconds=0.2, isa_name=None):
-    """Measured FMA throughput (GFLOP/s) of ``threads`` threads in the given
-    (default: the in-use) instruction set's widest independent FMAs."""
-    return _fixed_cpu.fma_peak(isa_name or isa(), threads, seconds)

@@ -76,16 +76,22 @@ def cache_file():
     return os.path.join(folder, "paths.json")
 
 
-def cpu_model():
-    """The CPU's marketing name, as the kernel reports it."""
+def cpuinfo(field):
+    """The first value of ``field`` in /proc/cpuinfo ("model name", "flags",
+    "cpu MHz"), or None where there is no such file or field."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == field:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model():
+    """The CPU's marketing name, as the kernel reports it."""
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def describe_paths(network, layer_paths, implementation):

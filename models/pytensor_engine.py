@@ -49,7 +49,6 @@ def implementation(path):
     return "im2col in PyTensor graph ops with folded kernels"
 
 
-
 def softmax(h):
     """Row-wise softmax from elementwise ops (see :func:`compile_mode`)."""
     e = pt.exp(h - pytensor.gradient.disconnected_grad(h.max(axis=1, keepdims=True)))

@@ -10,6 +10,7 @@ direction in one pass over memory; elsewhere (CUDA, float64, no C build)
 :func:`reference` does the same in torch ops, and is what the kernel is
 tested against. The C kernel's backward is not itself differentiable.
 """
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -44,7 +45,8 @@ def reference(h, mask=None, p=0.0):
     """The block in torch ops: pool(relu(h) * dropout factors)."""
     h = torch.relu(h)
     if mask is not None:
-        h = h * torch.from_numpy(dropout_masks.scaled(mask, p, h.detach().cpu().numpy().dtype)).to(h.device)
+        factors = dropout_masks.scaled(mask, p, np.float64 if h.dtype == torch.float64 else np.float32)
+        h = h * torch.from_numpy(factors).to(h.device, h.dtype)
     return _MaxPool2x2.apply(h)
 
 

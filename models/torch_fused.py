@@ -9,14 +9,14 @@ so higher derivatives work as on the other paths.
 """
 import torch
 
-from kernels import cpu_fused
+from kernels import cpu_fused, native
 
 from .torch_fixed import FixedStageAdjoint, fixed_stage
 
 
 def available(x):
     """Whether the fused kernels can run on tensor ``x``."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and cpu_fused.available()[0]
+    return x.device.type == "cpu" and x.dtype == torch.float32 and native.fused_available()[0]
 
 
 def implementation_name():
