@@ -196,14 +196,26 @@ def test_models_without_fxnn_layers_say_so(small_mnist, tmp_path):
     assert str(scipy.io.loadmat(out, squeeze_me=True)["meta"]["fxnn_path"]) == "none (no fxnn layers)"
 
 
-def test_the_contenders_compute_the_same_layer():
-    """What is timed is the layer itself on each path: equal outputs."""
+def test_the_contenders_compute_the_same_layer(monkeypatch):
+    """What is timed is the layer itself, once on each path that runs here:
+    equal outputs, every contender forward and backward."""
     torch = pytest.importorskip("torch")
-    from models.torch_layers import path_contenders
-    runs = path_contenders([3, 2, 4, 6, 5], torch.float32, torch.device("cpu"), train=True, input_grad=True)
-    assert set(runs) == set(fxnn_paths.PATHS[1:]) - ({"fused"} - set(runs))
-    for run in runs.values():
+    from models import torch_layers
+    seen, real = {}, torch_layers.fixed_conv2d
+
+    def recording(x, weight, bias, path):
+        y = real(x, weight, bias, path)
+        seen[path] = y.detach().clone()
+        return y
+    monkeypatch.setattr(torch_layers, "fixed_conv2d", recording)
+    runs = torch_layers.path_contenders([3, 2, 4, 6, 5], torch.float32, torch.device("cpu"), train=True,
+                                        input_grad=True)
+    assert tuple(runs) == torch_layers.available_paths(torch.empty(0))
+    for path, run in runs.items():
         run()
+        assert path in seen
+    for path in runs:
+        torch.testing.assert_close(seen[path], seen["fixed"], rtol=1e-5, atol=1e-5)
 
 
 def test_the_pytensor_engine_measures_its_layers(monkeypatch, tmp_path):
