@@ -12,12 +12,14 @@ writes ``summary.csv`` and ``summary.png`` in the output folder.
 """
 import argparse
 import os
+import queue
 import signal
-import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 
+from .cluster import SweepError, cores
 from .records import RecordError, load_run
 from .summary import add_summary_flags, report
 
@@ -79,48 +81,116 @@ def _minutes(seconds):
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def run_jobs(jobs, fxnn_flags, parallel, threads, status_every=60.0, say=print):
-    """Run ``jobs`` ``parallel`` at a time; returns the failed ones. The
-    children run in sessions of their own, so a terminal's Ctrl-C reaches
-    only the sweep, which passes it on to each child exactly once (a second
-    one could cut a child's final save short) and waits for them to save."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    pending, running, failed, finished = list(jobs), {}, [], 0
-    last_status = time.monotonic()
+class Watch:
+    """What the sweep prints as its runs go: a line as each starts (from the
+    workers' start events) and ends, and the progress of the running ones
+    every ``status_every`` seconds, read from their logs."""
+
+    def __init__(self, total, remote, status_every, say):
+        self.total, self.remote, self.status_every, self.say = total, remote, status_every, say
+        self.events, self.running, self.finished = queue.Queue(), {}, 0
+        self.last_status = time.monotonic()
+
+    def started(self, event):  # called by Dask's client thread
+        self.events.put(event[1])
+
+    def poll(self, jobs_by_name):
+        while not self.events.empty():
+            e = self.events.get()
+            self.running[e["name"]] = jobs_by_name[e["name"]]
+            on = f" on {e['where']}" if self.remote else ""
+            gpus = f", GPU {e['gpus']}" if e["gpus"] else ""
+            self.say(f"{e['verb']} {e['name']}{on} ({e['threads']} threads{gpus}): log {jobs_by_name[e['name']].log}")
+        if self.running and time.monotonic() - self.last_status >= self.status_every:
+            self.last_status = time.monotonic()
+            self.say("  ".join(f"{name}: {progress(last_line(job.log))}" for name, job in self.running.items()))
+
+    def ended(self, job, outcome, error=None):
+        """Prints how ``job`` ended; returns whether it failed."""
+        self.running.pop(job.name, None)
+        if outcome is not None and outcome["code"] is None:
+            return False  # stopped before it started
+        self.finished += 1
+        head = f"[{self.finished}/{self.total}] {job.name}"
+        if error is not None:
+            self.say(f"{head} FAILED on the cluster: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            return True
+        took = _minutes(outcome["seconds"])
+        if outcome["code"] == 0:
+            self.say(f"{head} done in {took}: {last_line(job.log)}")
+            return False
+        self.say(f"{head} FAILED (exit {outcome['code']}) after {took}: {last_line(job.log, 'fxnn: error')}")
+        return True
+
+
+def run_jobs(client, jobs, fxnn_flags, status_every=60.0, gpus_per_run=0, remote=False, say=print):
+    """Run ``jobs`` as Dask tasks on ``client``'s cluster; returns the failed
+    ones. On Ctrl-C (KeyboardInterrupt) it sets the sweep's stop Event, which
+    each running task passes on to its run exactly once (the runs are in
+    sessions of their own, so a terminal's Ctrl-C reaches only the sweep),
+    waits for every run to save its record and checkpoint, and re-raises."""
+    from .cluster import distributed, run_job
+    dd = distributed()
+    name = uuid.uuid4().hex
+    stop, topic = dd.Event(f"fxnn-sweep-stop-{name}", client=client), f"fxnn-sweep-{name}"
+    watch = Watch(len(jobs), remote, status_every, say)
+    client.subscribe_topic(topic, watch.started)
+    by_name = {job.name: job for job in jobs}
+    futures = {client.submit(run_job, job, fxnn_flags, os.getcwd(), stop.name, topic, gpus_per_run,
+                             key=f"fxnn-{job.model}-seed{job.seed}-{name}",
+                             resources={"GPU": gpus_per_run} if gpus_per_run else None): job for job in jobs}
+    failed, pending = [], set(futures)
     try:
-        while pending or running:
-            while pending and len(running) < parallel:
-                job = pending.pop(0)
-                verb = "resuming" if job.state == "resume" else "starting"
-                with open(job.log, "a") as log:
-                    proc = subprocess.Popen(job.command(fxnn_flags), stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, cwd=os.getcwd(), start_new_session=True)
-                running[job.name] = (job, proc, time.monotonic())
-                say(f"{verb} {job.name} ({threads} threads): log {job.log}")
+        while pending:
             time.sleep(0.5)
-            for name, (job, proc, started) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[name]
-                finished += 1
-                took = _minutes(time.monotonic() - started)
-                if proc.returncode == 0:
-                    say(f"[{finished}/{len(jobs)}] {name} done in {took}: {last_line(job.log)}")
-                else:
-                    failed.append(job)
-                    say(f"[{finished}/{len(jobs)}] {name} FAILED (exit {proc.returncode}) after {took}: "
-                        f"{last_line(job.log, 'fxnn: error')}")
-            if running and time.monotonic() - last_status >= status_every:
-                last_status = time.monotonic()
-                say("  ".join(f"{name}: {progress(last_line(job.log))}" for name, (job, _, _) in running.items()))
+            watch.poll(by_name)
+            done = {future for future in pending if future.done()}
+            pending -= done
+            failed += [futures[future] for future in done if _ended(watch, futures[future], future)]
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runs are saving; let nothing cut that short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say("Interrupted: waiting for the running experiments to save their records ...")
-        for job, proc, _ in running.values():
-            proc.send_signal(signal.SIGINT)
-        for job, proc, _ in running.values():
-            proc.wait()
+        stop.set()
+        dd.wait(list(pending))
+        watch.poll(by_name)
+        for future in pending:
+            _ended(watch, futures[future], future)
         raise
+    finally:
+        client.unsubscribe_topic(topic)
     return failed
+
+
+def _ended(watch, job, future):
+    if future.status == "error":
+        return watch.ended(job, None, future.exception())
+    return watch.ended(job, future.result())
+
+
+def run_sweep(args, head, todo, fxnn_flags, say):
+    """Start or reach the cluster, say ``head`` with where the runs go, check
+    the workers, run ``todo``; returns the failed jobs."""
+    from .cluster import check_workers, start, visible_gpus, wait_for_workers
+    if args.scheduler:
+        client, close = start(args.scheduler, None, args.gpus_per_run)
+    else:
+        gpu_slots = len(visible_gpus()) // args.gpus_per_run if args.gpus_per_run else len(todo)
+        parallel = max(1, min(args.jobs or cores(), len(todo), gpu_slots))
+        client, close = start(None, parallel, args.gpus_per_run)
+    try:
+        if args.scheduler:
+            wait_for_workers(client, say)
+            workers = client.scheduler_info(n_workers=-1)["workers"].values()
+            say(f"{head}, on the Dask cluster at {args.scheduler} ({len(workers)} workers, "
+                f"{sum(w['nthreads'] for w in workers)} runs at a time)")
+        else:
+            say(f"{head}, {parallel} at a time on {cores()} cores")
+        check_workers(client, os.path.abspath(args.out_dir), args.gpus_per_run)
+        return run_jobs(client, todo, fxnn_flags, args.status_every, args.gpus_per_run,
+                        remote=bool(args.scheduler), say=say)
+    finally:
+        close()
 
 
 def build_parser():
@@ -133,8 +203,14 @@ def build_parser():
     p.add_argument("--seeds", type=int, nargs="+", required=True, help="seeds to run each model with")
     p.add_argument("-o", "--out-dir", required=True, help="folder for the records, logs and summary")
     p.add_argument("-j", "--jobs", type=int, default=None,
-                   help="experiments at a time (default: as many as cores, at most the number of runs); "
-                        "each gets cores/jobs threads")
+                   help="on this machine: experiments at a time (default: as many as cores, at most the number "
+                        "of runs, or of GPUs / --gpus-per-run); each gets cores/jobs threads")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.1:8786) "
+                        "instead of this machine; every worker must see the output folder")
+    p.add_argument("--gpus-per-run", type=int, default=0,
+                   help="GPUs each run needs (Dask resource GPU); each run sees only its own "
+                        "(CUDA_VISIBLE_DEVICES)")
     p.add_argument("--status-every", type=float, default=60.0, help="seconds between progress lines")
     add_summary_flags(p)
     return p
@@ -150,22 +226,25 @@ def main(argv=None):
         p.error(f"the sweep sets {', '.join(clash)} itself; leave it out of the flags after --")
     if args.jobs is not None and args.jobs < 1:
         p.error("--jobs must be at least 1")
+    if args.gpus_per_run < 0:
+        p.error("--gpus-per-run must be 0 or more")
+    if args.scheduler and args.jobs is not None:
+        p.error("--jobs is for this machine; on a cluster each worker's --nthreads says how many runs it takes")
     import fxnn
     for model in args.models:  # refuse bad flags before starting anything
         fxnn.build_parser().parse_args(["-m", model] + fxnn_flags)
 
     os.makedirs(args.out_dir, exist_ok=True)
-    jobs = plan(args.models, args.seeds, args.out_dir)
+    jobs = plan(args.models, args.seeds, os.path.abspath(args.out_dir))
     todo = [job for job in jobs if job.state != "done"]
-    cores = os.cpu_count() or 1
-    parallel = min(args.jobs or cores, max(len(todo), 1))
-    threads = max(1, cores // parallel)
-    print(f"{len(jobs)} runs in {args.out_dir}: {len(jobs) - len(todo)} already done, {len(todo)} to run, "
-          f"{parallel} at a time on {cores} cores", flush=True)
+    say = lambda line: print(line, flush=True)  # noqa: E731
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the sweep as Ctrl-C does
     try:
-        failed = run_jobs(todo, fxnn_flags, parallel, threads, args.status_every,
-                          say=lambda line: print(line, flush=True))
+        head = f"{len(jobs)} runs in {args.out_dir}: {len(jobs) - len(todo)} already done, {len(todo)} to run"
+        failed = run_sweep(args, head, todo, fxnn_flags, say) if todo else say(head) or []
+    except SweepError as e:
+        print(f"sweep: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("Stopped. Rerun the same command to resume the unfinished runs.", file=sys.stderr)
         return 130
