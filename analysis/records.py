@@ -1,4 +1,6 @@
-"""Record files (``rec-*.mat``) read back as curves for plots and summaries."""
+"""Record files (``rec-*.mat``) read back as curves for plots and summaries,
+and what makes two runs the same experiment."""
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -24,6 +26,8 @@ class Run:
     terate: np.ndarray
     vloss: np.ndarray   # per record; row 0 is the untrained network
     verate: np.ndarray
+    flags: dict = dataclasses.field(default_factory=dict)  # fxnn.py's flags, as recorded
+    tag: str = ""       # what sets this run's experiment apart from others summarised with it
 
     @property
     def record_iterations(self):
@@ -32,7 +36,15 @@ class Run:
 
     @property
     def label(self):
-        return f"{self.model} ({self.engine})"
+        return f"{self.model} ({self.engine})" + (f" {self.tag}" if self.tag else "")
+
+    @property
+    def experiment(self):
+        """What the run's curves depend on except its seed: model, engine,
+        data and every flag a resumed run must keep (training/checkpoint.py)
+        bar the seed and which parameters are recorded."""
+        return (("model", self.model), ("engine", self.engine), ("data", self.data_source)) + tuple(
+            (k, _plain(self.flags.get(k))) for k in EXPERIMENT_FLAGS)
 
 
 def load_run(path):
@@ -50,7 +62,8 @@ def load_run(path):
                    data_source=meta["data_source"], seed=int(meta["seed"]), status=meta["status"],
                    iters_per_record=int(flags["iters_per_record"]),
                    tloss=np.atleast_1d(r["tloss"]).astype(float), terate=np.atleast_1d(r["terate"]).astype(float),
-                   vloss=np.atleast_1d(r["vloss"]).astype(float), verate=np.atleast_1d(r["verate"]).astype(float))
+                   vloss=np.atleast_1d(r["vloss"]).astype(float), verate=np.atleast_1d(r["verate"]).astype(float),
+                   flags=dict(flags))
     except (KeyError, TypeError, ValueError, OSError, MatReadError) as e:
         raise RecordError(f"{path}: not an fxnn record file ({type(e).__name__}: {e}); "
                           f"records are written by fxnn.py") from None
@@ -62,3 +75,40 @@ def group_by_label(runs):
     for run in runs:
         groups.setdefault(run.label, []).append(run)
     return groups
+
+
+def _experiment_flags():
+    from training.checkpoint import MUST_MATCH
+    return tuple(k for k in MUST_MATCH if k not in ("model", "engine", "seed", "record_params"))
+
+
+#: The flags besides model and engine that make runs different experiments.
+EXPERIMENT_FLAGS = _experiment_flags()
+
+
+def _plain(value):
+    """A recorded flag as a plain, comparable value (records keep numbers as floats)."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _option(name):
+    """The fxnn.py option for a flag name (``learn_rate`` -> ``-lr``)."""
+    if name == "data":
+        return "data"
+    import fxnn
+    options = {a.dest: a.option_strings[0] for a in fxnn.build_parser()._actions if a.option_strings}
+    return options.get(name, "--" + name.replace("_", "-"))
+
+
+def tag_experiments(runs):
+    """(runs, differ): copies of ``runs`` whose labels also name the flags
+    in which their experiments differ (e.g. ``fxnn (torch) -lr 0.1``), so
+    that runs differing in anything but the seed are never one group, and
+    the names of those flags. Model and engine are in every label already."""
+    keys = [dict(r.experiment) for r in runs]
+    differ = [k for k in keys[0] if k not in ("model", "engine") and len({key[k] for key in keys}) > 1] if keys else []
+    data = sorted({key["data"] for key in keys}) if "data" in differ else []
+    tags = [" ".join(f"data {data.index(key['data']) + 1}" if k == "data" else f"{_option(k)} {key[k]}"
+                     for k in differ) for key in keys]
+    return [dataclasses.replace(r, tag=tag) for r, tag in zip(runs, tags)], [_option(k) for k in differ]

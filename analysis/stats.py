@@ -55,6 +55,30 @@ class Difference:
     level: float
 
 
+def mean_interval(values, level=0.95):
+    """Student's t interval for the mean of ``values`` (NaNs left out), as a
+    :class:`Difference` from zero; NaN bounds with fewer than two values."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    mean = float(np.mean(values)) if values.size else math.nan
+    if values.size < 2:
+        return Difference(mean, math.nan, math.nan, level)
+    half = t_factor(values.size, level) * float(np.std(values, ddof=1))
+    return Difference(mean, mean - half, mean + half, level)
+
+
+def t_factor(n, level=0.95):
+    """How many standard deviations either side of the mean the t interval
+    of ``n`` values reaches: t(level, n-1) / sqrt(n)."""
+    return float(stats.t.ppf(0.5 + level / 2, n - 1)) / math.sqrt(n)
+
+
+def clipped(d, low, high):
+    """``d`` with its bounds kept within [low, high], what the quantity can be
+    (an error rate lies in [0, 1], a difference of two in [-1, 1])."""
+    return Difference(d.diff, min(max(d.low, low), high), min(max(d.high, low), high), d.level)  # NaN stays NaN
+
+
 def welch_difference(a, b, level=0.95):
     """Welch's t interval for mean(a) - mean(b); NaN bounds with fewer than
     two values on a side, where no spread can be estimated."""

@@ -2,25 +2,30 @@
 
 ``python3 -m analysis.summary rec-*.mat --at 100 400 1600 --target 0.05``
 prints, per model (and engine), the validation error at the chosen
-iterations as mean and standard deviation over the seeds, the iterations
-needed to reach the target error, and each model's difference from the
-reference model (``--versus``, cnn by default) with a 95% Welch confidence
-interval. ``--csv`` and ``--png`` write the same figures as a table and as
-curves with bands.
+iterations as mean and standard deviation over the seeds with a 95% t
+interval of the mean, the iterations needed to reach the target error, and
+each model's difference from the reference model (``--versus``, cnn by
+default) with a 95% Welch confidence interval. Runs that differ in anything
+but the seed (data, learn rate, optimizer, batch size, records...) are never
+pooled: each setting is a row of its own, labelled by what differs.
+``--csv`` and ``--png`` write the same figures as a table and as curves with
+bands.
 """
 import argparse
 import csv
 import math
+import re
 import sys
 
-from .records import RecordError, group_by_label, load_run
-from .stats import Spread, error_at, iterations_to, welch_difference
+from .records import RecordError, group_by_label, load_run, tag_experiments
+from .stats import Spread, clipped, error_at, iterations_to, mean_interval, t_factor, welch_difference
 
 CSV_COLUMNS = ("measure", "label", "versus", "at", "mean", "std", "n", "missing", "ci_low", "ci_high")
 
 
 def default_at(runs):
-    """Record iterations 1, 4, 16, ... and the last, the original's table."""
+    """Record iterations 1, 4, 16, ... and the last that all of ``runs``
+    (one experiment) have, the original's table."""
     last = min(int(r.record_iterations[-1]) for r in runs)
     ipr = runs[0].iters_per_record
     at, k = [], 1
@@ -30,25 +35,39 @@ def default_at(runs):
     return at + [last]
 
 
+def reference(group, groups, versus):
+    """The label of the ``versus`` group ``group`` is compared with: the one
+    with the same settings (the same tag), else the only ``versus`` group."""
+    refs = [label for label, g in groups.items() if g[0].model == versus]
+    same = [label for label in refs if groups[label][0].tag == group[0].tag]
+    return (same or (refs if len(refs) == 1 else [None]))[0]
+
+
 def summarize(runs, at, target, versus, level=0.95):
-    """Rows (dicts with CSV_COLUMNS) of the summary: per group the error at
-    each iteration in ``at`` and the iterations to ``target``; per group other
-    than ``versus`` the differences from it."""
+    """Rows (dicts with CSV_COLUMNS) of the summary of runs labelled by
+    :func:`~analysis.records.tag_experiments`: per label the error at each
+    iteration in ``at`` (default: :func:`default_at` of that label's runs)
+    with the interval of its mean, and the iterations to ``target``; per
+    label other than ``versus`` the differences from its reference."""
     groups = group_by_label(runs)
+    at_of = {label: at or default_at(group) for label, group in groups.items()}
     rows = []
     for label, group in groups.items():
-        for it in at:
-            s = Spread.of([error_at(r, it) for r in group])
-            rows.append(dict(measure="verate", label=label, at=it, mean=s.mean, std=s.std, n=s.n, missing=s.missing))
+        for it in at_of[label]:
+            values = [error_at(r, it) for r in group]
+            s, ci = Spread.of(values), clipped(mean_interval(values, level), 0.0, 1.0)
+            rows.append(dict(measure="verate", label=label, at=it, mean=s.mean, std=s.std, n=s.n, missing=s.missing,
+                             ci_low=ci.low, ci_high=ci.high))
         s = Spread.of([iterations_to(r, target) for r in group])
         rows.append(dict(measure="iters_to", label=label, at=target, mean=s.mean, std=s.std, n=s.n,
                          missing=s.missing))
-    ref = next((label for label, group in groups.items() if group[0].model == versus), None)
     for label, group in groups.items():
-        if ref is None or label == ref:
+        ref = reference(group, groups, versus)
+        if ref is None or label == ref or group[0].model == versus:
             continue
-        for it in at:
+        for it in [it for it in at_of[label] if it in at_of[ref]]:
             d = welch_difference([error_at(r, it) for r in group], [error_at(r, it) for r in groups[ref]], level)
+            d = clipped(d, -1.0, 1.0)
             rows.append(dict(measure="verate_diff", label=label, versus=ref, at=it, mean=d.diff,
                              ci_low=d.low, ci_high=d.high))
         a, b = ([iterations_to(r, target) for r in g] for g in (group, groups[ref]))
@@ -63,43 +82,70 @@ def _pct(x):
     return "n/a" if math.isnan(x) else f"{100 * x:.2f}%"
 
 
+def _interval(fmt, row):
+    return "[n/a]" if math.isnan(row["ci_low"]) else f"[{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]"
+
+
 def _cell(row):
+    if row is None:
+        return "-"
     m, measure = row["mean"], row["measure"]
     fmt = _pct if measure.startswith("verate") else (lambda x: "n/a" if math.isnan(x) else f"{x:.0f}")
     if measure.endswith("_diff"):
-        if math.isnan(row["ci_low"]):
-            return f"{fmt(m)} [n/a]"
-        return f"{fmt(m)} [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]"
+        return f"{fmt(m)} {_interval(fmt, row)}"
     text = fmt(m) + ("" if math.isnan(row["std"]) else f" ± {fmt(row['std'])}")
+    if measure == "verate" and not math.isnan(row["ci_low"]):
+        text += f" {_interval(fmt, row)}"
     return text + (f" ({row['missing']} never)" if row["missing"] else "")
 
 
-def format_table(rows, at, target):
-    """The summary as aligned text: one line per model, one per difference."""
+def _short(label):
+    """A label without its engine: ``fxnn (torch) -lr 0.1`` -> ``fxnn -lr 0.1``."""
+    return re.sub(r" \([^)]*\)", "", label, count=1)
+
+
+def format_table(rows, at=None, target=0.05):
+    """The summary as aligned text: one line per label, one per difference;
+    a column per iteration any label is summarised at ("-" where a label has
+    no record there)."""
+    at = sorted({row["at"] for row in rows if row["measure"].startswith("verate")}) if at is None else at
     header = ["", "seeds"] + [f"@{it}" for it in at] + [f"iters to {100 * target:g}%"]
     lines, by_line = [header], {}
     for row in rows:
         key = (row["label"], row["versus"])
         by_line.setdefault(key, {})[row["at"] if row["measure"].startswith("verate") else "to"] = row
     for (label, versus), cells in by_line.items():
-        name = f"{label.split(' (')[0]} - {versus.split(' (')[0]}" if versus else label
-        n = "" if versus else str(cells[at[0]]["n"] + cells[at[0]]["missing"])
-        lines.append([name, n] + [_cell(cells[it]) for it in at] + [_cell(cells["to"]) if "to" in cells else "n/a"])
+        name = f"{_short(label)} - {_short(versus)}" if versus else label
+        n = "" if versus else str(cells["to"]["n"] + cells["to"]["missing"])
+        lines.append([name, n] + [_cell(cells.get(it)) for it in at] + [_cell(cells["to"]) if "to" in cells else "n/a"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
                      for line in lines)
 
 
-def describe(runs):
-    """One line on what the runs were trained on, flagging mixed sources."""
-    sources = sorted({f"{r.dataset} from {r.data_source}" for r in runs})
-    line = "data: " + "; ".join(sources)
-    if len(sources) > 1:
-        line += "  (WARNING: the runs used different data and are not comparable)"
+def describe(runs, differ=()):
+    """What the runs were trained on, which settings keep them apart, and
+    which did not complete."""
+    dataset = {r.data_source: r.dataset for r in runs}
+    sources = [f"{dataset[source]} from {source}" for source in sorted(dataset)]  # numbered as the labels' "data N"
+    lines = ["data: " + ("; ".join(f"data {i}: {source}" for i, source in enumerate(sources, 1))
+                         if len(sources) > 1 else sources[0])]
+    if differ:
+        lines.append(f"NOTE: these runs differ in more than the seed ({', '.join(differ)}): each setting is summarised "
+                     f"on its own row and is never pooled with the others")
     unfinished = [r.path for r in runs if r.status != "complete"]
     if unfinished:
-        line += f"\nWARNING: not complete: {', '.join(unfinished)}"
-    return line
+        lines.append(f"WARNING: not complete: {', '.join(unfinished)}")
+    return "\n".join(lines)
+
+
+def seeds_note(rows, level=0.95):
+    """A line on how wide the intervals are with 2 seeds, where a row has 2."""
+    if not any(row["measure"] == "verate" and row["n"] == 2 for row in rows):
+        return None
+    return (f"NOTE: with 2 seeds a {100 * level:g}% interval of the mean reaches {t_factor(2, level):.1f} std either "
+            f"side (Student's t with 1 degree of freedom); with 3 seeds {t_factor(3, level):.1f}, with 5 "
+            f"{t_factor(5, level):.1f}: run more seeds for intervals that tell models apart")
 
 
 def write_csv(rows, path):
@@ -113,11 +159,15 @@ def write_csv(rows, path):
 def report(runs, at=None, target=0.05, versus="cnn", csv_path=None, png_path=None, out=None):
     """Print the summary of ``runs``; write the CSV and band plot if asked."""
     out = out or sys.stdout
-    at = at or default_at(runs)
+    runs, differ = tag_experiments(runs)
     rows = summarize(runs, at, target, versus)
-    print(describe(runs), file=out)
-    print("validation error, mean ± std over seeds; differences with 95% Welch intervals", file=out)
+    print(describe(runs, differ), file=out)
+    print("validation error, mean ± std over seeds [95% t interval of the mean]; differences with 95% Welch "
+          "intervals; intervals clipped to what an error rate can be", file=out)
     print(format_table(rows, at, target), file=out)
+    note = seeds_note(rows)
+    if note:
+        print(note, file=out)
     if csv_path:
         write_csv(rows, csv_path)
         print(f"Wrote {csv_path}", file=out)

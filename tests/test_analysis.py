@@ -3,6 +3,7 @@ known curves) and on short real sweeps."""
 import csv
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -17,17 +18,18 @@ from conftest import ROOT
 from training.matfile import write_mat
 
 
-def make_record(path, model, seed, verate, ipr=100, engine="torch"):
+def make_record(path, model, seed, verate, ipr=100, engine="torch", source="test data", **flags):
     """A record file with the given validation error per record and simple
-    other curves, in the layout fxnn.py writes."""
+    other curves, in the layout fxnn.py writes (``flags``: more of fxnn.py's
+    flags, as it records them)."""
     verate = np.asarray(verate, dtype=float)
     iters = (len(verate) - 1) * ipr
     terate = np.linspace(verate[0], verate[-1], iters)
     write_mat(str(path), {
         "tloss": terate / 4, "terate": terate, "vloss": verate / 4, "verate": verate,
-        "meta": {"model": model, "dataset": "MNIST", "data_source": "test data", "data_files": "",
-                 "engine": engine, "device": "cpu", "seed": seed, "status": "complete",
-                 "iterations_done": iters, "flags": {"iters_per_record": ipr, "num_records": len(verate) - 1}},
+        "meta": {"model": model, "dataset": "MNIST", "data_source": source, "data_files": "",
+                 "engine": engine, "device": "cpu", "seed": seed, "status": "complete", "iterations_done": iters,
+                 "flags": {"iters_per_record": ipr, "num_records": len(verate) - 1, **flags}},
     }, [])
     return str(path)
 
@@ -125,6 +127,92 @@ def test_never_reached_targets_are_counted_not_averaged(records):
     assert not [r for r in rows if r["measure"] == "iters_to_diff"]  # undefined when some never reach it
     table = summary.format_table(rows, [400], 0.029)
     assert "(2 never)" in table
+
+
+def test_runs_differing_in_more_than_the_seed_are_never_pooled(tmp_path, capsys):
+    curves = {1: [0.9, 0.2, 0.1], 2: [0.9, 0.3, 0.12], 3: [0.9, 0.25, 0.2], 4: [0.9, 0.35, 0.22]}
+    paths = [make_record(tmp_path / f"{m}-{lr}-{s}.mat", m, s, np.add(curves[s], 0.01 * k), learn_rate=lr,
+                         batch_size=64.0, optimizer="sgd")
+             for k, (m, lr, seeds) in enumerate([("fxnn", 0.1, (1, 2)), ("fxnn", 0.2, (3, 4)),
+                                                 ("cnn", 0.1, (1, 2)), ("cnn", 0.2, (3, 4))])
+             for s in seeds]
+    runs, differ = summary.tag_experiments([load_run(p) for p in paths])
+    assert differ == ["-lr"]
+    rows = summary.summarize(runs, at=[100], target=0.05, versus="cnn")
+    get = {(r["measure"], r["label"], r["versus"]): r for r in rows}
+    for k, (label, seeds) in enumerate([("fxnn (torch) -lr 0.1", (1, 2)), ("fxnn (torch) -lr 0.2", (3, 4)),
+                                        ("cnn (torch) -lr 0.1", (1, 2)), ("cnn (torch) -lr 0.2", (3, 4))]):
+        row = get["verate", label, ""]
+        assert row["n"] == 2 and row["mean"] == pytest.approx(np.mean([curves[s][1] + 0.01 * k for s in seeds]))
+    # each fxnn setting is compared with the cnn of the same setting
+    diff = get["verate_diff", "fxnn (torch) -lr 0.2", "cnn (torch) -lr 0.2"]
+    assert diff["mean"] == pytest.approx(np.mean([0.26, 0.36]) - np.mean([0.28, 0.38]))
+    assert ("verate_diff", "fxnn (torch) -lr 0.2", "cnn (torch) -lr 0.1") not in get
+    # and the user is told
+    assert summary.main(paths + ["--at", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "NOTE: these runs differ in more than the seed (-lr)" in out
+    assert any(line.startswith("fxnn -lr 0.1 - cnn -lr 0.1 ") for line in out.splitlines())
+
+
+def test_runs_on_different_data_are_separate_rows_named_by_their_data(tmp_path, capsys):
+    paths = [make_record(tmp_path / f"{src}-{s}.mat", "fxnn", s, FXNN[s], source=src)
+             for src in ("data set B", "data set A") for s in (1, 2)]
+    assert summary.main(paths + ["--at", "400"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "data: data 1: MNIST from data set A; data 2: MNIST from data set B"
+    assert "(data)" in lines[1]
+    (a,) = [line for line in lines if line.startswith("fxnn (torch) data 1 ")]
+    assert f"{100 * np.mean([FXNN[1][4], FXNN[2][4]]):.2f}%" in a and a.split()[4] == "2"
+
+
+def test_runs_with_different_record_spacing_summarise_at_their_own_iterations(tmp_path, capsys):
+    coarse = [make_record(tmp_path / f"c{s}.mat", "fxnn", s, FXNN[s], ipr=100) for s in (1, 2, 3)]
+    fine = [make_record(tmp_path / f"f{s}.mat", "fxnn", s, np.repeat(FXNN[s], 2)[1:], ipr=50) for s in (1, 2, 3)]
+    cnn = [make_record(tmp_path / f"cnn{s}.mat", "cnn", s, CNN[s], ipr=100) for s in (1, 2)]
+    assert summary.main(coarse + fine + cnn) == 0
+    out = capsys.readouterr().out
+    runs, _ = summary.tag_experiments([load_run(p) for p in coarse + fine + cnn])
+    rows = summary.summarize(runs, None, 0.05, "cnn")
+    at = {label: [r["at"] for r in rows if r["measure"] == "verate" and r["label"] == label]
+          for label in {r["label"] for r in rows}}
+    assert at == {"fxnn (torch) -nrec 4 -ipr 100": [100, 400], "fxnn (torch) -nrec 8 -ipr 50": [50, 200, 400],
+                  "cnn (torch) -nrec 4 -ipr 100": [100, 400]}
+    fine_400 = next(r for r in rows if r["label"] == "fxnn (torch) -nrec 8 -ipr 50" and r["at"] == 400)
+    assert fine_400["mean"] == pytest.approx(np.mean([FXNN[s][4] for s in (1, 2, 3)]))
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split()[:1] == ["seeds"])
+    assert lines[head].split()[:5] == ["seeds", "@50", "@100", "@200", "@400"]
+    table = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in lines[head + 1:])}
+    assert table["fxnn (torch) -nrec 4 -ipr 100"][:3] == ["3", "-", "21.00% ± 3.61% [12.04%, 29.96%]"]
+    assert table["fxnn (torch) -nrec 8 -ipr 50"][4].startswith("3.10% ± 0.36%")
+    assert table["fxnn (torch) -nrec 8 -ipr 50"][2] == "-"  # no record at iteration 100 in that row's table
+    # the only cnn is the reference of both, at the iterations each shares with it
+    diffs = {(r["label"], r["at"]) for r in rows if r["measure"] == "verate_diff"}
+    assert diffs == {("fxnn (torch) -nrec 4 -ipr 100", 100), ("fxnn (torch) -nrec 4 -ipr 100", 400),
+                     ("fxnn (torch) -nrec 8 -ipr 50", 400)}
+
+
+def test_intervals_are_clipped_to_what_an_error_rate_can_be(tmp_path):
+    paths = [make_record(tmp_path / "f1.mat", "fxnn", 1, [0.9, 0.001]), make_record(tmp_path / "f2.mat", "fxnn", 2, [0.9, 0.02]),
+             make_record(tmp_path / "c1.mat", "cnn", 1, [0.9, 0.9]), make_record(tmp_path / "c2.mat", "cnn", 2, [0.9, 0.1])]
+    rows = summary.summarize([load_run(p) for p in paths], at=[100], target=0.05, versus="cnn")
+    get = {(r["measure"], r["label"]): r for r in rows}
+    fx, cnn, diff = get["verate", "fxnn (torch)"], get["verate", "cnn (torch)"], get["verate_diff", "fxnn (torch)"]
+    ref = stats.ttest_1samp([0.001, 0.02], 0).confidence_interval(0.95)
+    assert ref.low < 0 and fx["ci_low"] == 0 and fx["ci_high"] == pytest.approx(ref.high)
+    ref = stats.ttest_1samp([0.9, 0.1], 0).confidence_interval(0.95)
+    assert ref.low < 0 < 1 < ref.high and (cnn["ci_low"], cnn["ci_high"]) == (0, 1)
+    ref = stats.ttest_ind([0.001, 0.02], [0.9, 0.1], equal_var=False).confidence_interval(0.95)
+    assert ref.low < -1 < 1 < ref.high and (diff["ci_low"], diff["ci_high"]) == (-1, 1)
+
+
+def test_the_summary_says_how_wide_intervals_are_with_two_seeds(records, capsys):
+    assert summary.main(records + ["--at", "400"]) == 0  # cnn has 2 seeds
+    (note,) = [line for line in capsys.readouterr().out.splitlines() if "with 2 seeds" in line]
+    assert f"reaches {stats.t.ppf(0.975, 1) / math.sqrt(2):.1f} std either side" in note
+    assert summary.main(records[:3] + ["--at", "400"]) == 0  # fxnn's 3 seeds only
+    assert "with 2 seeds" not in capsys.readouterr().out
 
 
 def test_summary_command_prints_the_table_and_writes_csv_and_png(records, tmp_path, capsys):
