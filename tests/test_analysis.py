@@ -268,7 +268,13 @@ def test_plot_command_errors_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_sweep_runs_every_model_and_seed_then_skips_them_when_rerun(tmp_path, small_mnist):
+@pytest.fixture
+def dask():
+    """The sweep runs on Dask, the cluster extra (.ci/run installs it)."""
+    pytest.importorskip("distributed", reason='the sweep needs Dask: pip install -e ".[cluster]"')
+
+
+def test_sweep_runs_every_model_and_seed_then_skips_them_when_rerun(tmp_path, small_mnist, dask):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "analysis.sweep", "-m", "fxnn", "baseline", "--seeds", "1", "2",
            "-o", str(out), "--at", "5", "10", "--", "-nrec", "2", "-ipr", "5", "--data-dir", small_mnist]
@@ -313,7 +319,7 @@ def test_progress_line_from_a_console_line():
     assert sweep.progress(line) == "Iter 00300/10000 valid 16.81%"
 
 
-def test_interrupted_sweep_saves_every_run_and_the_rerun_resumes_them(tmp_path, small_mnist):
+def test_interrupted_sweep_saves_every_run_and_the_rerun_resumes_them(tmp_path, small_mnist, dask):
     import signal
     import time
     out = tmp_path / "sweep"

@@ -163,7 +163,11 @@ def test_a_run_whose_worker_is_killed_resumes_on_another_and_the_sweep_completes
 
 
 def test_a_worker_that_cannot_see_the_output_folder_stops_the_sweep_before_any_run(tmp_path, cluster):
-    if os.geteuid() != 0 or not subprocess.run(["which", "unshare"], capture_output=True).returncode == 0:
+    probe = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'mount -t tmpfs none "{tmp_path}"']
+    try:
+        if os.geteuid() != 0 or subprocess.run(probe, capture_output=True, timeout=30).returncode != 0:
+            raise OSError
+    except OSError:
         pytest.skip("needs root and unshare to give a worker a filesystem of its own")
     hidden = tmp_path / "shared"
     hidden.mkdir()
