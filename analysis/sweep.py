@@ -1,14 +1,20 @@
 """Seed sweeps: run a set of models over several seeds in parallel processes,
-then summarise them (see :mod:`analysis.summary`).
+on this machine or a Dask cluster, then summarise them (see
+:mod:`analysis.summary`).
 
 ``python3 -m analysis.sweep -m fxnn cnn --seeds 1 2 3 -o sweeps/mnist -- --no-download``
 runs ``fxnn.py -m MODEL --seed S -o sweeps/mnist/MODEL-seedS.mat`` for every
 pair, with the flags after ``--`` added to each, as many at a time as the
-machine has cores (each with its share of the threads), and writes each run's
-console output beside its record (``.log``). Rerunning the same command skips
-the finished runs and resumes interrupted ones, so a sweep stopped by Ctrl-C,
-a crash or a reboot goes on where it was. At the end it prints the summary and
-writes ``summary.csv`` and ``summary.png`` in the output folder.
+machine has cores (each with its share of the threads), or on the Dask
+cluster at ``--scheduler`` (whose workers must all see the output folder),
+and writes each run's console output beside its record (``.log``). Rerunning
+the same command skips the finished runs and resumes interrupted ones, so a
+sweep stopped by Ctrl-C, a crash, a reboot or a lost worker goes on where it
+was. At the end it prints the summary and writes ``summary.csv`` and
+``summary.png`` in the output folder.
+
+How the runs are spread is :mod:`analysis.cluster`'s (Dask, the ``cluster``
+extra); what is printed and when is this module's.
 """
 import argparse
 import os
@@ -89,7 +95,7 @@ class Watch:
     def __init__(self, total, remote, status_every, say):
         self.total, self.remote, self.status_every, self.say = total, remote, status_every, say
         self.events, self.running, self.finished = queue.Queue(), {}, 0
-        self.last_status = time.monotonic()
+        self.last_status, self.stopping = time.monotonic(), False
 
     def started(self, event):  # called by Dask's client thread
         self.events.put(event[1])
@@ -109,15 +115,19 @@ class Watch:
         """Prints how ``job`` ended; returns whether it failed."""
         self.running.pop(job.name, None)
         if outcome is not None and outcome["code"] is None:
-            return False  # stopped before it started
+            return False  # the sweep was stopped before the run started
         self.finished += 1
         head = f"[{self.finished}/{self.total}] {job.name}"
-        if error is not None:
-            self.say(f"{head} FAILED on the cluster: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        if error is not None:  # the task itself failed: its worker died too often, or cannot run it
+            first = (str(error).strip().splitlines() or [""])[0]
+            self.say(f"{head} FAILED on the cluster: {type(error).__name__}: {first}")
             return True
         took = _minutes(outcome["seconds"])
         if outcome["code"] == 0:
             self.say(f"{head} done in {took}: {last_line(job.log)}")
+            return False
+        if self.stopping and outcome["code"] in (130, 143):
+            self.say(f"{head} stopped after {took}: {last_line(job.log, '')}")
             return False
         self.say(f"{head} FAILED (exit {outcome['code']}) after {took}: {last_line(job.log, 'fxnn: error')}")
         return True
@@ -148,11 +158,15 @@ def run_jobs(client, jobs, fxnn_flags, status_every=60.0, gpus_per_run=0, remote
             pending -= done
             failed += [futures[future] for future in done if _ended(watch, futures[future], future)]
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runs are saving; let nothing cut that short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say("Interrupted: waiting for the running experiments to save their records ...")
+        watch.stopping = True
         stop.set()
-        dd.wait(list(pending))
+        while True:  # a second Ctrl-C must not leave the runs unsaved (they die with the sweep)
+            try:
+                dd.wait(list(pending))
+                break
+            except KeyboardInterrupt:
+                say("Still waiting for the running experiments to save their records ...")
         watch.poll(by_name)
         for future in pending:
             _ended(watch, futures[future], future)

@@ -211,3 +211,25 @@ def test_gpu_slots_give_each_run_its_own_devices(monkeypatch):
     assert sorted(slots.take(worker, 2)) == ["1", "2"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")  # a worker given two of the machine's devices
     assert slots.take(FakeWorker("tcp://b:1", 2), 2) == ["4", "6"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_runs_on_the_workers_with_their_records_saved(tmp_path, cluster, small_mnist):
+    cluster.add_worker("w1")
+    cluster.add_worker("w2")
+    cluster.wait_for_workers(2)
+    out = tmp_path / "sweep"
+    proc = sweep(cluster, out, ["fxnn"], [1, 2], TINY + ["-nrec", "400", "--data-dir", small_mnist])
+    logs, deadline = [out / "fxnn-seed1.log", out / "fxnn-seed2.log"], time.monotonic() + 300
+    while not all(p.exists() and "Iter 00010/02000" in p.read_text() for p in logs):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert stdout.count(" stopped after ") == 2 and "FAILED" not in stdout
+    for seed in (1, 2):
+        run = load_run(str(out / f"fxnn-seed{seed}.mat"))
+        assert run.status == "interrupted" and 2 <= len(run.verate) < 401
+    # the workers are still up, and run nothing
+    assert all(w.poll() is None and not psutil.Process(w.pid).children() for w in cluster.workers.values())
