@@ -111,7 +111,7 @@ def start(scheduler, slots, gpus_per_run):
     dd = distributed()
     if scheduler:
         try:
-            client = dd.Client(scheduler, timeout="20s")
+            client = dd.Client(scheduler, timeout="10s")
         except (OSError, TimeoutError, ValueError) as e:
             raise SweepError(f"cannot reach the Dask scheduler at {scheduler} ({e}); start one with "
                              f"'dask scheduler', or leave out --scheduler to run on this machine") from None

@@ -306,7 +306,10 @@ def test_sweep_resumes_a_run_that_left_a_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [(["--", "--seed", "4"], "the sweep sets --seed itself"),
-                                            (["--", "-nrec", "0"], "must be a positive integer")])
+                                            (["--", "-nrec", "0"], "must be a positive integer"),
+                                            (["--gpus-per-run", "-1"], "--gpus-per-run must be 0 or more"),
+                                            (["--scheduler", "tcp://127.0.0.1:8786", "-j", "2"],
+                                             "--jobs is for this machine")])
 def test_sweep_refuses_bad_flags_before_running_anything(tmp_path, extra, message):
     cmd = [sys.executable, "-m", "analysis.sweep", "-m", "fxnn", "--seeds", "1", "-o", str(tmp_path / "s")] + extra
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)

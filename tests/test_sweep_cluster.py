@@ -50,9 +50,9 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def add_worker(self, name, nthreads=1, prefix=()):
+    def add_worker(self, name, nthreads=1, prefix=(), extra=()):
         self.workers[name] = self._start(name, ["worker", self.address, "--name", name, "--nthreads", str(nthreads),
-                                                "--no-nanny", "--host", "127.0.0.1", "--no-dashboard"], prefix)
+                                                "--no-nanny", "--host", "127.0.0.1", "--no-dashboard", *extra], prefix)
 
     def wait_for_workers(self, n):
         with distributed.Client(self.address, timeout="60s") as client:
@@ -74,9 +74,9 @@ def cluster(tmp_path):
         c.close()
 
 
-def sweep(cluster, out, models, seeds, fxnn_flags):
+def sweep(cluster, out, models, seeds, fxnn_flags, sweep_flags=()):
     cmd = [sys.executable, "-m", "analysis.sweep", "-m", *models, "--seeds", *map(str, seeds), "-o", str(out),
-           "--scheduler", cluster.address, "--status-every", "1000", "--"] + fxnn_flags
+           "--scheduler", cluster.address, "--status-every", "1000", *sweep_flags, "--"] + fxnn_flags
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cluster.procs.insert(0, proc)  # killed first at the end, even when the test fails
     return proc
@@ -193,6 +193,15 @@ def test_the_sweep_without_dask_says_how_to_install_it(tmp_path):
     assert "the sweep runs on Dask, which is not installed" in line and 'pip install -e ".[cluster]"' in line
 
 
+def test_an_unreachable_scheduler_is_one_line_naming_it(tmp_path):
+    cmd = [sys.executable, "-m", "analysis.sweep", "-m", "fxnn", "--seeds", "1", "-o", str(tmp_path / "s"),
+           "--scheduler", "127.0.0.1"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("sweep: error: cannot reach the Dask scheduler at 127.0.0.1 (") and "dask scheduler" in line
+
+
 class FakeWorker:
     """What GpuSlots reads of a Dask worker."""
     def __init__(self, address, gpus):
@@ -233,3 +242,37 @@ def test_ctrl_c_stops_the_runs_on_the_workers_with_their_records_saved(tmp_path,
         assert run.status == "interrupted" and 2 <= len(run.verate) < 401
     # the workers are still up, and run nothing
     assert all(w.poll() is None and not psutil.Process(w.pid).children() for w in cluster.workers.values())
+
+
+def test_gpu_runs_need_a_worker_with_gpu_resources(tmp_path, cluster):
+    cluster.add_worker("cpu-only")
+    cluster.wait_for_workers(1)
+    proc = sweep(cluster, tmp_path / "sweep", ["fxnn"], [1], TINY + ["-nrec", "1"], ["--gpus-per-run", "1"])
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "starting" not in stdout
+    (line,) = stderr.strip().splitlines()
+    assert "--gpus-per-run 1: no worker has that many GPU resources" in line and "--resources GPU=N" in line
+
+
+def test_each_gpu_run_sees_only_its_own_device(tmp_path, cluster, small_mnist):
+    cluster.add_worker("gpus", nthreads=2, extra=["--resources", "GPU=2"])
+    cluster.wait_for_workers(1)
+    out = tmp_path / "sweep"
+    proc = sweep(cluster, out, ["fxnn"], [1, 2], TINY + ["-nrec", "400", "--data-dir", small_mnist],
+                 ["--gpus-per-run", "1"])
+    worker, seen, deadline = psutil.Process(cluster.workers["gpus"].pid), {}, time.monotonic() + 300
+    while len(seen) < 2:  # the runs' own environments, read from /proc while they train side by side
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        for run in worker.children(recursive=True):
+            try:
+                if "fxnn.py" in " ".join(run.cmdline()):
+                    seen[run.pid] = run.environ().get("CUDA_VISIBLE_DEVICES")
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.2)
+    assert sorted(seen.values()) == ["0", "1"]
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130
+    assert sorted(line.split("GPU ")[1].split(")")[0] for line in stdout.splitlines()
+                  if line.startswith("starting ")) == ["0", "1"]
