@@ -63,7 +63,7 @@ setup(
         # The CUDA kernel kernels/simple_conv.cu, launched through PyCUDA.
         "cuda": ["torch>=2.2,<3", "pycuda>=2025.1.2,<2027"],
         # Seed sweeps (analysis/sweep.py) on Dask's distributed scheduler, on this machine or a cluster.
-        "cluster": ["dask[distributed]>=2024.1"],
+        "cluster": ["dask[distributed]>=2024.1,<2027"],
         "test": ["pytest>=7"],
     },
     entry_points={"console_scripts": [

@@ -134,10 +134,10 @@ def start(scheduler, slots, gpus_per_run):
 
 def wait_for_workers(client, say):
     """Until the cluster has a worker (a batch system may take a while)."""
-    if client.scheduler_info(n_workers=-1)["workers"]:
+    if client.nthreads():
         return
     say("no workers on the cluster yet; waiting for one (Ctrl-C to stop) ...")
-    while not client.scheduler_info(n_workers=-1)["workers"]:
+    while not client.nthreads():
         time.sleep(1.0)
 
 
@@ -173,8 +173,8 @@ def check_workers(client, out_dir, gpus_per_run):
         raise SweepError(f"{len(problems)} worker(s) cannot use the output folder {out_dir} ({worker}: {problem}); "
                          f"records and checkpoints must be on a filesystem every worker sees at the same path")
     if gpus_per_run:
-        workers = client.scheduler_info(n_workers=-1)["workers"].values()
-        if not any(w.get("resources", {}).get("GPU", 0) >= gpus_per_run for w in workers):
+        gpus = client.run(lambda dask_worker: dask_worker.state.total_resources.get("GPU", 0))
+        if not any(n >= gpus_per_run for n in gpus.values()):
             raise SweepError(f"--gpus-per-run {gpus_per_run}: no worker has that many GPU resources; start GPU "
                              f"workers with 'dask worker SCHEDULER --resources GPU=N'")
 

@@ -195,9 +195,9 @@ def run_sweep(args, head, todo, fxnn_flags, say):
     try:
         if args.scheduler:
             wait_for_workers(client, say)
-            workers = client.scheduler_info(n_workers=-1)["workers"].values()
-            say(f"{head}, on the Dask cluster at {args.scheduler} ({len(workers)} workers, "
-                f"{sum(w['nthreads'] for w in workers)} runs at a time)")
+            slots = client.nthreads()
+            say(f"{head}, on the Dask cluster at {args.scheduler} ({len(slots)} workers, "
+                f"{sum(slots.values())} runs at a time)")
         else:
             say(f"{head}, {parallel} at a time on {cores()} cores")
         check_workers(client, os.path.abspath(args.out_dir), args.gpus_per_run)

@@ -194,8 +194,8 @@ def test_runs_with_different_record_spacing_summarise_at_their_own_iterations(tm
 
 
 def test_intervals_are_clipped_to_what_an_error_rate_can_be(tmp_path):
-    paths = [make_record(tmp_path / "f1.mat", "fxnn", 1, [0.9, 0.001]), make_record(tmp_path / "f2.mat", "fxnn", 2, [0.9, 0.02]),
-             make_record(tmp_path / "c1.mat", "cnn", 1, [0.9, 0.9]), make_record(tmp_path / "c2.mat", "cnn", 2, [0.9, 0.1])]
+    paths = [make_record(tmp_path / f"{m}{s}.mat", m, s, [0.9, e])
+             for m, s, e in [("fxnn", 1, 0.001), ("fxnn", 2, 0.02), ("cnn", 1, 0.9), ("cnn", 2, 0.1)]]
     rows = summary.summarize([load_run(p) for p in paths], at=[100], target=0.05, versus="cnn")
     get = {(r["measure"], r["label"]): r for r in rows}
     fx, cnn, diff = get["verate", "fxnn (torch)"], get["verate", "cnn (torch)"], get["verate_diff", "fxnn (torch)"]
