@@ -1,6 +1,7 @@
 """Record files (``rec-*.mat``) read back as curves for plots and summaries,
 and what makes two runs the same experiment."""
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 
@@ -92,6 +93,7 @@ def _plain(value):
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+@functools.lru_cache(maxsize=None)
 def _option(name):
     """The fxnn.py option for a flag name (``learn_rate`` -> ``-lr``)."""
     if name == "data":
