@@ -189,8 +189,8 @@ def build_parser():
 
 def add_summary_flags(p):
     p.add_argument("--at", type=int, nargs="+", default=None,
-                   help="iterations at which to report the validation error (default: one record, "
-                        "then 4x apart, and the last)")
+                   help="iterations at which to report the validation error (default, for each setting: "
+                        "one record, then 4x apart, and the last)")
     p.add_argument("--target", type=float, default=0.05, help="validation error rate to reach (0.05 = 5%%)")
     p.add_argument("--versus", default="cnn", help="model the others are compared with")
     p.add_argument("--csv", default=None, help="write the summary as CSV here")
