@@ -12,7 +12,7 @@ import pytest
 from numpy._core.multiarray import _reconstruct
 
 from data import DataError, load_dataset
-from data.cifar10 import TEST, TRAIN, write_batch
+from data.cifar import TEST, TRAIN, write_batch
 
 
 def make_cifar(folder, n=8, **replace):

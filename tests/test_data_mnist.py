@@ -149,7 +149,7 @@ def make_npz(path, **override):
     ({"train_y": TRAIN_Y.reshape(30, 1)}, "integers"),
     ({"test_y": TEST_Y[:5]}, "5 labels for 12 images"),
     ({"test_y": np.full(12, 11, np.uint8)}, "0..9"),
-    ({"test_y": np.array(list("abcdefghijkl"), dtype=object)}, "unreadable"),
+    ({"test_y": np.array(list("abcdefghijkl"), dtype=object)}, "object values"),
 ])
 def test_a_bad_npz_is_rejected_naming_it(tmp_path, override, words):
     (tmp_path / "mnist").mkdir()
