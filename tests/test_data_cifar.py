@@ -323,3 +323,27 @@ def test_a_batch_larger_than_a_genuine_one_is_not_unpickled(tmp_path, monkeypatc
                         if path.endswith("data_batch_4") else unpickle(path, **kw))
     with pytest.raises(DataError, match="data_batch_4: .* more than the"):
         load_dataset("CIFAR10", str(tmp_path))
+
+
+@pytest.mark.parametrize("source,engine", [(cifar.CIFAR10, "torch"), (cifar.CIFAR100, "torch"),
+                                           (cifar.CIFAR100, "pytensor")], ids=["cifar10-torch", "cifar100-torch",
+                                                                                 "cifar100-pytensor"])
+def test_a_short_run_on_each(tmp_path, capsys, source, engine):
+    import fxnn
+    from training.matfile import read_mat
+    if engine == "torch":
+        pytest.importorskip("torch")
+    base = tmp_path / source.folder
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    for name in source.train + (source.test,):
+        write_batch(str(base / name), rng.integers(0, 256, (30, 3072), dtype=np.uint8),
+                    rng.integers(0, source.num_classes, 30), source.label_key)
+    out = tmp_path / "rec.mat"
+    code = fxnn.main(["-d", source.name.lower(), "--data-dir", str(tmp_path), "-nrec", "2", "-ipr", "2",
+                      "--engine", engine, "-m", "baseline" if engine == "pytensor" else "fxnn", "--seed", "1",
+                      "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rec = read_mat(str(out))
+    assert rec["meta"]["num_classes"] == source.num_classes and rec["yprob"].shape == (3, 10, source.num_classes)
+    assert rec["x"].shape == (10, 3, 32, 32) and rec["meta"]["dataset"] == source.name
