@@ -82,6 +82,17 @@ def load_mnist(data_dir, download=True, log=print):
 
 
 def load_dataset(name, data_dir, download=True, log=print):
+    """The dataset ``name`` (a DATASETS name or an .npz path); DataError when
+    it cannot be had or has no training or no test images."""
+    dataset = _load(name, data_dir, download, log)
+    for split, x in (("training", dataset.train_x), ("test", dataset.test_x)):
+        if len(x) == 0:
+            raise DataError(f"{'; '.join(dataset.files)}: no {split} images; put a complete copy of "
+                            f"{dataset.name} there")
+    return dataset
+
+
+def _load(name, data_dir, download, log):
     if name == "MNIST":
         return load_mnist(data_dir, download, log)
     if name == "FashionMNIST":

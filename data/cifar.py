@@ -62,7 +62,7 @@ def find_folder(base, source):
 
 def read_batch(path, source=CIFAR10):
     """(uint8 images (N, 3, 32, 32), int32 labels) of one batch file."""
-    fix = f"replace it with the file from the python version at {PAGE}"
+    fix = f"delete it and run again to unpack or download it again (the python version at {PAGE})"
     if not os.path.isfile(path):
         raise DataError(f"{path}: missing; {fix}")
     limit = source.max_file_bytes(os.path.basename(path))
