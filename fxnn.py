@@ -75,6 +75,8 @@ EXAMPLES = """examples:
   python3 fxnn.py --model=fxnn                      MNIST, 100 records of 100 iterations
   python3 fxnn.py --model=cnn --seed 1              the generic CNN, reproducibly
   python3 fxnn.py -d CIFAR10 -nrec 1000 -ipr 250    a long CIFAR-10 sweep
+  python3 fxnn.py -d FashionMNIST --valid-split 0.1 tune on a held-out split, test once at the end
+  python3 fxnn.py -d mine.npz -m cnn                your own images and labels (README 'Data')
   python3 fxnn.py -d CIFAR10 -nrec 1000 -ipr 250 --resume   continue it after Ctrl-C or a crash
 
 exit codes: 0 done, 2 bad input or flags, 3 training diverged (NaN), 130 Ctrl-C, 143 SIGTERM"""
@@ -131,7 +133,8 @@ def build_parser():
                    help="folder holding mnist/, fashion-mnist/, cifar10/, cifar100/ (env FXNN_DATA)")
     p.add_argument("--no-download", action="store_true",
                    help="never download: MNIST falls back to the bundled sample, other datasets stop")
-    p.add_argument("-o", "--out", default=None, help="record file (default rec-<DATASET>-<MODEL>.mat; for data.npz, rec-data-<MODEL>.mat)")
+    p.add_argument("-o", "--out", default=None,
+                   help="record file (default rec-<DATASET>-<MODEL>.mat; for data.npz, rec-data-<MODEL>.mat)")
     p.add_argument("--record-params", choices=RECORD_PARAMS, default="all",
                    help="parameter snapshots to record: at every record, the last only, or none")
     p.add_argument("--resume", action="store_true",
@@ -179,8 +182,8 @@ def run(args):
     from models.engines import make_engine, resolve
     from training import checkpoint
     from training.loop import NUM_SAMPLES, VALID_BATCH, Schedule, raise_on_sigterm, train
-    from training.memory import release_free_memory
     from training.final_test import final_test
+    from training.memory import release_free_memory
     from training.recorder import Recorder
 
     def fail(message):
@@ -253,7 +256,7 @@ def run(args):
                     print_line=lambda line: print(line, flush=True))
     test_vars, test_meta, test_line = ({}, {}, None)
     if args.valid_split and outcome == "complete":
-        test_vars, test_meta, test_line = final_test(engine, dataset, recorder, args.iters_per_record)
+        outcome, test_vars, test_meta, test_line = final_test(engine, dataset, recorder, args.iters_per_record)
     paths, implementations = engine.describe_paths()
     meta = {
         "model": args.model, "dataset": dataset.name, **dataset.meta(), **test_meta,

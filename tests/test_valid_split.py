@@ -133,3 +133,21 @@ def test_resume_continues_with_the_same_split_and_best_parameters(tmp_path, caps
     np.testing.assert_array_equal(whole["test_erate"], resumed["test_erate"])
     assert whole["meta"]["best_iteration"] == resumed["meta"]["best_iteration"]
     assert out.count("Test loss|erate") == 1
+
+
+def test_ctrl_c_during_the_final_test_keeps_the_run_and_resume_finishes_it(tmp_path, capsys, small_mnist,
+                                                                         monkeypatch):
+    pytest.importorskip("torch")
+    import training.final_test as final
+    args = ["-m", "baseline", "-nrec", 2, "-ipr", 5, "--data-dir", small_mnist, "--seed", 3,
+            "--valid-split", 0.1, "--engine", "torch", "--record-params", "none", "-o", tmp_path / "r.mat"]
+    step = final.validate
+    monkeypatch.setattr(final, "validate", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert fxnn.main([str(a) for a in args]) == 130
+    out, _ = capsys.readouterr()
+    assert "--resume" in out and "Test loss" not in out
+    assert read_mat(str(tmp_path / "r.mat"))["meta"]["status"] == "interrupted"
+    monkeypatch.setattr(final, "validate", step)
+    out = run(capsys, *args, "--resume")
+    rec = read_mat(str(tmp_path / "r.mat"))
+    assert out.count("Test loss|erate") == 1 and rec["meta"]["status"] == "complete" and rec["test_erate"].shape == (2,)
