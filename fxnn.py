@@ -75,9 +75,9 @@ EXAMPLES = """examples:
   python3 fxnn.py --model=fxnn                      MNIST, 100 records of 100 iterations
   python3 fxnn.py --model=cnn --seed 1              the generic CNN, reproducibly
   python3 fxnn.py -d CIFAR10 -nrec 1000 -ipr 250    a long CIFAR-10 sweep
+  python3 fxnn.py -d CIFAR10 -nrec 1000 -ipr 250 --resume   continue it after Ctrl-C or a crash
   python3 fxnn.py -d FashionMNIST --valid-split 0.1 tune on a held-out split, test once at the end
   python3 fxnn.py -d mine.npz -m cnn                your own images and labels (README 'Data')
-  python3 fxnn.py -d CIFAR10 -nrec 1000 -ipr 250 --resume   continue it after Ctrl-C or a crash
 
 exit codes: 0 done, 2 bad input or flags, 3 training diverged (NaN), 130 Ctrl-C, 143 SIGTERM"""
 
