@@ -111,7 +111,8 @@ def test_load_dataset_downloads_skipping_a_bad_mirror(tmp_path, serve, monkeypat
     sums = made_files(tmp_path / "good")
     made_files(tmp_path / "bad", seed=1)  # same names, other bytes: MD5 mismatch
     with_sums(monkeypatch, mnist.MNIST, sums)
-    monkeypatch.setenv("FXNN_MNIST_MIRRORS", f"{closed_port_url()} {serve(tmp_path / 'bad')},{serve(tmp_path / 'good')}")
+    bases = f"{closed_port_url()} {serve(tmp_path / 'bad')},{serve(tmp_path / 'good')}"
+    monkeypatch.setenv("FXNN_MNIST_MIRRORS", bases)
     lines = []
     ds = load_dataset("MNIST", str(tmp_path / "data"), log=lines.append)
     assert ds.train_x.shape == (20, 1, 28, 28) and ds.test_x.shape == (6, 1, 28, 28)
