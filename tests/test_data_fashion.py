@@ -71,11 +71,13 @@ def test_an_image_file_declaring_more_images_than_fashion_mnist_has_is_refused(t
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "fashion-mnist")),
                     reason="the genuine Fashion-MNIST (../shared/data/fashion-mnist/) is not beside the project")
-def test_a_real_fashion_mnist_run(tmp_path, capsys):
+@pytest.mark.parametrize("model", ["baseline", pytest.param("fxnn", marks=pytest.mark.slow)])
+def test_a_real_fashion_mnist_run(tmp_path, capsys, model):
     pytest.importorskip("torch")
     out = tmp_path / "rec.mat"
     code = fxnn.main(["-d", "FashionMNIST", "--data-dir", SHARED, "-nrec", "1", "-ipr", "30", "--seed", "2",
-                      "--valid-split", "0.05", "--engine", "torch", "--record-params", "none", "-o", str(out)])
+                      "--valid-split", "0.05", "--engine", "torch", "--record-params", "none", "-o", str(out),
+                      "-m", model])
     stdout, err = capsys.readouterr()
     assert code == 0, err
     meta = read_mat(str(out))["meta"]
@@ -84,4 +86,5 @@ def test_a_real_fashion_mnist_run(tmp_path, capsys):
     assert (meta["train_images"], meta["valid_images"], meta["test_images"]) == (57000, 3000, 10000)
     rec = read_mat(str(out))
     assert rec["verate"][-1] < rec["verate"][0] - 0.2  # 30 steps learn a lot of Fashion-MNIST
+    assert rec["test_erate"][0] < 0.7
     assert stdout.count("Test loss|erate") == 1
