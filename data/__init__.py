@@ -36,11 +36,6 @@ def dataset_label(dataset):
     return dataset if dataset in DATASETS else os.path.splitext(os.path.basename(dataset))[0]
 
 
-def fetch_idx(source, folder, log):
-    """Download the files ``folder`` lacks of an idx dataset."""
-    download_files(folder, source.remote, mirrors(source.mirrors_env, source.mirrors), log)
-
-
 def load_idx_dataset(source, data_dir, download, log):
     """MNIST or Fashion-MNIST from ``<data_dir>/<folder>/``, else the system
     package's folder; files missing there are downloaded."""
@@ -55,7 +50,7 @@ def load_idx_dataset(source, data_dir, download, log):
                 return mnist.load_folder(system, source)
     if not download:
         raise missing
-    fetch_idx(source, folder, log)
+    download_files(folder, source.remote, mirrors(source.mirrors_env, source.mirrors), log)
     return mnist.load_folder(folder, source)
 
 

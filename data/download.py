@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import http.client
 import os
+import sys
 import time
 import urllib.request
 import zlib
@@ -39,12 +40,8 @@ class RemoteFile:
 
 
 class DownloadError(DataError):
-    """No mirror delivered a file with the right checksum. ``str()`` gives
-    every mirror's reason; ``short`` one phrase."""
-
-    def __init__(self, message, short="download failed"):
-        super().__init__(message)
-        self.short = short
+    """No mirror delivered a file with the right checksum; the message gives
+    every mirror's reason."""
 
 
 class Refused(ValueError):
@@ -98,6 +95,27 @@ def matches(path, md5, remote):
     return bool(remote.raw_md5) and raw_md5(path, remote.raw_size) == remote.raw_md5
 
 
+class Progress:
+    """MB done of a download, redrawn on stderr when it is a terminal (so a
+    log file gets nothing extra)."""
+
+    def __init__(self, total):
+        self.total, self.last = total, 0.0
+        self.enabled = sys.stderr.isatty()
+
+    def update(self, done):
+        if self.enabled and time.monotonic() - self.last > 0.5:
+            self.last = time.monotonic()
+            total = f"/{self.total / 1e6:.1f}" if self.total else ""
+            sys.stderr.write(f"\r  {done / 1e6:.1f}{total} MB ")
+            sys.stderr.flush()
+
+    def clear(self):
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
 def fetch(url, path, remote, log=print):
     """Download ``url`` to ``path`` if it is ``remote`` (a RemoteFile);
     returns an error string, or None on success. Never leaves a partial file."""
@@ -112,17 +130,22 @@ def fetch(url, path, remote, log=print):
                     raise Refused(f"{int(declared):,} bytes announced, more than the {remote.max_bytes:,} "
                                   f"of any genuine copy")
                 log(f"Downloading {url} ...")
-                while chunk := response.read1(CHUNK):
-                    size += len(chunk)
-                    if size > remote.max_bytes:
-                        raise Refused(f"more than the {remote.max_bytes:,} bytes of any genuine copy")
-                    digest.update(chunk)
-                    out.write(chunk)
-                    elapsed = time.monotonic() - start
-                    if elapsed > limit:
-                        raise Refused(f"not done within FXNN_DOWNLOAD_TIMEOUT={limit:g} s")
-                    if elapsed > GRACE and size < MIN_RATE * elapsed:
-                        raise Refused(f"too slow ({size:,} bytes in {elapsed:.0f} s)")
+                progress = Progress(int(declared) if declared and declared.isdigit() else 0)
+                try:
+                    while chunk := response.read1(CHUNK):
+                        size += len(chunk)
+                        if size > remote.max_bytes:
+                            raise Refused(f"more than the {remote.max_bytes:,} bytes of any genuine copy")
+                        digest.update(chunk)
+                        out.write(chunk)
+                        progress.update(size)
+                        elapsed = time.monotonic() - start
+                        if elapsed > limit:
+                            raise Refused(f"not done within FXNN_DOWNLOAD_TIMEOUT={limit:g} s")
+                        if elapsed > GRACE and size < MIN_RATE * elapsed:
+                            raise Refused(f"too slow ({size:,} bytes in {elapsed:.0f} s)")
+                finally:
+                    progress.clear()
             if not matches(tmp, digest.hexdigest(), remote):
                 raise Refused(f"MD5 {digest.hexdigest()} is not the published {remote.md5}")
         return None
@@ -136,7 +159,7 @@ def download_files(folder, files, bases, log=print):
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        raise DownloadError(f"cannot create {folder} ({e.strerror})", "cannot create the folder") from None
+        raise DownloadError(f"cannot create {folder} ({e.strerror})") from None
     for remote in files:
         if os.path.exists(os.path.join(folder, remote.name)):
             continue
@@ -147,5 +170,4 @@ def download_files(folder, files, bases, log=print):
                 break
             errors.append(error)
         else:
-            raise DownloadError(f"could not download {remote.name}: " + "; ".join(errors),
-                                f"could not download {remote.name}")
+            raise DownloadError(f"could not download {remote.name}: " + "; ".join(errors))
