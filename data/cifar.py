@@ -20,7 +20,9 @@ PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 MIRRORS_ENV = "FXNN_CIFAR_MIRRORS"
 MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
 PIXELS = 3072
-PER_IMAGE_BYTES = PIXELS + 128  # a genuine batch's file: pixels, labels and file names
+#: The most file bytes a batch needs per image: the pixels (twice: a batch re-saved by Python 3
+#: with protocol 2 spells them as UTF-8 text, which takes up to 2 bytes a byte), label, file name.
+PER_IMAGE_BYTES = 2 * PIXELS + 128
 
 
 @dataclass(frozen=True)
