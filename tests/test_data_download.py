@@ -270,3 +270,20 @@ def test_a_file_larger_than_any_genuine_copy_is_cut_off(tmp_path, serve):
     error = download.fetch(base + "big.gz", str(tmp_path / "big.gz"), RemoteFile("big.gz", "0" * 32, 100_000),
                            log=lambda line: None)
     assert error is not None and "100,000" in error and not (tmp_path / "big.gz").exists()
+
+
+def test_progress_is_drawn_on_a_terminal_only(tmp_path, serve, monkeypatch, capsys):
+    import pty
+    sums = made_files(tmp_path / "srv")
+    name = "train-images-idx3-ubyte.gz"
+    files = [r for r in remote(sums) if r.name == name]
+    download.download_files(str(tmp_path / "a"), files, [serve(tmp_path / "srv")], log=lambda line: None)
+    assert capsys.readouterr().err == ""  # not a terminal: nothing
+    master, slave = pty.openpty()
+    with os.fdopen(slave, "w") as terminal:
+        monkeypatch.setattr("sys.stderr", terminal)
+        download.download_files(str(tmp_path / "b"), files, [serve(tmp_path / "srv")], log=lambda line: None)
+    drawn = os.read(master, 4096).decode()
+    os.close(master)
+    size = (tmp_path / "srv" / name).stat().st_size
+    assert f"{size / 1e6:.1f}/{size / 1e6:.1f} MB" in drawn and drawn.endswith("\r\033[K")
