@@ -50,6 +50,7 @@ def test_the_system_package_folder_is_looked_in_when_the_data_dir_has_none(tmp_p
 
 
 def test_the_default_system_folder_is_debians():
+    # where dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb puts the files (dpkg -c lists them)
     assert mnist.FASHION_MNIST.system_folders == ("/usr/share/datasets/fashion-mnist",)
 
 
