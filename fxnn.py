@@ -19,7 +19,6 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np  # noqa: E402
 
-DATASETS = ("MNIST", "CIFAR10")
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_CODES = {"complete": 0, "diverged": EXIT_DIVERGED, "interrupted": 130, "terminated": 143}
@@ -46,6 +45,15 @@ def probability(text):
     return value
 
 
+def dataset_name(text):
+    """A built-in dataset's name (any case) or an existing .npz path (data.dataset_arg)."""
+    from data import dataset_arg
+    try:
+        return dataset_arg(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def odd_size(text):
     value = positive_int(text)
     if value % 2 == 0:
@@ -68,6 +76,8 @@ EXAMPLES = """examples:
   python3 fxnn.py --model=cnn --seed 1              the generic CNN, reproducibly
   python3 fxnn.py -d CIFAR10 -nrec 1000 -ipr 250    a long CIFAR-10 sweep
   python3 fxnn.py -d CIFAR10 -nrec 1000 -ipr 250 --resume   continue it after Ctrl-C or a crash
+  python3 fxnn.py -d FashionMNIST --valid-split 0.1 tune on a held-out split, test once at the end
+  python3 fxnn.py -d mine.npz -m cnn                your own images and labels (README 'Data')
 
 exit codes: 0 done, 2 bad input or flags, 3 training diverged (NaN), 130 Ctrl-C, 143 SIGTERM"""
 
@@ -88,7 +98,12 @@ def build_parser():
     p.add_argument("-m", "--model", choices=MODELS, default="fxnn", metavar="MODEL",
                    help="network to train: fxnn, cnn or baseline; or an ablation (README 'Ablations'): "
                         + ", ".join(m for m in MODELS if m not in ("fxnn", "cnn", "baseline")))
-    p.add_argument("-d", "--dataset", choices=DATASETS, default="MNIST", type=str.upper, help="dataset")
+    p.add_argument("-d", "--dataset", default="MNIST", type=dataset_name, metavar="DATASET",
+                   help="MNIST, FashionMNIST, CIFAR10, CIFAR100 (any case; downloaded into --data-dir when "
+                        "missing) or your own data.npz (README 'Data')")
+    p.add_argument("--valid-split", type=probability, default=0.0, metavar="F",
+                   help="validate on a fraction F of the training set held out (stratified, chosen by the "
+                        "seed) and evaluate the test set once at the end; 0: validate on the test set")
     p.add_argument("-fsize", "--filter-size", type=odd_size, default=3, help="conv kernel size (cnn only)")
     p.add_argument("-bsize", "--batch-size", type=positive_int, default=64, help="training batch size")
     p.add_argument("-pdpo", "--dropout-prob", type=probability, default=0.25,
@@ -115,10 +130,11 @@ def build_parser():
                    help="random seed; same seed, same engine: same numbers (default: a fresh one, "
                         "stored in the record's meta.seed)")
     p.add_argument("--data-dir", default=os.environ.get("FXNN_DATA", os.path.join("data", "image")),
-                   help="folder holding mnist/ and cifar10/ (env FXNN_DATA)")
+                   help="folder holding mnist/, fashion-mnist/, cifar10/, cifar100/ (env FXNN_DATA)")
     p.add_argument("--no-download", action="store_true",
-                   help="never download MNIST; use the bundled sample when it is missing")
-    p.add_argument("-o", "--out", default=None, help="record file (default rec-<DATASET>-<MODEL>.mat)")
+                   help="never download: MNIST falls back to the bundled sample, other datasets stop")
+    p.add_argument("-o", "--out", default=None,
+                   help="record file (default rec-<DATASET>-<MODEL>.mat; for data.npz, rec-data-<MODEL>.mat)")
     p.add_argument("--record-params", choices=RECORD_PARAMS, default="all",
                    help="parameter snapshots to record: at every record, the last only, or none")
     p.add_argument("--resume", action="store_true",
@@ -160,11 +176,13 @@ def main(argv=None):
 
 def run(args):
     """One experiment from parsed flags; returns the exit code."""
-    from data import DataError, load_dataset
+    from data import DataError, dataset_label, load_dataset
+    from data.split import hold_out
     from models.architecture import build_network
     from models.engines import make_engine, resolve
     from training import checkpoint
     from training.loop import NUM_SAMPLES, VALID_BATCH, Schedule, raise_on_sigterm, train
+    from training.final_test import final_test
     from training.memory import release_free_memory
     from training.recorder import Recorder
 
@@ -172,7 +190,7 @@ def run(args):
         print(f"fxnn: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    out = args.out or f"rec-{args.dataset}-{args.model}.mat"
+    out = args.out or f"rec-{dataset_label(args.dataset)}-{args.model}.mat"
     run_dir = out + ".run"
     problem = check_output(out, run_dir, args.resume, args.force)
     if problem:
@@ -192,17 +210,19 @@ def run(args):
     if differ:
         listed = ", ".join(f"--{k.replace('_', '-')} (run: {resumed.flags[k]}, now: {flags[k]})" for k in differ)
         return fail(f"cannot resume {out}: these flags differ from the interrupted run: {listed}")
-    init_seed, batch_seed, engine_seed = np.random.SeedSequence(seed).generate_state(3)
+    init_seed, batch_seed, engine_seed, split_seed = np.random.SeedSequence(seed).generate_state(4)
 
     print(f'Using dataset "{args.dataset}".', flush=True)
     try:
         dataset = load_dataset(args.dataset, args.data_dir, download=not args.no_download,
                                log=lambda line: print(line, flush=True))
-    except DataError as e:
+        if args.valid_split:
+            dataset = hold_out(dataset, args.valid_split, split_seed)
+        network = build_network(args.model, dataset.train_x.shape[1:], dataset.num_classes, args.filter_size)
+    except (DataError, ValueError) as e:  # ValueError: images too small for the network
         return fail(e)
 
     print(f'Building model "{args.model}" ... ', end="", flush=True)
-    network = build_network(args.model, dataset.train_x.shape[1:], filter_size=args.filter_size)
     params = network.init_params(np.random.default_rng(init_seed))
     try:
         engine = make_engine(engine_name, device, network, params, args.optimizer, args.dropout_prob,
@@ -216,7 +236,8 @@ def run(args):
         shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir, exist_ok=True)
     recorder = Recorder(run_dir, network.param_shapes(), dataset.test_x[:NUM_SAMPLES],
-                        dataset.test_y[:NUM_SAMPLES], args.record_params)
+                        dataset.test_y[:NUM_SAMPLES], args.record_params,
+                        track_best=bool(args.valid_split))
     sampler, start_record = np.random.default_rng(batch_seed), 0
     if resumed:
         sampler, start_record = resumed.sampler, resumed.record
@@ -233,16 +254,21 @@ def run(args):
     raise_on_sigterm()
     outcome = train(engine, dataset, schedule, recorder, sampler, start_record, on_record,
                     print_line=lambda line: print(line, flush=True))
+    test_vars, test_meta, test_line = ({}, {}, None)
+    if args.valid_split and outcome == "complete":
+        outcome, test_vars, test_meta, test_line = final_test(engine, dataset, recorder, args.iters_per_record)
     paths, implementations = engine.describe_paths()
     meta = {
-        "model": args.model, "dataset": args.dataset, "data_source": dataset.source,
-        "data_files": "; ".join(dataset.files), "engine": engine_name, "device": device,
+        "model": args.model, "dataset": dataset.name, **dataset.meta(), **test_meta,
+        "engine": engine_name, "device": device,
         "fxnn_path": paths, "fxnn_impl": implementations,
         "seed": seed, "status": outcome, "iterations_done": len(recorder.tloss),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "flags": {k: ("" if v is None else v) for k, v in vars(args).items()},
     }
-    layout = recorder.save(out, meta)
+    layout = recorder.save(out, meta, test_vars)
+    if test_line:
+        print(test_line, flush=True)
     if outcome == "complete":
         shutil.rmtree(run_dir, ignore_errors=True)
         print(f"Saved recording to file {out}", flush=True)

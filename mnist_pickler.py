@@ -29,7 +29,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     fix = f"download the four files from the MNIST site into {args.folder}"
     try:
-        arrays, files = read_idx_files(args.folder, fix)
+        arrays, files, _ = read_idx_files(args.folder, fix)
         validate(arrays, dict(zip((key for key, _, _ in FILES), files)), fix)
     except DataError as e:
         print(f"mnist_pickler: error: {e}", file=sys.stderr)

@@ -26,7 +26,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data.cifar10 import TEST, TRAIN, write_batch  # noqa: E402
+from data.cifar import TEST, TRAIN, write_batch  # noqa: E402
 
 
 def write_cifar(folder, train_per_batch=1000, test=200, seed=0):

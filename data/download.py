@@ -1,80 +1,173 @@
-"""Downloading the four MNIST files from well-known mirrors, each checked
-against its published MD5 and written atomically."""
+"""Downloading dataset files from mirrors: each file checked against its
+published MD5, bounded in size and time, and written atomically.
+
+Bounds: a file larger than its ``max_bytes`` is cut off and refused; a
+connection or read that stalls for :data:`TIMEOUT` seconds fails; after
+:data:`GRACE` seconds a transfer slower on average than :data:`MIN_RATE`
+bytes/s is abandoned (a server trickling bytes cannot hold a run); and no
+file may take longer than ``FXNN_DOWNLOAD_TIMEOUT`` seconds in all (default
+:data:`DEADLINE`).
+"""
+import gzip
 import hashlib
 import http.client
 import os
+import sys
+import time
 import urllib.request
+import zlib
+from dataclasses import dataclass
 
 from .atomic import atomic_path
 from .dataset import DataError, one_line
 
-#: Base URLs tried in order; the environment variable FXNN_MNIST_MIRRORS
-#: (space- or comma-separated) replaces the list.
-MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-)
-#: The published MD5 sums of the official files.
-CHECKSUMS = {
-    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-}
-TIMEOUT = 10  # seconds to connect or wait for data
+TIMEOUT = 10        # seconds a connection or a read may stall
+GRACE = 15          # seconds before the average rate is checked
+MIN_RATE = 20_000   # bytes/s, on average after GRACE
+DEADLINE = 1800     # seconds per file, overridden by FXNN_DOWNLOAD_TIMEOUT
 CHUNK = 1 << 16
+#: Set to 1 for the full reasons of a failed download in the offline notice.
+DETAIL_ENV = "FXNN_DOWNLOAD_DETAIL"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    md5: str           # the published file's MD5
+    max_bytes: int     # no genuine copy is larger
+    raw_md5: str = ""  # for a .gz: MD5 of the decompressed bytes, which a recompressed copy shares
+    raw_size: int = 0  # for a .gz: the decompressed size
 
 
 class DownloadError(DataError):
-    """No mirror delivered a file with the right checksum."""
+    """No mirror delivered a file with the right checksum; the message gives
+    every mirror's reason."""
 
 
-def mirrors():
-    env = os.environ.get("FXNN_MNIST_MIRRORS")
-    bases = env.replace(",", " ").split() if env else MIRRORS
+class Refused(ValueError):
+    """The server's answer is not the file (checksum, size, rate)."""
+
+
+def mirrors(env, default):
+    """Base URLs (ending in /) from the environment variable ``env``
+    (space- or comma-separated), else ``default``."""
+    text = os.environ.get(env)
+    bases = text.replace(",", " ").split() if text else default
     return [b if b.endswith("/") else b + "/" for b in bases]
 
 
-class ChecksumMismatch(ValueError):
-    pass
-
-
-def fetch(url, folder, name, md5):
-    """Download ``url`` into ``folder/name`` if its MD5 is ``md5``; returns an
-    error string, or None on success. Never leaves a partial file."""
+def deadline_seconds():
+    text = os.environ.get("FXNN_DOWNLOAD_TIMEOUT")
     try:
-        with atomic_path(os.path.join(folder, name)) as tmp:
-            digest = hashlib.md5()
-            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-                while chunk := response.read(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-            if digest.hexdigest() != md5:
-                raise ChecksumMismatch(f"MD5 {digest.hexdigest()} is not the published {md5}")
+        value = float(text) if text else DEADLINE
+    except ValueError:
+        value = DEADLINE
+    return value if value > 0 else DEADLINE
+
+
+def file_md5(path):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def raw_md5(path, size):
+    """MD5 of a gzip file's decompressed bytes, reading at most ``size`` + 1
+    of them; None when it is no gzip or inflates to another size."""
+    digest, total = hashlib.md5(), 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while total <= size and (chunk := f.read(min(CHUNK, size + 1 - total))):
+                digest.update(chunk)
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return digest.hexdigest() if total == size else None
+
+
+def matches(path, md5, remote):
+    """True when ``path`` (whose MD5 is ``md5``) is the published file, or a
+    recompressed copy with the published decompressed bytes."""
+    if md5 == remote.md5:
+        return True
+    return bool(remote.raw_md5) and raw_md5(path, remote.raw_size) == remote.raw_md5
+
+
+class Progress:
+    """MB done of a download, redrawn on stderr when it is a terminal (so a
+    log file gets nothing extra)."""
+
+    def __init__(self, total):
+        self.total, self.last = total, 0.0
+        self.enabled = sys.stderr.isatty()
+
+    def update(self, done):
+        if self.enabled and time.monotonic() - self.last > 0.5:
+            self.last = time.monotonic()
+            total = f"/{self.total / 1e6:.1f}" if self.total else ""
+            sys.stderr.write(f"\r  {done / 1e6:.1f}{total} MB ")
+            sys.stderr.flush()
+
+    def clear(self):
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def fetch(url, path, remote, log=print):
+    """Download ``url`` to ``path`` if it is ``remote`` (a RemoteFile);
+    returns an error string, or None on success. Never leaves a partial file."""
+    start = time.monotonic()
+    limit = deadline_seconds()
+    try:
+        with atomic_path(path) as tmp:
+            digest, size = hashlib.md5(), 0
+            with urllib.request.urlopen(url, timeout=TIMEOUT) as response, open(tmp, "wb") as out:
+                declared = response.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > remote.max_bytes:
+                    raise Refused(f"{int(declared):,} bytes announced, more than the {remote.max_bytes:,} "
+                                  f"of any genuine copy")
+                log(f"Downloading {url} ...")
+                progress = Progress(int(declared) if declared and declared.isdigit() else 0)
+                try:
+                    while chunk := response.read1(CHUNK):
+                        size += len(chunk)
+                        if size > remote.max_bytes:
+                            raise Refused(f"more than the {remote.max_bytes:,} bytes of any genuine copy")
+                        digest.update(chunk)
+                        out.write(chunk)
+                        progress.update(size)
+                        elapsed = time.monotonic() - start
+                        if elapsed > limit:
+                            raise Refused(f"not done within FXNN_DOWNLOAD_TIMEOUT={limit:g} s")
+                        if elapsed > GRACE and size < MIN_RATE * elapsed:
+                            raise Refused(f"too slow ({size:,} bytes in {elapsed:.0f} s)")
+                finally:
+                    progress.clear()
+            if not matches(tmp, digest.hexdigest(), remote):
+                raise Refused(f"MD5 {digest.hexdigest()} is not the published {remote.md5}")
         return None
     except (OSError, http.client.HTTPException, ValueError) as e:  # URLError is an OSError
         return f"{url}: {one_line(getattr(e, 'reason', None) or e)}"
 
 
-def download_mnist(folder, log=print, checksums=None):
-    """Put the files of ``checksums`` ({name: MD5}, default the four of
-    :data:`CHECKSUMS`) into ``folder``, trying each mirror in turn;
-    DownloadError when a file cannot be had from any of them."""
-    checksums = CHECKSUMS if checksums is None else checksums
+def download_files(folder, files, bases, log=print):
+    """Put each RemoteFile of ``files`` that ``folder`` lacks there, trying
+    each base URL in turn; DownloadError when one cannot be had."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise DownloadError(f"cannot create {folder} ({e.strerror})") from None
-    for name, md5 in checksums.items():
-        if os.path.exists(os.path.join(folder, name)):
+    for remote in files:
+        if os.path.exists(os.path.join(folder, remote.name)):
             continue
         errors = []
-        for base in mirrors():
-            log(f"Downloading {base}{name} ...")
-            error = fetch(base + name, folder, name, md5)
+        for base in bases:
+            error = fetch(base + remote.name, os.path.join(folder, remote.name), remote, log)
             if error is None:
                 break
             errors.append(error)
         else:
-            raise DownloadError(f"could not download {name}: " + "; ".join(errors))
+            raise DownloadError(f"could not download {remote.name}: " + "; ".join(errors))

@@ -1,6 +1,14 @@
 """The MNIST idx file format: big-endian header (magic, dimensions), then
-uint8 data. Files may be gzipped (``.gz``)."""
+uint8 data. Files may be gzipped (``.gz``).
+
+Reading is bounded: the header is read first and checked against what a
+legitimate file of the dataset can hold (``max_shape``), and then exactly the
+bytes it declares (and one more, to notice a longer file) are read, so a
+header declaring a billion images or a gzip that inflates to gigabytes is
+refused without reading it.
+"""
 import gzip
+import hashlib
 import zlib
 
 import numpy as np
@@ -9,45 +17,59 @@ from .dataset import DataError, one_line
 
 IMAGES_MAGIC = 2051  # 0x00000803: uint8, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: uint8, 1 dimension
+#: The largest idx file of MNIST and Fashion-MNIST: 60,000 images of 28x28.
+MNIST_SHAPES = {IMAGES_MAGIC: (60000, 28, 28), LABELS_MAGIC: (60000,)}
 
 
-def read_bytes(path, fix):
-    """The file's bytes, un-gzipped when the name ends in .gz."""
+def _read_exactly(f, size, path, what, fix):
+    data = f.read(size)
+    if len(data) < size:
+        raise DataError(f"{path}: truncated {what}; {fix}")
+    return data
+
+
+def read_idx_raw(path, magic, fix, max_shape=None):
+    """(array, MD5 of the decompressed bytes) of an idx file; ``max_shape``
+    (default :data:`MNIST_SHAPES` for the magic) bounds the first dimension
+    and fixes the others."""
+    max_shape = tuple(max_shape or MNIST_SHAPES[magic])
+    kind = "image" if magic == IMAGES_MAGIC else "label"
     try:
-        if str(path).endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        with open(path, "rb") as f:
-            return f.read()
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise DataError(f"{path}: truncated idx file ({len(head)} bytes); {fix}")
+            found = int.from_bytes(head, "big")
+            if found != magic:
+                raise DataError(f"{path}: not an idx {kind} file (magic number {found}, expected {magic}); {fix}")
+            dims_raw = _read_exactly(f, 4 * head[3], path, "idx header", fix)
+            dims = tuple(int.from_bytes(dims_raw[4 * i:4 * i + 4], "big") for i in range(head[3]))
+            shape_text = "x".join(map(str, dims))
+            if len(dims) != len(max_shape) or dims[1:] != max_shape[1:]:
+                expected = "x".join(["N"] + [str(d) for d in max_shape[1:]])
+                raise DataError(f"{path}: header says {shape_text}, expected {expected}; {fix}")
+            if dims[0] > max_shape[0]:
+                raise DataError(f"{path}: header declares {dims[0]:,} {kind}s, more than the {max_shape[0]:,} "
+                                f"this dataset has; {fix}")
+            expected = int(np.prod(dims))
+            data = f.read(expected + 1)
+    except DataError:
+        raise
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path}: corrupt or truncated gzip file ({one_line(e)}); {fix}") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror or e}); {fix}") from None
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "longer than its header says"
+        raise DataError(f"{path}: {what} (header says {shape_text} = {expected} bytes of data); {fix}")
+    digest = hashlib.md5(head + dims_raw + data).hexdigest()
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims), digest
 
 
-def parse_idx(raw, path, magic, fix):
-    """The array in idx bytes ``raw``; ``magic`` is the expected magic number."""
-    if len(raw) < 4:
-        raise DataError(f"{path}: truncated idx file ({len(raw)} bytes); {fix}")
-    found = int.from_bytes(raw[:4], "big")
-    if found != magic:
-        raise DataError(f"{path}: not an idx {'image' if magic == IMAGES_MAGIC else 'label'} file "
-                        f"(magic number {found}, expected {magic}); {fix}")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated idx header; {fix}")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(dims))
-    if len(raw) - header != expected:
-        what = "truncated" if len(raw) - header < expected else "longer than its header says"
-        raise DataError(f"{path}: {what} (header says {'x'.join(map(str, dims))} = {expected} bytes of "
-                        f"data, file has {len(raw) - header}); {fix}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def read_idx(path, magic, fix):
-    return parse_idx(read_bytes(path, fix), path, magic, fix)
+def read_idx(path, magic, fix, max_shape=None):
+    """The array in the idx file ``path``; ``magic`` is the expected magic number."""
+    return read_idx_raw(path, magic, fix, max_shape)[0]
 
 
 def write_idx(path, array):

@@ -1,6 +1,6 @@
 """The network of fxnn, described once in plain Python/numpy for every engine.
 
-conv(32)-pool-conv(64)-pool-fc384-fc192-fc10 with ReLU, dropout after each
+conv(32)-pool-conv(64)-pool-fc384-fc192-fcK (K classes, 10 for MNIST) with ReLU, dropout after each
 conv layer (training only), 2x2 max pooling (odd sizes floor, as ignore_border)
 and a softmax. ``fxnn`` and ``cnn`` differ only in the conv layer; ``baseline``
 is logistic regression on the pixels. The ablation models (:data:`ABLATIONS`)
@@ -14,7 +14,7 @@ engines, so parameters move between engines and every ``.mat`` reads the same:
 * cnn (and cnn-sub, cnn-fxinit) conv layer ``conv{i}_w``: (N, M, k, k)
   (cross-correlation); ``conv{i}_b``: (N,)
 * dense ``mlp{i}_w``: (fan_in, fan_out); ``mlp{i}_b``: (fan_out,)
-* baseline ``m_w``: (C*H*W, 10); ``m_b``: (10,)
+* baseline ``m_w``: (C*H*W, K); ``m_b``: (K,)
 """
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -160,7 +160,8 @@ def pooled_size(size):
 
 
 def build_network(model, input_shape, num_classes=10, filter_size=3):
-    """The :class:`Network` for ``model`` on images of ``input_shape`` (C, H, W)."""
+    """The :class:`Network` for ``model`` on images of ``input_shape`` (C, H, W)
+    in ``num_classes`` classes (the last layer's outputs)."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     c, h, w = input_shape

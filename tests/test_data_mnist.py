@@ -149,7 +149,7 @@ def make_npz(path, **override):
     ({"train_y": TRAIN_Y.reshape(30, 1)}, "integers"),
     ({"test_y": TEST_Y[:5]}, "5 labels for 12 images"),
     ({"test_y": np.full(12, 11, np.uint8)}, "0..9"),
-    ({"test_y": np.array(list("abcdefghijkl"), dtype=object)}, "unreadable"),
+    ({"test_y": np.array(list("abcdefghijkl"), dtype=object)}, "object values"),
 ])
 def test_a_bad_npz_is_rejected_naming_it(tmp_path, override, words):
     (tmp_path / "mnist").mkdir()
@@ -178,3 +178,11 @@ def test_bundled_sample_is_genuine_balanced_mnist():
     assert np.bincount(ds.test_y).sum() == 10000 and ds.test_y.dtype == np.int32
     assert ds.source == "bundled sample: 5,000 genuine MNIST training images, full 10,000-image test set"
     assert [os.path.dirname(f) for f in ds.files] == [SAMPLE_DIR] * 4
+
+
+@pytest.mark.parametrize("key", ["train", "test"])
+def test_a_dataset_without_training_or_test_images_is_refused(tmp_path, key):
+    make_mnist(tmp_path / "mnist", **{f"{key}_x": np.zeros((0, 28, 28), np.uint8), f"{key}_y": np.zeros(0, np.uint8)})
+    with pytest.raises(DataError) as e:
+        load_dataset("MNIST", str(tmp_path), download=False)
+    assert f"no {key}" in str(e.value) and str(tmp_path / "mnist") in str(e.value) and "\n" not in str(e.value)

@@ -1,5 +1,6 @@
 """The command line end to end: console lines, the record file, seeds,
 learning, safety of earlier results, and bad flags."""
+import dataclasses
 import os
 import re
 
@@ -93,10 +94,13 @@ def test_an_unwritable_output_fails_before_training(tmp_path, capsys, small_mnis
     assert code == 2 and "does not exist" in err and out == ""
 
 
-def test_missing_cifar10_says_where_to_put_it(tmp_path, capsys):
-    code, out, err = run(capsys, "-d", "cifar10", "--data-dir", tmp_path, "-o", tmp_path / "r.mat")
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "fashionmnist"])
+def test_missing_data_without_download_says_where_to_put_it(tmp_path, capsys, dataset, monkeypatch):
+    from data import mnist
+    monkeypatch.setattr(mnist, "FASHION_MNIST", dataclasses.replace(mnist.FASHION_MNIST, system_folders=()))
+    code, out, err = run(capsys, "-d", dataset, "--data-dir", tmp_path, "-o", tmp_path / "r.mat", "--no-download")
     assert code == 2
-    assert len(err.strip().splitlines()) == 1 and "cifar10" in err
+    assert len(err.strip().splitlines()) == 1 and str(tmp_path / dataset.replace("mnist", "-mnist")) in err
 
 
 @pytest.mark.parametrize("argv", [["-m", "resnet"], ["-bsize", "0"], ["-pdpo", "1.5"], ["-lr", "-1"],

@@ -18,7 +18,7 @@ FILE = "checkpoint.npz"
 #: Flags a resumed run must share with the run it continues.
 MUST_MATCH = ("model", "dataset", "filter_size", "batch_size", "dropout_prob", "num_records",
               "iters_per_record", "learn_rate", "learn_decay", "optimizer", "engine", "seed",
-              "record_params")
+              "record_params", "valid_split")
 
 
 def save(run_dir, record, engine_state, sampler, recorder_state, flags):

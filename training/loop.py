@@ -3,7 +3,8 @@
 The schedule is the original's: ``nrec`` records of ``ipr`` iterations; each
 iteration trains on ``bsize`` samples drawn uniformly at random (with
 replacement); the learn rate during record i is ``lr * ld**(i/(nrec-1))``;
-after each record the whole test set is evaluated in batches of 100.
+after each record the whole validation set (the test set, or a split held out
+of the training set) is evaluated in batches of 100.
 
 :func:`train` returns how the run ended: "complete", "interrupted" (Ctrl-C),
 "terminated" (SIGTERM, see :func:`raise_on_sigterm`) or "diverged" (a
@@ -72,7 +73,7 @@ def train(engine, dataset, schedule, recorder, sampler, start_record=0, on_recor
     on_record = on_record or (lambda done: None)
 
     def record(done, tloss, terate, seconds):
-        vloss, verate = validate(engine, dataset.test_x, dataset.test_y)
+        vloss, verate = validate(engine, *dataset.validation())
         _, _, probs = engine.evaluate(recorder.sample_x, recorder.sample_y)
         recorder.add_record(vloss, verate, engine.get_params(), probs, seconds)
         progress.clear()

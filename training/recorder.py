@@ -22,10 +22,13 @@ RECORD_PARAMS = ("all", "last", "none")
 
 
 class Recorder:
-    def __init__(self, run_dir, param_shapes, sample_x, sample_y, record_params="all"):
+    def __init__(self, run_dir, param_shapes, sample_x, sample_y, record_params="all", track_best=False):
         if record_params not in RECORD_PARAMS:
             raise ValueError(f"record_params must be one of {RECORD_PARAMS}")
         self.run_dir, self.record_params = run_dir, record_params
+        # with a held-out validation set: a copy of the parameters of the
+        # record with the lowest validation error (the first of equals)
+        self.track_best, self.best_record, self.best_params = track_best, -1, None
         self.param_shapes = dict(param_shapes)
         self.sample_x, self.sample_y = sample_x, sample_y
         self.tloss, self.terate = [], []
@@ -49,16 +52,23 @@ class Recorder:
         self.yprob.append(np.asarray(sample_probs, dtype=np.float32))
         self.sec_per_record.append(seconds)
         self.last_params = params
+        if self.track_best and (self.best_record < 0 or verate < self.verate[self.best_record]):
+            self.best_record = self.records - 1
+            self.best_params = {k: np.array(v, dtype=np.float32) for k, v in params.items()}
         if self.record_params == "all":
             for name, value in params.items():
                 with open(self._spool_path(name), "ab") as f:
                     f.write(np.asarray(value, dtype=np.float32).tobytes(order="F"))
 
     def state(self):
-        """The curves so far, as arrays for a checkpoint."""
-        return {"tloss": np.asarray(self.tloss), "terate": np.asarray(self.terate),
-                "vloss": np.asarray(self.vloss), "verate": np.asarray(self.verate),
-                "yprob": np.asarray(self.yprob), "sec_per_record": np.asarray(self.sec_per_record)}
+        """The curves so far (and the best record's parameters), as arrays for a checkpoint."""
+        state = {"tloss": np.asarray(self.tloss), "terate": np.asarray(self.terate),
+                 "vloss": np.asarray(self.vloss), "verate": np.asarray(self.verate),
+                 "yprob": np.asarray(self.yprob), "sec_per_record": np.asarray(self.sec_per_record)}
+        if self.track_best and self.best_params is not None:
+            state["best_record"] = np.asarray(self.best_record)
+            state.update({f"best/{k}": v for k, v in self.best_params.items()})
+        return state
 
     def restore(self, state, params):
         """Continue from a checkpoint's ``state``; the spool is cut back to
@@ -67,6 +77,9 @@ class Recorder:
             setattr(self, key, [float(v) for v in state[key]])
         self.yprob = list(state["yprob"])
         self.last_params = params
+        if self.track_best and "best_record" in state:
+            self.best_record = int(state["best_record"])
+            self.best_params = {k: np.asarray(state[f"best/{k}"]) for k in self.param_shapes}
         if self.record_params == "all":
             for name, shape in self.param_shapes.items():
                 with open(self._spool_path(name), "r+b") as f:
@@ -83,8 +96,9 @@ class Recorder:
         return [SnapshotSource(name, shape, np.float32, records, self._spool_path(name))
                 for name, shape in self.param_shapes.items()]
 
-    def save(self, path, meta):
-        """Write the ``.mat`` atomically; returns the layout ("v5" or "v7.3")."""
+    def save(self, path, meta, extra=None):
+        """Write the ``.mat`` atomically, with the variables of ``extra``
+        beside the curves; returns the layout ("v5" or "v7.3")."""
         small = {
             "tloss": np.asarray(self.tloss, dtype=np.float64),
             "terate": np.asarray(self.terate, dtype=np.float64),
@@ -95,5 +109,6 @@ class Recorder:
             "yprob": np.asarray(self.yprob, dtype=np.float32),
             "meta": dict(meta, sec_per_record=np.asarray(self.sec_per_record, dtype=np.float64),
                          record_params=self.record_params),
+            **(extra or {}),
         }
         return write_mat(path, small, self._sources())
