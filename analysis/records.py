@@ -1,6 +1,6 @@
 """Record files (``rec-*.mat``) read back as curves for plots and summaries."""
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,7 @@ class Run:
     terate: np.ndarray
     vloss: np.ndarray   # per record; row 0 is the untrained network
     verate: np.ndarray
+    flags: dict = field(default_factory=dict)  # every flag of the run, as fxnn.py stored them
 
     @property
     def record_iterations(self):
@@ -50,7 +51,8 @@ def load_run(path):
                    data_source=meta["data_source"], seed=int(meta["seed"]), status=meta["status"],
                    iters_per_record=int(flags["iters_per_record"]),
                    tloss=np.atleast_1d(r["tloss"]).astype(float), terate=np.atleast_1d(r["terate"]).astype(float),
-                   vloss=np.atleast_1d(r["vloss"]).astype(float), verate=np.atleast_1d(r["verate"]).astype(float))
+                   vloss=np.atleast_1d(r["vloss"]).astype(float), verate=np.atleast_1d(r["verate"]).astype(float),
+                   flags=dict(flags))
     except (KeyError, TypeError, ValueError, OSError, MatReadError) as e:
         raise RecordError(f"{path}: not an fxnn record file ({type(e).__name__}: {e}); "
                           f"records are written by fxnn.py") from None
