@@ -76,6 +76,7 @@ setup(
     entry_points={"console_scripts": [
         "fxnn=fxnn:cli",
         "fxnn-plot=analysis.plot:cli",
+        "fxnn-csv=analysis.to_csv:cli",
         "fxnn-summary=analysis.summary:cli",
         "fxnn-sweep=analysis.sweep:cli",
     ]},
