@@ -126,7 +126,7 @@ def build_parser():
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run whose checkpoint sits beside the record file")
     p.add_argument("--force", action="store_true", help="overwrite an existing record file")
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="threads to compute on, in either engine (default: OMP_NUM_THREADS when set, else all cores)")
     p.add_argument("--tensorboard", metavar="DIR", default=None,
                    help="also log the curves, learn rate and flags to DIR for TensorBoard as the run goes "
@@ -189,7 +189,7 @@ def run(args):
         engine_name, device = resolve(args.engine, args.device)
     except ValueError as e:
         return fail(e)
-    problem = args.tensorboard is not None and tensorboard_log.check(args.tensorboard)
+    problem = args.tensorboard is not None and tensorboard_log.check(args.tensorboard, args.resume, args.force)
     if problem:
         return fail(problem)
     if args.threads:

@@ -215,7 +215,7 @@ def build_parser():
                    help="error-rate axis; auto: logarithmic when the curves span more than a decade")
     p.add_argument("--loss-scale", choices=SCALES, default="auto",
                    help="loss axis; auto: logarithmic when the curves span more than a decade")
-    p.add_argument("--log-error", action="store_const", const="log", dest="error_scale",
+    p.add_argument("--log-error", action="store_const", const="log", dest="error_scale", default=argparse.SUPPRESS,
                    help="the same as --error-scale log")
     p.add_argument("--log-iter", action="store_true", help="logarithmic iteration axis")
     p.add_argument("--bands", action="store_true",

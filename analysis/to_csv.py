@@ -63,8 +63,8 @@ def write(runs, stream):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python3 -m analysis.to_csv", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python3 -m analysis.to_csv", description=__doc__.replace("``", ""),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("records", nargs="+", help="record files written by fxnn.py")
     p.add_argument("-o", "--out", default=None, help="CSV file to write (default: standard output)")
     return p

@@ -89,6 +89,22 @@ def test_without_the_package_one_line_before_anything_runs(tmp_path, capsys, mon
     assert not os.listdir(tmp_path)
 
 
+def test_a_new_run_takes_a_folder_of_earlier_events_only_with_force_and_then_shows_alone(tmp_path):
+    schedule = Schedule(2, 2, 8, 0.1, 0.5)
+    logdir = str(tmp_path / "tb")
+    assert check(logdir) is None
+    TensorBoardLog(logdir, recorder_with(tmp_path, 0, 0), schedule, {}, {}).close(recorder_with(tmp_path, 4, 3))
+    assert "holds the events of an earlier run" in check(logdir) and "--force" in check(logdir)
+    assert check(logdir, resume=True) is None and check(logdir, force=True) is None
+    again = recorder_with(tmp_path, 0, 1)
+    again.vloss[0] = 9.0
+    log = TensorBoardLog(logdir, recorder_with(tmp_path, 0, 0), schedule, {}, {})  # --force: a new run
+    log.close(again)
+    scalars, _ = read_back(logdir)
+    assert scalars["valid/loss"] == {0: 9.0} and not scalars.get("train/loss")  # the earlier run is not shown
+    assert len(os.listdir(logdir)) == 2  # nor deleted
+
+
 def test_check_refuses_a_file_and_an_empty_name(tmp_path):
     (tmp_path / "f").write_text("")
     assert "is a file, not a folder" in check(str(tmp_path / "f"))

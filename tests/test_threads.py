@@ -102,3 +102,20 @@ def test_fxnn_py_threads_flag_reaches_the_engine_and_the_record(tmp_path, small_
     assert described["C kernels"] == described["OpenBLAS"] == "1"
     assert described.get("torch", "1") == "1" and (engine == "pytensor" or "torch" in described)
     assert np.isfinite(read_mat(str(out))["vloss"]).all()
+
+
+def test_the_same_numbers_to_float32_rounding_at_any_thread_count_on_the_same_paths(tmp_path, small_mnist):
+    pytest.importorskip("torch")
+    records = []
+    for n in (1, 2):
+        out = tmp_path / f"r{n}.mat"
+        done = subprocess.run([sys.executable, "fxnn.py", "-m", "fxnn", "-nrec", "1", "-ipr", "3", "--seed", "4",
+                               "--data-dir", small_mnist, "-o", str(out), "--engine", "torch", "--threads", str(n),
+                               "--record-params", "last"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        records.append(read_mat(str(out)))
+    a, b = records
+    assert a["meta"]["fxnn_path"] == b["meta"]["fxnn_path"]  # FXNN_AUTOTUNE=0 (conftest): the same paths
+    assert a["meta"]["threads"] != b["meta"]["threads"]
+    for key in ("tloss", "vloss", "conv0_w", "conv1_w", "mlp0_w", "yprob"):  # the C kernels: bitwise (test_fused_kernel);
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-7, err_msg=key)  # library GEMMs: last bits

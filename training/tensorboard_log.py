@@ -8,9 +8,10 @@ iteration of each record; as text at step 0, ``flags`` (every flag) and
 ``provenance`` (the record's meta about versions and machine). Error rates are
 percentages, as on the console. Events are written with TensorBoard's own
 writer and flushed after every record, so ``tensorboard --logdir`` shows a
-run while it goes. A resumed run starts a new event file with a restart mark
-at its first new iteration, so TensorBoard drops what the interrupted run had
-logged past its last checkpoint.
+run while it goes. Each run starts a new event file with a restart mark at
+its first new step, so TensorBoard drops what an interrupted run had logged
+past its last checkpoint (``--resume``), or what an earlier run had logged in
+the same folder (which a new run takes only with ``--force``).
 
 The ``tensorboard`` package is an optional extra (``pip install
 "fxnn[tensorboard]"``); :func:`check` says so in one line before training.
@@ -21,8 +22,14 @@ import time
 INSTALL = "pip install 'fxnn[tensorboard]' (or: pip install tensorboard)"
 
 
-def check(logdir):
-    """Why ``--tensorboard logdir`` cannot work (one line), or None."""
+def event_files(logdir):
+    return sorted(name for name in os.listdir(logdir) if "tfevents" in name) if os.path.isdir(logdir) else []
+
+
+def check(logdir, resume=False, force=False):
+    """Why ``--tensorboard logdir`` cannot work (one line), or None. A new
+    run (not ``resume``) refuses a folder that holds another run's events
+    unless ``force``, as fxnn.py refuses to overwrite a record."""
     try:
         from tensorboard.summary.writer import event_file_writer  # noqa: F401
     except ImportError:
@@ -36,6 +43,9 @@ def check(logdir):
         existing = os.path.dirname(os.path.abspath(existing))
     if not os.access(existing, os.W_OK):
         return f"--tensorboard {logdir}: folder {existing} is not writable; give another folder"
+    if event_files(logdir) and not (resume or force):
+        return (f"--tensorboard {logdir} holds the events of an earlier run: give another folder, or --force to log "
+                f"this run there too (TensorBoard then shows this run only; the earlier files stay)")
     return None
 
 
@@ -67,9 +77,10 @@ class TensorBoardLog:
         self._event_pb2, self.schedule = event_pb2, schedule
         self.writer = EventFileWriter(logdir, flush_secs=60)
         self.iterations, self.records = len(recorder.tloss), recorder.records  # already logged (a resume)
-        if self.iterations or self.records:
-            self.writer.add_event(event_pb2.Event(wall_time=time.time(), step=self.iterations + 1,
-                                                  session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+        # TensorBoard drops the events it read before this mark from its step on: what an interrupted
+        # run logged past its checkpoint, or (step 0) an earlier run's events in this folder
+        self.writer.add_event(event_pb2.Event(wall_time=time.time(), step=self.iterations + 1 if self.records else 0,
+                                              session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
         self._write(0, [_text("flags", table(flags)), _text("provenance", table(provenance))])
         self.writer.flush()
 
