@@ -243,7 +243,8 @@ def run(args):
 
     schedule = Schedule(args.num_records, args.iters_per_record, args.batch_size,
                         args.learn_rate, args.learn_decay)
-    board = args.tensorboard is not None and tensorboard_log.TensorBoardLog(args.tensorboard, recorder, schedule, flags, origin)
+    board = (args.tensorboard is not None
+             and tensorboard_log.TensorBoardLog(args.tensorboard, recorder, schedule, flags, origin))
 
     def on_record(done):
         checkpoint.save(run_dir, done, engine.get_state(), sampler, recorder.state(), flags)

@@ -14,7 +14,6 @@ def make_record(path, verate, model="fxnn", seed=1, ipr=10, engine="torch", stat
     """A record in fxnn.py's layout with the given validation error per
     record; training curves follow it unless given."""
     verate = np.asarray(verate, dtype=float)
-    iters = (len(verate) - 1) * ipr
     terate = np.repeat(verate[1:], ipr) if terate is None else np.asarray(terate, dtype=float)
     tloss = terate / 4 + 0.01 if tloss is None else np.asarray(tloss, dtype=float)
     flags = dict({"iters_per_record": ipr, "num_records": len(verate) - 1, "optimizer": "sgd", "learn_rate": 0.2,
@@ -70,9 +69,8 @@ def test_points_a_log_axis_cannot_draw_are_marked_and_reported(tmp_path):
         np.testing.assert_array_equal(marker.get_xdata(), at)  # where they are, on the bottom edge
         assert not marker.get_clip_on()
         assert any("1 point at or below zero" in t.get_text() for t in ax.texts)
-    assert sorted(notes) == [
-        "fxnn train error rate: 1 point at or below zero, which a log axis cannot draw; marked \u25bc on its bottom edge",
-        "fxnn train loss: 1 point at or below zero, which a log axis cannot draw; marked \u25bc on its bottom edge"]
+    said = "1 point at or below zero, which a log axis cannot draw; marked \u25bc on its bottom edge"
+    assert sorted(notes) == [f"fxnn train error rate: {said}", f"fxnn train loss: {said}"]
 
 
 def test_the_command_reports_undrawable_points_on_stderr(tmp_path, capsys):
@@ -85,8 +83,9 @@ def test_the_command_reports_undrawable_points_on_stderr(tmp_path, capsys):
 @pytest.mark.parametrize("status, marker", [("diverged", "X"), ("interrupted", "o"), ("terminated", "o")])
 def test_a_run_that_did_not_complete_is_marked_where_it_stopped(tmp_path, status, marker):
     done = make_record(tmp_path / "a.mat", [0.9, 0.2, 0.05], seed=1)
+    last_loss = np.nan if status == "diverged" else 0.1
     stopped = make_record(tmp_path / "b.mat", [0.9, 0.3], seed=2, status=status,
-                          terate=np.full(15, 0.3), tloss=np.r_[np.full(14, 0.1), np.nan if status == "diverged" else 0.1])
+                          terate=np.full(15, 0.3), tloss=np.r_[np.full(14, 0.1), last_loss])
     fig = plot.plot_runs([done, stopped], str(tmp_path / "c.png"), say=lambda line: None)
     err_ax = fig.axes[1]
     labels = lines_by_label(err_ax)

@@ -108,3 +108,12 @@ def test_a_run_warns_before_training_and_records_its_provenance(tmp_path, capsys
     assert meta["gpu"] == ""
     assert (meta["params_trainable"], meta["params_fixed"]) == fxnn_reference_counts(1, 28, 28)
     assert meta["threads"].startswith(f"C kernels {torch.get_num_threads()}, torch {torch.get_num_threads()}")
+
+
+def test_the_gpu_is_named_only_when_the_run_used_one():
+    assert provenance.gpu("cpu") == ""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here")
+    name = provenance.gpu("cuda")
+    assert name and name == torch.cuda.get_device_properties(0).name

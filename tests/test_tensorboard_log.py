@@ -1,8 +1,8 @@
 """--tensorboard DIR: event files read back with TensorBoard's own reader
 hold the run's curves, learn rate and flags; a resumed run replaces what the
 interrupted one logged past its checkpoint; without the package, one line."""
-import builtins
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -75,13 +75,8 @@ def test_a_resumed_run_replaces_what_was_logged_past_the_checkpoint(tmp_path):
 
 
 def test_without_the_package_one_line_before_anything_runs(tmp_path, capsys, monkeypatch):
-    real_import = builtins.__import__
-
-    def no_tensorboard(name, *args, **kwargs):
-        if name.split(".")[0] == "tensorboard":
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    for name in [n for n in sys.modules if n.split(".")[0] == "tensorboard"] + ["tensorboard"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing it raises ImportError
     code = fxnn.main(["--tensorboard", str(tmp_path / "tb"), "-o", str(tmp_path / "r.mat"), "--engine", "pytensor"])
     out, err = capsys.readouterr()
     assert code == 2 and out == ""

@@ -16,6 +16,7 @@ the same folder (which a new run takes only with ``--force``).
 The ``tensorboard`` package is an optional extra (``pip install
 "fxnn[tensorboard]"``); :func:`check` says so in one line before training.
 """
+import importlib
 import os
 import time
 
@@ -31,7 +32,7 @@ def check(logdir, resume=False, force=False):
     run (not ``resume``) refuses a folder that holds another run's events
     unless ``force``, as fxnn.py refuses to overwrite a record."""
     try:
-        from tensorboard.summary.writer import event_file_writer  # noqa: F401
+        importlib.import_module("tensorboard.summary.writer.event_file_writer")
     except ImportError:
         return f"--tensorboard needs the tensorboard package, which is not installed: {INSTALL}"
     if not logdir:
@@ -86,7 +87,8 @@ class TensorBoardLog:
 
     def _write(self, step, values):
         from tensorboard.compat.proto.summary_pb2 import Summary
-        self.writer.add_event(self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
+        event = self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=Summary(value=values))
+        self.writer.add_event(event)
 
     def _scalars(self, step, scalars):
         from tensorboard.compat.proto.summary_pb2 import Summary
