@@ -95,12 +95,13 @@ class Panel:
         """Draw the curves on a ``scale`` axis; points it cannot draw are
         marked on the bottom edge (log) and each is reported through ``say``."""
         from matplotlib.transforms import blended_transform_factory
-        from matplotlib.ticker import FuncFormatter, LogLocator
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
         ax = self.ax
         if scale == "log":
             ax.set_yscale("log", nonpositive="mask")
             ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_minor_formatter(NullFormatter())  # the 1-2-5 major ticks carry the labels
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{self.unit}"))
         ax.set_ylabel(f"{self.name} (%)" if self.unit == "%" else self.name)
         edge = blended_transform_factory(ax.transData, ax.transAxes)
