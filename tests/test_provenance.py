@@ -80,6 +80,10 @@ def test_record_size_warning_only_above_the_limit():
     assert line == (f"Note: rec-MNIST-fxnn.mat will hold 101 snapshots of the parameters, about "
                     f"{101 * n * 4 / 1e6:,.0f} MB; --record-params last keeps only the final ones "
                     f"({n * 4 / 1e6:.1f} MB).")
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert f"\n{line}\n" in f.read()  # the README shows the default run's line as it is
+    cifar = record_size.warning("r.mat", build_network("fxnn", (3, 32, 32)).param_shapes(), 1000, "all")
+    assert "1001 snapshots of the parameters, about 6.6 GB;" in cifar
     assert record_size.warning("r.mat", shapes, 100, "last") is None
     assert record_size.warning("r.mat", shapes, 100, "none") is None
     assert record_size.warning("r.mat", shapes, int(100e6 // (n * 4)) - 1, "all") is None  # just under 100 MB

@@ -14,6 +14,9 @@ def snapshot_bytes(param_shapes, snapshots):
 
 
 def megabytes(size):
+    """``size`` bytes in words: "5.2 MB", "522 MB", "6.6 GB"."""
+    if size >= 1e9:
+        return f"{size / 1e9:,.1f} GB"
     return f"{size / 1e6:.1f} MB" if size < 100e6 else f"{size / 1e6:,.0f} MB"
 
 
