@@ -5,6 +5,8 @@ Parses the flags and wires the parts together: data (``data/``), the network
 and its engine (``models/``), the training loop and recording (``training/``).
 ``main(argv)`` returns the process exit code.
 """
+__version__ = "0.1.0"
+
 import argparse
 import os
 import shutil
@@ -140,6 +142,11 @@ def build_parser():
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run whose checkpoint sits beside the record file")
     p.add_argument("--force", action="store_true", help="overwrite an existing record file")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="threads to compute on, in either engine (default: OMP_NUM_THREADS when set, else all cores)")
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="also log the curves, learn rate and flags to DIR for TensorBoard as the run goes "
+                        "(needs: pip install 'fxnn[tensorboard]')")
     return p
 
 
@@ -178,9 +185,10 @@ def run(args):
     """One experiment from parsed flags; returns the exit code."""
     from data import DataError, dataset_label, load_dataset
     from data.split import hold_out
+    from models import threads
     from models.architecture import build_network
     from models.engines import make_engine, resolve
-    from training import checkpoint
+    from training import checkpoint, provenance, record_size, tensorboard_log
     from training.loop import NUM_SAMPLES, VALID_BATCH, Schedule, raise_on_sigterm, train
     from training.final_test import final_test
     from training.memory import release_free_memory
@@ -199,6 +207,11 @@ def run(args):
         engine_name, device = resolve(args.engine, args.device)
     except ValueError as e:
         return fail(e)
+    problem = args.tensorboard is not None and tensorboard_log.check(args.tensorboard, args.resume, args.force)
+    if problem:
+        return fail(problem)
+    if args.threads:
+        threads.use(args.threads, torch=engine_name == "torch")
 
     resumed = checkpoint.load(run_dir) if args.resume else None
     if resumed:
@@ -231,6 +244,10 @@ def run(args):
         print(flush=True)
         return fail(e)
     print(" done.", flush=True)
+    size_note = record_size.warning(out, network.param_shapes(), args.num_records, args.record_params)
+    if size_note:
+        print(size_note, flush=True)
+    origin = provenance.collect(__version__, engine_name, device, network)
 
     if not resumed:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -245,18 +262,25 @@ def run(args):
         recorder.restore(resumed.curves, engine.get_params())
         print(f"Resuming at iteration {start_record * args.iters_per_record} from {run_dir}", flush=True)
 
-    def on_record(done):
-        checkpoint.save(run_dir, done, engine.get_state(), sampler, recorder.state(), flags)
-        release_free_memory()
-
     schedule = Schedule(args.num_records, args.iters_per_record, args.batch_size,
                         args.learn_rate, args.learn_decay)
+    board = (args.tensorboard is not None
+             and tensorboard_log.TensorBoardLog(args.tensorboard, recorder, schedule, flags, origin))
+
+    def on_record(done):
+        checkpoint.save(run_dir, done, engine.get_state(), sampler, recorder.state(), flags)
+        if board:
+            board.update(recorder)
+        release_free_memory()
+
     raise_on_sigterm()
     outcome = train(engine, dataset, schedule, recorder, sampler, start_record, on_record,
                     print_line=lambda line: print(line, flush=True))
     test_vars, test_meta, test_line = ({}, {}, None)
     if args.valid_split and outcome == "complete":
         outcome, test_vars, test_meta, test_line = final_test(engine, dataset, recorder, args.iters_per_record)
+    if board:
+        board.close(recorder)
     paths, implementations = engine.describe_paths()
     meta = {
         "model": args.model, "dataset": dataset.name, **dataset.meta(), **test_meta,
@@ -265,6 +289,7 @@ def run(args):
         "seed": seed, "status": outcome, "iterations_done": len(recorder.tloss),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "flags": {k: ("" if v is None else v) for k, v in vars(args).items()},
+        **origin,
     }
     layout = recorder.save(out, meta, test_vars)
     if test_line:

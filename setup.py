@@ -1,5 +1,6 @@
 """Install fxnn: ``python3 -m pip install -e ".[test]" torch==2.13.0`` (see README)."""
 import os
+import re
 import tempfile
 
 from setuptools import Extension, setup
@@ -40,9 +41,13 @@ FIXED_CPU = Extension(
     optional=True,
 )
 
+# One version, fxnn.__version__ (records store it in meta.fxnn_version).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fxnn.py")) as f:
+    VERSION = re.search(r'^__version__ = "(.+)"$', f.read(), re.M).group(1)
+
 setup(
     name="fxnn",
-    version="0.1.0",
+    version=VERSION,
     description="Train CNNs with fixed 3x3 convolution kernels followed by a trainable 1x1",
     python_requires=">=3.10",
     py_modules=["fxnn", "mnist_pickler"],
@@ -56,6 +61,7 @@ setup(
         "pytensor>=3.0,<4",
         "h5py>=3.8,<4",  # records larger than MATLAB v5 allows are written as v7.3 (HDF5)
         "matplotlib>=3.7,<4",  # analysis/: curves and sweep plots
+        "threadpoolctl>=3.1,<4",  # --threads reaches numpy's OpenBLAS (PyTensor's dense layers)
     ],
     extras_require={
         # The PyTorch engine and FixedConv2d; any 2.x from 2.2 works.
@@ -64,11 +70,15 @@ setup(
         "cuda": ["torch>=2.2,<3", "pycuda>=2025.1.2,<2027"],
         # Seed sweeps (analysis/sweep.py) on Dask's distributed scheduler, on this machine or a cluster.
         "cluster": ["dask[distributed]>=2024.1,<2027"],
-        "test": ["pytest>=7"],
+        # --tensorboard: event files written with TensorBoard's own writer.
+        "tensorboard": ["tensorboard>=2.12,<3"],
+        # The tests read those event files back with TensorBoard's reader.
+        "test": ["pytest>=7", "tensorboard>=2.12,<3"],
     },
     entry_points={"console_scripts": [
         "fxnn=fxnn:cli",
         "fxnn-plot=analysis.plot:cli",
+        "fxnn-csv=analysis.to_csv:cli",
         "fxnn-summary=analysis.summary:cli",
         "fxnn-sweep=analysis.sweep:cli",
     ]},

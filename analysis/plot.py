@@ -1,44 +1,69 @@
 """Curves of record files drawn to a PNG (headless matplotlib).
 
 ``python3 -m analysis.plot rec-MNIST-fxnn.mat rec-MNIST-cnn.mat -o curves.png``
-draws the loss and error of each run on two shared axes: validation solid,
-training dashed (the mean over each record's iterations, the console's
-``loss|erate`` columns). ``--bands`` draws one mean curve per model instead,
-with a band of one standard deviation over the seeds.
+draws the loss and the error rate (in percent, as on the console) of each run
+on two axes: validation solid, training dashed (the mean over each record's
+iterations, the console's ``loss|erate`` columns). What the runs share is in
+the title, what tells them apart (model, engine, dataset, optimizer, learn
+rate, seed) in each run's label. An axis is logarithmic when its curves span
+more than a decade (``--error-scale``, ``--loss-scale`` to choose); points a
+log axis cannot draw (a loss at or below zero, an error rate of exactly zero)
+are marked with a triangle on its bottom edge and reported. A run that did not
+complete ends in a marker (X: diverged, o: interrupted or terminated) and its
+label says where it stopped. ``--bands`` draws one mean curve per group of
+seeds instead, with a band of one standard deviation.
 """
 import argparse
+import os
 import sys
 
 import numpy as np
 
-from .records import RecordError, group_by_label, load_run
+from .records import RecordError, load_run
+
+SCALES = ("auto", "log", "linear")
+#: A run that did not complete: (marker at the end of its curves, word).
+STOPPED = {"diverged": "X", "interrupted": "o", "terminated": "o"}
+UNDRAWABLE_MARKER = "v"
 
 
-def _figure():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, sharex=True)
-    for ax, name in ((loss_ax, "loss"), (err_ax, "error rate")):
-        ax.set_xlabel("iteration")
-        ax.set_ylabel(name)
-        ax.grid(True, alpha=0.3)
-    return fig, loss_ax, err_ax
+def _number(value):
+    return None if value in (None, "") else f"{float(value):g}"
 
 
-def _finish(fig, loss_ax, err_ax, path, log_error, title, log_iter=False):
-    if log_error:
-        err_ax.set_yscale("log")
-    if log_iter:  # iteration 0 (the untrained network) drops off a log axis
-        err_ax.set_xscale("log", nonpositive="mask")
-    loss_ax.set_yscale("log")
-    err_ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return fig
+#: What tells runs apart, in label order: a run's value in words (None: not recorded).
+IDENTITY = (
+    lambda r: r.model,
+    lambda r: r.engine,
+    lambda r: r.dataset,
+    lambda r: r.flags.get("optimizer") or None,
+    lambda r: _number(r.flags.get("learn_rate")) and f"lr {_number(r.flags.get('learn_rate'))}",
+    lambda r: f"seed {r.seed}",
+)
+SEED = len(IDENTITY) - 1
+
+
+def identities(runs, leave_out=()):
+    """(labels, common): per run, a label naming the model and whatever else
+    differs between ``runs`` (IDENTITY indices in ``leave_out`` aside); and
+    the values all runs share, for the title. Runs alike in all of these
+    are told apart by their file names."""
+    values = [[get(run) for get in IDENTITY] for run in runs]
+    differ = [i for i in range(len(IDENTITY)) if len({v[i] for v in values}) > 1 and i not in leave_out]
+    labels = [", ".join([v[0]] + [v[i] or "?" for i in differ if i != 0]) for v in values]
+    if not leave_out:
+        labels = [f"{label} ({os.path.basename(run.path)})" if labels.count(label) > 1 else label
+                  for run, label in zip(runs, labels)]
+    common = [values[0][i] for i in range(len(IDENTITY))
+              if i not in differ and i not in leave_out and values[0][i] is not None]
+    return labels, common
+
+
+def stopped_label(run):
+    """" (diverged at iteration 1,234)" for a run that did not complete, else ""."""
+    if run.status not in STOPPED:
+        return ""
+    return f" ({run.status} at iteration {len(run.tloss):,})"
 
 
 def record_means(values, iters_per_record):
@@ -47,44 +72,139 @@ def record_means(values, iters_per_record):
     return np.asarray(values[:n * iters_per_record]).reshape(n, iters_per_record).mean(axis=1)
 
 
-def _title(runs):
-    sources = sorted({f"{r.dataset}, {r.data_source}" for r in runs})
-    return "; ".join(sources)
+def choose_scale(scale, arrays):
+    """``scale``, or for "auto": "log" when the finite positive values of
+    ``arrays`` span more than a decade, else "linear"."""
+    if scale != "auto":
+        return scale
+    values = np.concatenate([np.asarray(a, dtype=float).ravel() for a in arrays] or [np.zeros(0)])
+    values = values[np.isfinite(values) & (values > 0)]
+    return "log" if len(values) and values.max() > 10 * values.min() else "linear"
 
 
-def plot_runs(runs, path, log_error=False, log_iter=False):
+class Panel:
+    """One axis of the figure: curves collected first, drawn once its scale is known."""
+
+    def __init__(self, ax, name, unit=""):
+        self.ax, self.name, self.unit, self.curves = ax, name, unit, []
+
+    def add(self, x, y, label, **style):
+        self.curves.append((np.asarray(x, dtype=float), np.asarray(y, dtype=float), label, style))
+
+    def draw(self, scale, say):
+        """Draw the curves on a ``scale`` axis; points it cannot draw are
+        marked on the bottom edge (log) and each is reported through ``say``."""
+        from matplotlib.transforms import blended_transform_factory
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax = self.ax
+        if scale == "log":
+            ax.set_yscale("log", nonpositive="mask")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_minor_formatter(NullFormatter())  # the 1-2-5 major ticks carry the labels
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{self.unit}"))
+        ax.set_ylabel(f"{self.name} (%)" if self.unit == "%" else self.name)
+        edge = blended_transform_factory(ax.transData, ax.transAxes)
+        marked = 0
+        for x, y, label, style in self.curves:
+            ax.plot(x, y, label=label, **style)
+            nonpositive = np.isfinite(y) & (y <= 0) if scale == "log" else np.zeros(len(y), bool)
+            infinite = ~np.isfinite(y)
+            if nonpositive.any():
+                ax.plot(x[nonpositive], np.zeros(nonpositive.sum()), UNDRAWABLE_MARKER, color=style.get("color"),
+                        transform=edge, clip_on=False, label="_undrawable")
+                marked += nonpositive.sum()
+                say(f"{label} {self.name}: {_points(nonpositive.sum())} at or below zero, which a log axis cannot "
+                    f"draw; marked \u25bc on its bottom edge")
+            if infinite.any():
+                say(f"{label} {self.name}: {_points(infinite.sum())} not finite (NaN or infinite), not drawn")
+        if marked:
+            ax.text(0.01, 0.02, f"\u25bc {_points(marked)} at or below zero (not drawable on a log axis)",
+                    transform=ax.transAxes, fontsize=7, va="bottom")
+
+
+def _points(n):
+    return f"{n} point" + ("" if n == 1 else "s")
+
+
+def _figure():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, sharex=True)
+    for ax in (loss_ax, err_ax):
+        ax.set_xlabel("iteration")
+        ax.grid(True, alpha=0.3, which="both")
+    return fig, Panel(loss_ax, "loss"), Panel(err_ax, "error rate", "%")
+
+
+def _finish(fig, loss, error, path, scales, title, log_iter, say):
+    loss.draw(choose_scale(scales[0], [c[1] for c in loss.curves]), say)
+    error.draw(choose_scale(scales[1], [c[1] for c in error.curves]), say)
+    if log_iter:  # iteration 0 (the untrained network) drops off a log axis
+        error.ax.set_xscale("log", nonpositive="mask")
+    error.ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return fig
+
+
+def _title(runs, common, extra=""):
+    sources = "; ".join(sorted({f"{r.dataset}, {r.data_source}" for r in runs}))
+    return (", ".join(common) + extra + "\n" if common or extra else "") + sources
+
+
+def _say_to_stderr(line):
+    print(f"plot: note: {line}", file=sys.stderr)
+
+
+def plot_runs(runs, path, error_scale="auto", log_iter=False, loss_scale="auto", say=_say_to_stderr):
     """One training and one validation curve per run on each axis; returns
-    the (closed) figure."""
-    fig, loss_ax, err_ax = _figure()
-    groups = group_by_label(runs)
-    for i, run in enumerate(runs):
-        name = run.label if len(groups[run.label]) == 1 else f"{run.label} seed {run.seed}"
-        color = f"C{i % 10}"
+    the (closed) figure. ``say`` gets a line for each set of points that
+    could not be drawn."""
+    fig, loss, error = _figure()
+    labels, common = identities(runs)
+    for i, (run, label) in enumerate(zip(runs, labels)):
+        color, label = f"C{i % 10}", label + stopped_label(run)
         train_iters = np.arange(1, len(run.tloss) // run.iters_per_record + 1) * run.iters_per_record
-        for ax, train, valid in ((loss_ax, run.tloss, run.vloss), (err_ax, run.terate, run.verate)):
-            ax.plot(run.record_iterations, valid, color=color, label=f"{name} valid")
-            ax.plot(train_iters, record_means(train, run.iters_per_record), color=color,
-                    linestyle="--", alpha=0.7, label=f"{name} train")
-    return _finish(fig, loss_ax, err_ax, path, log_error, _title(runs), log_iter)
+        for panel, train, valid, scale in ((loss, run.tloss, run.vloss, 1), (error, run.terate, run.verate, 100)):
+            panel.add(run.record_iterations, scale * valid, f"{label} valid", color=color)
+            panel.add(train_iters, scale * record_means(train, run.iters_per_record), f"{label} train",
+                      color=color, linestyle="--", alpha=0.7)
+            if run.status in STOPPED and len(valid):
+                panel.add(run.record_iterations[-1:], scale * valid[-1:], "_stopped", color=color,
+                          marker=STOPPED[run.status], markersize=9, linestyle="none")
+    return _finish(fig, loss, error, path, (loss_scale, error_scale), _title(runs, common), log_iter, say)
 
 
-def plot_bands(runs, path, log_error=False, log_iter=False):
-    """Per model: the mean validation curve over seeds, with a band of one
-    standard deviation; returns the (closed) figure."""
-    fig, loss_ax, err_ax = _figure()
-    for i, (label, group) in enumerate(group_by_label(runs).items()):
-        lengths = {len(r.verate) for r in group}
-        if len(lengths) > 1 or len({r.iters_per_record for r in group}) > 1:
+def plot_bands(runs, path, error_scale="auto", log_iter=False, loss_scale="auto", say=_say_to_stderr):
+    """Per group of runs that differ only in their seed: the mean validation
+    curve over the seeds, with a band of one standard deviation; returns the
+    (closed) figure."""
+    fig, loss, error = _figure()
+    labels, common = identities(runs, leave_out=(SEED,))
+    groups = {}
+    for run, label in zip(runs, labels):
+        groups.setdefault(label, []).append(run)
+    bands = []
+    for i, (label, group) in enumerate(groups.items()):
+        if len({len(r.verate) for r in group}) > 1 or len({r.iters_per_record for r in group}) > 1:
             raise RecordError(f"the runs of {label} have different record schedules "
                               f"({', '.join(r.path for r in group)}); plot them without --bands")
         iters = group[0].record_iterations
-        for ax, values in ((loss_ax, [r.vloss for r in group]), (err_ax, [r.verate for r in group])):
-            values = np.asarray(values)
+        for panel, values, scale in ((loss, [r.vloss for r in group], 1), (error, [r.verate for r in group], 100)):
+            values = scale * np.asarray(values)
             mean = values.mean(axis=0)
             std = values.std(axis=0, ddof=1) if len(group) > 1 else np.zeros_like(mean)
-            ax.plot(iters, mean, color=f"C{i % 10}", label=f"{label}, {len(group)} seeds, valid")
-            ax.fill_between(iters, mean - std, mean + std, color=f"C{i % 10}", alpha=0.25, linewidth=0)
-    return _finish(fig, loss_ax, err_ax, path, log_error, _title(runs) + " (band: one std over seeds)", log_iter)
+            panel.add(iters, mean, f"{label}, {len(group)} seeds, valid", color=f"C{i % 10}")
+            bands.append((panel.ax, iters, mean - std, mean + std, f"C{i % 10}"))
+    for ax, iters, low, high, color in bands:
+        ax.fill_between(iters, low, high, color=color, alpha=0.25, linewidth=0)
+    return _finish(fig, loss, error, path, (loss_scale, error_scale),
+                   _title(runs, common, " (band: one std over seeds)"), log_iter, say)
 
 
 def build_parser():
@@ -92,10 +212,15 @@ def build_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("records", nargs="+", help="record files written by fxnn.py")
     p.add_argument("-o", "--out", default="curves.png", help="PNG to write")
-    p.add_argument("--log-error", action="store_true", help="logarithmic error-rate axis")
+    p.add_argument("--error-scale", choices=SCALES, default="auto",
+                   help="error-rate axis; auto: logarithmic when the curves span more than a decade")
+    p.add_argument("--loss-scale", choices=SCALES, default="auto",
+                   help="loss axis; auto: logarithmic when the curves span more than a decade")
+    p.add_argument("--log-error", action="store_const", const="log", dest="error_scale", default=argparse.SUPPRESS,
+                   help="the same as --error-scale log")
     p.add_argument("--log-iter", action="store_true", help="logarithmic iteration axis")
     p.add_argument("--bands", action="store_true",
-                   help="one mean validation curve per model with a one-std band over its seeds")
+                   help="one mean validation curve per group of seeds, with a one-std band")
     return p
 
 
@@ -103,7 +228,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         runs = [load_run(path) for path in args.records]
-        (plot_bands if args.bands else plot_runs)(runs, args.out, args.log_error, args.log_iter)
+        draw = plot_bands if args.bands else plot_runs
+        draw(runs, args.out, args.error_scale, args.log_iter, args.loss_scale)
     except (RecordError, OSError) as e:
         print(f"plot: error: {e}", file=sys.stderr)
         return 2

@@ -1,9 +1,9 @@
 """Record files (``rec-*.mat``) read back as curves for plots and summaries,
 and what makes two runs the same experiment."""
-import dataclasses
+
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -27,7 +27,7 @@ class Run:
     terate: np.ndarray
     vloss: np.ndarray   # per record; row 0 is the untrained network
     verate: np.ndarray
-    flags: dict = dataclasses.field(default_factory=dict)  # fxnn.py's flags, as recorded
+    flags: dict = field(default_factory=dict)  # fxnn.py's flags, as recorded
     tag: str = ""       # what sets this run's experiment apart from others summarised with it
 
     @property
@@ -113,4 +113,4 @@ def tag_experiments(runs):
     data = sorted({key["data"] for key in keys}) if "data" in differ else []
     tags = [" ".join(f"data {data.index(key['data']) + 1}" if k == "data" else f"{_option(k)} {key[k]}"
                      for k in differ) for key in keys]
-    return [dataclasses.replace(r, tag=tag) for r, tag in zip(runs, tags)], [_option(k) for k in differ]
+    return [replace(r, tag=tag) for r, tag in zip(runs, tags)], [_option(k) for k in differ]

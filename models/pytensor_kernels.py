@@ -10,6 +10,8 @@ import os
 
 from pytensor.link.c.op import COp
 
+from . import threads
+
 KERNELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
 SOURCES = ("fused_cpu.c", "fused_isa.h", "fixed_cpu.c")
 
@@ -32,8 +34,8 @@ def source_version():
 
 
 def default_threads():
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """The run's thread count (``--threads``; :mod:`models.threads`)."""
+    return threads.count()
 
 
 class KernelsOp(COp):

@@ -1,4 +1,4 @@
-"""Plots, summaries and seed sweeps, on records the tests construct (with
+"""Summaries and seed sweeps (plots: test_plot.py), on records the tests construct (with
 known curves) and on short real sweeps."""
 import csv
 import math
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis import plot, summary, sweep
+from analysis import summary, sweep
 from analysis.records import RecordError, load_run
 from analysis.stats import Spread, error_at, iterations_to, welch_difference
 from conftest import ROOT
@@ -232,40 +232,6 @@ def test_summary_command_one_line_error_on_bad_iteration(records, capsys):
     assert summary.main(records + ["--at", "150"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no validation at iteration 150" in err
-
-
-def test_plot_draws_two_curves_per_run_per_axis_to_a_png_of_the_figure_size(records, tmp_path):
-    import matplotlib.image
-    out = tmp_path / "curves.png"
-    fig = plot.plot_runs([load_run(p) for p in records], str(out), log_error=True)
-    loss_ax, err_ax = fig.axes
-    assert len(loss_ax.get_lines()) == len(err_ax.get_lines()) == 2 * len(records)
-    assert err_ax.get_yscale() == "log"
-    labels = [line.get_label() for line in err_ax.get_lines()]
-    assert "fxnn (torch) seed 2 valid" in labels and "cnn (torch) seed 1 train" in labels
-    # the training curve is the mean over each record's iterations
-    train = err_ax.get_lines()[1]
-    run = load_run(records[0])
-    np.testing.assert_allclose(train.get_ydata(), run.terate.reshape(4, 100).mean(axis=1))
-    np.testing.assert_array_equal(train.get_xdata(), [100, 200, 300, 400])
-    image = matplotlib.image.imread(str(out))
-    assert image.shape[:2] == (450, 1200)
-
-
-def test_band_plot_draws_the_mean_and_one_std_per_model(records, tmp_path):
-    fig = plot.plot_bands([load_run(p) for p in records], str(tmp_path / "bands.png"), log_iter=True)
-    err_ax = fig.axes[1]
-    assert err_ax.get_xscale() == "log" and fig.axes[0].get_xscale() == "log"  # shared x axis
-    fx_line, cnn_line = err_ax.get_lines()
-    np.testing.assert_allclose(fx_line.get_ydata(), np.mean(list(FXNN.values()), axis=0))
-    assert fx_line.get_label() == "fxnn (torch), 3 seeds, valid"
-    assert len(err_ax.collections) == 2  # one band per model
-
-
-def test_plot_command_errors_in_one_line(tmp_path, capsys):
-    assert plot.main([str(tmp_path / "none.mat"), "-o", str(tmp_path / "x.png")]) == 2
-    assert "no such record file" in capsys.readouterr().err
-    assert not (tmp_path / "x.png").exists()
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """Console lines exactly as the original fxnn printed them (from its README)."""
 import io
 
+import numpy as np
+
 from training.console import Progress, record_line
 
 
@@ -36,3 +38,22 @@ def test_progress_bar_draws_and_erases_on_a_terminal():
     bar.update(10, 10)
     bar.clear()
     assert "10/10" in stream.getvalue() and stream.getvalue().endswith("\r\033[K")
+
+
+class CountingEngine:
+    """evaluate() of a fake engine: each batch's loss is its size."""
+
+    def evaluate(self, x, y):
+        return float(len(x)), 0.5, None
+
+
+def test_validation_shows_its_progress_on_a_terminal_only():
+    from training.loop import validate
+    x, y = np.zeros((250, 1, 2, 2), np.float32), np.zeros(250, np.int32)
+    terminal = FakeTTY()
+    assert validate(CountingEngine(), x, y, batch=100, progress=Progress(terminal)) == ((100 * 100 * 2 + 50 * 50) / 250, 0.5)
+    drawn = terminal.getvalue()
+    assert "valid [" in drawn and drawn.rstrip().split("\r")[-1].split()[2] == "250/250"
+    log = io.StringIO()
+    validate(CountingEngine(), x, y, batch=100, progress=Progress(log))
+    assert log.getvalue() == ""

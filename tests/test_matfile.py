@@ -1,13 +1,13 @@
 """The .mat writer against real parsers: scipy.io (v5), h5py (v7.3), and GNU
-Octave when it is installed."""
+Octave (skipped where it is not installed, failed under CI=true)."""
 import os
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 import scipy.io
 
+from octave_tool import octave_cli
 from training import matfile
 from training.matfile import SnapshotSource, read_mat, write_mat
 
@@ -73,13 +73,11 @@ def test_failed_write_keeps_the_earlier_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["rec.mat"]
 
 
-@pytest.mark.skipif(shutil.which("octave-cli") is None and shutil.which("octave") is None,
-                    reason="GNU Octave is not installed (apt-get install octave)")
 def test_octave_loads_both_layouts(tmp_path, layout):
+    octave = octave_cli()
     sources, stacks = make_sources(tmp_path, SHAPES, records=4)
     path = str(tmp_path / "rec.mat")
     write_mat(path, SMALL, sources)
-    octave = shutil.which("octave-cli") or shutil.which("octave")
     script = (f"r = load('{path}'); w = r.conv1_w; "
               "printf('%d ', size(w)); printf('\\n%.6f\\n', w(2, 5, 3, 2, 1)); "
               "printf('%s %d\\n', r.meta.model, r.meta.seed); printf('%d\\n', numel(r.tloss));")

@@ -4,8 +4,9 @@ The record lines are exactly the original's::
 
     Iter 00100/10000: loss|erate 0.125169| 39.05% valid loss|erate 0.053871| 16.81%
 
-The progress bar is drawn on stderr only when stderr is a terminal, and is
-erased before the next record line, so logs redirected to a file stay clean.
+The progress bar (the iterations of a record, then the images of its
+validation) is drawn on stderr only when stderr is a terminal, and is erased
+before the next record line, so logs redirected to a file stay clean.
 """
 import sys
 import time
@@ -20,7 +21,7 @@ def record_line(iteration, total, tloss, terate, vloss, verate):
 
 
 class Progress:
-    """A one-line progress bar for the iterations of a record, on a TTY only."""
+    """A one-line progress bar, on a TTY only: ``update(done, total, label)``."""
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr

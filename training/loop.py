@@ -53,14 +53,19 @@ class Schedule:
         return self.learn_rate * self.learn_decay ** (record / (self.num_records - 1))
 
 
-def validate(engine, x, y, batch=VALID_BATCH):
-    """Mean loss and error rate over the whole of (x, y); any size works."""
+def validate(engine, x, y, batch=VALID_BATCH, progress=None):
+    """Mean loss and error rate over the whole of (x, y); any size works;
+    ``progress`` (a :class:`Progress`) shows the images done."""
     loss = errors = 0.0
+    if progress:
+        progress.start()
     for start in range(0, len(x), batch):
         xb, yb = x[start:start + batch], y[start:start + batch]
         bl, be, _ = engine.evaluate(xb, yb)
         loss += bl * len(xb)
         errors += be * len(xb)
+        if progress:
+            progress.update(start + len(xb), len(x), "valid")
     return loss / len(x), errors / len(x)
 
 
@@ -73,7 +78,7 @@ def train(engine, dataset, schedule, recorder, sampler, start_record=0, on_recor
     on_record = on_record or (lambda done: None)
 
     def record(done, tloss, terate, seconds):
-        vloss, verate = validate(engine, *dataset.validation())
+        vloss, verate = validate(engine, *dataset.validation(), progress=progress)
         _, _, probs = engine.evaluate(recorder.sample_x, recorder.sample_y)
         recorder.add_record(vloss, verate, engine.get_params(), probs, seconds)
         progress.clear()
