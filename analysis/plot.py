@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from .records import RecordError, load_run
+from .records import RecordError, experiment_differences, load_run
 
 SCALES = ("auto", "log", "linear")
 #: A run that did not complete: (marker at the end of its curves, word).
@@ -41,16 +41,21 @@ IDENTITY = (
     lambda r: f"seed {r.seed}",
 )
 SEED = len(IDENTITY) - 1
+#: The fxnn.py options IDENTITY names already.
+IN_IDENTITY = ("-d", "--optimizer", "-lr")
 
 
 def identities(runs, leave_out=()):
     """(labels, common): per run, a label naming the model and whatever else
-    differs between ``runs`` (IDENTITY indices in ``leave_out`` aside); and
+    differs between ``runs`` (IDENTITY indices in ``leave_out`` aside, and
+    any other flag of the experiment, analysis.records); and
     the values all runs share, for the title. Runs alike in all of these
     are told apart by their file names."""
     values = [[get(run) for get in IDENTITY] for run in runs]
     differ = [i for i in range(len(IDENTITY)) if len({v[i] for v in values}) > 1 and i not in leave_out]
-    labels = [", ".join([v[0]] + [v[i] or "?" for i in differ if i != 0]) for v in values]
+    others = [[f"{option} {value}" for option, value in pairs if option not in IN_IDENTITY]
+              for pairs in experiment_differences(runs)[0]]  # e.g. a batch size: never pooled unnamed
+    labels = [", ".join([v[0]] + [v[i] or "?" for i in differ if i != 0] + more) for v, more in zip(values, others)]
     if not leave_out:
         labels = [f"{label} ({os.path.basename(run.path)})" if labels.count(label) > 1 else label
                   for run, label in zip(runs, labels)]

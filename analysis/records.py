@@ -103,14 +103,24 @@ def _option(name):
     return options.get(name, "--" + name.replace("_", "-"))
 
 
+def experiment_differences(runs):
+    """(differences, options): per run, the (option, value) pairs of every
+    flag in which the runs' experiments differ, e.g. ``[("-lr", 0.1)]``
+    (model and engine aside: every label names them; differing data sources
+    are numbered, ``("data", 1)``), and those options."""
+    keys = [dict(r.experiment) for r in runs]
+    differ = [k for k in keys[0] if k not in ("model", "engine") and len({key[k] for key in keys}) > 1] if keys else []
+    data = sorted({key["data"] for key in keys}) if "data" in differ else []
+    differences = [[("data", data.index(key["data"]) + 1) if k == "data" else (_option(k), key[k]) for k in differ]
+                   for key in keys]
+    return differences, [_option(k) for k in differ]
+
+
 def tag_experiments(runs):
     """(runs, differ): copies of ``runs`` whose labels also name the flags
     in which their experiments differ (e.g. ``fxnn (torch) -lr 0.1``), so
     that runs differing in anything but the seed are never one group, and
     the names of those flags. Model and engine are in every label already."""
-    keys = [dict(r.experiment) for r in runs]
-    differ = [k for k in keys[0] if k not in ("model", "engine") and len({key[k] for key in keys}) > 1] if keys else []
-    data = sorted({key["data"] for key in keys}) if "data" in differ else []
-    tags = [" ".join(f"data {data.index(key['data']) + 1}" if k == "data" else f"{_option(k)} {key[k]}"
-                     for k in differ) for key in keys]
-    return [replace(r, tag=tag) for r, tag in zip(runs, tags)], [_option(k) for k in differ]
+    differences, options = experiment_differences(runs)
+    tags = [" ".join(f"{option} {value}" for option, value in pairs) for pairs in differences]
+    return [replace(r, tag=tag) for r, tag in zip(runs, tags)], options

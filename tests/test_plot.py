@@ -84,7 +84,7 @@ def test_the_command_reports_undrawable_points_on_stderr(tmp_path, capsys):
 def test_a_run_that_did_not_complete_is_marked_where_it_stopped(tmp_path, status, marker):
     done = make_record(tmp_path / "a.mat", [0.9, 0.2, 0.05], seed=1)
     last_loss = np.nan if status == "diverged" else 0.1
-    stopped = make_record(tmp_path / "b.mat", [0.9, 0.3], seed=2, status=status,
+    stopped = make_record(tmp_path / "b.mat", [0.9, 0.3], seed=2, status=status, num_records=2,
                           terate=np.full(15, 0.3), tloss=np.r_[np.full(14, 0.1), last_loss])
     fig = plot.plot_runs([done, stopped], str(tmp_path / "c.png"), say=lambda line: None)
     err_ax = fig.axes[1]
@@ -128,6 +128,16 @@ def test_bands_group_the_seeds_of_each_setting(tmp_path):
     low = err_ax.collections[0].get_paths()[0].vertices[:, 1].min()  # the band's lowest point: last mean - std
     assert low == pytest.approx(3 - np.std([4, 2], ddof=1))
     assert err_ax.get_yscale() == "log"
+
+
+def test_bands_never_pool_runs_that_differ_in_a_flag_the_labels_do_not_show(tmp_path):
+    runs = [make_record(tmp_path / f"b{b}s{s}.mat", v, seed=s, batch_size=b)
+            for b, s, v in ((64, 1, [0.9, 0.2]), (64, 2, [0.9, 0.4]), (32, 1, [0.9, 0.1]))]
+    err_ax = plot.plot_bands(runs, str(tmp_path / "bands.png")).axes[1]
+    lines = lines_by_label(err_ax)
+    assert set(lines) == {"fxnn, -bsize 64, 2 seeds, valid", "fxnn, -bsize 32, 1 seeds, valid"}
+    np.testing.assert_allclose(lines["fxnn, -bsize 64, 2 seeds, valid"].get_ydata(), [90, 30])
+    np.testing.assert_allclose(lines["fxnn, -bsize 32, 1 seeds, valid"].get_ydata(), [90, 10])
 
 
 def test_the_png_has_the_figure_size(tmp_path):
