@@ -50,8 +50,10 @@ def run_threads(slots):
 
 def with_threads(cmd, env, threads):
     """The command and environment that give a run ``threads`` threads. The
-    one place the sweep says how: OpenMP's and MKL's variables, which
-    PyTorch, OpenBLAS and the C kernels read."""
+    one place the sweep says how: fxnn.py's ``--threads`` (placed before the
+    user's flags, so a ``--threads`` of theirs wins) and OpenMP's and MKL's
+    variables for anything else the run starts."""
+    cmd = cmd[:2] + ["--threads", str(threads)] + cmd[2:]
     return cmd, dict(env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
 
 

@@ -251,6 +251,7 @@ def test_sweep_runs_every_model_and_seed_then_skips_them_when_rerun(tmp_path, sm
         for seed in (1, 2):
             run = load_run(str(out / f"{model}-seed{seed}.mat"))
             assert (run.model, run.seed, run.status, len(run.verate)) == (model, seed, "complete", 3)
+            assert run.flags["threads"] == 1  # 2 at a time on 2 cores: --threads 1 each
             assert "Iter 00010/00010" in (out / f"{model}-seed{seed}.log").read_text()
     assert "fxnn - baseline" not in done.stdout  # --versus cnn: no cnn here, so no differences
     with open(out / "summary.csv", newline="") as f:

@@ -86,7 +86,8 @@ def local_run(tmp_path, model, seed, fxnn_flags, threads):
     """The same run made locally with fxnn.py, with the thread count the
     sweep's run had."""
     out = tmp_path / f"local-{model}-{seed}.mat"
-    done = subprocess.run([sys.executable, "fxnn.py", "-m", model, "--seed", str(seed), "-o", str(out)] + fxnn_flags,
+    done = subprocess.run([sys.executable, "fxnn.py", "--threads", str(threads), "-m", model, "--seed", str(seed),
+                           "-o", str(out)] + fxnn_flags,
                           cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)))
     assert done.returncode == 0, done.stderr
