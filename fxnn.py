@@ -22,7 +22,9 @@ import numpy as np  # noqa: E402
 DATASETS = ("MNIST", "CIFAR10")
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_WRITE_FAILED = 4
 EXIT_CODES = {"complete": 0, "diverged": EXIT_DIVERGED, "interrupted": 130, "terminated": 143}
+MAX_SEED = 2**32 - 1
 
 
 def positive_int(text):
@@ -43,6 +45,14 @@ def probability(text):
     value = float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def seed_value(text):
+    """0..2**32-1: stored exactly in the record (MATLAB reads numbers as doubles)."""
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, got {text}")
     return value
 
 
@@ -69,7 +79,8 @@ EXAMPLES = """examples:
   python3 fxnn.py -d CIFAR10 -nrec 1000 -ipr 250    a long CIFAR-10 sweep
   python3 fxnn.py -d CIFAR10 -nrec 1000 -ipr 250 --resume   continue it after Ctrl-C or a crash
 
-exit codes: 0 done, 2 bad input or flags, 3 training diverged (NaN), 130 Ctrl-C, 143 SIGTERM"""
+exit codes: 0 done, 2 bad input or flags, 3 training diverged (NaN), 4 could not write (disk full),
+130 Ctrl-C, 143 SIGTERM"""
 
 
 def build_parser():
@@ -111,7 +122,7 @@ def build_parser():
                         "fused, one C kernel (CPU, float32); or folded into one dense 3x3 conv; auto: each "
                         "layer's fastest, timed on first use and cached per machine (README 'Which path "
                         "runs when')")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=seed_value, default=None,
                    help="random seed; same seed, same engine: same numbers (default: a fresh one, "
                         "stored in the record's meta.seed)")
     p.add_argument("--data-dir", default=os.environ.get("FXNN_DATA", os.path.join("data", "image")),
@@ -127,44 +138,26 @@ def build_parser():
     return p
 
 
-def check_output(out, run_dir, resume, force):
-    """Why the run must not start (one line), or None. Checked before any
-    training, so an unwritable path or an earlier result costs nothing."""
-    from training import checkpoint
-
-    directory = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(directory):
-        return f"cannot write the record {out}: folder {directory} does not exist"
-    if not os.access(directory, os.W_OK):
-        return f"cannot write the record {out}: folder {directory} is not writable"
-    if resume:
-        if not checkpoint.exists(run_dir):
-            return f"nothing to resume: no checkpoint in {run_dir} (start a new run without --resume)"
-    elif not force:
-        if checkpoint.exists(run_dir):
-            return (f"an interrupted run left a checkpoint in {run_dir}: add --resume to continue it, "
-                    f"or --force to start over")
-        if os.path.exists(out):
-            return f"{out} exists: add --force to overwrite it, or -o to write elsewhere"
-    return None
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from training import runlock
     try:
         return run(args)
     except KeyboardInterrupt:  # before training started; during training the loop handles it
         print("\nInterrupted before training started; nothing was recorded.", file=sys.stderr)
         return EXIT_CODES["interrupted"]
+    finally:
+        runlock.release_all()
 
 
 def run(args):
     """One experiment from parsed flags; returns the exit code."""
     from data import DataError, load_dataset
+    from data.atomic import WriteError
     from models.architecture import build_network
     from models.engines import make_engine, resolve
-    from training import checkpoint
-    from training.loop import NUM_SAMPLES, VALID_BATCH, Schedule, raise_on_sigterm, train
+    from training import checkpoint, preflight
+    from training.loop import NUM_SAMPLES, VALID_BATCH, Schedule, Terminated, raise_on_sigterm, train
     from training.memory import release_free_memory
     from training.recorder import Recorder
 
@@ -174,15 +167,14 @@ def run(args):
 
     out = args.out or f"rec-{args.dataset}-{args.model}.mat"
     run_dir = out + ".run"
-    problem = check_output(out, run_dir, args.resume, args.force)
+    problem = preflight.claim_output(out, run_dir, args.resume, args.force)
     if problem:
         return fail(problem)
     try:
         engine_name, device = resolve(args.engine, args.device)
-    except ValueError as e:
+        resumed = checkpoint.load(run_dir) if args.resume else None
+    except (ValueError, checkpoint.DamagedState) as e:
         return fail(e)
-
-    resumed = checkpoint.load(run_dir) if args.resume else None
     if resumed:
         seed = resumed.flags["seed"] if args.seed is None else args.seed
     else:
@@ -200,9 +192,17 @@ def run(args):
                                log=lambda line: print(line, flush=True))
     except DataError as e:
         return fail(e)
+    flags["data"] = checkpoint.data_identity(dataset)
+    problem = preflight.check_dataset(dataset) or (resumed and checkpoint.data_mismatch(resumed.flags, flags["data"], out))
+    if problem:
+        return fail(problem)
 
     print(f'Building model "{args.model}" ... ', end="", flush=True)
     network = build_network(args.model, dataset.train_x.shape[1:], filter_size=args.filter_size)
+    problem = preflight.check_resources(network, args.batch_size, args.filter_size, args.model)
+    if problem:
+        print(flush=True)
+        return fail(problem)
     params = network.init_params(np.random.default_rng(init_seed))
     try:
         engine = make_engine(engine_name, device, network, params, args.optimizer, args.dropout_prob,
@@ -220,8 +220,10 @@ def run(args):
     sampler, start_record = np.random.default_rng(batch_seed), 0
     if resumed:
         sampler, start_record = resumed.sampler, resumed.record
-        engine.set_state(resumed.engine_state)
-        recorder.restore(resumed.curves, engine.get_params())
+        try:
+            checkpoint.restore(resumed, engine, recorder)
+        except checkpoint.DamagedState as e:
+            return fail(e)
         print(f"Resuming at iteration {start_record * args.iters_per_record} from {run_dir}", flush=True)
 
     def on_record(done):
@@ -231,8 +233,15 @@ def run(args):
     schedule = Schedule(args.num_records, args.iters_per_record, args.batch_size,
                         args.learn_rate, args.learn_decay)
     raise_on_sigterm()
-    outcome = train(engine, dataset, schedule, recorder, sampler, start_record, on_record,
-                    print_line=lambda line: print(line, flush=True))
+    try:
+        outcome = train(engine, dataset, schedule, recorder, sampler, start_record, on_record,
+                        print_line=lambda line: print(line, flush=True))
+    except WriteError as e:
+        return fail_write(e, run_dir)
+    if recorder.records == 0:  # stopped during the first validation: nothing to record or resume
+        shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"{outcome.capitalize()} before the first record; nothing was recorded.", file=sys.stderr)
+        return EXIT_CODES[outcome]
     paths, implementations = engine.describe_paths()
     meta = {
         "model": args.model, "dataset": args.dataset, "data_source": dataset.source,
@@ -242,7 +251,15 @@ def run(args):
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "flags": {k: ("" if v is None else v) for k, v in vars(args).items()},
     }
-    layout = recorder.save(out, meta)
+    try:
+        layout = recorder.save(out, meta)
+    except WriteError as e:
+        return fail_write(e, run_dir)
+    except (KeyboardInterrupt, Terminated) as e:
+        stopped = "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated"
+        print(f"{stopped.capitalize()} while writing {out}: it was not written (an earlier file of that name "
+              f"is untouched); run the same command with --resume to write it", file=sys.stderr)
+        return EXIT_CODES[stopped]
     if outcome == "complete":
         shutil.rmtree(run_dir, ignore_errors=True)
         print(f"Saved recording to file {out}", flush=True)
@@ -256,6 +273,16 @@ def run(args):
         print("(the record is MATLAB v7.3/HDF5: load it with load() in MATLAB or Octave, "
               "or h5py)", flush=True)
     return EXIT_CODES[outcome]
+
+
+def fail_write(error, run_dir):
+    """A record, snapshot or checkpoint that did not fit on the disk: one line,
+    with how to go on (the last checkpoint and the earlier record are intact)."""
+    from training import checkpoint
+    then = ("free some space, then run the same command with --resume" if checkpoint.exists(run_dir)
+            else "free some space and run again")
+    print(f"fxnn: error: {error.strerror}; {then}", file=sys.stderr)
+    return EXIT_WRITE_FAILED
 
 
 def cli():

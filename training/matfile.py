@@ -106,7 +106,9 @@ def write_mat(path, small, sources):
     to ``path`` atomically (temporary file beside it, then rename). Returns
     the layout used: "v5" or "v7.3"."""
     layout = "v7.3" if needs_v73(sources) else "v5"
-    with atomic_path(path) as tmp:
+    needed = sum(s.nbytes for s in sources) + sum(np.asarray(v).nbytes for v in small.values()
+                                                  if not isinstance(v, dict))
+    with atomic_path(path, needed) as tmp:
         if layout == "v7.3":
             _write_v73(tmp, small, sources)
         else:
