@@ -195,7 +195,7 @@ def check_expansion(obj, max_depth, max_objects, max_bytes):
         else:
             size += 8
         if size > max_bytes:
-            raise UntrustedPickle(f"it expands to more than {max_bytes / 2**20:,.0f} MiB "
+            raise UntrustedPickle(f"it expands to more than {max_bytes / 2**20:,.1f} MiB "
                                  "(references repeat one object)")
 
 
