@@ -103,7 +103,7 @@ def data_identity(dataset):
     for name in ("train_x", "train_y", "test_x", "test_y"):
         array = np.ascontiguousarray(getattr(dataset, name))
         digest.update(f"{name} {array.dtype.str} {array.shape}\n".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.reshape(-1).view(np.uint8))
     return {"sha256": digest.hexdigest(), "source": dataset.source}
 
 
