@@ -199,7 +199,7 @@ def run(args):
 
     print(f'Building model "{args.model}" ... ', end="", flush=True)
     network = build_network(args.model, dataset.train_x.shape[1:], filter_size=args.filter_size)
-    problem = preflight.check_resources(network, args.batch_size, args.filter_size, args.model)
+    problem = preflight.check_resources(network, args.batch_size, args.filter_size, args.model, device)
     if problem:
         print(flush=True)
         return fail(problem)
@@ -245,7 +245,7 @@ def run(args):
     paths, implementations = engine.describe_paths()
     meta = {
         "model": args.model, "dataset": args.dataset, "data_source": dataset.source,
-        "data_files": "; ".join(dataset.files), "engine": engine_name, "device": device,
+        "data_files": "; ".join(dataset.files), "data_sha256": flags["data"]["sha256"], "engine": engine_name, "device": device,
         "fxnn_path": paths, "fxnn_impl": implementations,
         "seed": seed, "status": outcome, "iterations_done": len(recorder.tloss),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -65,11 +65,11 @@ HOSTILE = {
 }
 
 
-def run_fxnn(data_dir, out):
+def run_fxnn(data_dir, out, *extra):
     """fxnn.py on CIFAR-10 in a child (the PyTensor engine: it imports nothing
     before the data are loaded); (exit code, stdout, stderr, peak RSS in MiB)."""
     cmd = [sys.executable, os.path.join(ROOT, "fxnn.py"), "-d", "CIFAR10", "--data-dir", str(data_dir),
-           "-o", str(out), "-nrec", "1", "-ipr", "1", "--engine", "pytensor"]
+           "-o", str(out), "-nrec", "1", "-ipr", "1", "--engine", "pytensor", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     out_text, err_text = proc.stdout.read(), proc.stderr.read()

@@ -9,6 +9,7 @@ one line saying what is wrong and the fix, or None.
   taps that never reach the image, or more memory than the machine has.
 """
 import os
+import sys
 
 import numpy as np
 
@@ -33,6 +34,11 @@ def claim_output(out, run_dir, resume, force):
         runlock.acquire(out)
     except runlock.LockHeld as e:
         return str(e)
+    except OSError as e:
+        if e.errno not in runlock.UNSUPPORTED:
+            return f"cannot lock the record {out}: {e.strerror or e} ({out}.lock)"
+        print(f"fxnn: warning: the filesystem of {out} has no locks ({e.strerror}); make sure no other run "
+              f"writes this record", file=sys.stderr)
     remove_stale_temporaries(directory)
     remove_stale_temporaries(run_dir)
     if resume:
@@ -67,13 +73,15 @@ def _available_memory():
         return None
 
 
-def step_memory(network, batch_size):
-    """A lower bound on the bytes one training step needs: the parameters and
-    their gradients, and the batch's input and every layer's output, which
-    the backward pass keeps (float32)."""
+def step_memory(network, batch_size, device="cpu"):
+    """A lower bound on the host bytes one training step needs: the
+    parameters and their gradients, and the batch's input and (on the CPU)
+    every layer's output, which the backward pass keeps (float32)."""
     params = sum(int(np.prod(s)) for s in network.param_shapes().values())
     c, h, w = network.input_shape
     per_sample = c * h * w
+    if device == "cuda":  # the activations live on the GPU
+        return 4 * (2 * params + batch_size * per_sample)
     for conv in network.convs:
         per_sample += conv.out_channels * h * w
         h, w = h // 2, w // 2
@@ -81,7 +89,7 @@ def step_memory(network, batch_size):
     return 4 * (2 * params + batch_size * per_sample)
 
 
-def check_resources(network, batch_size, filter_size, model, available=None):
+def check_resources(network, batch_size, filter_size, model, device="cpu", available=None):
     """The filter must fit the images (every tap can reach a pixel), and a
     training step must fit in the memory the machine has left."""
     c, h, w = network.input_shape
@@ -89,7 +97,7 @@ def check_resources(network, batch_size, filter_size, model, available=None):
         return (f"-fsize {filter_size} is larger than {h}x{w} images allow (at most {2 * min(h, w) - 1}, "
                 f"where every tap can reach a pixel); use a smaller -fsize")
     available = _available_memory() if available is None else available
-    needed = step_memory(network, batch_size)
+    needed = step_memory(network, batch_size, device)
     if available is not None and needed > available:
         flags = f"-bsize {batch_size}" + (f" with -fsize {filter_size}" if model == "cnn" else "")
         return (f"{flags} needs at least {needed / 2**30:,.1f} GiB of "

@@ -51,11 +51,9 @@ class Recorder:
         self.terate.append(erate)
 
     def add_record(self, vloss, verate, params, sample_probs, seconds):
-        self.vloss.append(vloss)
-        self.verate.append(verate)
-        self.yprob.append(np.asarray(sample_probs, dtype=np.float32))
-        self.sec_per_record.append(seconds)
-        self.last_params = params
+        """Append one record: the snapshots to the spool first, then the
+        curves, so a run stopped in between (a signal, a full disk) counts
+        only whole records."""
         if self.record_params == "all":
             crcs = []
             for name in self.param_shapes:
@@ -64,6 +62,11 @@ class Recorder:
                     f.write(raw)
                 crcs.append(zlib.crc32(raw))
             self.spool_crc.append(crcs)
+        self.vloss.append(vloss)
+        self.verate.append(verate)
+        self.yprob.append(np.asarray(sample_probs, dtype=np.float32))
+        self.sec_per_record.append(seconds)
+        self.last_params = params
 
     def state(self):
         """The curves so far, as arrays for a checkpoint."""

@@ -14,6 +14,7 @@ Across machines the lock holds where the shared filesystem supports locks
 locks); on one without (some FUSE and SMB mounts) two machines can still
 write one record at once.
 """
+import errno
 import fcntl
 import json
 import os
@@ -22,6 +23,8 @@ import sys
 import time
 
 _held = []
+#: errno values of flock on a filesystem without locks.
+UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 class LockHeld(Exception):
@@ -42,7 +45,9 @@ def _describe(path):
 
 def acquire(record):
     """Lock ``record`` for this process (released by :func:`release_all` or
-    at exit); :class:`LockHeld` naming the holder if another process has it."""
+    at exit); :class:`LockHeld` naming the holder if another process has it;
+    OSError where the lock file cannot be written or the filesystem has no
+    locks (errno in :data:`UNSUPPORTED`)."""
     path = os.path.abspath(record) + ".lock"
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -52,6 +57,9 @@ def acquire(record):
             os.close(fd)
             raise LockHeld(f"{record} is being written by another fxnn run ({_describe(path)}); wait for "
                            f"it to end, or write elsewhere with -o") from None
+        except OSError:
+            os.close(fd)
+            raise
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except FileNotFoundError:
