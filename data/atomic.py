@@ -15,6 +15,7 @@ needs and the space free.
 import errno
 import os
 import re
+import signal
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -99,16 +100,21 @@ def atomic_path(path, needed=None):
     the message of a :class:`WriteError` when the disk is full."""
     folder = os.path.dirname(os.path.abspath(path))
     remove_stale_temporaries(folder)
+    tmp = None
     with room_for(path, needed):
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}@{_host()}-",
-                                   suffix=os.path.splitext(path)[1], dir=folder)
-        os.close(fd)
         try:
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:  # a signal now would leave a file nobody knows the name of
+                fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}@{_host()}-",
+                                           suffix=os.path.splitext(path)[1], dir=folder)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            os.close(fd)
             yield tmp
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
             os.replace(tmp, path)
         finally:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
