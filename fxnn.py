@@ -193,7 +193,8 @@ def run(args):
     except DataError as e:
         return fail(e)
     flags["data"] = checkpoint.data_identity(dataset)
-    problem = preflight.check_dataset(dataset) or (resumed and checkpoint.data_mismatch(resumed.flags, flags["data"], out))
+    problem = preflight.check_dataset(dataset) or (
+        resumed and checkpoint.data_mismatch(resumed.flags, flags["data"], out))
     if problem:
         return fail(problem)
 
@@ -245,7 +246,8 @@ def run(args):
     paths, implementations = engine.describe_paths()
     meta = {
         "model": args.model, "dataset": args.dataset, "data_source": dataset.source,
-        "data_files": "; ".join(dataset.files), "data_sha256": flags["data"]["sha256"], "engine": engine_name, "device": device,
+        "data_files": "; ".join(dataset.files), "data_sha256": flags["data"]["sha256"],
+        "engine": engine_name, "device": device,
         "fxnn_path": paths, "fxnn_impl": implementations,
         "seed": seed, "status": outcome, "iterations_done": len(recorder.tloss),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),

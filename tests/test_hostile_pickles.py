@@ -43,7 +43,9 @@ def array_opcodes(state_opcodes):
 
 
 def dtype_opcodes(name):
-    return b"cnumpy\ndtype\n(U" + bytes([len(name)]) + name + b"K\x00K\x01tR(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    """numpy.dtype(name, False, True) with the state numpy pickles for a plain dtype."""
+    state = b"(K\x03U\x01|NNN" + b"J\xff\xff\xff\xff" * 2 + b"K\x00tb"
+    return b"cnumpy\ndtype\n(U" + bytes([len(name)]) + name + b"K\x00K\x01tR" + state
 
 
 NESTED_REFS = [[[1] * 1000] * 1000] * 1000  # 10**9 labels in 3 levels of repeated references

@@ -90,13 +90,16 @@ class Recorder:
             if crc is not None and len(self.spool_crc) != self.records:
                 raise DamagedState(f"cannot resume: the checkpoint has checksums for {len(self.spool_crc)} of "
                                    f"{self.records} snapshots; {RECOVER}")
-            for i, (name, shape) in enumerate(self.param_shapes.items()):
-                self._check_spool(name, int(np.prod(shape)) * 4, None if crc is None else crc[:, i])
+            sizes = [int(np.prod(shape)) * 4 for shape in self.param_shapes.values()]
+            for i, (name, size) in enumerate(zip(self.param_shapes, sizes)):  # all checked before any is cut
+                self._check_spool(name, size, None if crc is None else crc[:, i])
+            for name, size in zip(self.param_shapes, sizes):
+                os.truncate(self._spool_path(name), self.records * size)
 
     def _check_spool(self, name, size, crcs):
         path = self._spool_path(name)
         try:
-            with open(path, "r+b") as f:
+            with open(path, "rb") as f:
                 found = os.fstat(f.fileno()).st_size
                 if found < self.records * size:
                     raise DamagedState(f"cannot resume: {path} is truncated ({found:,} bytes, {self.records} "
@@ -105,7 +108,6 @@ class Recorder:
                     if zlib.crc32(f.read(size)) != crcs[r]:
                         raise DamagedState(f"cannot resume: {path} is corrupt (snapshot {r} does not match its "
                                            f"checksum); {RECOVER}")
-                f.truncate(self.records * size)
         except FileNotFoundError:
             raise DamagedState(f"cannot resume: {path} is missing ({self.records} snapshots); {RECOVER}") from None
 
