@@ -43,9 +43,9 @@ def room_for(path, needed=None):
     naming ``path``, the ``needed`` bytes (when known) and the free space."""
     try:
         yield
-    except OSError as e:
-        code = e.errno
-        if code is None:  # h5py names the C library's errno only in its message
+    except (OSError, RuntimeError) as e:  # h5py raises either, naming the C library's errno in its message
+        code = getattr(e, "errno", None)
+        if code is None:
             found = re.search(r"errno = (\d+)", str(e))
             code = int(found.group(1)) if found else None
         if code not in NO_ROOM or isinstance(e, WriteError):

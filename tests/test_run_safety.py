@@ -3,6 +3,7 @@ checkpoints and spools refused, resuming on other data refused, flags and
 datasets that would fail later refused before training, full disks and
 signals during the final write reported truthfully in one line with the
 earlier record intact and the run resumable."""
+import contextlib
 import os
 import resource
 import shutil
@@ -18,7 +19,7 @@ import fxnn
 from conftest import ROOT
 from data.atomic import WriteError, atomic_path, remove_stale_temporaries, room_for
 from data.idx import write_idx
-from training import checkpoint
+from training import checkpoint, matfile
 from training.matfile import read_mat
 from training.recorder import Recorder
 
@@ -273,23 +274,43 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_space(tmp_path):
         recorder.add_record(1.0, 0.5, {"w": np.ones((3, 4), np.float32)}, np.zeros((10, 10)), 0.1)
 
 
+@contextlib.contextmanager
+def file_size_limit(limit):
+    """RLIMIT_FSIZE in this process: writes past ``limit`` bytes fail with EFBIG."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
 def test_a_failed_checkpoint_leaves_the_previous_one(tmp_path):
-    """A real EFBIG (RLIMIT_FSIZE) while saving a checkpoint, in this process."""
     rng = np.random.default_rng(0)
     flags = {"iters_per_record": 2}
     curves = {k: np.zeros(3 if k in ("vloss", "verate", "yprob", "sec_per_record") else 4)
               for k in checkpoint.CURVES}
     checkpoint.save(str(tmp_path), 2, {"param/w": np.ones(10, np.float32)}, rng, curves, flags)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
-    try:
-        with pytest.raises(WriteError, match=r"checkpoint\.npz: file too large .*it needs about 0\.4 MiB"):
-            checkpoint.save(str(tmp_path), 3, {"param/w": np.ones(100_000, np.float32)}, rng, curves, flags)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    with file_size_limit(100_000), pytest.raises(WriteError, match=r"checkpoint\.npz: file too large .*about 0\.4 MiB"):
+        checkpoint.save(str(tmp_path), 3, {"param/w": np.ones(100_000, np.float32)}, rng, curves, flags)
     saved = checkpoint.load(str(tmp_path))
     assert saved.record == 2 and saved.engine_state["param/w"].shape == (10,)
     assert temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("layout", ["v5", "v7.3"])
+def test_a_record_too_large_for_the_disk_leaves_the_earlier_file(tmp_path, monkeypatch, layout):
+    """Both writers, scipy's and h5py's (which reports the C library's errno in a RuntimeError)."""
+    if layout == "v7.3":
+        monkeypatch.setattr(matfile, "V5_MAX_VARIABLE_BYTES", 0)
+    spool = tmp_path / "spool.f32"
+    spool.write_bytes(np.ones((100, 1000), np.float32).tobytes())
+    out = tmp_path / "rec.mat"
+    out.write_bytes(EARLIER)
+    source = matfile.SnapshotSource("w", (1000,), np.float32, 100, str(spool))
+    with file_size_limit(200_000), pytest.raises(WriteError, match=r"rec\.mat: file too large .*about 0\.4 MiB"):
+        matfile.write_mat(str(out), {"a": np.zeros(3)}, [source])
+    assert out.read_bytes() == EARLIER and temporaries(tmp_path) == []
 
 
 @pytest.mark.parametrize("where", ["spool", "record"])
