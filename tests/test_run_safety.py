@@ -218,7 +218,7 @@ def test_the_largest_seed_is_stored_exactly(tmp_path, capsys, small_mnist):
 @pytest.mark.parametrize("extra,words", [
     (["-bsize", 10**9], "needs at least"),
     (["-m", "cnn", "-fsize", 1001], "-fsize 1001 is larger than 28x28 images allow"),
-    (["-m", "cnn", "-fsize", 55, "-bsize", 10**6], "-bsize 1000000 with -fsize 55 needs at least"),
+    (["-m", "cnn", "-fsize", 55, "-bsize", 10**8], "-bsize 100000000 with -fsize 55 needs at least"),
 ])
 def test_sizes_that_cannot_train_are_refused_before_training(tmp_path, capsys, small_mnist, extra, words):
     code, stdout, err = main(capsys, command(small_mnist, tmp_path / "r.mat")[2:] + extra)

@@ -13,7 +13,7 @@ Two layouts, both loaded by MATLAB and GNU Octave:
 
 Both layouts need the snapshot stack of shape (R, *shape) in column-major
 (Fortran) order, where the record index varies fastest. The spool
-(:mod:`training.spool`) stores each record's array in Fortran order, one
+(:mod:`training.recorder`) stores each record's array in Fortran order, one
 record after another; a slab of the output is therefore a strided read of
 the spool followed by a transpose of a few MB.
 """

@@ -62,15 +62,29 @@ def check_dataset(dataset):
     return None
 
 
+#: (limit, usage) files of the process's cgroup, v2 then v1.
+CGROUP_MEMORY = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                 ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
 def _available_memory():
-    """Bytes the system can still give this process (MemAvailable plus free
-    swap), or None where /proc/meminfo is unreadable."""
+    """Bytes the system can still give this process: MemAvailable plus free
+    swap, or less where its cgroup's limit leaves less; None where
+    /proc/meminfo is unreadable."""
     try:
         with open("/proc/meminfo") as f:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if len(line.split()) >= 2}
-        return info["MemAvailable"] + info.get("SwapFree", 0)
+        available = info["MemAvailable"] + info.get("SwapFree", 0)
     except (OSError, KeyError, ValueError, IndexError):
         return None
+    for limit_file, usage_file in CGROUP_MEMORY:
+        try:
+            with open(limit_file) as limit, open(usage_file) as usage:
+                available = min(available, int(limit.read()) - int(usage.read()))
+            break
+        except (OSError, ValueError):  # no such cgroup file, or "max"
+            continue
+    return available
 
 
 def step_memory(network, batch_size, device="cpu"):
