@@ -281,9 +281,8 @@ def fail_write(error, run_dir):
     """A record, snapshot or checkpoint that did not fit on the disk: one line,
     with how to go on (the last checkpoint and the earlier record are intact)."""
     from training import checkpoint
-    then = ("free some space, then run the same command with --resume" if checkpoint.exists(run_dir)
-            else "free some space and run again")
-    print(f"fxnn: error: {error.strerror}; {then}", file=sys.stderr)
+    then = "then run the same command with --resume" if checkpoint.exists(run_dir) else "then run again"
+    print(f"fxnn: error: {error.strerror}; {error.remedy}, {then}", file=sys.stderr)
     return EXIT_WRITE_FAILED
 
 

@@ -21,12 +21,18 @@ import tempfile
 from contextlib import contextmanager
 
 #: errno values that mean "there is no room for this file".
-NO_ROOM = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-           errno.EFBIG: "file too large for this process's file-size limit (ulimit -f)"}
+NO_ROOM = {errno.ENOSPC: ("no space left on device", "free some space"),
+           errno.EDQUOT: ("disk quota exceeded", "free some space in your quota"),
+           errno.EFBIG: ("file too large for this process's file-size limit", "raise the limit (ulimit -f)")}
 
 
 class WriteError(OSError):
-    """A file could not be written for lack of room; the message is one line."""
+    """A file could not be written for lack of room; ``strerror`` is one line,
+    ``remedy`` what makes room."""
+
+    @property
+    def remedy(self):
+        return NO_ROOM[self.errno][1]
 
 
 def _host():
@@ -56,7 +62,7 @@ def room_for(path, needed=None):
         except OSError:
             free = "free space unknown"
         need = f"it needs about {_size(needed)}, " if needed else ""
-        raise WriteError(code, f"cannot write {path}: {NO_ROOM[code]} ({need}{free})") from None
+        raise WriteError(code, f"cannot write {path}: {NO_ROOM[code][0]} ({need}{free})") from None
 
 
 def _alive(pid):

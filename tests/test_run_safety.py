@@ -324,7 +324,7 @@ def test_a_full_disk_stops_in_one_line_keeps_the_earlier_record_and_resumes(tmp_
     line = one_line(err)
     named = {"spool": str(out) + ".run/spool-m_w.f32", "record": str(out)}[where]
     assert code == 4 and f"cannot write {named}: file too large" in line and "it needs about" in line, line
-    assert "run the same command with --resume" in line
+    assert "raise the limit (ulimit -f), then run the same command with --resume" in line
     assert out.read_bytes() == EARLIER and temporaries(tmp_path) == []
     assert stdout.count("Iter") == {"spool": 3, "record": 6}[where]
     code, stdout, err = finish(spawn(command(small_mnist, out, "--resume")))
