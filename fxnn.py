@@ -213,9 +213,8 @@ def run(args):
         return fail(e)
     print(" done.", flush=True)
 
-    if not resumed:
+    if not resumed:  # the recorder and the checkpoint create it when they first write
         shutil.rmtree(run_dir, ignore_errors=True)
-    os.makedirs(run_dir, exist_ok=True)
     recorder = Recorder(run_dir, network.param_shapes(), dataset.test_x[:NUM_SAMPLES],
                         dataset.test_y[:NUM_SAMPLES], args.record_params)
     sampler, start_record = np.random.default_rng(batch_seed), 0
@@ -269,8 +268,9 @@ def run(args):
         print(f"fxnn: error: the training loss became {recorder.tloss[-1]} at iteration "
               f"{len(recorder.tloss)}; saved the record so far to {out}; try a smaller -lr", file=sys.stderr)
     else:
-        print(f"{outcome.capitalize()}: saved the recording so far to file {out}; "
-              f"continue with the same flags and --resume", flush=True)
+        then = ("continue with the same flags and --resume" if checkpoint.exists(run_dir)
+                else "it stopped before its first checkpoint: run again to start over")
+        print(f"{outcome.capitalize()}: saved the recording so far to file {out}; {then}", flush=True)
     if layout != "v5":
         print("(the record is MATLAB v7.3/HDF5: load it with load() in MATLAB or Octave, "
               "or h5py)", flush=True)

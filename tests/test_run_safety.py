@@ -391,3 +391,18 @@ def test_ctrl_c_before_the_first_record_records_nothing_and_offers_no_resume(tmp
                              "Interrupted before training started; nothing was recorded.")  # a ms earlier
     assert "--resume" not in stdout + err and "Iter" not in stdout
     assert out.read_bytes() == EARLIER and not os.path.exists(str(out) + ".run")
+
+
+def test_ctrl_c_during_the_first_validation_records_nothing(tmp_path, capsys, monkeypatch, small_mnist):
+    """The same, deterministically inside the first validation (in this process)."""
+    import training.loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(training.loop, "validate", interrupted)
+    out = tmp_path / "rec.mat"
+    out.write_bytes(EARLIER)
+    code, stdout, err = main(capsys, command(small_mnist, out, "--force")[2:])
+    assert code == 130 and one_line(err) == "Interrupted before the first record; nothing was recorded."
+    assert "--resume" not in stdout + err and out.read_bytes() == EARLIER
+    assert sorted(os.listdir(tmp_path)) == ["rec.mat"]

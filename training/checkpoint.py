@@ -43,6 +43,7 @@ def save(run_dir, record, engine_state, sampler, recorder_state, flags):
     arrays["sampler"] = np.asarray(json.dumps(sampler.bit_generator.state))
     arrays["flags"] = np.asarray(json.dumps(flags))
     needed = sum(np.asarray(a).nbytes for a in arrays.values())
+    os.makedirs(run_dir, exist_ok=True)
     with atomic_path(os.path.join(run_dir, FILE), needed) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 

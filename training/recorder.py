@@ -55,6 +55,7 @@ class Recorder:
         curves, so a run stopped in between (a signal, a full disk) counts
         only whole records."""
         if self.record_params == "all":
+            os.makedirs(self.run_dir, exist_ok=True)
             crcs = []
             for name in self.param_shapes:
                 raw = np.asarray(params[name], dtype=np.float32).tobytes(order="F")
@@ -115,6 +116,7 @@ class Recorder:
         if self.record_params == "none" or self.last_params is None:
             return []
         if self.record_params == "last":
+            os.makedirs(self.run_dir, exist_ok=True)
             for name, value in self.last_params.items():
                 raw = np.asarray(value, dtype=np.float32).tobytes(order="F")
                 with room_for(self._spool_path(name), len(raw)), open(self._spool_path(name), "wb") as f:
