@@ -40,7 +40,7 @@ def _host():
 
 
 def _size(n):
-    return f"{n / 2**20:,.1f} MiB"
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.0f} kiB" if n >= 2**10 else f"{n} bytes"
 
 
 @contextmanager

@@ -270,7 +270,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_space(tmp_path):
     assert "cannot write /dev/full: no space left on device (it needs about 1.0 MiB, " in str(e.value)
     recorder = Recorder(str(tmp_path), {"w": (3, 4)}, None, None)
     os.symlink("/dev/full", tmp_path / "spool-w.f32")
-    with pytest.raises(WriteError, match=r"spool-w\.f32: no space left on device \(it needs about 0\.0 MiB"):
+    with pytest.raises(WriteError, match=r"spool-w\.f32: no space left on device \(it needs about 48 bytes"):
         recorder.add_record(1.0, 0.5, {"w": np.ones((3, 4), np.float32)}, np.zeros((10, 10)), 0.1)
 
 
@@ -291,7 +291,7 @@ def test_a_failed_checkpoint_leaves_the_previous_one(tmp_path):
     curves = {k: np.zeros(3 if k in ("vloss", "verate", "yprob", "sec_per_record") else 4)
               for k in checkpoint.CURVES}
     checkpoint.save(str(tmp_path), 2, {"param/w": np.ones(10, np.float32)}, rng, curves, flags)
-    with file_size_limit(100_000), pytest.raises(WriteError, match=r"checkpoint\.npz: file too large .*about 0\.4 MiB"):
+    with file_size_limit(100_000), pytest.raises(WriteError, match=r"checkpoint\.npz: file too large .*about 392 kiB"):
         checkpoint.save(str(tmp_path), 3, {"param/w": np.ones(100_000, np.float32)}, rng, curves, flags)
     saved = checkpoint.load(str(tmp_path))
     assert saved.record == 2 and saved.engine_state["param/w"].shape == (10,)
@@ -308,7 +308,7 @@ def test_a_record_too_large_for_the_disk_leaves_the_earlier_file(tmp_path, monke
     out = tmp_path / "rec.mat"
     out.write_bytes(EARLIER)
     source = matfile.SnapshotSource("w", (1000,), np.float32, 100, str(spool))
-    with file_size_limit(200_000), pytest.raises(WriteError, match=r"rec\.mat: file too large .*about 0\.4 MiB"):
+    with file_size_limit(200_000), pytest.raises(WriteError, match=r"rec\.mat: file too large .*about 391 kiB"):
         matfile.write_mat(str(out), {"a": np.zeros(3)}, [source])
     assert out.read_bytes() == EARLIER and temporaries(tmp_path) == []
 
@@ -406,3 +406,50 @@ def test_ctrl_c_during_the_first_validation_records_nothing(tmp_path, capsys, mo
     assert code == 130 and one_line(err) == "Interrupted before the first record; nothing was recorded."
     assert "--resume" not in stdout + err and out.read_bytes() == EARLIER
     assert sorted(os.listdir(tmp_path)) == ["rec.mat"]
+
+
+def can_mount_tmpfs():
+    """Root with CAP_SYS_ADMIN: a private mount namespace can mount a tmpfs."""
+    if not shutil.which("unshare") or os.geteuid() != 0:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+ON_A_SMALL_DISK = """set -e
+mount -t tmpfs -o size=$SIZE tmpfs "$DISK"
+printf 'an earlier result' > "$DISK/rec.mat"
+set +e
+"$@" > "$SAVED/stdout" 2> "$SAVED/stderr"
+echo $? > "$SAVED/code"
+cp -a "$DISK/." "$SAVED/disk"
+"""
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs root to mount a small tmpfs in a private mount namespace")
+@pytest.mark.parametrize("size,fails", [("160k", "during the run"), ("400k", "the record")])
+def test_a_really_full_disk_stops_in_one_line_and_resumes(tmp_path, small_mnist, whole, size, fails):
+    """The kernel's ENOSPC on a tmpfs of ``size`` (mounted in a private mount
+    namespace, gone with the process): the run stops in one line, the earlier
+    record on that disk is intact, and a copy of what the disk held resumes."""
+    disk, saved = tmp_path / "disk", tmp_path / "saved"
+    disk.mkdir()
+    (saved / "disk").mkdir(parents=True)
+    subprocess.run(["unshare", "-m", "sh", "-c", ON_A_SMALL_DISK, "sh",
+                    *command(small_mnist, disk / "rec.mat", "--force")],
+                   env=dict(os.environ, SIZE=size, DISK=str(disk), SAVED=str(saved)), check=True, timeout=300)
+    line = one_line((saved / "stderr").read_text())
+    assert (saved / "code").read_text().strip() == "4", line
+    assert ": no space left on device (it needs about " in line and "free some space" in line, line
+    named = line.split("cannot write ")[1].split(":")[0]
+    if fails == "the record":
+        assert named == str(disk / "rec.mat"), line
+    else:
+        assert named.startswith(str(disk / "rec.mat.run") + "/"), line
+    after = saved / "disk"
+    assert (after / "rec.mat").read_bytes() == EARLIER and temporaries(after) == []
+    resumed = command(small_mnist, after / "rec.mat", "--resume")
+    code, stdout, err = finish(spawn(resumed))
+    assert code == 0, err
+    assert_same_run(read_mat(str(after / "rec.mat")), read_mat(str(whole)))
