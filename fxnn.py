@@ -23,7 +23,9 @@ import numpy as np  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_WRITE_FAILED = 4
 EXIT_CODES = {"complete": 0, "diverged": EXIT_DIVERGED, "interrupted": 130, "terminated": 143}
+MAX_SEED = 2**32 - 1
 
 
 def positive_int(text):
@@ -56,6 +58,14 @@ def dataset_name(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def seed_value(text):
+    """0..2**32-1: stored exactly in the record (MATLAB reads numbers as doubles)."""
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, got {text}")
+    return value
+
+
 def odd_size(text):
     value = positive_int(text)
     if value % 2 == 0:
@@ -81,7 +91,8 @@ EXAMPLES = """examples:
   python3 fxnn.py -d FashionMNIST --valid-split 0.1 tune on a held-out split, test once at the end
   python3 fxnn.py -d mine.npz -m cnn                your own images and labels (README 'Data')
 
-exit codes: 0 done, 2 bad input or flags, 3 training diverged (NaN), 130 Ctrl-C, 143 SIGTERM"""
+exit codes: 0 done, 2 bad input or flags, 3 training diverged (NaN), 4 could not write (disk full),
+130 Ctrl-C, 143 SIGTERM"""
 
 
 def build_parser():
@@ -128,7 +139,7 @@ def build_parser():
                         "fused, one C kernel (CPU, float32); or folded into one dense 3x3 conv; auto: each "
                         "layer's fastest, timed on first use and cached per machine (README 'Which path "
                         "runs when')")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=seed_value, default=None,
                    help="random seed; same seed, same engine: same numbers (default: a fresh one, "
                         "stored in the record's meta.seed)")
     p.add_argument("--data-dir", default=os.environ.get("FXNN_DATA", os.path.join("data", "image")),
@@ -150,47 +161,29 @@ def build_parser():
     return p
 
 
-def check_output(out, run_dir, resume, force):
-    """Why the run must not start (one line), or None. Checked before any
-    training, so an unwritable path or an earlier result costs nothing."""
-    from training import checkpoint
-
-    directory = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(directory):
-        return f"cannot write the record {out}: folder {directory} does not exist"
-    if not os.access(directory, os.W_OK):
-        return f"cannot write the record {out}: folder {directory} is not writable"
-    if resume:
-        if not checkpoint.exists(run_dir):
-            return f"nothing to resume: no checkpoint in {run_dir} (start a new run without --resume)"
-    elif not force:
-        if checkpoint.exists(run_dir):
-            return (f"an interrupted run left a checkpoint in {run_dir}: add --resume to continue it, "
-                    f"or --force to start over")
-        if os.path.exists(out):
-            return f"{out} exists: add --force to overwrite it, or -o to write elsewhere"
-    return None
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from training import runlock
     try:
         return run(args)
     except KeyboardInterrupt:  # before training started; during training the loop handles it
         print("\nInterrupted before training started; nothing was recorded.", file=sys.stderr)
         return EXIT_CODES["interrupted"]
+    finally:
+        runlock.release_all()
 
 
 def run(args):
     """One experiment from parsed flags; returns the exit code."""
     from data import DataError, dataset_label, load_dataset
+    from data.atomic import WriteError
     from data.split import hold_out
     from models import threads
     from models.architecture import build_network
     from models.engines import make_engine, resolve
-    from training import checkpoint, provenance, record_size, tensorboard_log
-    from training.loop import NUM_SAMPLES, VALID_BATCH, Schedule, raise_on_sigterm, train
+    from training import checkpoint, preflight, provenance, record_size, tensorboard_log
     from training.final_test import final_test
+    from training.loop import NUM_SAMPLES, VALID_BATCH, Schedule, Terminated, raise_on_sigterm, train
     from training.memory import release_free_memory
     from training.recorder import Recorder
 
@@ -200,12 +193,13 @@ def run(args):
 
     out = args.out or f"rec-{dataset_label(args.dataset)}-{args.model}.mat"
     run_dir = out + ".run"
-    problem = check_output(out, run_dir, args.resume, args.force)
+    problem = preflight.claim_output(out, run_dir, args.resume, args.force)
     if problem:
         return fail(problem)
     try:
         engine_name, device = resolve(args.engine, args.device)
-    except ValueError as e:
+        resumed = checkpoint.load(run_dir) if args.resume else None
+    except (ValueError, checkpoint.DamagedState) as e:
         return fail(e)
     problem = args.tensorboard is not None and tensorboard_log.check(args.tensorboard, args.resume, args.force)
     if problem:
@@ -213,7 +207,6 @@ def run(args):
     if args.threads:
         threads.use(args.threads, torch=engine_name == "torch")
 
-    resumed = checkpoint.load(run_dir) if args.resume else None
     if resumed:
         seed = resumed.flags["seed"] if args.seed is None else args.seed
     else:
@@ -234,8 +227,16 @@ def run(args):
         network = build_network(args.model, dataset.train_x.shape[1:], dataset.num_classes, args.filter_size)
     except (DataError, ValueError) as e:  # ValueError: images too small for the network
         return fail(e)
+    flags["data"] = checkpoint.data_identity(dataset)
+    problem = resumed and checkpoint.data_mismatch(resumed.flags, flags["data"], out)
+    if problem:
+        return fail(problem)
 
     print(f'Building model "{args.model}" ... ', end="", flush=True)
+    problem = preflight.check_resources(network, args.batch_size, args.filter_size, args.model, device)
+    if problem:
+        print(flush=True)
+        return fail(problem)
     params = network.init_params(np.random.default_rng(init_seed))
     try:
         engine = make_engine(engine_name, device, network, params, args.optimizer, args.dropout_prob,
@@ -249,17 +250,18 @@ def run(args):
         print(size_note, flush=True)
     origin = provenance.collect(__version__, engine_name, device, network)
 
-    if not resumed:
+    if not resumed:  # the recorder and the checkpoint create it when they first write
         shutil.rmtree(run_dir, ignore_errors=True)
-    os.makedirs(run_dir, exist_ok=True)
     recorder = Recorder(run_dir, network.param_shapes(), dataset.test_x[:NUM_SAMPLES],
                         dataset.test_y[:NUM_SAMPLES], args.record_params,
                         track_best=bool(args.valid_split))
     sampler, start_record = np.random.default_rng(batch_seed), 0
     if resumed:
         sampler, start_record = resumed.sampler, resumed.record
-        engine.set_state(resumed.engine_state)
-        recorder.restore(resumed.curves, engine.get_params())
+        try:
+            checkpoint.restore(resumed, engine, recorder)
+        except checkpoint.DamagedState as e:
+            return fail(e)
         print(f"Resuming at iteration {start_record * args.iters_per_record} from {run_dir}", flush=True)
 
     schedule = Schedule(args.num_records, args.iters_per_record, args.batch_size,
@@ -274,8 +276,15 @@ def run(args):
         release_free_memory()
 
     raise_on_sigterm()
-    outcome = train(engine, dataset, schedule, recorder, sampler, start_record, on_record,
-                    print_line=lambda line: print(line, flush=True))
+    try:
+        outcome = train(engine, dataset, schedule, recorder, sampler, start_record, on_record,
+                        print_line=lambda line: print(line, flush=True))
+    except WriteError as e:
+        return fail_write(e, run_dir)
+    if recorder.records == 0:  # stopped during the first validation: nothing to record or resume
+        shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"{outcome.capitalize()} before the first record; nothing was recorded.", file=sys.stderr)
+        return EXIT_CODES[outcome]
     test_vars, test_meta, test_line = ({}, {}, None)
     if args.valid_split and outcome == "complete":
         outcome, test_vars, test_meta, test_line = final_test(engine, dataset, recorder, args.iters_per_record)
@@ -284,6 +293,7 @@ def run(args):
     paths, implementations = engine.describe_paths()
     meta = {
         "model": args.model, "dataset": dataset.name, **dataset.meta(), **test_meta,
+        "data_sha256": flags["data"]["sha256"],
         "engine": engine_name, "device": device,
         "fxnn_path": paths, "fxnn_impl": implementations,
         "seed": seed, "status": outcome, "iterations_done": len(recorder.tloss),
@@ -291,7 +301,15 @@ def run(args):
         "flags": {k: ("" if v is None else v) for k, v in vars(args).items()},
         **origin,
     }
-    layout = recorder.save(out, meta, test_vars)
+    try:
+        layout = recorder.save(out, meta, test_vars)
+    except WriteError as e:
+        return fail_write(e, run_dir)
+    except (KeyboardInterrupt, Terminated) as e:
+        stopped = "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated"
+        print(f"{stopped.capitalize()} while writing {out}: it was not written (an earlier file of that name "
+              f"is untouched); run the same command with --resume to write it", file=sys.stderr)
+        return EXIT_CODES[stopped]
     if test_line:
         print(test_line, flush=True)
     if outcome == "complete":
@@ -301,12 +319,22 @@ def run(args):
         print(f"fxnn: error: the training loss became {recorder.tloss[-1]} at iteration "
               f"{len(recorder.tloss)}; saved the record so far to {out}; try a smaller -lr", file=sys.stderr)
     else:
-        print(f"{outcome.capitalize()}: saved the recording so far to file {out}; "
-              f"continue with the same flags and --resume", flush=True)
+        then = ("continue with the same flags and --resume" if checkpoint.exists(run_dir)
+                else "it stopped before its first checkpoint: run again to start over")
+        print(f"{outcome.capitalize()}: saved the recording so far to file {out}; {then}", flush=True)
     if layout != "v5":
         print("(the record is MATLAB v7.3/HDF5: load it with load() in MATLAB or Octave, "
               "or h5py)", flush=True)
     return EXIT_CODES[outcome]
+
+
+def fail_write(error, run_dir):
+    """A record, snapshot or checkpoint that did not fit on the disk: one line,
+    with how to go on (the last checkpoint and the earlier record are intact)."""
+    from training import checkpoint
+    then = "then run the same command with --resume" if checkpoint.exists(run_dir) else "then run again"
+    print(f"fxnn: error: {error.strerror}; {error.remedy}, {then}", file=sys.stderr)
+    return EXIT_WRITE_FAILED
 
 
 def cli():

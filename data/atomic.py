@@ -1,26 +1,126 @@
 """Atomic file replacement, for every file fxnn writes that a reader may see
 (downloads, mnist.npz, records, checkpoints): write a temporary file beside
 the target, then rename it over the target, so a crash or a kill at any
-moment leaves either the old file or the new one, never a part."""
+moment leaves either the old file or the new one, never a part.
+
+A temporary is named ``.tmp-<pid>@<host>-<random><suffix>``, so that one left
+by a process killed with SIGKILL can be told from one still being written:
+:func:`remove_stale_temporaries` deletes those whose process on this host is
+gone, and every :func:`atomic_path` does so in its folder first.
+
+A full disk (or a quota, or a file-size limit) while writing becomes a
+:class:`WriteError` whose message is one line naming the file, the space it
+needs and the space free.
+"""
+import errno
 import os
+import re
+import signal
+import socket
 import tempfile
 from contextlib import contextmanager
 
+#: errno values that mean "there is no room for this file".
+NO_ROOM = {errno.ENOSPC: ("no space left on device", "free some space"),
+           errno.EDQUOT: ("disk quota exceeded", "free some space in your quota"),
+           errno.EFBIG: ("file too large for this process's file-size limit", "raise the limit (ulimit -f)")}
+
+
+class WriteError(OSError):
+    """A file could not be written for lack of room; ``strerror`` is one line,
+    ``remedy`` what makes room."""
+
+    @property
+    def remedy(self):
+        return NO_ROOM[self.errno][1]
+
+
+def _host():
+    return socket.gethostname().replace("/", "_") or "localhost"
+
+
+def _size(n):
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.0f} kiB" if n >= 2**10 else f"{n} bytes"
+
 
 @contextmanager
-def atomic_path(path):
+def room_for(path, needed=None):
+    """Turn a lack-of-room OSError inside the block into a :class:`WriteError`
+    naming ``path``, the ``needed`` bytes (when known) and the free space."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:  # h5py raises either, naming the C library's errno in its message
+        code = getattr(e, "errno", None)
+        if code is None:
+            found = re.search(r"errno = (\d+)", str(e))
+            code = int(found.group(1)) if found else None
+        if code not in NO_ROOM or isinstance(e, WriteError):
+            raise
+        try:
+            free = os.statvfs(os.path.dirname(os.path.abspath(path)))
+            free = f"{_size(free.f_bavail * free.f_frsize)} free there"
+        except OSError:
+            free = "free space unknown"
+        need = f"it needs about {_size(needed)}, " if needed else ""
+        raise WriteError(code, f"cannot write {path}: {NO_ROOM[code][0]} ({need}{free})") from None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporaries in ``folder`` left by dead processes of this
+    host; those of live processes, other hosts or other programs stay.
+    Returns the paths removed."""
+    removed, host = [], _host()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(".tmp-") or "@" not in name:
+            continue
+        pid, _, rest = name[len(".tmp-"):].partition("@")
+        if not pid.isdigit() or "-" not in rest or rest[:rest.rindex("-")] != host or _alive(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(os.path.join(folder, name))
+        except OSError:
+            pass
+    return removed
+
+
+@contextmanager
+def atomic_path(path, needed=None):
     """Yield a temporary path beside ``path``; on a clean exit it replaces
     ``path`` with the permissions of a plainly created file, on an exception
-    it is removed."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1],
-                               dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    (Ctrl-C included) it is removed. ``needed``: the bytes it will take, for
+    the message of a :class:`WriteError` when the disk is full."""
+    folder = os.path.dirname(os.path.abspath(path))
+    remove_stale_temporaries(folder)
+    tmp = None
+    with room_for(path, needed):
+        try:
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:  # a signal now would leave a file nobody knows the name of
+                fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}@{_host()}-",
+                                           suffix=os.path.splitext(path)[1], dir=folder)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            os.close(fd)
+            yield tmp
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
+            os.replace(tmp, path)
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)

@@ -2,23 +2,38 @@
 
 A checkpoint holds everything the rest of the run depends on: the engine's
 parameters, optimizer state and dropout generator (``engine.get_state()``),
-the batch sampler's generator, the curves so far, and the flags that must
-match on resume. It is one ``.npz`` written to a temporary file and renamed,
-so a kill at any moment leaves either the previous checkpoint or the new one.
+the batch sampler's generator, the curves so far (with the size and CRC-32 of
+every snapshot in the spool, :mod:`training.recorder`), the flags that must
+match on resume and the identity of the data it trained on. It is one
+``.npz`` written to a temporary file and renamed, so a kill at any moment
+leaves either the previous checkpoint or the new one; the zip format
+carries each array's size and CRC-32, so damage after the fact is found when
+it is read. Damaged state is refused with :class:`DamagedState` (one line:
+what is damaged and how to recover), never patched up.
 """
+import hashlib
 import json
 import os
+import zipfile
+import zlib
 from collections import namedtuple
 
 import numpy as np
 
 from data.atomic import atomic_path
+from data.dataset import one_line
 
 FILE = "checkpoint.npz"
 #: Flags a resumed run must share with the run it continues.
 MUST_MATCH = ("model", "dataset", "filter_size", "batch_size", "dropout_prob", "num_records",
               "iters_per_record", "learn_rate", "learn_decay", "optimizer", "engine", "seed",
               "record_params", "valid_split")
+CURVES = ("tloss", "terate", "vloss", "verate", "yprob", "sec_per_record")
+RECOVER = "start the run over with --force instead of --resume (its progress is lost)"
+
+
+class DamagedState(Exception):
+    """A checkpoint or spool that cannot be trusted; the message is one line."""
 
 
 def save(run_dir, record, engine_state, sampler, recorder_state, flags):
@@ -27,7 +42,9 @@ def save(run_dir, record, engine_state, sampler, recorder_state, flags):
     arrays["record"] = np.asarray(record)
     arrays["sampler"] = np.asarray(json.dumps(sampler.bit_generator.state))
     arrays["flags"] = np.asarray(json.dumps(flags))
-    with atomic_path(os.path.join(run_dir, FILE)) as tmp, open(tmp, "wb") as f:
+    needed = sum(np.asarray(a).nbytes for a in arrays.values())
+    os.makedirs(run_dir, exist_ok=True)
+    with atomic_path(os.path.join(run_dir, FILE), needed) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
 
@@ -40,15 +57,64 @@ def exists(run_dir):
 
 def load(run_dir):
     """The :data:`Checkpoint` saved in ``run_dir``: records done, engine state,
-    the batch sampler's Generator, the curves and the run's flags."""
-    with np.load(os.path.join(run_dir, FILE), allow_pickle=False) as z:
-        engine_state = {k[len("engine/"):]: z[k] for k in z.files if k.startswith("engine/")}
-        curves = {k[len("curves/"):]: z[k] for k in z.files if k.startswith("curves/")}
+    the batch sampler's Generator, the curves and the run's flags;
+    :class:`DamagedState` if it is unreadable, truncated or incomplete."""
+    path = os.path.join(run_dir, FILE)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}  # reads every member: checks each one's CRC-32
+        engine_state = {k[len("engine/"):]: v for k, v in arrays.items() if k.startswith("engine/")}
+        curves = {k[len("curves/"):]: v for k, v in arrays.items() if k.startswith("curves/")}
+        missing = [k for k in ("record", "sampler", "flags") if k not in arrays]
+        missing += [f"curves/{k}" for k in CURVES if k not in curves] + ([] if engine_state else ["engine/*"])
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
         sampler = np.random.default_rng()
-        sampler.bit_generator.state = json.loads(str(z["sampler"]))
-        return Checkpoint(int(z["record"]), engine_state, sampler, curves, json.loads(str(z["flags"])))
+        sampler.bit_generator.state = json.loads(str(arrays["sampler"]))
+        record, flags = int(arrays["record"]), json.loads(str(arrays["flags"]))
+        if len(curves["vloss"]) != record + 1 or len(curves["tloss"]) != record * flags["iters_per_record"]:
+            raise ValueError(f"its curves do not have {record} records")
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DamagedState(f"cannot resume: {path} is damaged ({type(e).__name__}: {one_line(e)}); "
+                           f"{RECOVER}") from None
+    return Checkpoint(record, engine_state, sampler, curves, flags)
+
+
+def restore(resumed, engine, recorder):
+    """Put the checkpoint's state into ``engine`` and ``recorder`` (which
+    checks the spool); :class:`DamagedState` if they do not fit it."""
+    try:
+        engine.set_state(resumed.engine_state)
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise DamagedState(f"cannot resume: the engine state in the checkpoint does not fit the network "
+                           f"({type(e).__name__}: {one_line(e)}); {RECOVER}") from None
+    recorder.restore(resumed.curves, engine.get_params())
 
 
 def mismatches(saved_flags, flags):
     """Names of the flags that differ between a checkpoint and this run."""
     return [k for k in MUST_MATCH if saved_flags.get(k) != flags.get(k)]
+
+
+def data_identity(dataset):
+    """What identifies the data a run trains on, whichever loader read it:
+    the SHA-256 of the training and test images and labels as loaded
+    (dtype, shape and bytes of each), and the loader's one-line source."""
+    digest = hashlib.sha256()
+    for name in ("train_x", "train_y", "test_x", "test_y"):
+        array = np.ascontiguousarray(getattr(dataset, name))
+        digest.update(f"{name} {array.dtype.str} {array.shape}\n".encode())
+        digest.update(array.reshape(-1).view(np.uint8))
+    return {"sha256": digest.hexdigest(), "source": dataset.source}
+
+
+def data_mismatch(saved_flags, identity, out):
+    """One line if the data differ from the interrupted run's, else None."""
+    saved = saved_flags.get("data")
+    if saved is None:
+        return None  # a checkpoint from before data identities: nothing to compare
+    if saved["sha256"] != identity["sha256"]:
+        return (f"cannot resume {out}: the data differ from the interrupted run's (run: {saved['source']}, "
+                f"sha256 {saved['sha256'][:12]}; now: {identity['source']}, sha256 {identity['sha256'][:12]}); "
+                f"resume with the run's data (same --data-dir and files), or start over with --force")
+    return None

@@ -13,7 +13,7 @@ Two layouts, both loaded by MATLAB and GNU Octave:
 
 Both layouts need the snapshot stack of shape (R, *shape) in column-major
 (Fortran) order, where the record index varies fastest. The spool
-(:mod:`training.spool`) stores each record's array in Fortran order, one
+(:mod:`training.recorder`) stores each record's array in Fortran order, one
 record after another; a slab of the output is therefore a strided read of
 the spool followed by a transpose of a few MB.
 """
@@ -106,7 +106,9 @@ def write_mat(path, small, sources):
     to ``path`` atomically (temporary file beside it, then rename). Returns
     the layout used: "v5" or "v7.3"."""
     layout = "v7.3" if needs_v73(sources) else "v5"
-    with atomic_path(path) as tmp:
+    needed = sum(s.nbytes for s in sources) + sum(np.asarray(v).nbytes for v in small.values()
+                                                  if not isinstance(v, dict))
+    with atomic_path(path, needed) as tmp:
         if layout == "v7.3":
             _write_v73(tmp, small, sources)
         else:

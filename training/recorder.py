@@ -10,12 +10,18 @@ record took, and (``--record-params all``) a snapshot of every parameter.
 Snapshots are appended to a spool, one raw file per parameter in a run
 folder beside the output; the ``.mat`` is written from it at the end
 (:mod:`training.matfile`). Curves are small and stay in memory; they travel in
-the checkpoint through :meth:`Recorder.state` / :meth:`Recorder.restore`.
+the checkpoint through :meth:`Recorder.state` / :meth:`Recorder.restore`, with
+the CRC-32 of every snapshot in the spool, so that a resumed run checks the
+spool's size and contents instead of trusting them.
 """
 import os
+import zlib
 
 import numpy as np
 
+from data.atomic import room_for
+
+from .checkpoint import RECOVER, DamagedState
 from .matfile import SnapshotSource, write_mat
 
 RECORD_PARAMS = ("all", "last", "none")
@@ -34,6 +40,7 @@ class Recorder:
         self.tloss, self.terate = [], []
         self.vloss, self.verate, self.yprob, self.sec_per_record = [], [], [], []
         self.last_params = None
+        self.spool_crc = []  # per record: the CRC-32 of each parameter's snapshot, in param_shapes order
 
     def _spool_path(self, name):
         return os.path.join(self.run_dir, f"spool-{name}.f32")
@@ -47,6 +54,18 @@ class Recorder:
         self.terate.append(erate)
 
     def add_record(self, vloss, verate, params, sample_probs, seconds):
+        """Append one record: the snapshots to the spool first, then the
+        curves, so a run stopped in between (a signal, a full disk) counts
+        only whole records."""
+        if self.record_params == "all":
+            os.makedirs(self.run_dir, exist_ok=True)
+            crcs = []
+            for name in self.param_shapes:
+                raw = np.asarray(params[name], dtype=np.float32).tobytes(order="F")
+                with room_for(self._spool_path(name), len(raw)), open(self._spool_path(name), "ab") as f:
+                    f.write(raw)
+                crcs.append(zlib.crc32(raw))
+            self.spool_crc.append(crcs)
         self.vloss.append(vloss)
         self.verate.append(verate)
         self.yprob.append(np.asarray(sample_probs, dtype=np.float32))
@@ -55,24 +74,23 @@ class Recorder:
         if self.track_best and (self.best_record < 0 or verate < self.verate[self.best_record]):
             self.best_record = self.records - 1
             self.best_params = {k: np.array(v, dtype=np.float32) for k, v in params.items()}
-        if self.record_params == "all":
-            for name, value in params.items():
-                with open(self._spool_path(name), "ab") as f:
-                    f.write(np.asarray(value, dtype=np.float32).tobytes(order="F"))
 
     def state(self):
         """The curves so far (and the best record's parameters), as arrays for a checkpoint."""
         state = {"tloss": np.asarray(self.tloss), "terate": np.asarray(self.terate),
                  "vloss": np.asarray(self.vloss), "verate": np.asarray(self.verate),
-                 "yprob": np.asarray(self.yprob), "sec_per_record": np.asarray(self.sec_per_record)}
+                 "yprob": np.asarray(self.yprob), "sec_per_record": np.asarray(self.sec_per_record),
+                 "spool_crc": np.asarray(self.spool_crc, dtype=np.uint32).reshape(-1, len(self.param_shapes))}
         if self.track_best and self.best_params is not None:
             state["best_record"] = np.asarray(self.best_record)
             state.update({f"best/{k}": v for k, v in self.best_params.items()})
         return state
 
     def restore(self, state, params):
-        """Continue from a checkpoint's ``state``; the spool is cut back to
-        its record count, dropping a snapshot written after the checkpoint."""
+        """Continue from a checkpoint's ``state``: the spool must hold its
+        record count of snapshots with the checkpoint's checksums (else
+        :class:`DamagedState`), and is cut back to that count, dropping a
+        snapshot written after the checkpoint."""
         for key in ("tloss", "terate", "vloss", "verate", "sec_per_record"):
             setattr(self, key, [float(v) for v in state[key]])
         self.yprob = list(state["yprob"])
@@ -81,17 +99,41 @@ class Recorder:
             self.best_record = int(state["best_record"])
             self.best_params = {k: np.asarray(state[f"best/{k}"]) for k in self.param_shapes}
         if self.record_params == "all":
-            for name, shape in self.param_shapes.items():
-                with open(self._spool_path(name), "r+b") as f:
-                    f.truncate(self.records * int(np.prod(shape)) * 4)
+            crc = state.get("spool_crc")  # absent in checkpoints from before checksums: sizes only
+            self.spool_crc = [] if crc is None else [[int(c) for c in row] for row in crc]
+            if crc is not None and len(self.spool_crc) != self.records:
+                raise DamagedState(f"cannot resume: the checkpoint has checksums for {len(self.spool_crc)} of "
+                                   f"{self.records} snapshots; {RECOVER}")
+            sizes = [int(np.prod(shape)) * 4 for shape in self.param_shapes.values()]
+            for i, (name, size) in enumerate(zip(self.param_shapes, sizes)):  # all checked before any is cut
+                self._check_spool(name, size, None if crc is None else crc[:, i])
+            for name, size in zip(self.param_shapes, sizes):
+                os.truncate(self._spool_path(name), self.records * size)
+
+    def _check_spool(self, name, size, crcs):
+        path = self._spool_path(name)
+        try:
+            with open(path, "rb") as f:
+                found = os.fstat(f.fileno()).st_size
+                if found < self.records * size:
+                    raise DamagedState(f"cannot resume: {path} is truncated ({found:,} bytes, {self.records} "
+                                       f"snapshots need {self.records * size:,}); {RECOVER}")
+                for r in range(self.records if crcs is not None else 0):
+                    if zlib.crc32(f.read(size)) != crcs[r]:
+                        raise DamagedState(f"cannot resume: {path} is corrupt (snapshot {r} does not match its "
+                                           f"checksum); {RECOVER}")
+        except FileNotFoundError:
+            raise DamagedState(f"cannot resume: {path} is missing ({self.records} snapshots); {RECOVER}") from None
 
     def _sources(self):
         if self.record_params == "none" or self.last_params is None:
             return []
         if self.record_params == "last":
+            os.makedirs(self.run_dir, exist_ok=True)
             for name, value in self.last_params.items():
-                with open(self._spool_path(name), "wb") as f:
-                    f.write(np.asarray(value, dtype=np.float32).tobytes(order="F"))
+                raw = np.asarray(value, dtype=np.float32).tobytes(order="F")
+                with room_for(self._spool_path(name), len(raw)), open(self._spool_path(name), "wb") as f:
+                    f.write(raw)
         records = self.records if self.record_params == "all" else 1
         return [SnapshotSource(name, shape, np.float32, records, self._spool_path(name))
                 for name, shape in self.param_shapes.items()]
