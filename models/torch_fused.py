@@ -61,11 +61,11 @@ def implementation_name(device="cpu"):
 
 def _forward_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     y = torch.einsum("bchw,cn->bnhw", forward_torch(x), weight)
-    return y if bias is None else y + bias[:, None, None]
+    return (y if bias is None else y + bias[:, None, None]).contiguous()
 
 
 def _weight_grad_ref(x: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.einsum("bchw,bnhw->cn", forward_torch(x), dy), dy.sum((0, 2, 3))
+    return torch.einsum("bchw,bnhw->cn", forward_torch(x), dy).contiguous(), dy.sum((0, 2, 3))
 
 
 def _input_grad_ref(dy: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
