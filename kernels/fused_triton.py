@@ -208,11 +208,11 @@ def _weight_grad_kernel(x_ptr, dy_ptr, part_ptr, B, M, N, H, W, SHARE,
 
 
 @triton.jit
-def _tap(s_ptr, shift, ok, coefficient: tl.constexpr):
-    """coefficient * scratch[e + shift], or nothing when it is 0."""
-    if coefficient == 0:
-        return 0.0
-    return coefficient * tl.load(s_ptr + shift, mask=ok, other=0.0)
+def _tap(acc, s_ptr, shift, ok, coefficient: tl.constexpr):
+    """acc + coefficient * scratch[e + shift]; no load when it is 0."""
+    if coefficient != 0:
+        acc += coefficient * tl.load(s_ptr + shift, mask=ok, other=0.0)
+    return acc
 
 
 @triton.jit
@@ -239,10 +239,17 @@ def _adjoint_plane(w_ptr, dy_ptr, s_ptr, img, m, m_ok, hh, ww, in_image, interio
     ok = interior[None, :]
     # dx[h, w] += sum over taps of coefficient * G[h - dr, w - dc] for the
     # kernel's coefficient at (1 + dr, 1 + dc): row offsets -dr, column -dc
-    return (_tap(s_ptr, -TILE_W - 1, ok, V2 * H2) + _tap(s_ptr, -TILE_W, ok, V2 * H1)
-            + _tap(s_ptr, -TILE_W + 1, ok, V2 * H0) + _tap(s_ptr, -1, ok, V1 * H2) + _tap(s_ptr, 0, ok, V1 * H1)
-            + _tap(s_ptr, 1, ok, V1 * H0) + _tap(s_ptr, TILE_W - 1, ok, V0 * H2) + _tap(s_ptr, TILE_W, ok, V0 * H1)
-            + _tap(s_ptr, TILE_W + 1, ok, V0 * H0))
+    dx = tl.zeros((BLOCK_M, TILE), dtype=tl.float32)
+    dx = _tap(dx, s_ptr, -TILE_W - 1, ok, V2 * H2)
+    dx = _tap(dx, s_ptr, -TILE_W, ok, V2 * H1)
+    dx = _tap(dx, s_ptr, -TILE_W + 1, ok, V2 * H0)
+    dx = _tap(dx, s_ptr, -1, ok, V1 * H2)
+    dx = _tap(dx, s_ptr, 0, ok, V1 * H1)
+    dx = _tap(dx, s_ptr, 1, ok, V1 * H0)
+    dx = _tap(dx, s_ptr, TILE_W - 1, ok, V0 * H2)
+    dx = _tap(dx, s_ptr, TILE_W, ok, V0 * H1)
+    dx = _tap(dx, s_ptr, TILE_W + 1, ok, V0 * H0)
+    return dx
 
 
 @triton.autotune(configs=_configs(INTERPRETED, _DGRAD_GRID), key=["M", "N", "H", "W"])
