@@ -60,9 +60,13 @@ setup(
     extras_require={
         # The PyTorch engine and FixedConv2d; any 2.x from 2.2 works.
         "torch": ["torch>=2.2,<3"],
-        # The CUDA kernel kernels/simple_conv.cu, launched through PyCUDA.
-        "cuda": ["torch>=2.2,<3", "pycuda>=2025.1.2,<2027"],
-        "test": ["pytest>=7"],
+        # The GPU path: the fixed-stage kernel kernels/simple_conv.cu launched
+        # through PyCUDA, and the fused layer in Triton (kernels/fused_triton.py;
+        # CUDA builds of torch bring the Triton they were built with).
+        "cuda": ["torch>=2.2,<3", "pycuda>=2025.1.2,<2027", "triton>=3.2,<4"],
+        # Triton also for the tests: its interpreter runs the fused Triton
+        # kernels on the CPU (tests/test_triton_fused.py). Triton ships for Linux.
+        "test": ["pytest>=7", "triton>=3.2,<4; platform_system == 'Linux'"],
     },
     entry_points={"console_scripts": [
         "fxnn=fxnn:cli",

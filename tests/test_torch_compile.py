@@ -9,6 +9,7 @@ Compiling is what costs here: the default tests use the aot_eager backend
 (Dynamo, the operators' fake and autograd registrations, AOTAutograd's
 joint graph; no code generation) on tiny shapes; Inductor's C++ code
 generation is the slow test."""
+import json
 import os
 
 import numpy as np
@@ -77,6 +78,38 @@ def test_compiled_outputs_and_gradients_equal_eager(path):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # the validation pass: a graph of its own, forward only
         torch.testing.assert_close(compiled(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_measures_on_real_tensors_when_the_graph_is_traced(monkeypatch, tmp_path):
+    """``auto`` under torch.compile: each layer's paths are timed once, while
+    the graph is traced, on real tensors (not the tracer's fake ones), and
+    the graph runs the path its (injected) clock says is fastest."""
+    require_native()
+    from torch._subclasses.fake_tensor import FakeTensor
+    from models import fxnn_paths, torch_layers
+    clock, real_tensors = [0.0], []
+    monkeypatch.setenv("FXNN_AUTOTUNE", "1")
+    monkeypatch.setattr(fxnn_paths, "_default", fxnn_paths.PathTuner(str(tmp_path / "paths.json"),
+                                                                     clock=lambda: clock[0], budget=0.0))
+    monkeypatch.setattr(torch_layers, "_auto", {})
+    real_contenders = torch_layers.path_contenders
+
+    def contenders(*args, **kwargs):
+        def timed(path, run):
+            def one_pass():
+                real_tensors.append(not isinstance(torch.empty(1), FakeTensor))
+                run()
+                clock[0] += 0.001 if path == "folded" else 0.002
+            return one_pass
+        return {path: timed(path, run) for path, run in real_contenders(*args, **kwargs).items()}
+    monkeypatch.setattr(torch_layers, "path_contenders", contenders)
+    x = torch.randn(2, 3, 7, 5, generator=torch.Generator().manual_seed(4))
+    compiled = torch.compile(network("auto"), fullgraph=True, backend="aot_eager")
+    got = loss_and_grads(compiled, x)
+    assert real_tensors and all(real_tensors)
+    assert len(json.loads((tmp_path / "paths.json").read_text())["entries"]) == 2  # two layers, training
+    for g, want in zip(got, loss_and_grads(network("folded"), x)):
+        torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-5)
 
 
 def test_the_compiled_fused_path_runs_the_c_kernels(monkeypatch):
