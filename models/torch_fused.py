@@ -37,7 +37,7 @@ def runs_fast(device_type: str, dtype: torch.dtype) -> bool:
         if device_type == "cpu":
             ok = dtype == torch.float32 and native.fused_available()[0]
         elif device_type == "cuda":
-            ok = dtype in cuda_fused.DTYPES and cuda_fused.available()[0]
+            ok = cuda_fused.runs(dtype)
         else:
             ok = False
         _runs[device_type, dtype] = ok

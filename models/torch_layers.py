@@ -90,12 +90,14 @@ def implementation(path, device):
 def path_contenders(shape, dtype, device, train, input_grad, bias=True):
     """{path: callable}: one pass of an fxnn layer of ``shape`` (B, M, N, H, W)
     on each available path, on random data with the timing batch of
-    :func:`models.fxnn_paths.timing_batch`; ``train``: forward and backward
+    :func:`models.fxnn_paths.timing_batch` (on CUDA the layer's own batch,
+    since a GPU run on a small one times the launches); ``train``: forward and backward
     (the input's gradient too when ``input_grad``), else forward without
     autograd. For :func:`models.fxnn_paths.choose`."""
     b, m, n, h, w = shape
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(fxnn_paths.timing_batch(b, h, w), m, h, w, generator=g).to(device, dtype)
+    batch = b if torch.device(device).type == "cuda" else fxnn_paths.timing_batch(b, h, w)
+    x = torch.randn(batch, m, h, w, generator=g).to(device, dtype)
     weight = (0.1 * torch.randn(NUM_KERNELS * m, n, generator=g)).to(device, dtype).requires_grad_(train)
     b_ = torch.zeros(n, device=device, dtype=dtype, requires_grad=train) if bias else None
     x.requires_grad_(train and input_grad)
