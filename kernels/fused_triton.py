@@ -54,27 +54,29 @@ MAX_SHARES = 64
 WGRAD_PARTIAL_FLOATS = 1 << 24
 
 
-def _configs(interpreted, grid):
-    """Autotune configurations from ``grid`` (dicts of meta-parameters with
-    num_warps and num_stages), or the first alone under the interpreter."""
-    chosen = grid[:1] if interpreted else grid
-    return [triton.Config({k: v for k, v in c.items() if k not in ("warps", "stages")},
-                          num_warps=c["warps"], num_stages=c["stages"]) for c in chosen]
+def _configs(names, interpreter, gpu):
+    """Autotune configurations: the ``interpreter`` row alone under the
+    interpreter, else the ``gpu`` rows; a row holds the values of ``names``,
+    then num_warps and num_stages."""
+    rows = [interpreter] if INTERPRETED else gpu
+    return [triton.Config(dict(zip(names, row[:-2])), num_warps=row[-2], num_stages=row[-1]) for row in rows]
 
 
-_FORWARD_GRID = ([{"BLOCK_P": 32, "BLOCK_N": 16, "BLOCK_M": 16, "warps": 1, "stages": 1}] if INTERPRETED else []) + [
-    {"BLOCK_P": p, "BLOCK_N": n, "BLOCK_M": 16, "warps": w, "stages": s}
-    for p in (64, 128) for n in (32, 64, 128) for w, s in ((4, 2), (8, 3))]
-_WGRAD_GRID = ([{"BLOCK_P": 32, "BLOCK_N": 16, "BLOCK_M": 16, "warps": 1, "stages": 1}] if INTERPRETED else []) + [
-    {"BLOCK_P": p, "BLOCK_N": n, "BLOCK_M": m, "warps": w, "stages": s}
-    for p in (32, 64) for n in (32, 64) for m in (16, 32) for w, s in ((4, 2), (8, 3))]
-_DGRAD_GRID = ([{"TILE_H": 8, "TILE_W": 8, "BLOCK_N": 16, "BLOCK_M": 16, "warps": 1, "stages": 1}]
-               if INTERPRETED else []) + [
-    {"TILE_H": th, "TILE_W": tw, "BLOCK_N": n, "BLOCK_M": 16, "warps": w, "stages": s}
-    for th, tw in ((16, 16), (8, 32), (16, 32)) for n in (32, 64) for w, s in ((4, 2), (8, 3))]
+# The GPU rows leave out the tiles for which ptxas reports register spills
+# (sm_90, bfloat16).
+_FORWARD_CONFIGS = _configs(("BLOCK_P", "BLOCK_N", "BLOCK_M"), (32, 16, 16, 1, 1), [
+    (64, 32, 16, 4, 2), (64, 32, 16, 8, 3), (64, 64, 16, 4, 2), (64, 64, 16, 8, 3), (64, 128, 16, 8, 3),
+    (128, 32, 16, 4, 2), (128, 32, 16, 8, 3), (128, 64, 16, 8, 3), (128, 128, 16, 8, 3)])
+_WGRAD_CONFIGS = _configs(("BLOCK_P", "BLOCK_N", "BLOCK_M"), (32, 16, 16, 1, 1), [
+    (32, 32, 16, 4, 2), (32, 32, 16, 8, 3), (32, 64, 16, 4, 2), (32, 64, 16, 8, 3), (32, 32, 32, 4, 2),
+    (32, 32, 32, 8, 3)])
+_DGRAD_CONFIGS = _configs(("TILE_H", "TILE_W", "BLOCK_N", "BLOCK_M"), (8, 8, 16, 16, 1, 1), [
+    (16, 16, 32, 16, 4, 2), (16, 16, 32, 16, 8, 3), (16, 16, 64, 16, 4, 2), (16, 16, 64, 16, 8, 3),
+    (8, 32, 32, 16, 4, 2), (8, 32, 32, 16, 8, 3), (8, 32, 64, 16, 4, 2), (8, 32, 64, 16, 8, 3),
+    (16, 32, 32, 16, 8, 3), (16, 32, 64, 16, 8, 3)])
 
 #: Scratch floats per program of the input gradient: enough for any configuration.
-_DGRAD_SCRATCH = max(c["BLOCK_M"] * c["TILE_H"] * c["TILE_W"] for c in _DGRAD_GRID)
+_DGRAD_SCRATCH = max(c.kwargs["BLOCK_M"] * c.kwargs["TILE_H"] * c.kwargs["TILE_W"] for c in _DGRAD_CONFIGS)
 
 
 #: Triton 3.9's interpreter multiplies bfloat16 ``tl.dot`` operands as their
@@ -131,7 +133,7 @@ def _weight_rows(w_ptr, m, k, n, N, ok):
     return tl.load(w_ptr + (5 * m + k) * N + n, mask=ok, other=0.0)
 
 
-@triton.autotune(configs=_configs(INTERPRETED, _FORWARD_GRID), key=["M", "N", "H", "W"])
+@triton.autotune(configs=_FORWARD_CONFIGS, key=["M", "N", "H", "W"])
 @triton.jit
 def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, B, M, N, H, W,
                     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
@@ -166,7 +168,7 @@ def _store_rows(part_ptr, acc, m, k, n, N, ok):
     tl.store(part_ptr + (5 * m + k) * N + n, acc, mask=ok)
 
 
-@triton.autotune(configs=_configs(INTERPRETED, _WGRAD_GRID), key=["M", "N", "H", "W"])
+@triton.autotune(configs=_WGRAD_CONFIGS, key=["M", "N", "H", "W"])
 @triton.jit
 def _weight_grad_kernel(x_ptr, dy_ptr, part_ptr, B, M, N, H, W, SHARE,
                         PRECISION: tl.constexpr,
@@ -252,7 +254,7 @@ def _adjoint_plane(w_ptr, dy_ptr, s_ptr, img, m, m_ok, hh, ww, in_image, interio
     return dx
 
 
-@triton.autotune(configs=_configs(INTERPRETED, _DGRAD_GRID), key=["M", "N", "H", "W"])
+@triton.autotune(configs=_DGRAD_CONFIGS, key=["M", "N", "H", "W"])
 @triton.jit
 def _input_grad_kernel(dy_ptr, w_ptr, dx_ptr, scratch_ptr, B, M, N, H, W, PROGRAMS, SCRATCH,
                        PRECISION: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
@@ -372,9 +374,8 @@ def input_grad(dy, weight):
     dx = torch.empty((b, m, h, w), dtype=dy.dtype, device=dy.device)
     if dx.numel() == 0:
         return dx
-    smallest = min(_DGRAD_GRID, key=lambda c: (c["TILE_H"] - 2) * (c["TILE_W"] - 2) * c["BLOCK_M"])
-    items = b * triton.cdiv(h, smallest["TILE_H"] - 2) * triton.cdiv(w, smallest["TILE_W"] - 2) \
-        * triton.cdiv(m, smallest["BLOCK_M"])
+    items = max(b * triton.cdiv(h, c.kwargs["TILE_H"] - 2) * triton.cdiv(w, c.kwargs["TILE_W"] - 2)
+                * triton.cdiv(m, c.kwargs["BLOCK_M"]) for c in _DGRAD_CONFIGS)
     programs = _programs(dy.device, items)
     scratch = torch.empty((programs, _DGRAD_SCRATCH), dtype=torch.float32, device=dy.device)
     _input_grad_kernel[(programs,)](dy, weight, dx, scratch, b, m, n, h, w, programs, _DGRAD_SCRATCH,

@@ -73,6 +73,11 @@ def gpu_module():
     return fused_triton
 
 
+def test_the_gpu_tunes_among_several_configurations(gpu_module):
+    for kernel in (gpu_module._forward_kernel, gpu_module._weight_grad_kernel, gpu_module._input_grad_kernel):
+        assert len(kernel.configs) > 4
+
+
 @pytest.mark.parametrize("kernel", ["_forward_kernel", "_weight_grad_kernel", "_input_grad_kernel"])
 def test_each_kernel_compiles_for_the_gpu(gpu_module, kernel):
     tuned = getattr(gpu_module, kernel)

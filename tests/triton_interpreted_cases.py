@@ -90,7 +90,6 @@ def test_the_shapes_exercise_what_they_claim(ft):
 def test_the_interpreter_tunes_nothing(ft):
     for kernel in (ft._forward_kernel, ft._weight_grad_kernel, ft._input_grad_kernel):
         assert len(kernel.configs) == 1
-    assert all(len(grid) > 4 for grid in (ft._FORWARD_GRID, ft._WGRAD_GRID, ft._DGRAD_GRID))  # on a GPU
 
 
 def test_bad_arguments_are_refused_clearly(ft):
