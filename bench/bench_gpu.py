@@ -156,7 +156,8 @@ def bench_config(b, m, size, precision, layout, args, peaks):
     w = (torch.randn(NUM_KERNELS * m, n, device=dev, dtype=dtype) / (NUM_KERNELS * m) ** 0.5).requires_grad_()
     bias = torch.zeros(n, device=dev, dtype=dtype, requires_grad=True)
     dense = torch.nn.Conv2d(m, n, 3, padding=1).to(dev, dtype).to(memory_format=memory_format)
-    steps = {path: (lambda path=path: fixed_conv2d(x, w, bias, path).backward(dy)) for path in ("fused", "fixed", "folded")}
+    steps = {path: (lambda path=path: fixed_conv2d(x, w, bias, path).backward(dy))
+             for path in ("fused", "fixed", "folded")}
     steps["dense"] = lambda: dense(x).backward(dy)
     params = [x, w, bias, *dense.parameters()]
 
@@ -249,12 +250,13 @@ def main(argv=None):
     gbps, tflops, source = device_peaks(args, props.name, index)
     import pycuda
     import triton
-    meta = {"device": props.name, "compute_capability": f"{props.major}.{props.minor}", "sms": props.multi_processor_count,
+    meta = {"device": props.name, "compute_capability": f"{props.major}.{props.minor}",
+            "sms": props.multi_processor_count,
             "torch": torch.__version__, "pycuda": pycuda.VERSION_TEXT, "triton": triton.__version__,
             "peak_gbps": gbps, "peak_tflops": tflops, "peak_source": source, "cudnn_benchmark": True,
             "warmup": args.warmup, "reps": args.reps}
-    print(f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs), torch {torch.__version__}, "
-          f"triton {triton.__version__}, pycuda {pycuda.VERSION_TEXT}; peaks [{source}]: DRAM "
+    print(f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs), "
+          f"torch {torch.__version__}, triton {triton.__version__}, pycuda {pycuda.VERSION_TEXT}; peaks [{source}]: DRAM "
           f"{f'{gbps:.0f} GB/s' if gbps else 'unknown'}, "
           + ", ".join(f"{k} {v} TFLOP/s" for k, v in tflops.items())
           + f"; median of {args.reps} steps after {args.warmup} warm-up\n")
