@@ -23,8 +23,8 @@ float32 ones as TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is on
 * **input gradient**, dx = adjoint(W dY): a program owns a 2-D tile of an
   image with a 1-pixel halo and a chunk of input channels; for each kernel
   k it computes (W dY) for the rows ``5*m + k`` on the whole haloed tile
-  with ``tl.dot``, parks it in a per-program scratch buffer (a few KB, read
-  back at once by the same program, so it stays in cache), and adds the
+  with ``tl.dot``, parks it in a per-program scratch buffer (at most 32 KB,
+  read back at once by the same program, so it stays in cache), and adds the
   adjoint stencil of kernel k (the kernel flipped in both axes) on the
   tile's interior. Programs loop over the tiles (a persistent grid), so the
   scratch is bounded by the number of programs, not the problem.
