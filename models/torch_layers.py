@@ -14,6 +14,7 @@ fastest for its shape.
 import functools
 import logging
 import math
+import operator
 
 import numpy as np
 import torch
@@ -147,9 +148,11 @@ def auto_path(x, weight, bias=None):
     Under ``torch.compile`` it is chosen when the graph is traced."""
     train = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                          or (bias is not None and bias.requires_grad))
-    b, m, h, w = x.shape
-    return _measured_path((b, m, weight.shape[1], h, w, x.dtype, str(x.device), train,
-                           train and x.requires_grad, bias is not None))
+    # operator.index: under torch.compile with dynamic shapes it specializes
+    # the sizes (a graph per shape, guarded), as auto's choice is per shape
+    b, m, n, h, w = (operator.index(size) for size in (x.shape[0], x.shape[1], weight.shape[1], *x.shape[2:]))
+    return _measured_path((b, m, n, h, w, x.dtype, str(x.device), train, train and x.requires_grad,
+                           bias is not None))
 
 
 def _say_fused_falls_back(x):

@@ -80,6 +80,20 @@ def test_compiled_outputs_and_gradients_equal_eager(path):
         torch.testing.assert_close(compiled(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_dynamic_shapes_compile_and_agree_with_eager(path):
+    """A second input shape makes Dynamo recompile with symbolic sizes (as
+    dynamic=True does from the start); auto's choice, made per shape,
+    specializes them."""
+    require_native()
+    net = network(path)
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager", dynamic=True)
+    for seed, shape in enumerate([(2, 3, 7, 5), (3, 3, 9, 6)]):
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+        for got, want in zip(loss_and_grads(compiled, x), loss_and_grads(net, x)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_auto_measures_on_real_tensors_when_the_graph_is_traced(monkeypatch, tmp_path):
     """``auto`` under torch.compile: each layer's paths are timed once, while
     the graph is traced, on real tensors (not the tracer's fake ones), and
