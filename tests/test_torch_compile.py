@@ -2,8 +2,9 @@
 graph break on every CPU path (fixed with the C stage, fused, folded, auto),
 and the compiled outputs and gradients equal eager ones to float32 rounding;
 every fast path is a torch.library operator that torch.library.opcheck
-accepts (schema, fake shapes, autograd registration, AOT dispatch), and the
-CUDA kernels are registered (checkable without a GPU on fake CUDA tensors).
+accepts (schema, fake shapes, autograd registration, AOT dispatch), the
+engine's ReLU-dropout-pool block included, and the CUDA kernels are
+registered (checkable without a GPU on fake CUDA tensors).
 
 Compiling is what costs here: the default tests use the aot_eager backend
 (Dynamo, the operators' fake and autograd registrations, AOTAutograd's
@@ -176,6 +177,49 @@ def test_opcheck_accepts_every_operator(index, dtype):
     op, args = operator_samples()[index]
     args = [None if a is None else a.to(dtype).requires_grad_(True) for a in args]
     torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32 (C kernel)", "float64 (torch ops)"])
+def test_the_relu_dropout_pool_operators_pass_opcheck_and_equal_the_reference(dtype):
+    """The engine's block (models/torch_block.py): both directions are
+    operators; their torch-ops kernels equal the reference bitwise."""
+    require_native()
+    from models import dropout, torch_block
+    rng = np.random.default_rng(5)
+    y = torch.from_numpy(rng.standard_normal((2, 3, 7, 6))).to(dtype).requires_grad_(True)
+    draws = rng.integers(0, dropout.LEVELS, size=y.shape, dtype=np.uint16)
+    mask, threshold, scale = torch.from_numpy(draws), dropout.threshold(0.25), 1 / 0.75
+    torch.library.opcheck(torch_block.block_forward, (y, mask, threshold, scale))
+    torch.library.opcheck(torch_block.block_forward, (y, None, 0, 1.0))
+    out = torch_block.block_forward(y, mask, threshold, scale)
+    g = torch.randn(out.shape, dtype=dtype)
+    torch.library.opcheck(torch_block.block_backward, (y.detach(), mask, threshold, scale, out.detach(), g))
+    want = torch_block.reference(y, draws, 0.25)
+    assert torch.equal(torch_block._block_forward_ref(y, mask, threshold, scale), want)
+    want_grad, = torch.autograd.grad(want, y, g)
+    assert torch.equal(torch_block._block_backward_ref(y.detach(), mask, threshold, scale, want.detach(), g),
+                       want_grad)
+
+
+def test_a_network_with_the_engines_block_compiles_with_no_graph_break():
+    require_native()
+    from models import torch_block
+    draws = np.random.default_rng(6).integers(0, 65536, size=(2, 6, 7, 5), dtype=np.uint16)
+
+    def step(x, layer):
+        return torch_block.relu_dropout_pool(layer(x), draws, 0.25)
+    layer = network("fused")[0]
+    x = torch.randn(2, 3, 7, 5, requires_grad=True)
+    explained = torch._dynamo.explain(step)(x, layer)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    results = []
+    for f in (compiled, step):
+        xi = x.detach().clone().requires_grad_(True)
+        out = f(xi, layer)
+        results.append([out.detach(), *torch.autograd.grad((out ** 2).sum(), [xi, layer.weight])])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_derivatives_of_every_order_stay_correct():
