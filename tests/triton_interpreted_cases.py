@@ -8,7 +8,8 @@ tensors, forward and both gradients, float32, bfloat16 and float16, on small
 odd shapes (1x1, 1xN and Nx1 images, sizes that are no multiple of any tile,
 more channels than a chunk, several shares of the weight gradient's sum and
 several tiles of the input gradient) against the float64 numpy references
-of models/fixed_kernels.py.
+of models/fixed_kernels.py, with torch.empty handing out NaN-filled tensors so
+that an unwritten output element or an unwritten scratch value read fails.
 """
 import os
 
@@ -66,14 +67,26 @@ def check_layer(ft, shape, dtype):
     assert_matches(ft.input_grad(dy, w), dx, dtype)
 
 
+@pytest.fixture
+def nan_filled(monkeypatch):
+    """torch.empty hands out NaN-filled float tensors, so that an output
+    element or a scratch value the kernels read before writing fails."""
+    real = torch.empty
+
+    def empty(*args, **kwargs):
+        t = real(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+    monkeypatch.setattr(torch, "empty", empty)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
-def test_float32_forward_and_both_gradients_match_the_references(ft, shape):
+def test_float32_forward_and_both_gradients_match_the_references(ft, shape, nan_filled):
     check_layer(ft, shape, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(2, 3, 5, 7, 5), (3, 17, 4, 9, 6)])
-def test_half_precisions_match_the_references(ft, shape, dtype):
+def test_half_precisions_match_the_references(ft, shape, dtype, nan_filled):
     check_layer(ft, shape, dtype)
 
 
