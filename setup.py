@@ -66,14 +66,18 @@ setup(
     extras_require={
         # The PyTorch engine and FixedConv2d; any 2.x from 2.2 works.
         "torch": ["torch>=2.2,<3"],
-        # The CUDA kernel kernels/simple_conv.cu, launched through PyCUDA.
-        "cuda": ["torch>=2.2,<3", "pycuda>=2025.1.2,<2027"],
+        # The GPU path: the fixed-stage kernel kernels/simple_conv.cu launched
+        # through PyCUDA, and the fused layer in Triton (kernels/fused_triton.py;
+        # CUDA builds of torch bring the Triton they were built with).
+        "cuda": ["torch>=2.2,<3", "pycuda>=2025.1.2,<2027", "triton>=3.2,<4"],
         # Seed sweeps (analysis/sweep.py) on Dask's distributed scheduler, on this machine or a cluster.
         "cluster": ["dask[distributed]>=2024.1,<2027"],
         # --tensorboard: event files written with TensorBoard's own writer.
         "tensorboard": ["tensorboard>=2.12,<3"],
-        # The tests read those event files back with TensorBoard's reader.
-        "test": ["pytest>=7", "tensorboard>=2.12,<3"],
+        # The tests read those event files back with TensorBoard's reader, and
+        # Triton's interpreter runs the fused Triton kernels on the CPU
+        # (tests/test_triton_fused.py). Triton ships for Linux.
+        "test": ["pytest>=7", "tensorboard>=2.12,<3", "triton>=3.2,<4; platform_system == 'Linux'"],
     },
     entry_points={"console_scripts": [
         "fxnn=fxnn:cli",

@@ -1,70 +1,94 @@
 #!/usr/bin/env python3
-"""GPU benchmark of the fixed 3x3 stage kernel (kernels/simple_conv.cu).
+"""GPU benchmark of the fxnn layer: the fused Triton kernel, the fixed path
+(PyCUDA stage + cuBLAS), the folded path and cuDNN's dense 3x3.
 
-For every batch B, channel count M = N and image size H = W it times forward +
-backward of three ways to compute an fxnn-like layer with N outputs:
+For every batch B, channel count M = N, image size H = W, precision
+(float32, TF32, bfloat16) and memory layout (NCHW, channels-last) it times
+forward + backward (input gradient included, as for any layer but the
+first) of
 
-* fxnn       the kernel, then a 1x1 convolution 5M -> N (cuDNN)
-* folded     the 1x1 weights folded into dense 3x3 kernels, then one cuDNN
-             3x3 conv (models/fxnn_paths.py; the same function as fxnn)
-* cudnn      torch.nn.Conv2d(M, N, 3, padding=1), a full trainable 3x3 layer
-* depthwise  conv2d with the five fixed kernels (groups=M), then the same 1x1
+* fused      the fused fxnn kernels of kernels/fused_triton.py (Triton)
+* fixed      the fixed stage (kernels/simple_conv.cu through PyCUDA), then
+             the 1x1 as a cuBLAS batched GEMM
+* folded     the 1x1 weights folded into dense 3x3 kernels, one cuDNN conv
+* dense      torch.nn.Conv2d(M, N, 3, padding=1) (cuDNN), a full trainable 3x3
 
-(input gradient included, as for any layer but the first), and the fixed stage
-alone, forward and backward, as achieved memory bandwidth: bytes read + written
-over time, against the device's peak from the memory clock and bus width
-(PyCUDA device attributes) or --peak-gbps. Times are medians of CUDA-event
-timings of single steps after warm-up, with torch.backends.cudnn.benchmark on;
-all ratios come from the same run. Small layers include the host's launch
-overhead, as they do in training.
+and reports each as ms, as a fraction of the device's DRAM bandwidth
+(compulsory bytes: each tensor the pass must read or write, once) and of its
+tensor-core peak (the multiply-adds each contender does: 5MN per pixel and
+pass for the fxnn paths, 9MN for folded and dense; plain float32 against
+the CUDA cores' peak). The peaks come from a table keyed by the device's
+name (vendor datasheet figures, dense, no sparsity) or --peak-gbps and
+--peak-tflops, and are printed with the device. Then the fixed stage alone
+(forward, adjoint) as bandwidth, and with --runs a whole MNIST- and
+CIFAR-shaped training run (fxnn.py on the GPU; the bundled MNIST sample
+and synthetic CIFAR-shaped batches). Times are medians of CUDA-event
+timings of single steps after warm-up, torch.backends.cudnn.benchmark on;
+all ratios come from the same run.
 
-    python3 bench/bench_gpu.py            # the full grid
-    python3 bench/bench_gpu.py --quick    # a short run
+    python3 bench/bench_gpu.py --quick            # a short run
     python3 bench/bench_gpu.py --json bench/results/gpu.json
+    python3 bench/bench_gpu.py --runs             # also the whole training runs
 """
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from kernels import cuda_fixed  # noqa: E402
-from models.fixed_kernels import KERNELS, NUM_KERNELS  # noqa: E402
-from models.torch_layers import fold  # noqa: E402
+from kernels import cuda_fixed, cuda_fused  # noqa: E402
+from models.fixed_kernels import NUM_KERNELS  # noqa: E402
+from models.torch_layers import fixed_conv2d  # noqa: E402
 
-FULL = {"batch": [64, 256], "channels": [32, 64, 256], "sizes": [28, 32, 56], "warmup": 10, "reps": 50}
-QUICK = {"batch": [64], "channels": [32, 64], "sizes": [28, 56], "warmup": 3, "reps": 10}
+FULL = {"batch": [64, 256], "channels": [32, 64, 128, 256], "sizes": [14, 28, 56],
+        "precisions": ["float32", "tf32", "bfloat16"], "layouts": ["nchw", "channels_last"], "warmup": 10, "reps": 50}
+QUICK = {"batch": [256], "channels": [64, 128], "sizes": [28, 56], "precisions": ["bfloat16"], "layouts": ["nchw"],
+         "warmup": 3, "reps": 10}
+CONTENDERS = ("fused", "fixed", "folded", "dense")
 
-
-class FixedStage(torch.autograd.Function):
-    """The kernel as an autograd function, enough for timing."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return cuda_fixed.fixed_forward(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return cuda_fixed.fixed_backward(g.contiguous())
+#: Datasheet peaks, dense: (DRAM GB/s, {precision: TFLOP/s}); "float32" is
+#: the CUDA cores' FMA rate, the others the tensor cores' with float32
+#: accumulation. Keyed by a substring of torch.cuda.get_device_name().
+PEAKS = {
+    "H200": (4800, {"float32": 67, "tf32": 495, "bfloat16": 989}),
+    "H100 PCIe": (2000, {"float32": 51, "tf32": 378, "bfloat16": 756}),
+    "H100": (3350, {"float32": 67, "tf32": 495, "bfloat16": 989}),
+    "A100-SXM4-80GB": (2039, {"float32": 19.5, "tf32": 156, "bfloat16": 312}),
+    "A100": (1555, {"float32": 19.5, "tf32": 156, "bfloat16": 312}),
+    "L40S": (864, {"float32": 91.6, "tf32": 183, "bfloat16": 362}),
+    "L4": (300, {"float32": 30.3, "tf32": 60, "bfloat16": 121}),
+    "RTX 4090": (1008, {"float32": 82.6, "tf32": 82.6, "bfloat16": 165}),
+    "A10": (600, {"float32": 31.2, "tf32": 62.5, "bfloat16": 125}),
+}
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help=f"short run: B={QUICK['batch']}, M=N={QUICK['channels']}, H=W={QUICK['sizes']}, "
-                        f"{QUICK['warmup']} warm-up and {QUICK['reps']} timed steps")
+                        f"{QUICK['precisions']}, {QUICK['layouts']}, {QUICK['warmup']} warm-up and "
+                        f"{QUICK['reps']} timed steps")
     p.add_argument("--batch", type=int, nargs="+", help=f"batch sizes (default {FULL['batch']})")
     p.add_argument("--channels", type=int, nargs="+", help=f"M = N values (default {FULL['channels']})")
     p.add_argument("--sizes", type=int, nargs="+", help=f"H = W values (default {FULL['sizes']})")
+    p.add_argument("--precisions", nargs="+", choices=FULL["precisions"],
+                   help=f"precisions (default {FULL['precisions']})")
+    p.add_argument("--layouts", nargs="+", choices=FULL["layouts"], help=f"memory layouts (default {FULL['layouts']})")
     p.add_argument("--warmup", type=int, help=f"untimed steps first (default {FULL['warmup']})")
     p.add_argument("--reps", type=int, help=f"timed steps, median reported (default {FULL['reps']})")
-    p.add_argument("--peak-gbps", type=float, help="device memory bandwidth peak in GB/s "
-                                                   "(default: from PyCUDA's memory clock and bus width)")
+    p.add_argument("--peak-gbps", type=float, help="DRAM bandwidth peak in GB/s (default: the table, else PyCUDA)")
+    p.add_argument("--peak-tflops", type=float, nargs=3, metavar=("FP32", "TF32", "BF16"),
+                   help="compute peaks in TFLOP/s (default: the table for the device)")
+    p.add_argument("--runs", action="store_true", help="also time whole MNIST- and CIFAR-shaped training runs")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
     defaults = QUICK if args.quick else FULL
@@ -74,20 +98,25 @@ def parse_args(argv):
     return args
 
 
-def peak_bandwidth(args, device_index):
-    """(GB/s or None, where it came from)."""
+def device_peaks(args, name, index):
+    """(GB/s or None, {precision: TFLOP/s} or {}, where they came from)."""
+    row = next((v for k, v in PEAKS.items() if k in name), None)
+    gbps, tflops, source = (row[0], dict(row[1]), "datasheet table") if row else (None, {}, "unknown device")
+    if args.peak_tflops:
+        tflops, source = dict(zip(FULL["precisions"], args.peak_tflops)), "--peak-tflops"
     if args.peak_gbps:
-        return args.peak_gbps, "--peak-gbps"
-    try:
-        import pycuda.driver as drv
-        drv.init()
-        device = drv.Device(device_index)
-        clock_khz = device.get_attribute(drv.device_attribute.MEMORY_CLOCK_RATE)
-        bus_bits = device.get_attribute(drv.device_attribute.GLOBAL_MEMORY_BUS_WIDTH)
-    except Exception as e:  # an attribute this driver does not report: say so, carry on
-        return None, f"unknown ({type(e).__name__}: {e}); pass --peak-gbps"
-    gbps = 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9  # two transfers per clock
-    return gbps, f"PyCUDA: {clock_khz / 1e3:.0f} MHz memory clock x {bus_bits}-bit bus x 2"
+        gbps = args.peak_gbps
+    elif gbps is None:
+        try:
+            import pycuda.driver as drv
+            drv.init()
+            device = drv.Device(index)
+            clock_khz = device.get_attribute(drv.device_attribute.MEMORY_CLOCK_RATE)
+            bus_bits = device.get_attribute(drv.device_attribute.GLOBAL_MEMORY_BUS_WIDTH)
+            gbps = 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9
+        except Exception:  # an attribute this driver does not report: leave it unknown
+            gbps = None
+    return gbps, tflops, source
 
 
 def median_ms(step, warmup, reps, before=lambda: None):
@@ -109,132 +138,162 @@ def median_ms(step, warmup, reps, before=lambda: None):
     return statistics.median(times)
 
 
-def bench_config(b, m, size, args, peak):
-    """One row of results for batch b, M = N = m, H = W = size."""
+def compulsory_bytes(b, m, n, size, element):
+    """Forward + backward with input gradient: read x, W; write y; read dy,
+    x, W; write dx, dW."""
+    pixels = b * size * size
+    return element * (3 * m * pixels + 2 * n * pixels + 3 * NUM_KERNELS * m * n)
+
+
+def bench_config(b, m, size, precision, layout, args, peaks):
+    """One row of results."""
     n, dev = m, torch.device("cuda")
-    x = torch.randn(b, m, size, size, device=dev, requires_grad=True)
-    grad_out = torch.randn(b, n, size, size, device=dev)
-    w1x1 = (torch.randn(n, NUM_KERNELS * m, 1, 1, device=dev) / (NUM_KERNELS * m) ** 0.5).requires_grad_()
-    b1x1 = torch.zeros(n, device=dev, requires_grad=True)
-    conv3x3 = torch.nn.Conv2d(m, n, 3, padding=1).to(dev)
-    w_fixed = torch.tensor(KERNELS, dtype=torch.float32)[:, None].repeat(m, 1, 1, 1).to(dev)  # (5M, 1, 3, 3)
-
-    def depthwise(t):
-        return F.conv2d(t, w_fixed, padding=1, groups=m)
-
-    steps = {
-        "fxnn": lambda: F.conv2d(FixedStage.apply(x), w1x1, b1x1).backward(grad_out),
-        "folded": lambda: F.conv2d(x, fold(w1x1.view(n, NUM_KERNELS * m).t()), b1x1, padding=1).backward(grad_out),
-        "cudnn": lambda: conv3x3(x).backward(grad_out),
-        "depthwise": lambda: F.conv2d(depthwise(x), w1x1, b1x1).backward(grad_out),
-    }
-    params = [x, w1x1, b1x1, *conv3x3.parameters()]
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(b, m, size, size, device=dev, dtype=dtype).to(memory_format=memory_format).requires_grad_()
+    dy = torch.randn(b, n, size, size, device=dev, dtype=dtype).to(memory_format=memory_format)
+    w = (torch.randn(NUM_KERNELS * m, n, device=dev, dtype=dtype) / (NUM_KERNELS * m) ** 0.5).requires_grad_()
+    bias = torch.zeros(n, device=dev, dtype=dtype, requires_grad=True)
+    dense = torch.nn.Conv2d(m, n, 3, padding=1).to(dev, dtype).to(memory_format=memory_format)
+    steps = {path: (lambda path=path: fixed_conv2d(x, w, bias, path).backward(dy))
+             for path in ("fused", "fixed", "folded")}
+    steps["dense"] = lambda: dense(x).backward(dy)
+    params = [x, w, bias, *dense.parameters()]
 
     def clear_grads():
         for p in params:
             p.grad = None
 
-    row = {"B": b, "M": m, "N": n, "H": size, "W": size}
-    for name, step in steps.items():
-        row[f"{name}_ms"] = median_ms(step, args.warmup, args.reps, clear_grads)
-    for name in ("folded", "cudnn", "depthwise"):
-        row[f"{name}_over_fxnn"] = row[f"{name}_ms"] / row["fxnn_ms"]
-
-    # The fixed stage alone: compulsory traffic, read 1 and write 5 planes per
-    # input plane (forward) or read 5 and write 1 (backward); halo re-reads,
-    # mostly from L2, are not counted.
-    xd = x.detach()
-    g5 = torch.randn(b, NUM_KERNELS * m, size, size, device=dev)
-    moved = (1 + NUM_KERNELS) * xd.numel() * xd.element_size()
-    for direction, step in (("fwd", lambda: cuda_fixed.fixed_forward(xd)),
-                            ("bwd", lambda: cuda_fixed.fixed_backward(g5))):
-        ms = median_ms(step, args.warmup, args.reps)
-        gbps = moved / (ms * 1e-3) / 1e9
-        row[f"fixed_{direction}_ms"] = ms
-        row[f"fixed_{direction}_gbps"] = gbps
-        row[f"fixed_{direction}_peak_fraction"] = gbps / peak if peak else None
-
-    # Sanity: the kernel against the depthwise formulation, in exact float32.
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        row["max_abs_diff_vs_depthwise"] = (cuda_fixed.fixed_forward(xd) - depthwise(xd)).abs().max().item()
-    finally:
-        torch.backends.cudnn.allow_tf32 = tf32
+    row = {"B": b, "M": m, "N": n, "H": size, "W": size, "precision": precision, "layout": layout}
+    moved = compulsory_bytes(b, m, n, size, x.element_size())
+    for name in CONTENDERS:
+        ms = median_ms(steps[name], args.warmup, args.reps, clear_grads)
+        macs = 3 * b * size * size * m * n * (NUM_KERNELS if name in ("fused", "fixed") else 9)
+        row[f"{name}_ms"] = ms
+        row[f"{name}_dram"] = moved / (ms * 1e-3) / (peaks[0] * 1e9) if peaks[0] else None
+        peak = peaks[1].get(precision)
+        row[f"{name}_peak"] = 2 * macs / (ms * 1e-3) / (peak * 1e12) if peak else None
+    row["fused_over_dense"] = row["fused_ms"] / row["dense_ms"]
     return row
 
 
-def _bandwidth(row, direction):
-    fraction = row[f"fixed_{direction}_peak_fraction"]
-    share = f"({fraction:4.0%})" if fraction is not None else ""
-    return f"{row[f'fixed_{direction}_gbps']:8.0f} {share:>6}"
+def bench_fixed_stage(b, m, size, args, gbps):
+    """The PyCUDA fixed stage alone, forward and adjoint, float32: GB/s and
+    the fraction of the DRAM peak (read 1 and write 5 planes per input plane,
+    or the reverse; halo re-reads, mostly from L2, not counted)."""
+    x = torch.randn(b, m, size, size, device="cuda")
+    g5 = torch.randn(b, NUM_KERNELS * m, size, size, device="cuda")
+    moved = (1 + NUM_KERNELS) * x.numel() * x.element_size()
+    row = {"B": b, "M": m, "H": size, "W": size}
+    for direction, step in (("forward", lambda: cuda_fixed.fixed_forward(x)),
+                            ("adjoint", lambda: cuda_fixed.fixed_backward(g5))):
+        ms = median_ms(step, args.warmup, args.reps)
+        row[f"{direction}_ms"] = ms
+        row[f"{direction}_gbps"] = moved / (ms * 1e-3) / 1e9
+        row[f"{direction}_dram"] = row[f"{direction}_gbps"] / gbps if gbps else None
+    return row
 
 
-def format_table(rows):
-    header = (f"{'B':>4} {'M=N':>4} {'HxW':>6} | {'fxnn ms':>8} {'folded ms':>9} {'cudnn ms':>8} {'dw ms':>8} | "
-              f"{'folded/fxnn':>11} {'cudnn/fxnn':>10} {'dw/fxnn':>7} | {'fixed fwd GB/s':>15} {'fixed bwd GB/s':>15}")
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        shape = f"{r['B']:>4} {r['M']:>4} {r['H']:>3}x{r['W']:<2}"
-        if "skipped" in r:
-            lines.append(f"{shape} | skipped: {r['skipped']}")
-            continue
-        lines.append(f"{shape} | {r['fxnn_ms']:8.3f} {r['folded_ms']:9.3f} {r['cudnn_ms']:8.3f} "
-                     f"{r['depthwise_ms']:8.3f} | {r['folded_over_fxnn']:11.2f} {r['cudnn_over_fxnn']:10.2f} "
-                     f"{r['depthwise_over_fxnn']:7.2f} | "
-                     f"{_bandwidth(r, 'fwd'):>15} {_bandwidth(r, 'bwd'):>15}")
-    return "\n".join(lines)
+def whole_runs():
+    """Whole fxnn.py training runs on the GPU, default length (100 records of
+    100 iterations), MNIST (bundled sample) and CIFAR-shaped synthetic data:
+    wall seconds, each in a fresh process after one untimed run that lets
+    ``auto`` measure its paths."""
+    from bench_record_memory import write_cifar
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        write_cifar(os.path.join(tmp, "cifar10"))
+        for dataset, extra in (("MNIST", ["--no-download"]), ("CIFAR10", ["--data-dir", tmp])):
+            for model in ("fxnn", "cnn"):
+                cmd = [sys.executable, str(ROOT / "fxnn.py"), "-m", model, "-d", dataset, "--engine", "torch",
+                       "--device", "cuda", "--record-params", "none", "--seed", "1", "--force",
+                       "-o", os.path.join(tmp, f"{dataset}-{model}.mat"), *extra]
+                subprocess.run(cmd + ["-nrec", "2", "-ipr", "10"], check=True, capture_output=True, cwd=ROOT)
+                start = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+                results.append({"dataset": dataset, "model": model, "seconds": time.perf_counter() - start})
+                print(f"  {dataset:8} {model:5} {results[-1]['seconds']:8.1f} s (100 x 100 iterations)", flush=True)
+    return results
+
+
+def _fraction(value):
+    return f"{value:4.0%}" if value is not None else "  - "
+
+
+def format_row(r):
+    shape = f"{r['B']:>4} {r['M']:>4} {r['H']:>3}x{r['W']:<3} {r['precision']:>8} {r['layout']:>13}"
+    if "skipped" in r:
+        return f"{shape} | skipped: {r['skipped']}"
+    cells = " ".join(f"{r[f'{c}_ms']:8.3f} {_fraction(r[f'{c}_dram'])} {_fraction(r[f'{c}_peak'])}" for c in CONTENDERS)
+    return f"{shape} | {cells} | {r['fused_over_dense']:5.2f}x"
+
+
+def header():
+    names = " ".join(f"{c + ' ms':>8} {'DRAM':>4} {'peak':>4}" for c in CONTENDERS)
+    line = f"{'B':>4} {'M=N':>4} {'HxW':>7} {'dtype':>8} {'layout':>13} | {names} | fused/dense"
+    return line + "\n" + "-" * len(line)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_gpu: no CUDA GPU available (torch.cuda.is_available() is False); nothing to measure")
-    ok, reason = cuda_fixed.available()
-    if not ok:
-        sys.exit(f"bench_gpu: the fixed-stage CUDA kernel is unavailable: {reason}")
+    for what, (ok, reason) in (("fixed-stage PyCUDA kernel", cuda_fixed.available()),
+                               ("fused Triton kernel", cuda_fused.available())):
+        if not ok:
+            sys.exit(f"bench_gpu: the {what} is unavailable: {reason}")
 
     torch.backends.cudnn.benchmark = True
     index = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
-    peak, peak_source = peak_bandwidth(args, index)
+    gbps, tflops, source = device_peaks(args, props.name, index)
     import pycuda
-    meta = {
-        "device": props.name,
-        "compute_capability": f"{props.major}.{props.minor}",
-        "torch": torch.__version__,
-        "pycuda": pycuda.VERSION_TEXT,
-        "peak_gbps": peak,
-        "peak_source": peak_source,
-        "cudnn_benchmark": True,
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-        "warmup": args.warmup,
-        "reps": args.reps,
-        "dtype": "float32",
-    }
-    peak_text = f"{peak:.0f} GB/s" if peak else "unknown"
-    print(f"{props.name} (sm_{props.major}{props.minor}), torch {torch.__version__}, "
-          f"pycuda {pycuda.VERSION_TEXT}; memory peak {peak_text} [{peak_source}]; "
-          f"cuDNN TF32 {'on' if meta['cudnn_allow_tf32'] else 'off'}; "
-          f"median of {args.reps} steps after {args.warmup} warm-up\n")
-    print(format_table([]))
-
+    import triton
+    meta = {"device": props.name, "compute_capability": f"{props.major}.{props.minor}",
+            "sms": props.multi_processor_count,
+            "torch": torch.__version__, "pycuda": pycuda.VERSION_TEXT, "triton": triton.__version__,
+            "peak_gbps": gbps, "peak_tflops": tflops, "peak_source": source, "cudnn_benchmark": True,
+            "warmup": args.warmup, "reps": args.reps}
+    print(f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs), "
+          f"torch {torch.__version__}, triton {triton.__version__}, pycuda {pycuda.VERSION_TEXT}; peaks [{source}]: DRAM "
+          f"{f'{gbps:.0f} GB/s' if gbps else 'unknown'}, "
+          + ", ".join(f"{k} {v} TFLOP/s" for k, v in tflops.items())
+          + f"; median of {args.reps} steps after {args.warmup} warm-up\n")
+    print("forward + backward (input gradient included): ms, fraction of DRAM bandwidth, fraction of compute peak")
+    print(header())
     rows = []
+    for precision in args.precisions:
+        for layout in args.layouts:
+            for b in args.batch:
+                for m in args.channels:
+                    for size in args.sizes:
+                        try:
+                            row = bench_config(b, m, size, precision, layout, args, (gbps, tflops))
+                        except torch.cuda.OutOfMemoryError:
+                            row = {"B": b, "M": m, "N": m, "H": size, "W": size, "precision": precision,
+                                   "layout": layout, "skipped": "out of GPU memory"}
+                        torch.cuda.empty_cache()
+                        rows.append(row)
+                        print(format_row(row), flush=True)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    print("\nthe PyCUDA fixed stage alone, float32: forward and adjoint, ms, GB/s, fraction of DRAM bandwidth")
+    stage = []
     for b in args.batch:
         for m in args.channels:
             for size in args.sizes:
-                try:
-                    row = bench_config(b, m, size, args, peak)
-                except torch.cuda.OutOfMemoryError:
-                    row = {"B": b, "M": m, "N": m, "H": size, "W": size, "skipped": "out of GPU memory"}
-                torch.cuda.empty_cache()
-                rows.append(row)
-                print(format_table([row]).splitlines()[-1], flush=True)
-
+                r = bench_fixed_stage(b, m, size, args, gbps)
+                stage.append(r)
+                print(f"{b:>4} {m:>4} {size:>3}x{size:<3} | forward {r['forward_ms']:8.3f} {r['forward_gbps']:7.0f} "
+                      f"{_fraction(r['forward_dram'])} | adjoint {r['adjoint_ms']:8.3f} {r['adjoint_gbps']:7.0f} "
+                      f"{_fraction(r['adjoint_dram'])}", flush=True)
+    runs = []
+    if args.runs:
+        print("\nwhole training runs, fxnn.py --engine torch --device cuda (default 100 x 100 iterations):")
+        runs = whole_runs()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**meta, "results": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({**meta, "layer": rows, "fixed_stage": stage, "runs": runs}, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 

@@ -3,7 +3,8 @@
 - ``fixed``: the fixed stage (5M channels written out), then the 1x1 GEMM;
 - ``fused``: one C kernel (``kernels/fused_cpu.c``) that computes the fixed
   stage into the GEMM's packed operand, so the 5M channels never reach
-  memory; CPU and float32 only;
+  memory; CPU and float32; on CUDA the Triton kernels of
+  ``kernels/fused_triton.py`` (float32, float16, bfloat16);
 - ``folded``: the 1x1 weights folded into dense 3x3 kernels
   (:func:`models.fixed_kernels.fold_weights`), then one dense 3x3 conv.
 
@@ -11,8 +12,8 @@ All compute the same function and gradient (tested); they differ in speed
 and float rounding. ``auto`` times every path available for a layer's
 shape, dtype, thread count and pass (training: forward and backward;
 validation: forward) on first use, like cuDNN's benchmark mode, and keeps
-the fastest: in memory for the process and in a small JSON file in the
-user's cache directory (``$FXNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fxnn``,
+the fastest (on a GPU as on the CPU): in memory for the process and in a
+small JSON file in the user's cache directory (``$FXNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fxnn``,
 else ``~/.cache/fxnn``), keyed by the machine (CPU model, instruction set,
 threads, library versions) and the layer. ``FXNN_AUTOTUNE=0`` switches the
 measuring off; ``auto`` then takes :func:`default_path`.

@@ -8,15 +8,33 @@ engines agree at ties, which ReLU and flat image regions make common. On
 float32 CPU tensors the C kernel of ``kernels/block_cpu.c`` does each
 direction in one pass over memory; elsewhere (CUDA, float64, no C build)
 :func:`reference` does the same in torch ops, and is what the kernel is
-tested against. The C kernel's backward is not itself differentiable.
+tested against. Both directions are ``torch.library`` operators
+(``torch.ops.fxnn.relu_dropout_pool`` and its backward) with fake
+implementations; the backward is not itself differentiable.
 """
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from kernels import native
 
 from . import dropout as dropout_masks
+
+
+def _pool(h):
+    """2x2 max pooling of the strided views (an odd last row or column dropped)."""
+    h = h[:, :, :h.shape[2] // 2 * 2, :h.shape[3] // 2 * 2]
+    views = [h[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]
+    return torch.maximum(torch.maximum(views[0], views[1]), torch.maximum(views[2], views[3]))
+
+
+def _pool_grad(h, out, g):
+    """The gradient of :func:`_pool` at ``h``: ``g`` to every maximum."""
+    gh = g.new_zeros(h.shape)
+    rows, cols = h.shape[2] // 2 * 2, h.shape[3] // 2 * 2
+    for i in (0, 1):
+        for j in (0, 1):
+            gh[:, :, i:rows:2, j:cols:2] = g * (h[:, :, i:rows:2, j:cols:2] == out)
+    return gh
 
 
 class _MaxPool2x2(torch.autograd.Function):
@@ -24,21 +42,14 @@ class _MaxPool2x2(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h):
-        ctx.shape = h.shape
-        h = h[:, :, :h.shape[2] // 2 * 2, :h.shape[3] // 2 * 2]
-        views = [h[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]
-        out = torch.maximum(torch.maximum(views[0], views[1]), torch.maximum(views[2], views[3]))
+        out = _pool(h)
         ctx.save_for_backward(h, out)
         return out
 
     @staticmethod
     def backward(ctx, g):
         h, out = ctx.saved_tensors
-        gh = g.new_zeros(ctx.shape)
-        for i in (0, 1):
-            for j in (0, 1):
-                gh[:, :, i:h.shape[2]:2, j:h.shape[3]:2] = g * (h[:, :, i::2, j::2] == out)
-        return gh
+        return _pool_grad(h, out, g)
 
 
 def reference(h, mask=None, p=0.0):
@@ -50,31 +61,83 @@ def reference(h, mask=None, p=0.0):
     return _MaxPool2x2.apply(h)
 
 
-class _Block(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, mask, threshold, scale):
-        b, c, h, w = y.shape
-        y = y.contiguous()
-        out = y.new_empty((b, c, h // 2, w // 2))
-        planes = (b * c, h, w)
-        m = None if mask is None else mask.reshape(planes)
-        native.module.block_forward(y.numpy().reshape(planes), m, threshold, scale,
-                                    out.numpy().reshape(b * c, h // 2, w // 2), torch.get_num_threads())
-        ctx.save_for_backward(y, out)
-        ctx.mask, ctx.threshold, ctx.scale = m, threshold, scale
-        return out
+# ---- the block as PyTorch operators: the C kernel on float32 CPU tensors ----
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        y, out = ctx.saved_tensors
-        b, c, h, w = y.shape
-        gy = torch.empty_like(y)
-        native.module.block_backward(y.numpy().reshape(b * c, h, w), ctx.mask, ctx.threshold, ctx.scale,
-                                     out.numpy().reshape(b * c, h // 2, w // 2),
-                                     g.contiguous().numpy().reshape(b * c, h // 2, w // 2),
-                                     gy.numpy().reshape(b * c, h, w), torch.get_num_threads())
-        return gy, None, None, None
+def _factors(mask: torch.Tensor, threshold: int, scale: float, like: torch.Tensor) -> torch.Tensor:
+    return (mask.to(torch.int32) >= threshold).to(like.dtype) * scale
+
+
+def _block_forward_ref(y: torch.Tensor, mask: torch.Tensor | None, threshold: int, scale: float) -> torch.Tensor:
+    h = torch.relu(y)
+    return _pool(h if mask is None else h * _factors(mask, threshold, scale, y)).contiguous()
+
+
+def _block_backward_ref(y: torch.Tensor, mask: torch.Tensor | None, threshold: int, scale: float, out: torch.Tensor,
+                        g: torch.Tensor) -> torch.Tensor:
+    factors = None if mask is None else _factors(mask, threshold, scale, y)
+    h = torch.relu(y) if factors is None else torch.relu(y) * factors
+    gh = _pool_grad(h, out, g)
+    return torch.where(y > 0, gh if factors is None else gh * factors, torch.zeros_like(gh))
+
+
+#: ``fxnn::relu_dropout_pool(y, mask, threshold, scale)`` and its backward:
+#: torch ops on any device, ``kernels/block_cpu.c`` for float32 CPU tensors.
+#: The backward operator is not itself differentiable.
+block_forward = torch.library.custom_op("fxnn::relu_dropout_pool", _block_forward_ref, mutates_args=())
+block_backward = torch.library.custom_op("fxnn::relu_dropout_pool_backward", _block_backward_ref, mutates_args=())
+
+
+@block_forward.register_kernel("cpu")
+def _block_forward_cpu(y, mask, threshold, scale):
+    if not native_available(y):
+        return _block_forward_ref(y, mask, threshold, scale)
+    b, c, h, w = y.shape
+    y = y.contiguous()
+    out = y.new_empty((b, c, h // 2, w // 2))
+    planes = (b * c, h, w)
+    native.module.block_forward(y.numpy().reshape(planes), None if mask is None else mask.contiguous().numpy()
+                                .reshape(planes), threshold, scale, out.numpy().reshape(b * c, h // 2, w // 2),
+                                torch.get_num_threads())
+    return out
+
+
+@block_backward.register_kernel("cpu")
+def _block_backward_cpu(y, mask, threshold, scale, out, g):
+    if not native_available(y):
+        return _block_backward_ref(y, mask, threshold, scale, out, g)
+    b, c, h, w = y.shape
+    y = y.contiguous()
+    gy = torch.empty_like(y)
+    native.module.block_backward(y.numpy().reshape(b * c, h, w), None if mask is None else mask.contiguous().numpy()
+                                 .reshape(b * c, h, w), threshold, scale,
+                                 out.contiguous().numpy().reshape(b * c, h // 2, w // 2),
+                                 g.contiguous().numpy().reshape(b * c, h // 2, w // 2),
+                                 gy.numpy().reshape(b * c, h, w), torch.get_num_threads())
+    return gy
+
+
+@block_forward.register_fake
+def _block_forward_fake(y, mask, threshold, scale):
+    b, c, h, w = y.shape
+    return y.new_empty((b, c, h // 2, w // 2))
+
+
+@block_backward.register_fake
+def _block_backward_fake(y, mask, threshold, scale, out, g):
+    return torch.empty_like(y, memory_format=torch.contiguous_format)
+
+
+def _block_setup(ctx, inputs, output):
+    y, mask, ctx.threshold, ctx.scale = inputs
+    ctx.save_for_backward(y, mask, output)
+
+
+def _block_grad(ctx, g):
+    y, mask, out = ctx.saved_tensors
+    return block_backward(y, mask, ctx.threshold, ctx.scale, out, g), None, None, None
+
+
+block_forward.register_autograd(_block_grad, setup_context=_block_setup)
 
 
 def native_available(y):
@@ -89,6 +152,6 @@ def relu_dropout_pool(y, mask=None, p=0.0):
     if not native_available(y):
         return reference(y, mask, p)
     if mask is not None:
-        mask = mask.reshape(y.shape)
-    return _Block.apply(y, mask, dropout_masks.threshold(p) if mask is not None else 0,
-                        float(1.0 / (1.0 - p)) if mask is not None else 1.0)
+        mask = torch.from_numpy(np.ascontiguousarray(mask).reshape(y.shape))
+    return block_forward(y, mask, dropout_masks.threshold(p) if mask is not None else 0,
+                         float(1.0 / (1.0 - p)) if mask is not None else 1.0)

@@ -1,4 +1,4 @@
-"""The fixed stage as one PyTorch autograd op: (B, M, H, W) -> (B, 5M, H, W).
+"""The fixed stage as a PyTorch operator: (B, M, H, W) -> (B, 5M, H, W).
 
 Three implementations behind :func:`fixed_stage`:
 
@@ -15,8 +15,11 @@ Three implementations behind :func:`fixed_stage`:
   which is the 5M layout of :mod:`models.fixed_kernels` without a copy.
 
 The backward is the adjoint (correlation with the kernels flipped in both
-axes), also separable; it is itself an autograd op whose backward is the
-forward, so higher derivatives work too.
+axes), also separable; it is itself an operator whose backward is the
+forward, so higher derivatives work too. Both are ``torch.library`` custom
+operators (``torch.ops.fxnn.fixed_stage``, ``torch.ops.fxnn.fixed_stage_adjoint``)
+with fake (shape) implementations and autograd formulas, so
+``torch.compile(fullgraph=True)`` traces through them without a graph break.
 """
 import logging
 
@@ -44,7 +47,7 @@ def _correlate(v, taps, dim, out=None):
     return out
 
 
-def forward_torch(x):
+def forward_torch(x: torch.Tensor) -> torch.Tensor:
     """The separable forward in torch ops; see the module docstring."""
     b, m, h, w = x.shape
     xp = F.pad(x, (1, 1, 1, 1))
@@ -61,7 +64,7 @@ def forward_torch(x):
     return out.view(b, m * NUM_KERNELS, h, w)
 
 
-def backward_torch(g):
+def backward_torch(g: torch.Tensor) -> torch.Tensor:
     """The adjoint of :func:`forward_torch`: (B, 5M, H, W) -> (B, M, H, W).
     Flipping a separable kernel flips both factors; kernels sharing a flipped
     column filter are summed after their horizontal pass, so each distinct
@@ -129,26 +132,41 @@ def _announce(x):
         log.info("fixed stage on %s: %s", x.device.type, implementation_name(x.device))
 
 
-class FixedStage(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        kernel = _native_kernel(x)
-        return kernel.fixed_forward(x.contiguous()) if kernel else forward_torch(x)
+def _native_or_torch(native_call, torch_call):
+    """An operator kernel: ``native_call`` of the native kernel module where
+    it runs on the tensor (see :func:`_native_kernel`), else ``torch_call``."""
+    def kernel(t):
+        _announce(t)
+        module = _native_kernel(t)
+        return getattr(module, native_call)(t.contiguous()) if module else torch_call(t)
+    return kernel
 
-    @staticmethod
-    def backward(ctx, g):
-        return FixedStageAdjoint.apply(g)
+
+#: The fixed stage and its adjoint as PyTorch operators, opaque to
+#: ``torch.compile``: the separable torch ops on any device, and for the CPU
+#: and CUDA dispatch keys the native kernel (C, PyCUDA) where it runs.
+fixed_stage_op = torch.library.custom_op("fxnn::fixed_stage", forward_torch, mutates_args=())
+fixed_stage_adjoint = torch.library.custom_op("fxnn::fixed_stage_adjoint", backward_torch, mutates_args=())
+fixed_stage_op.register_kernel(("cpu", "cuda"))(_native_or_torch("fixed_forward", forward_torch))
+fixed_stage_adjoint.register_kernel(("cpu", "cuda"))(_native_or_torch("fixed_backward", backward_torch))
 
 
-class FixedStageAdjoint(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, g):
-        kernel = _native_kernel(g)
-        return kernel.fixed_backward(g.contiguous()) if kernel else backward_torch(g)
+@fixed_stage_op.register_fake
+def _fixed_stage_fake(x):
+    b, m, h, w = x.shape
+    return x.new_empty((b, NUM_KERNELS * m, h, w))
 
-    @staticmethod
-    def backward(ctx, gx):
-        return FixedStage.apply(gx)
+
+@fixed_stage_adjoint.register_fake
+def _fixed_stage_adjoint_fake(g):
+    b, c, h, w = g.shape
+    torch._check(c % NUM_KERNELS == 0, lambda: f"gradient has {c} channels, not a multiple of {NUM_KERNELS}")
+    return g.new_empty((b, c // NUM_KERNELS, h, w))
+
+
+# Each is the other's derivative (both are linear), so derivatives of any order work.
+fixed_stage_op.register_autograd(lambda ctx, g: fixed_stage_adjoint(g))
+fixed_stage_adjoint.register_autograd(lambda ctx, gx: fixed_stage_op(gx))
 
 
 def fixed_stage(x):
@@ -156,5 +174,4 @@ def fixed_stage(x):
     (B, 5M, H, W) with channel ``5*m + k`` (see :mod:`models.fixed_kernels`)."""
     if x.dim() != 4:
         raise ValueError(f"fixed_stage expects a 4-D (B, M, H, W) tensor, got shape {tuple(x.shape)}")
-    _announce(x)
-    return FixedStage.apply(x)
+    return fixed_stage_op(x)

@@ -1,58 +1,189 @@
-"""The fused fxnn layer as a PyTorch autograd op: ``kernels/fused_cpu.c`` for
-the forward, the weight gradient and the input gradient, each in one pass
-that never writes the 5M fixed-stage channels to memory.
+"""The fused fxnn layer as PyTorch operators: the forward, the weight gradient
+and the input gradient, each in one pass that never writes the 5M
+fixed-stage channels to memory.
 
-For float32 CPU tensors when the extension is built (:func:`available`).
-A backward that must itself be differentiable (``create_graph=True``) is
-computed from the differentiable ops of :mod:`models.torch_fixed` instead,
-so higher derivatives work as on the other paths.
+Three ``torch.library`` custom operators, each with a fake (shape)
+implementation and an autograd formula, so ``torch.compile(fullgraph=True)``
+traces through them without a graph break:
+
+* ``fxnn::fused_forward(x, weight, bias)``: y = bias + W^T fixed(x);
+* ``fxnn::fused_weight_grad(x, dy)``: (dW, dbias) = (fixed(x) dY^T, sum dY);
+* ``fxnn::fused_input_grad(dy, weight)``: dx = adjoint(W dY).
+
+Each is linear in each argument and the derivatives of each are the others
+(see the autograd formulas below), so derivatives of any order stay on
+these operators. Their kernels: ``kernels/fused_cpu.c`` for float32 CPU
+tensors when the extension is built (:mod:`kernels.cpu_fused`), the Triton
+kernels of :mod:`kernels.fused_triton` (:mod:`kernels.cuda_fused`) for float32, float16 and bfloat16
+CUDA tensors when Triton is installed; anything else (other dtypes and
+devices) computes the same in torch ops (the fixed stage of
+:mod:`models.torch_fixed` and an einsum), the reference beside them.
 """
 import torch
 
-from kernels import cpu_fused, native
+from kernels import cpu_fused, cuda_fused, native
 
-from .torch_fixed import FixedStageAdjoint, fixed_stage
+from .torch_fixed import backward_torch, forward_torch
+
+_runs = {}
+
+
+@torch.compiler.assume_constant_result
+def runs_fast(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether a fused kernel (not the torch-ops reference) runs on tensors
+    of ``device_type`` and ``dtype``; decided once per pair, and a constant
+    to ``torch.compile``."""
+    if (device_type, dtype) not in _runs:
+        if device_type == "cpu":
+            ok = dtype == torch.float32 and native.fused_available()[0]
+        elif device_type == "cuda":
+            ok = cuda_fused.runs(dtype)
+        else:
+            ok = False
+        _runs[device_type, dtype] = ok
+    return _runs[device_type, dtype]
 
 
 def available(x):
     """Whether the fused kernels can run on tensor ``x``."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and native.fused_available()[0]
+    return runs_fast(x.device.type, x.dtype)
 
 
-def implementation_name():
-    """The fused kernels in words (ISA included), or why they cannot run."""
+def implementation_name(device="cpu"):
+    """The fused kernels of ``device`` in words (ISA included), or why they
+    cannot run."""
+    if torch.device(device).type == "cuda":
+        return cuda_fused.available()[1]
     return cpu_fused.available()[1]
 
 
-class FusedFixedConv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return cpu_fused.forward(x, weight, bias)
+# ---- the reference kernels, in torch ops (any device and dtype) -------------
 
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        dx = dw = db = None
-        if torch.is_grad_enabled():  # create_graph: differentiable ops
-            if need_x:
-                dx = FixedStageAdjoint.apply(torch.einsum("cn,bnhw->bchw", weight, dy))
-            if need_w:
-                dw = torch.einsum("bchw,bnhw->cn", fixed_stage(x), dy)
-            if need_b:
-                db = dy.sum((0, 2, 3))
-            return dx, dw, db
-        dy = dy.contiguous()
-        if need_x:
-            dx = cpu_fused.input_grad(dy, weight)
-        if need_w or need_b:
-            dw, db = cpu_fused.weight_grad(x, dy, bias=need_b)
-        return dx, (dw if need_w else None), (db if need_b else None)
+def _forward_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    y = torch.einsum("bchw,cn->bnhw", forward_torch(x), weight)
+    return (y if bias is None else y + bias[:, None, None]).contiguous()
+
+
+def _weight_grad_ref(x: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.einsum("bchw,bnhw->cn", forward_torch(x), dy).contiguous(), dy.sum((0, 2, 3))
+
+
+def _input_grad_ref(dy: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return backward_torch(torch.einsum("cn,bnhw->bchw", weight, dy))
+
+
+fused_forward = torch.library.custom_op("fxnn::fused_forward", _forward_ref, mutates_args=())
+fused_weight_grad = torch.library.custom_op("fxnn::fused_weight_grad", _weight_grad_ref, mutates_args=())
+fused_input_grad = torch.library.custom_op("fxnn::fused_input_grad", _input_grad_ref, mutates_args=())
+
+
+# ---- the fast kernels, per dispatch key -------------------------------------
+
+def _contiguous(*tensors):
+    return [None if t is None else t.contiguous() for t in tensors]
+
+
+@fused_forward.register_kernel("cpu")
+def _forward_cpu(x, weight, bias):
+    if not runs_fast("cpu", x.dtype):
+        return _forward_ref(x, weight, bias)
+    return cpu_fused.forward(*_contiguous(x, weight, bias))
+
+
+@fused_weight_grad.register_kernel("cpu")
+def _weight_grad_cpu(x, dy):
+    if not runs_fast("cpu", x.dtype):
+        return _weight_grad_ref(x, dy)
+    return cpu_fused.weight_grad(*_contiguous(x, dy), bias=True)
+
+
+@fused_input_grad.register_kernel("cpu")
+def _input_grad_cpu(dy, weight):
+    if not runs_fast("cpu", dy.dtype):
+        return _input_grad_ref(dy, weight)
+    return cpu_fused.input_grad(*_contiguous(dy, weight))
+
+
+@fused_forward.register_kernel("cuda")
+def _forward_cuda(x, weight, bias):
+    if not runs_fast("cuda", x.dtype):
+        return _forward_ref(x, weight, bias)
+    return cuda_fused.forward(*_contiguous(x, weight, bias))
+
+
+@fused_weight_grad.register_kernel("cuda")
+def _weight_grad_cuda(x, dy):
+    if not runs_fast("cuda", x.dtype):
+        return _weight_grad_ref(x, dy)
+    return cuda_fused.weight_grad(*_contiguous(x, dy))
+
+
+@fused_input_grad.register_kernel("cuda")
+def _input_grad_cuda(dy, weight):
+    if not runs_fast("cuda", dy.dtype):
+        return _input_grad_ref(dy, weight)
+    return cuda_fused.input_grad(*_contiguous(dy, weight))
+
+
+# ---- shapes, for torch.compile and the meta device --------------------------
+
+@fused_forward.register_fake
+def _forward_fake(x, weight, bias):
+    b, m, h, w = x.shape
+    torch._check(weight.shape[0] == 5 * m, lambda: f"weight has {weight.shape[0]} rows for {m} input channels")
+    return x.new_empty((b, weight.shape[1], h, w))
+
+
+@fused_weight_grad.register_fake
+def _weight_grad_fake(x, dy):
+    return x.new_empty((5 * x.shape[1], dy.shape[1])), dy.new_empty((dy.shape[1],))
+
+
+@fused_input_grad.register_fake
+def _input_grad_fake(dy, weight):
+    b, _, h, w = dy.shape
+    return dy.new_empty((b, weight.shape[0] // 5, h, w))
+
+
+# ---- derivatives: each operator's are the other two -------------------------
+# With A the fixed stage (A^T its adjoint) and every operator linear in each
+# argument: y = W^T A x + b; (dW, db) = (A x dY^T, sum dY); dx = A^T W dY.
+
+def _save(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:2])
+
+
+def _forward_backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad
+    dx = fused_input_grad(dy, weight) if need_x else None
+    dw, db = fused_weight_grad(x, dy) if need_w or need_b else (None, None)
+    return dx, (dw if need_w else None), (db if need_b else None)
+
+
+def _weight_grad_backward(ctx, gw, gb):
+    x, dy = ctx.saved_tensors
+    if gw is None:
+        gw = dy.new_zeros((5 * x.shape[1], dy.shape[1]))
+    need_x, need_dy = ctx.needs_input_grad
+    return (fused_input_grad(dy, gw) if need_x else None,
+            fused_forward(x, gw, gb) if need_dy else None)
+
+
+def _input_grad_backward(ctx, gx):
+    dy, weight = ctx.saved_tensors
+    need_dy, need_w = ctx.needs_input_grad
+    return (fused_forward(gx, weight, None) if need_dy else None,
+            fused_weight_grad(gx, dy)[0] if need_w else None)
+
+
+fused_forward.register_autograd(_forward_backward, setup_context=_save)
+fused_weight_grad.register_autograd(_weight_grad_backward, setup_context=_save)
+fused_input_grad.register_autograd(_input_grad_backward, setup_context=_save)
 
 
 def fused_conv2d(x, weight, bias=None):
     """The fxnn layer (fixed stage, then 1x1 ``weight`` (5M, N) and ``bias``)
-    by the fused kernels; ``x`` must satisfy :func:`available`."""
-    return FusedFixedConv.apply(x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous())
+    by the fused kernels where they run (:func:`available`), else the same in
+    torch ops."""
+    return fused_forward(x, weight, bias)

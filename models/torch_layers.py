@@ -14,6 +14,7 @@ fastest for its shape.
 import functools
 import logging
 import math
+import operator
 
 import numpy as np
 import torch
@@ -57,11 +58,19 @@ def as_constant(array, like):
     return _constant(array.tobytes(), array.shape, like.dtype, like.device)
 
 
-def fold(weight, basis=KERNELS):
+#: The five kernels as a torch constant, so that folding them traces under
+#: ``torch.compile`` (a numpy constant would break the graph).
+_KERNELS = torch.tensor(KERNELS)
+
+
+def fold(weight, basis=None):
     """(5M, N) 1x1 weight -> (N, M, 3, 3) dense kernels; the torch form of
-    :func:`models.fixed_kernels.fold_weights`, differentiable."""
+    :func:`models.fixed_kernels.fold_weights`, differentiable. ``basis``: the
+    five kernels by default, or another (5, 3, 3) numpy basis (the
+    ablations)."""
     c, n = weight.shape
-    return torch.einsum("mkn,kac->nmac", weight.reshape(c // NUM_KERNELS, NUM_KERNELS, n), as_constant(basis, weight))
+    basis = _KERNELS.to(weight) if basis is None else as_constant(basis, weight)
+    return torch.einsum("mkn,kac->nmac", weight.reshape(c // NUM_KERNELS, NUM_KERNELS, n), basis)
 
 
 def available_paths(x):
@@ -73,7 +82,7 @@ def available_paths(x):
 def implementation(path, device):
     """What runs ``path`` on ``device``, in words (for records and logs)."""
     if path == "fused":
-        return torch_fused.implementation_name()
+        return torch_fused.implementation_name(device)
     if path == "folded":
         return "torch conv2d with folded kernels"
     return f"{fixed_stage_name(device)}, then torch bmm"
@@ -82,12 +91,14 @@ def implementation(path, device):
 def path_contenders(shape, dtype, device, train, input_grad, bias=True):
     """{path: callable}: one pass of an fxnn layer of ``shape`` (B, M, N, H, W)
     on each available path, on random data with the timing batch of
-    :func:`models.fxnn_paths.timing_batch`; ``train``: forward and backward
+    :func:`models.fxnn_paths.timing_batch` (on CUDA the layer's own batch,
+    since a GPU run on a small one times the launches); ``train``: forward and backward
     (the input's gradient too when ``input_grad``), else forward without
     autograd. For :func:`models.fxnn_paths.choose`."""
     b, m, n, h, w = shape
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(fxnn_paths.timing_batch(b, h, w), m, h, w, generator=g).to(device, dtype)
+    batch = b if torch.device(device).type == "cuda" else fxnn_paths.timing_batch(b, h, w)
+    x = torch.randn(batch, m, h, w, generator=g).to(device, dtype)
     weight = (0.1 * torch.randn(NUM_KERNELS * m, n, generator=g)).to(device, dtype).requires_grad_(train)
     b_ = torch.zeros(n, device=device, dtype=dtype, requires_grad=train) if bias else None
     x.requires_grad_(train and input_grad)
@@ -109,23 +120,46 @@ def path_contenders(shape, dtype, device, train, input_grad, bias=True):
 _auto = {}
 
 
+@torch.compiler.assume_constant_result
+def _measured_path(call):
+    """The path measured fastest for ``call`` (see :func:`auto_path`), once
+    per call and thread count. A constant to ``torch.compile``: it runs (and
+    times, and reads the thread count) when a graph is traced, not in it."""
+    b, m, n, h, w, dtype, device, train, input_grad, bias = call
+    threads = torch.get_num_threads()
+    if (call, threads) not in _auto:
+        device = torch.device(device)
+        x = torch.empty(0, dtype=dtype, device=device)
+        paths = available_paths(x)
+        key = {"engine": "torch", "torch": torch.__version__, "device": device.type, "dtype": str(dtype),
+               "threads": threads, "shape": [b, m, n, h, w], "pass": "train" if train else "valid",
+               "input_grad": input_grad, "bias": bias,
+               "fused": implementation("fused", device) if "fused" in paths else None}
+        if device.type == "cuda":
+            key["gpu"] = torch.cuda.get_device_name(device)
+        _auto[call, threads] = fxnn_paths.choose(key, paths, lambda: path_contenders(
+            key["shape"], dtype, device, train, input_grad, bias))
+    return _auto[call, threads]
+
+
 def auto_path(x, weight, bias=None):
     """The path ``auto`` takes for this layer call: measured once per shape,
-    dtype, device, thread count and pass (training when autograd records)."""
+    dtype, device, thread count and pass (training when autograd records).
+    Under ``torch.compile`` it is chosen when the graph is traced."""
     train = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                          or (bias is not None and bias.requires_grad))
-    b, m, h, w = x.shape
-    call = (b, m, weight.shape[1], h, w, x.dtype, x.device, train, train and x.requires_grad, bias is not None,
-            torch.get_num_threads())
-    if call not in _auto:
-        paths = available_paths(x)
-        key = {"engine": "torch", "torch": torch.__version__, "device": x.device.type, "dtype": str(x.dtype),
-               "threads": torch.get_num_threads(), "shape": [b, m, weight.shape[1], h, w],
-               "pass": "train" if train else "valid", "input_grad": call[8], "bias": bias is not None,
-               "fused": implementation("fused", x.device) if "fused" in paths else None}
-        _auto[call] = fxnn_paths.choose(key, paths, lambda: path_contenders(
-            key["shape"], x.dtype, x.device, train, call[8], bias is not None))
-    return _auto[call]
+    # operator.index: under torch.compile with dynamic shapes it specializes
+    # the sizes (a graph per shape, guarded), as auto's choice is per shape
+    b, m, n, h, w = (operator.index(size) for size in (x.shape[0], x.shape[1], weight.shape[1], *x.shape[2:]))
+    return _measured_path((b, m, n, h, w, x.dtype, str(x.device), train, train and x.requires_grad,
+                           bias is not None))
+
+
+def _say_fused_falls_back(x):
+    if (x.device.type, x.dtype) not in _fallbacks:
+        _fallbacks.add((x.device.type, x.dtype))
+        log.info("fused fxnn path unavailable for %s %s tensors (%s): running the fixed path",
+                 x.device.type, x.dtype, torch_fused.implementation_name(x.device))
 
 
 def fixed_conv2d(x, weight, bias=None, path="fixed"):
@@ -133,17 +167,16 @@ def fixed_conv2d(x, weight, bias=None, path="fixed"):
     :mod:`models.fxnn_paths`): "fixed" runs the fixed stage then the 1x1
     GEMM, "fused" the fused kernel, "folded" one dense 3x3 conv with the
     folded kernels, "auto" the fastest as measured for this call's shape.
-    "fused" on a tensor it cannot run on (CUDA, float64, no C build) runs
-    the fixed path and says so once."""
+    "fused" on a tensor it cannot run on (float64, CUDA without Triton, no
+    C build) runs the fixed path and says so once. Every path traces under
+    ``torch.compile(fullgraph=True)`` without a graph break."""
     if path == "auto":
         path = auto_path(x, weight, bias)
     if path == "fused":
         if torch_fused.available(x):
             return torch_fused.fused_conv2d(x, weight, bias)
-        if (x.device.type, x.dtype) not in _fallbacks:
-            _fallbacks.add((x.device.type, x.dtype))
-            log.info("fused fxnn path unavailable for %s %s tensors (%s): running the fixed path",
-                     x.device.type, x.dtype, torch_fused.implementation_name())
+        if not torch.compiler.is_compiling():
+            _say_fused_falls_back(x)
         path = "fixed"
     if path == "folded":
         return F.conv2d(x, fold(weight), bias, padding=1)

@@ -90,5 +90,5 @@ def test_the_torch_engine_uses_it_and_gets_the_numbers_of_its_torch_ops():
     g = torch.randn(3, 35, 19, 12, generator=torch.Generator().manual_seed(6))
     assert torch_fixed.implementation_name("cpu").startswith("C fixed stage")
     assert torch.equal(torch_fixed.fixed_stage(x), torch_fixed.forward_torch(x))
-    np.testing.assert_allclose(torch_fixed.FixedStageAdjoint.apply(g).numpy(), torch_fixed.backward_torch(g).numpy(),
+    np.testing.assert_allclose(torch_fixed.fixed_stage_adjoint(g).numpy(), torch_fixed.backward_torch(g).numpy(),
                                rtol=1e-6, atol=1e-5)

@@ -1,0 +1,128 @@
+"""The fused fxnn layer's Triton kernels and the CUDA paths of the torch
+operators on a GPU (skipped without a CUDA GPU and triton): the kernels
+against the numpy references in every precision, FixedConv2d on CUDA
+against the CPU, torch.compile on the CUDA paths (PyCUDA stage, Triton
+layer) with no graph break, and ``auto`` measuring among the three paths.
+
+GPU tests: ``python -m pytest tests/test_cuda_fused.py tests/test_cuda_kernel.py tests/test_cuda_engine.py -rs``.
+"""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kernels import cuda_fixed, cuda_fused  # noqa: E402
+from models.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
+
+FUSED_OK, FUSED_WHY = cuda_fused.available()
+pytestmark = pytest.mark.skipif(not FUSED_OK, reason=f"needs a CUDA GPU and triton: {FUSED_WHY}")
+
+#: (rtol, atol as a fraction of the largest reference value)
+TOLERANCE = {"float32": (1e-5, 1e-5), "tf32": (2e-3, 2e-3), "float16": (2 ** -9, 2 ** -9),
+             "bfloat16": (2 ** -6, 2 ** -6)}
+DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+#: (B, M, N, H, W): odd and tiny, more channels than any tile, the issue's shapes (smaller batches)
+SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 7, 5), (3, 17, 4, 9, 6), (1, 2, 20, 1, 13), (2, 1, 3, 13, 1),
+          (5, 130, 70, 13, 31), (4, 64, 64, 28, 28), (2, 128, 128, 28, 28), (2, 64, 64, 56, 56), (3, 32, 32, 14, 14)]
+
+
+@pytest.fixture
+def precision(request):
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = request.param == "tf32"
+    yield request.param
+    torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def tensors(shape, dtype, device="cuda", seed=0):
+    b, m, n, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*s, generator=g).to(device, dtype) for s in ((b, m, h, w), (5 * m, n), (n,), (b, n, h, w))]
+
+
+def assert_matches(got, want, precision):
+    rtol, atol = TOLERANCE[precision]
+    np.testing.assert_allclose(got.float().cpu().numpy(), want, rtol=rtol,
+                               atol=atol * max(1.0, float(np.abs(want).max())))
+
+
+@pytest.mark.parametrize("precision", list(TOLERANCE), indirect=True)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_triton_kernels_match_the_references(shape, precision):
+    x, w, b, dy = tensors(shape, DTYPES[precision])
+    f64 = [t.double().cpu().numpy() for t in (x, w, b, dy)]
+    assert_matches(cuda_fused.forward(x, w, b), fixed_conv_reference(*f64[:3]), precision)
+    dx, dw, db = fixed_conv_grad_reference(f64[0], f64[1], f64[3])
+    got_dw, got_db = cuda_fused.weight_grad(x, dy)
+    assert_matches(got_dw, dw, precision)
+    assert_matches(got_db, db, precision)
+    assert_matches(cuda_fused.input_grad(dy, w), dx, precision)
+
+
+def test_fixed_conv2d_fused_on_cuda_equals_the_cpu():
+    from models.torch_layers import fixed_conv2d
+    cpu = [t.requires_grad_(True) for t in tensors((3, 6, 10, 9, 11), torch.float32, "cpu")[:3]]
+    dy = torch.randn(3, 10, 9, 11)
+    gpu = [t.detach().cuda().requires_grad_(True) for t in cpu]
+    y_cpu, y_gpu = fixed_conv2d(*cpu, "fused"), fixed_conv2d(*gpu, "fused")
+    y_cpu.backward(dy)
+    y_gpu.backward(dy.cuda())
+    for got, want in zip([y_gpu] + [t.grad for t in gpu], [y_cpu] + [t.grad for t in cpu]):
+        np.testing.assert_allclose(got.detach().cpu().numpy(), want.detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_second_derivatives_on_cuda_equal_the_fixed_path():
+    from models.torch_layers import fixed_conv2d
+    x, w, b, dy = tensors((2, 3, 4, 6, 5), torch.float32, seed=2)
+    results = {}
+    for path in ("fused", "fixed"):
+        args = [t.clone().requires_grad_(True) for t in (x, w, b)]
+        gx, gw = torch.autograd.grad(fixed_conv2d(*args, path), args[:2], dy, create_graph=True)
+        results[path] = torch.autograd.grad((gx ** 2).sum() + (gw ** 2).sum(), args[:2])
+    for got, want in zip(results["fused"], results["fixed"]):
+        np.testing.assert_allclose(got.cpu().numpy(), want.cpu().numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("path", ["fused", "fixed", "folded"])
+def test_torch_compile_on_cuda_has_no_graph_break_and_the_eager_numbers(path):
+    if path == "fixed" and not cuda_fixed.available()[0]:
+        pytest.skip(f"the PyCUDA stage is unavailable: {cuda_fixed.available()[1]}")
+    from models.torch_layers import FixedConv2d
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(FixedConv2d(3, 16, path=path), torch.nn.ReLU(), FixedConv2d(16, 8, path=path)).cuda()
+    x = torch.randn(4, 3, 17, 13, device="cuda", requires_grad=True)
+    explained = torch._dynamo.explain(net)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(net, fullgraph=True)
+    results = []
+    for model in (compiled, net):
+        xi = x.detach().clone().requires_grad_(True)
+        y = model(xi)
+        results.append([y.detach(), *torch.autograd.grad((y ** 2).sum(), [xi, *net.parameters()])])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_opcheck_on_cuda():
+    from models import torch_fixed, torch_fused
+    x, w, b, dy = [t.requires_grad_(True) for t in tensors((2, 3, 4, 5, 7), torch.float32)]
+    for op, args in ((torch_fused.fused_forward, (x, w, b)), (torch_fused.fused_weight_grad, (x, dy)),
+                     (torch_fused.fused_input_grad, (dy, w)), (torch_fixed.fixed_stage_op, (x,))):
+        torch.library.opcheck(op, args)
+
+
+def test_auto_on_cuda_measures_among_the_three_paths(monkeypatch, tmp_path):
+    import json
+    from models import fxnn_paths, torch_layers
+    monkeypatch.setenv("FXNN_AUTOTUNE", "1")
+    monkeypatch.setattr(fxnn_paths, "_default", fxnn_paths.PathTuner(str(tmp_path / "paths.json")))
+    monkeypatch.setattr(torch_layers, "_auto", {})
+    x, w, b, _ = tensors((8, 32, 32, 28, 28), torch.float32)
+    assert torch_layers.available_paths(x) == ("fused", "fixed", "folded")
+    with torch.no_grad():
+        chosen = torch_layers.auto_path(x, w, b)
+    assert chosen in ("fused", "fixed", "folded")
+    (key, entry), = json.loads((tmp_path / "paths.json").read_text())["entries"].items()
+    assert json.loads(key)["gpu"] == torch.cuda.get_device_name() and set(entry["ms"]) == {"fused", "fixed", "folded"}
