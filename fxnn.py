@@ -136,7 +136,7 @@ def build_parser():
     p.add_argument("--device", choices=DEVICES, default="auto", help="cuda needs the torch engine")
     p.add_argument("--fxnn-path", choices=PATHS, default="auto",
                    help="how fxnn layers compute (the same function): the fixed stage then the 1x1 GEMM; "
-                        "fused, one C kernel (CPU, float32); or folded into one dense 3x3 conv; auto: each "
+                        "fused, one kernel (CPU: C, float32; CUDA: Triton); or folded into one dense 3x3 conv; auto: each "
                         "layer's fastest, timed on first use and cached per machine (README 'Which path "
                         "runs when')")
     p.add_argument("--seed", type=seed_value, default=None,

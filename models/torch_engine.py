@@ -75,8 +75,9 @@ class TorchEngine:
         self.fxnn_path = check_path(fxnn_path)
         native.check_isa()
         if fxnn_path == "fused" and not torch_fused.available(torch.empty(0, device=self.device, dtype=self.dtype)):
-            raise ValueError(f"--fxnn-path fused runs on the CPU in float32 only, with the C kernels built "
-                             f"({torch_fused.implementation_name()}); use --fxnn-path auto")
+            raise ValueError(f"--fxnn-path fused cannot run on {device} here: it needs the C kernels built "
+                             f"(CPU, float32) or Triton (CUDA) ({torch_fused.implementation_name()}); "
+                             f"use --fxnn-path auto")
         #: {(layer name, pass): path} of the fxnn layers, filled on each one's first call
         self.layer_paths = {}
         # copies: the updates are in place and must not reach the caller's arrays
