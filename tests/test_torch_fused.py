@@ -127,7 +127,7 @@ def test_the_engine_refuses_the_fused_path_where_it_cannot_run():
     from models.architecture import build_network
     from models.torch_engine import TorchEngine
     net = build_network("fxnn", (1, 8, 8))
-    with pytest.raises(ValueError, match="fused runs on the CPU in float32"):
+    with pytest.raises(ValueError, match="fused cannot run on cpu here: it needs the C kernels built \\(CPU, float32\\)"):
         TorchEngine(net, net.init_params(np.random.default_rng(0)), dtype="float64", fxnn_path="fused")
 
 
