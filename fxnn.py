@@ -96,7 +96,7 @@ exit codes: 0 done, 2 bad input or flags, 3 training diverged (NaN), 4 could not
 
 
 def build_parser():
-    from models.architecture import MODELS
+    from models.architecture import ABLATIONS, BASIS_MODELS, MODELS
     from models.engines import DEVICES, ENGINES
     from models.fxnn_paths import PATHS
     from models.optimizers import DEFAULT_LEARN_RATE, DEFAULT_OPTIMIZER, OPTIMIZERS
@@ -110,7 +110,8 @@ def build_parser():
         epilog=EXAMPLES, formatter_class=HelpFormatter)
     p.add_argument("-m", "--model", choices=MODELS, default="fxnn", metavar="MODEL",
                    help="network to train: fxnn, cnn or baseline; or an ablation (README 'Ablations'): "
-                        + ", ".join(m for m in MODELS if m not in ("fxnn", "cnn", "baseline")))
+                        + ", ".join(ABLATIONS) + "; or fxnn over another fixed basis (README 'Other fixed "
+                        "bases'): " + ", ".join(BASIS_MODELS))
     p.add_argument("-d", "--dataset", default="MNIST", type=dataset_name, metavar="DATASET",
                    help="MNIST, FashionMNIST, CIFAR10, CIFAR100 (any case; downloaded into --data-dir when "
                         "missing) or your own data.npz (README 'Data')")
@@ -292,7 +293,7 @@ def run(args):
         board.close(recorder)
     paths, implementations = engine.describe_paths()
     meta = {
-        "model": args.model, "dataset": dataset.name, **dataset.meta(), **test_meta,
+        "model": args.model, "basis": network.basis(), "dataset": dataset.name, **dataset.meta(), **test_meta,
         "data_sha256": flags["data"]["sha256"],
         "engine": engine_name, "device": device,
         "fxnn_path": paths, "fxnn_impl": implementations,

@@ -4,13 +4,15 @@ conv(32)-pool-conv(64)-pool-fc384-fc192-fcK (K classes, 10 for MNIST) with ReLU,
 conv layer (training only), 2x2 max pooling (odd sizes floor, as ignore_border)
 and a softmax. ``fxnn`` and ``cnn`` differ only in the conv layer; ``baseline``
 is logistic regression on the pixels. The ablation models (:data:`ABLATIONS`)
-change one thing each about the conv layers of fxnn or cnn.
+change one thing each about the conv layers of fxnn or cnn; the basis models
+(:data:`BASIS_MODELS`) are fxnn over another fixed basis of :mod:`models.fixed_bases`.
 
 Parameter names, shapes and layouts are the original's and are shared by all
 engines, so parameters move between engines and every ``.mat`` reads the same:
 
-* fxnn (and fxnn-ortho) conv layer ``conv{i}_w``: (5*M, N), rows in the 5M layout of
-  :mod:`models.fixed_kernels`; ``conv{i}_b``: (N,)
+* fxnn (and fxnn-ortho, fxnn-iso) conv layer ``conv{i}_w``: (5*M, N), rows in the 5M layout of
+  :mod:`models.fixed_kernels`; ``conv{i}_b``: (N,); over another basis of K
+  kernels (:data:`BASIS_MODELS`) (K*M, N) in the same layout
 * cnn (and cnn-sub, cnn-fxinit) conv layer ``conv{i}_w``: (N, M, k, k)
   (cross-correlation); ``conv{i}_b``: (N,)
 * dense ``mlp{i}_w``: (fan_in, fan_out); ``mlp{i}_b``: (fan_out,)
@@ -21,10 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fixed_kernels import (GRAM, GRAM_SQRT, ISOTROPIC, KERNELS, NUM_KERNELS, ORTHONORMAL, fold_weights,
-                            project_kernels)
+from .fixed_bases import BASES
+from .fixed_kernels import GRAM, GRAM_SQRT, NUM_KERNELS, ORTHONORMAL, fold_weights, project_kernels
 
-MODELS = ("fxnn", "cnn", "baseline", "fxnn-ortho", "fxnn-iso", "cnn-sub", "cnn-fxinit", "cnn-x13")
 #: The ablations: each changes one thing about fxnn or cnn (README "Ablations").
 ABLATIONS = {
     "fxnn-ortho": "fxnn with an orthonormal basis of the same 5-dim span, from the same initial effective "
@@ -36,6 +37,21 @@ ABLATIONS = {
     "cnn-x13": "cnn whose conv weights are trained as W = sqrt(13) V, from cnn's initial kernels: with SGD, "
                "a 13x learn rate on them, fxnn's mean preconditioning without its basis or subspace",
 }
+#: fxnn over another fixed basis of :mod:`models.fixed_bases` (README "Other fixed bases").
+BASIS_MODELS = {
+    "fxnn-dct": "the 3x3 DCT basis of Harmonic networks, 9 orthogonal kernels, unscaled",
+    "fxnn-dct-unit": "the orthonormal 3x3 DCT basis",
+    "fxnn-dct-l1": "the 3x3 DCT basis, each kernel divided by its L1 norm (the Harmonic networks code's default)",
+    "fxnn-gauss": "RFNN's Gaussian derivatives up to second order, 6 kernels",
+    "fxnn-gauss-unit": "RFNN's Gaussian derivatives, each of unit norm",
+    "fxnn-random": "9 frozen random kernels (the LC-block of Gavrikov and Keuper)",
+    "fxnn-random-unit": "the 9 frozen random kernels, each of unit norm",
+}
+#: {model: name in models.fixed_bases.BASES} of the models whose conv layers
+#: are a fixed basis then a 1x1 (factored); the others' are dense.
+MODEL_BASES = {"fxnn": "fxnn", "fxnn-ortho": "ortho", "fxnn-iso": "iso",
+               **{model: model[len("fxnn-"):] for model in BASIS_MODELS}}
+MODELS = ("fxnn", "cnn", "baseline") + tuple(ABLATIONS) + tuple(BASIS_MODELS)
 
 #: Mean eigenvalue of the five kernels' Gram matrix (trace 65 / 5): the factor
 #: by which fxnn's basis scales the step on the effective kernels, on average.
@@ -54,17 +70,24 @@ class ConvLayer:
     in_channels: int
     out_channels: int
     size: int        # kernel size (3 for all but cnn)
+    basis: str = None  # a name of models.fixed_bases.BASES for a factored layer, None for a dense one
 
     @property
     def factored(self):
-        """True for a 1x1 over a fixed basis (weight (5M, N)), False for a
+        """True for a 1x1 over a fixed basis (weight (K*M, N)), False for a
         dense k x k conv (weight (N, M, k, k))."""
-        return self.kind in ("fxnn", "fxnn-ortho", "fxnn-iso")
+        return self.basis is not None
 
     @property
-    def basis(self):
-        """The fixed basis of a factored layer, (5, 3, 3)."""
-        return {"fxnn-ortho": ORTHONORMAL, "fxnn-iso": ISOTROPIC}.get(self.kind, KERNELS)
+    def fxnn_paths(self):
+        """True when the basis is fxnn's five kernels, which have the fixed
+        and fused paths; a factored layer over any other basis runs folded."""
+        return self.basis == "fxnn"
+
+    @property
+    def kernels(self):
+        """The fixed basis of a factored layer, (K, 3, 3)."""
+        return BASES[self.basis]
 
     @property
     def weight_scale(self):
@@ -81,12 +104,12 @@ class ConvLayer:
 
     def weight_shape(self):
         if self.factored:
-            return (NUM_KERNELS * self.in_channels, self.out_channels)
+            return (len(self.kernels) * self.in_channels, self.out_channels)
         return (self.out_channels, self.in_channels, self.size, self.size)
 
     def init_bound(self):
-        if self.factored:
-            return FXNN_1X1_INIT_SCALE / np.sqrt(NUM_KERNELS * self.in_channels + self.out_channels)
+        if self.factored:  # fxnn's rule, with the basis' K in place of 5
+            return FXNN_1X1_INIT_SCALE / np.sqrt(len(self.kernels) * self.in_channels + self.out_channels)
         fan_in = self.in_channels * self.size * self.size
         return INIT_SCALE / np.sqrt(fan_in + self.out_channels)
 
@@ -95,13 +118,14 @@ class ConvLayer:
         the span; cnn-fxinit's drawn as fxnn's 1x1 weights and folded;
         fxnn-ortho's and fxnn-iso's drawn as fxnn's and mapped to their
         basis, so they start from the same effective kernels; cnn-x13's as
-        cnn's divided by weight_scale, so its initial kernels are cnn's."""
-        fxnn = ConvLayer(self.name, "fxnn", self.in_channels, self.out_channels, 3)
+        cnn's divided by weight_scale, so its initial kernels are cnn's;
+        the other bases' 1x1 weights as fxnn's (uniform in +-init_bound)."""
+        fxnn = ConvLayer(self.name, "fxnn", self.in_channels, self.out_channels, 3, "fxnn")
         if self.kind == "cnn-fxinit":
             return fold_weights(fxnn.init_weight(rng, np.float64)).astype(dtype)
         if self.kind in ("fxnn-ortho", "fxnn-iso"):  # the same effective kernels as fxnn's init
             w = fxnn.init_weight(rng, np.float64).reshape(self.in_channels, NUM_KERNELS, self.out_channels)
-            scale = np.linalg.norm(self.basis[0]) / np.linalg.norm(ORTHONORMAL[0])
+            scale = np.linalg.norm(self.kernels[0]) / np.linalg.norm(ORTHONORMAL[0])
             return (np.einsum("kj,mjn->mkn", GRAM_SQRT, w) / scale).reshape(self.weight_shape()).astype(dtype)
         w = rng.uniform(-self.init_bound(), self.init_bound(), size=self.weight_shape())
         w = project_kernels(w) if self.projected else w / self.weight_scale
@@ -134,6 +158,11 @@ class Network:
     input_shape: tuple   # (C, H, W)
     convs: tuple         # ConvLayer, each followed by ReLU, dropout, 2x2 max pool
     denses: tuple        # DenseLayer
+
+    def basis(self):
+        """The name of the fixed basis of its factored conv layers (for
+        records), or "none" when its conv layers are dense or absent."""
+        return next((layer.basis for layer in self.convs if layer.factored), "none")
 
     def param_shapes(self):
         """Ordered {name: shape} of all trainable parameters."""
@@ -173,7 +202,7 @@ def build_network(model, input_shape, num_classes=10, filter_size=3):
     convs = []
     channels = c
     for i, out in enumerate(CONV_CHANNELS):
-        convs.append(ConvLayer(f"conv{i}", model, channels, out, size))
+        convs.append(ConvLayer(f"conv{i}", model, channels, out, size, MODEL_BASES.get(model)))
         channels, h, w = out, pooled_size(h), pooled_size(w)
     if h < 1 or w < 1:
         raise ValueError(f"images of shape {tuple(input_shape)} are too small for two 2x2 poolings")

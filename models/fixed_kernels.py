@@ -114,15 +114,17 @@ def fixed_conv_grad_reference(x, w, dy):
 
 
 def fold_weights(w, basis=KERNELS):
-    """The dense 3x3 kernels equal to the fixed stage followed by the 1x1
-    weight ``w`` (5M, N): (N, M, 3, 3) with ``W_eff[n, m] = sum_k w[5m+k, n] *
-    basis[k]``. With nothing between the two stages they are one linear map,
-    a dense 3x3 convolution whose kernels lie in the span of the five."""
+    """The dense 3x3 kernels equal to the fixed stage of ``basis`` (K, 3, 3),
+    fxnn's five by default, followed by the 1x1 weight ``w`` (K*M, N):
+    (N, M, 3, 3) with ``W_eff[n, m] = sum_k w[K*m+k, n] * basis[k]``. With
+    nothing between the two stages they are one linear map, a dense 3x3
+    convolution whose kernels lie in the span of the basis."""
     w = np.asarray(w)
     c, n = w.shape
-    if c % NUM_KERNELS:
-        raise ValueError(f"1x1 weight has {c} rows, not a multiple of {NUM_KERNELS}")
-    return np.einsum("mkn,kac->nmac", w.reshape(c // NUM_KERNELS, NUM_KERNELS, n), basis).astype(w.dtype)
+    k = len(basis)
+    if c % k:
+        raise ValueError(f"1x1 weight has {c} rows, not a multiple of {k}")
+    return np.einsum("mkn,kac->nmac", w.reshape(c // k, k, n), basis).astype(w.dtype)
 
 
 # ---- the subspace, for the ablation models of models/architecture.py -------

@@ -98,16 +98,16 @@ def cpu_model():
 def describe_paths(network, layer_paths, implementation):
     """(paths, implementations) in words for a record's meta: each conv
     layer's path in each pass ("conv0: train fused, valid fused; ..."; "-"
-    for a pass not run yet; the ablations' other bases always fold), and what
+    for a pass not run yet; layers over other bases than fxnn's always fold), and what
     runs each path used (``implementation(path)``)."""
     parts, used = [], []
     for layer in network.convs:
-        if layer.kind == "fxnn":
+        if layer.fxnn_paths:
             chosen = [layer_paths.get((layer.name, p), "-") for p in PASSES]
             parts.append(f"{layer.name}: " + ", ".join(f"{p} {c}" for p, c in zip(PASSES, chosen)))
             used += [c for c in chosen if c != "-"]
         elif layer.factored:
-            parts.append(f"{layer.name}: folded ({layer.kind} basis)")
+            parts.append(f"{layer.name}: folded ({layer.basis} basis)")
             used.append("folded")
     if not parts:
         return "none (no fxnn layers)", "none"

@@ -64,10 +64,10 @@ def forward(network, params, x, dropout=0.0, masks=(), path="fixed"):
     h = x
     for i, layer in enumerate(network.convs):
         w, b = params[layer.name + "_w"], params[layer.name + "_b"]
-        if layer.kind == "fxnn":
+        if layer.fxnn_paths:
             h = fxnn_conv(h, w, b, path[layer.name] if isinstance(path, dict) else path)
-        elif layer.factored:  # fxnn-ortho, fxnn-iso: other fixed kernels, folded path only
-            h = conv2d_same(h, fold(w, layer.basis), b, 3)
+        elif layer.factored:  # any other fixed basis: folded path only
+            h = conv2d_same(h, fold(w, layer.kernels), b, 3)
         else:
             h = conv2d_same(h, w * np.asarray(layer.weight_scale, w.dtype) if layer.weight_scale != 1 else w, b,
                             layer.size)

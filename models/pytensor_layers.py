@@ -80,11 +80,13 @@ def conv2d_same(x, w, bias, k):
 
 
 def fold(w, basis=KERNELS):
-    """(5M, N) 1x1 weight -> (N, M, 3, 3) dense kernels, the symbolic form of
+    """(K*M, N) 1x1 weight over ``basis`` (K, 3, 3), fxnn's five by default
+    -> (N, M, 3, 3) dense kernels, the symbolic form of
     :func:`models.fixed_kernels.fold_weights`."""
     c, n = w.shape
+    k = len(basis)
     kernels = pt.constant(basis.astype(w.dtype))
-    return pt.tensordot(w.reshape((c // NUM_KERNELS, NUM_KERNELS, n)), kernels, axes=[[1], [0]]).dimshuffle(1, 0, 2, 3)
+    return pt.tensordot(w.reshape((c // k, k, n)), kernels, axes=[[1], [0]]).dimshuffle(1, 0, 2, 3)
 
 
 def fused_available(dtype):

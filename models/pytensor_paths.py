@@ -26,7 +26,7 @@ def layer_shapes(network, batch):
     _, h, w = network.input_shape
     shapes = {}
     for i, layer in enumerate(network.convs):
-        if layer.kind == "fxnn":
+        if layer.fxnn_paths:
             shapes[layer.name] = (batch, layer.in_channels, layer.out_channels, h >> i, w >> i)
     return shapes
 

@@ -39,10 +39,10 @@ def forward(network, params, x, masks=(), path="fixed", dropout=0.0):
     h = x
     for i, layer in enumerate(network.convs):
         w, b = params[layer.name + "_w"], params[layer.name + "_b"]
-        if layer.kind == "fxnn":
+        if layer.fxnn_paths:
             h = fixed_conv2d(h, w, b, path(layer, h, w, b) if callable(path) else path)
-        elif layer.factored:  # fxnn-ortho, fxnn-iso: other fixed kernels, folded path only
-            h = F.conv2d(h, fold(w, layer.basis), b, padding=1)
+        elif layer.factored:  # any other fixed basis: folded path only
+            h = F.conv2d(h, fold(w, layer.kernels), b, padding=1)
         else:
             h = F.conv2d(h, w * layer.weight_scale if layer.weight_scale != 1 else w, b, padding=layer.size // 2)
         h = relu_dropout_pool(h, masks[i] if masks else None, dropout)

@@ -64,13 +64,17 @@ _KERNELS = torch.tensor(KERNELS)
 
 
 def fold(weight, basis=None):
-    """(5M, N) 1x1 weight -> (N, M, 3, 3) dense kernels; the torch form of
+    """(K*M, N) 1x1 weight -> (N, M, 3, 3) dense kernels; the torch form of
     :func:`models.fixed_kernels.fold_weights`, differentiable. ``basis``: the
-    five kernels by default, or another (5, 3, 3) numpy basis (the
-    ablations)."""
+    five kernels by default, or another (K, 3, 3) basis, a numpy array or a
+    tensor (see :mod:`models.fixed_bases`)."""
     c, n = weight.shape
-    basis = _KERNELS.to(weight) if basis is None else as_constant(basis, weight)
-    return torch.einsum("mkn,kac->nmac", weight.reshape(c // NUM_KERNELS, NUM_KERNELS, n), basis)
+    if basis is None:
+        basis = _KERNELS.to(weight)
+    else:
+        basis = basis.to(weight) if isinstance(basis, torch.Tensor) else as_constant(basis, weight)
+    k = basis.shape[0]
+    return torch.einsum("mkn,kac->nmac", weight.reshape(c // k, k, n), basis)
 
 
 def available_paths(x):

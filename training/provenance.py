@@ -57,11 +57,11 @@ def gpu(device):
 
 
 def parameter_counts(network):
-    """(trainable, fixed) numbers of the network: fixed are the five 3x3
-    kernels of each factored layer counted as a depthwise convolution (45 per
-    input channel), as a framework counts a frozen layer's weights."""
+    """(trainable, fixed) numbers of the network: fixed are the K 3x3
+    kernels of each factored layer counted as a depthwise convolution (9K per
+    input channel, 45 for fxnn's five), as a framework counts a frozen layer's weights."""
     trainable = sum(math.prod(shape) for shape in network.param_shapes().values())
-    fixed = sum(layer.in_channels * layer.basis.size for layer in network.convs if layer.factored)
+    fixed = sum(layer.in_channels * layer.kernels.size for layer in network.convs if layer.factored)
     return trainable, fixed
 
 
