@@ -9,7 +9,11 @@ convolution. ``weight`` has shape (5 * in_channels, out_channels), rows in the
 ``conv*_w`` parameters in fxnn's records, so weights move between this layer,
 both engines and ``.mat`` files unchanged. It computes on one of the paths of
 :mod:`models.fxnn_paths` (fixed, fused, folded), by default the one measured
-fastest for its shape.
+fastest for its shape. ``FixedConv2d(M, N, basis="dct")`` (a name of
+:mod:`models.fixed_bases`, or a (K, 3, 3) array) runs its 1x1 over another
+fixed basis instead: weight (K * in_channels, out_channels) in the same
+layout, always on the folded path (the fixed and fused paths compute fxnn's
+five kernels only).
 """
 import functools
 import logging
@@ -23,6 +27,7 @@ from torch import nn
 
 from . import fxnn_paths, torch_fused
 from .architecture import FXNN_1X1_INIT_SCALE
+from .fixed_bases import basis_kernels
 from .fixed_kernels import KERNELS, NUM_KERNELS
 from .fxnn_paths import PATHS
 from .torch_fixed import fixed_stage
@@ -188,26 +193,42 @@ def fixed_conv2d(x, weight, bias=None, path="fixed"):
 
 
 class FixedConv2d(nn.Module):
-    def __init__(self, in_channels, out_channels, bias=True, path="auto", device=None, dtype=None):
+    def __init__(self, in_channels, out_channels, bias=True, path="auto", device=None, dtype=None, basis="fxnn"):
         super().__init__()
         if path not in PATHS:
             raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+        kernels = basis_kernels(basis)
+        #: the basis' name, or "custom" for an array; None of the module's state
+        self.basis = basis if isinstance(basis, str) else "custom"
+        if self.basis != "fxnn":
+            if path not in ("auto", "folded"):
+                raise ValueError(f"path {path!r} computes fxnn's five kernels only; a layer over basis "
+                                 f"{self.basis!r} runs folded: use path='folded' or 'auto'")
+            path = "folded"
+            # a buffer, so that .to() and .double() move it; not in the state_dict
+            self.register_buffer("kernels", torch.tensor(kernels, dtype=dtype or torch.get_default_dtype(),
+                                                         device=device), persistent=False)
         self.in_channels, self.out_channels, self.path = in_channels, out_channels, path
+        self.num_kernels = len(kernels)
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(NUM_KERNELS * in_channels, out_channels, **factory))
+        self.weight = nn.Parameter(torch.empty(self.num_kernels * in_channels, out_channels, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self):
-        """fxnn's initialisation: uniform +-0.3/sqrt(5M + N), bias zero."""
-        bound = FXNN_1X1_INIT_SCALE / math.sqrt(NUM_KERNELS * self.in_channels + self.out_channels)
+        """fxnn's initialisation: uniform +-0.3/sqrt(K*M + N) (K = 5 for
+        fxnn's kernels), bias zero."""
+        bound = FXNN_1X1_INIT_SCALE / math.sqrt(self.num_kernels * self.in_channels + self.out_channels)
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def forward(self, x):
+        if self.basis != "fxnn":
+            return F.conv2d(x, fold(self.weight, self.kernels), self.bias, padding=1)
         return fixed_conv2d(x, self.weight, self.bias, self.path)
 
     def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, fixed 3x3 x{NUM_KERNELS} + 1x1, "
+        basis = "" if self.basis == "fxnn" else f" ({self.basis} basis)"
+        return (f"{self.in_channels}, {self.out_channels}, fixed 3x3 x{self.num_kernels}{basis} + 1x1, "
                 f"bias={self.bias is not None}, path={self.path}")
