@@ -205,9 +205,10 @@ class FixedConv2d(nn.Module):
                 raise ValueError(f"path {path!r} computes fxnn's five kernels only; a layer over basis "
                                  f"{self.basis!r} runs folded: use path='folded' or 'auto'")
             path = "folded"
-            # a buffer, so that .to() and .double() move it; not in the state_dict
-            self.register_buffer("kernels", torch.tensor(kernels, dtype=dtype or torch.get_default_dtype(),
-                                                         device=device), persistent=False)
+            # a buffer, so that .to(device) moves it, not in the state_dict; float64, cast
+            # to the weight's dtype when folded, so that .double() after float32 loses nothing
+            self.register_buffer("kernels", torch.tensor(kernels, dtype=torch.float64, device=device),
+                                 persistent=False)
         self.in_channels, self.out_channels, self.path = in_channels, out_channels, path
         self.num_kernels = len(kernels)
         factory = {"device": device, "dtype": dtype}
