@@ -274,3 +274,12 @@ def test_fixed_conv2d_basis_conventions():
     with pytest.raises(ValueError, match="unknown basis"):
         FixedConv2d(4, 6, basis="dtc")
     np.testing.assert_array_equal(FixedConv2d(1, 1, basis=KERNELS).kernels.numpy(), KERNELS)
+
+
+def test_fixed_conv2d_over_other_bases_compiles_without_a_graph_break():
+    torch = pytest.importorskip("torch")
+    from models.torch_layers import FixedConv2d
+    net = torch.nn.Sequential(FixedConv2d(2, 3, basis="gauss"), torch.nn.ReLU(), FixedConv2d(3, 4, basis="dct"))
+    x = torch.randn(2, 2, 6, 5)
+    np.testing.assert_allclose(torch.compile(net, fullgraph=True)(x).detach().numpy(), net(x).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
