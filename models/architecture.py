@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fixed_bases import BASES
-from .fixed_kernels import GRAM, GRAM_SQRT, NUM_KERNELS, ORTHONORMAL, fold_weights, project_kernels
+from .fixed_bases import BASES, mean_squared_norm
+from .fixed_kernels import GRAM_SQRT, NUM_KERNELS, ORTHONORMAL, fold_weights, project_kernels
 
 #: The ablations: each changes one thing about fxnn or cnn (README "Ablations").
 ABLATIONS = {
@@ -55,7 +55,7 @@ MODELS = ("fxnn", "cnn", "baseline") + tuple(ABLATIONS) + tuple(BASIS_MODELS)
 
 #: Mean eigenvalue of the five kernels' Gram matrix (trace 65 / 5): the factor
 #: by which fxnn's basis scales the step on the effective kernels, on average.
-MEAN_GRAM = float(np.trace(GRAM)) / NUM_KERNELS
+MEAN_GRAM = mean_squared_norm("fxnn")
 CONV_CHANNELS = (32, 64)
 HIDDEN_UNITS = (384, 192)
 INIT_SCALE = 1.4          # uniform(+-1.4/sqrt(fan_in + fan_out))
