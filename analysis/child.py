@@ -8,6 +8,11 @@ the output folder while the retried run resumes from the checkpoint
 elsewhere. Run as a script, with the standard library only, so that no
 ``preexec_fn`` runs in the threaded worker between fork and exec. Elsewhere
 than Linux it just becomes ``CMD``.
+
+The run gets SIGINT's default action back before it starts: a sweep started
+in the background (``nohup``, ``&`` in a script) inherits SIGINT ignored and
+would pass that on through ``exec``, so the Ctrl-C with which the sweep stops
+its runs would never reach them.
 """
 import ctypes
 import os
@@ -30,6 +35,7 @@ def main(argv):
             sys.exit(f"sweep: error: cannot bind the run to its worker (prctl errno {ctypes.get_errno()})")
         if os.getppid() != parent:  # the worker died before the request took effect
             sys.exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execv(cmd[0], cmd)
 
 

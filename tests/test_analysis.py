@@ -318,3 +318,27 @@ def test_interrupted_sweep_saves_every_run_and_the_rerun_resumes_them(tmp_path, 
     stdout, _ = again.communicate(timeout=300)
     assert "0 already done, 2 to run" in stdout and stdout.count("resuming fxnn seed") == 2
     assert again.returncode == 130
+
+
+def test_a_sweep_started_with_sigint_ignored_still_stops_its_runs(tmp_path, small_mnist, dask):
+    """As under nohup or ``&`` in a script: the runs must not inherit the ignored SIGINT
+    with which the sweep stops them (analysis/child.py restores it)."""
+    import signal
+    import time
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "analysis.sweep", "-m", "fxnn", "--seeds", "1", "-o", str(out),
+           "--", "-nrec", "400", "-ipr", "5", "--data-dir", small_mnist, "--record-params", "none"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    log, deadline = out / "fxnn-seed1.log", time.monotonic() + 300
+    try:
+        while not (log.exists() and "Iter 00010/02000" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # its run dies with it (analysis/child.py)
+    assert proc.returncode == 130, stderr
+    run = load_run(str(out / "fxnn-seed1.mat"))
+    assert run.status == "interrupted" and 2 <= len(run.verate) < 401
