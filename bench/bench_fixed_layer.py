@@ -47,7 +47,7 @@ MACS = {"fused": 5, "fixed": 5, "naive": 5, "gemms": 5, "folded": 9, "dense": 9}
 def torch_contenders(b, m, n, hw, train):
     import torch
     import torch.nn.functional as F
-    from models.fixed_kernels import KERNELS
+    from kernels.fixed_kernels import KERNELS
     from models.torch_layers import available_paths, fixed_conv2d
 
     g = torch.Generator().manual_seed(0)

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from kernels import cuda_fixed, cuda_fused  # noqa: E402
-from models.fixed_kernels import NUM_KERNELS  # noqa: E402
+from kernels.fixed_kernels import NUM_KERNELS  # noqa: E402
 from models.torch_layers import fixed_conv2d  # noqa: E402
 
 FULL = {"batch": [64, 256], "channels": [32, 64, 128, 256], "sizes": [14, 28, 56],

@@ -9,9 +9,8 @@ why and ``models.torch_fixed`` runs its separable torch ops instead.
 import torch
 
 from . import native
+from .fixed_kernels import NUM_KERNELS
 from .native import module as _fixed_cpu
-
-NUM_KERNELS = 5  # the kernels of models/fixed_kernels.py, as in fixed_cpu.c
 
 
 def available():

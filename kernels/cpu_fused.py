@@ -1,7 +1,7 @@
 """The fused fxnn layer of ``kernels/fused_cpu.c`` on PyTorch CPU tensors.
 
 :func:`forward`, :func:`weight_grad` and :func:`input_grad` take float32
-tensors in the layouts of ``models/fixed_kernels.py`` (x (B, M, H, W), weight
+tensors in the layouts of ``kernels/fixed_kernels.py`` (x (B, M, H, W), weight
 (5M, N), y and dy (B, N, H, W)) and use ``torch.get_num_threads()`` threads.
 The instruction set is :func:`kernels.native.isa`: the best this CPU runs,
 or the one named by the environment variable ``FXNN_ISA`` (``avx512``,
@@ -12,6 +12,7 @@ and the fused path is not offered.
 import torch
 
 from . import native
+from .fixed_kernels import NUM_KERNELS
 from .native import isa
 from .native import module as _fixed_cpu
 
@@ -38,7 +39,7 @@ def forward(x, weight, bias=None):
 def weight_grad(x, dy, bias=True):
     """(dweight (5M, N), dbias (N,) or None) for output gradient dy."""
     m, n = x.shape[1], dy.shape[1]
-    dw = x.new_empty((5 * m, n))
+    dw = x.new_empty((NUM_KERNELS * m, n))
     db = x.new_empty((n,)) if bias else None
     _fixed_cpu.fused_wgrad(_array(x), _array(dy), dw.numpy(), None if db is None else db.numpy(),
                            torch.get_num_threads(), isa())
@@ -48,6 +49,6 @@ def weight_grad(x, dy, bias=True):
 def input_grad(dy, weight):
     """dx (B, M, H, W) for output gradient dy (B, N, H, W)."""
     b, _, h, w = dy.shape
-    dx = dy.new_empty((b, weight.shape[0] // 5, h, w))
+    dx = dy.new_empty((b, weight.shape[0] // NUM_KERNELS, h, w))
     _fixed_cpu.fused_dgrad(_array(dy), _array(weight), dx.numpy(), torch.get_num_threads(), isa())
     return dx

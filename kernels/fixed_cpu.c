@@ -3,9 +3,9 @@
  * Plain C99 with no Python in it: kernels/fixed_cpu_module.c wraps it for
  * PyTorch (built by `pip install`), and models/pytensor_fixed_op.py pastes it
  * into a PyTensor C op. The numpy references they are tested against are
- * models.fixed_kernels.fixed_stage_reference and fixed_stage_grad_reference.
+ * kernels.fixed_kernels.fixed_stage_reference and fixed_stage_grad_reference.
  *
- * Layout (models/fixed_kernels.py): a plane is one (H, W) channel of one image;
+ * Layout (kernels/fixed_kernels.py): a plane is one (H, W) channel of one image;
  * input plane p yields the five output planes 5p+k, k = smooth, sobel_y,
  * sobel_x, cross, identity, each the zero-padded 3x3 cross-correlation.
  *

@@ -23,7 +23,7 @@
  * Names: g is a pixel in the padded pixel space of the batch, g = b * HWp + p
  * with HWp = H*W rounded up to VW, so no vector of VW pixels crosses images;
  * lanes with p >= H*W are padding, zero in every packed operand and never
- * stored. c = 5m + k is a fixed-stage channel (models/fixed_kernels.py).
+ * stored. c = 5m + k is a fixed-stage channel (kernels/fixed_kernels.py).
  */
 #define FXNN_CAT2(a, b) a##_##b
 #define FXNN_CAT(a, b) FXNN_CAT2(a, b)

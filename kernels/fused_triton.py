@@ -1,7 +1,7 @@
 """The fused fxnn layer in Triton: forward, weight gradient and input
 gradient, each without writing the 5M fixed-stage channels to memory.
 
-Layouts as everywhere (``models/fixed_kernels.py``): x (B, M, H, W), weight
+Layouts as everywhere (``kernels/fixed_kernels.py``): x (B, M, H, W), weight
 (5M, N) with row ``5*m + k``, y and dy (B, N, H, W), all contiguous and of
 one dtype: float32, float16 or bfloat16. Every product accumulates in
 float32; float16 and bfloat16 operands go to the tensor cores as they are,
@@ -32,7 +32,7 @@ float32 ones as TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is on
 Tile sizes are chosen by ``triton.autotune`` per shape; under Triton's
 interpreter (``TRITON_INTERPRET=1``, which runs these kernels on CPU tensors
 for the tests) a single small configuration is used so that tuning does not
-multiply the run time. The reference is ``models.fixed_kernels``
+multiply the run time. The reference is ``kernels.fixed_kernels``
 (``fixed_conv_reference``, ``fixed_conv_grad_reference``).
 """
 import os
@@ -41,7 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
-NUM_KERNELS = 5  # the kernels of models/fixed_kernels.py
+from .fixed_kernels import NUM_KERNELS
+
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -1,7 +1,7 @@
 // Fixed 3x3 stage of fxnn on the GPU: forward and backward for contiguous NCHW
 // tensors (float32, float16, bfloat16; arithmetic in float32).
 //
-// The five kernels and the channel layout are defined in models/fixed_kernels.py:
+// The five kernels and the channel layout are defined in kernels/fixed_kernels.py:
 // input channel m of image b gives output channels 5*m + k. Treating the input
 // as P = B*M planes of H x W, input plane p = b*M + m produces output planes
 // 5*p + k, so both directions work plane by plane with no knowledge of B or M.

@@ -11,7 +11,7 @@ Parameter names, shapes and layouts are the original's and are shared by all
 engines, so parameters move between engines and every ``.mat`` reads the same:
 
 * fxnn (and fxnn-ortho, fxnn-iso) conv layer ``conv{i}_w``: (5*M, N), rows in the 5M layout of
-  :mod:`models.fixed_kernels`; ``conv{i}_b``: (N,); over another basis of K
+  :mod:`kernels.fixed_kernels`; ``conv{i}_b``: (N,); over another basis of K
   kernels (:data:`BASIS_MODELS`) (K*M, N) in the same layout
 * cnn (and cnn-sub, cnn-fxinit) conv layer ``conv{i}_w``: (N, M, k, k)
   (cross-correlation); ``conv{i}_b``: (N,)
@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fixed_bases import BASES, mean_squared_norm
-from .fixed_kernels import GRAM_SQRT, NUM_KERNELS, ORTHONORMAL, fold_weights, project_kernels
+from kernels.fixed_kernels import NUM_KERNELS, fold_weights
+
+from .fixed_bases import BASES, GRAM_SQRT, ORTHONORMAL, mean_squared_norm, project_kernels
 
 #: The ablations: each changes one thing about fxnn or cnn (README "Ablations").
 ABLATIONS = {

@@ -2,10 +2,14 @@
 
 A factored layer is a fixed basis of K 3x3 kernels applied to every input
 channel (row ``K*m + k`` of its (K*M, N) 1x1 weight, the layout of
-:mod:`models.fixed_kernels` with K in place of 5), then a trainable 1x1;
+:mod:`kernels.fixed_kernels` with K in place of 5), then a trainable 1x1;
 folded, it is a dense 3x3 conv with kernels ``sum_k w[K*m+k, n] basis[k]``.
 Only fxnn's five kernels have fast fixed/fused paths; every other basis
 runs folded. A new basis is one entry of :data:`BASES`.
+
+The span of fxnn's five kernels is here too: their Gram matrix, the
+orthonormal and isotropic bases of the ablations and the projector of
+``cnn-sub`` onto it.
 
 The published bases besides fxnn's (README "Other fixed bases"), each raw
 and normalised to unit kernel norm (``-unit``):
@@ -26,7 +30,7 @@ and normalised to unit kernel norm (``-unit``):
 """
 import numpy as np
 
-from .fixed_kernels import ISOTROPIC, KERNELS, ORTHONORMAL
+from kernels.fixed_kernels import KERNELS, NUM_KERNELS
 
 #: Scale of the Gaussian-derivative basis, in pixels. At sigma = 1 the
 #: second derivatives' zero crossings (x = +-sigma) fall on the grid's
@@ -78,9 +82,51 @@ def l1_unit(basis):
     return basis / np.abs(basis).reshape(len(basis), -1).sum(axis=1)[:, None, None]
 
 
+# ---- the span of fxnn's five kernels, for the ablation models of models/architecture.py ----
+
+#: Gram matrix of the five kernels as 9-vectors: diag(36, 12, 12, 4, 1) plus
+#: <smooth, identity> = 4; training W through this basis is gradient descent
+#: on W_eff preconditioned by it.
+GRAM = np.einsum("kac,jac->kj", KERNELS, KERNELS)
+
+
+def _gram_powers():
+    """GRAM^(1/2) and GRAM^(-1/2), from its eigendecomposition."""
+    values, vectors = np.linalg.eigh(GRAM)
+    return vectors @ np.diag(values ** 0.5) @ vectors.T, vectors @ np.diag(values ** -0.5) @ vectors.T
+
+
+#: GRAM^(1/2): maps coefficients over KERNELS to coefficients over ORTHONORMAL
+#: giving the same effective kernel.
+GRAM_SQRT, _GRAM_INV_SQRT = _gram_powers()
+GRAM_SQRT.setflags(write=False)
+
+#: An orthonormal basis (5, 3, 3) of the span of the five kernels: the
+#: symmetric (Loewdin) orthonormalisation GRAM^(-1/2) @ KERNELS, the one
+#: closest to the five kernels.
+ORTHONORMAL = np.einsum("kj,jac->kac", _GRAM_INV_SQRT, KERNELS)
+ORTHONORMAL.setflags(write=False)
+
+#: ORTHONORMAL scaled so that its Gram matrix is (trace(GRAM) / 5) * I = 13 I:
+#: the five kernels' mean preconditioning, without their anisotropy.
+ISOTROPIC = ORTHONORMAL * np.sqrt(np.trace(GRAM) / NUM_KERNELS)
+ISOTROPIC.setflags(write=False)
+
+#: (9, 9) orthogonal projector onto the span, acting on flattened 3x3 kernels
+#: from the right: ``k.reshape(-1, 9) @ PROJECTOR``.
+PROJECTOR = ORTHONORMAL.reshape(NUM_KERNELS, 9).T @ ORTHONORMAL.reshape(NUM_KERNELS, 9)
+PROJECTOR.setflags(write=False)
+
+
+def project_kernels(w):
+    """Dense weights (N, M, 3, 3) projected onto the span of the five kernels."""
+    w = np.asarray(w)
+    return (w.reshape(-1, 9) @ PROJECTOR).reshape(w.shape).astype(w.dtype)
+
+
 #: {name: (K, 3, 3) float64, read-only}. "fxnn" is the five kernels (the
 #: only basis with the fixed and fused paths); "ortho" and "iso" are the
-#: ablations' bases of their span (models/fixed_kernels.py).
+#: ablations' bases of their span (above).
 BASES = {
     "fxnn": KERNELS, "ortho": ORTHONORMAL, "iso": ISOTROPIC,
     "dct": _frozen(dct_basis()), "dct-unit": _frozen(unit(dct_basis())), "dct-l1": _frozen(l1_unit(dct_basis())),

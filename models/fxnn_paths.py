@@ -6,7 +6,7 @@
   memory; CPU and float32; on CUDA the Triton kernels of
   ``kernels/fused_triton.py`` (float32, float16, bfloat16);
 - ``folded``: the 1x1 weights folded into dense 3x3 kernels
-  (:func:`models.fixed_kernels.fold_weights`), then one dense 3x3 conv.
+  (:func:`kernels.fixed_kernels.fold_weights`), then one dense 3x3 conv.
 
 All compute the same function and gradient (tested); they differ in speed
 and float rounding. ``auto`` times every path available for a layer's

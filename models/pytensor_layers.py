@@ -3,14 +3,16 @@
 Each function maps symbolic tensors to symbolic tensors; PyTensor derives the
 gradients. The fixed stage is the C op of :mod:`models.pytensor_fixed_op`
 when PyTensor has a C compiler, else a graph of the separable factors of
-:mod:`models.fixed_kernels` (two vertical passes shared by four horizontal
+:mod:`kernels.fixed_kernels` (two vertical passes shared by four horizontal
 ones), which also serves as its reference; the dense k x k convolution of ``cnn`` is an im2col of shifted views
 followed by one tensordot, since PyTensor no longer ships a conv2d op.
 """
 import pytensor
 import pytensor.tensor as pt
 
-from .fixed_kernels import KERNELS, NUM_KERNELS, PROJECTOR, SEPARABLE
+from kernels.fixed_kernels import KERNELS, NUM_KERNELS, SEPARABLE
+
+from .fixed_bases import PROJECTOR
 from .pytensor_fixed_op import DTYPES as OP_DTYPES, fixed_stage_op
 from .pytensor_fused_op import fused_conv
 
@@ -82,7 +84,7 @@ def conv2d_same(x, w, bias, k):
 def fold(w, basis=KERNELS):
     """(K*M, N) 1x1 weight over ``basis`` (K, 3, 3), fxnn's five by default
     -> (N, M, 3, 3) dense kernels, the symbolic form of
-    :func:`models.fixed_kernels.fold_weights`."""
+    :func:`kernels.fixed_kernels.fold_weights`."""
     c, n = w.shape
     k = len(basis)
     kernels = pt.constant(basis.astype(w.dtype))
@@ -106,7 +108,7 @@ def fxnn_conv(x, w, bias, path="fixed"):
 
 def project_kernels(w):
     """Dense (N, M, 3, 3) weights projected onto the span of the five kernels,
-    the symbolic form of :func:`models.fixed_kernels.project_kernels`."""
+    the symbolic form of :func:`models.fixed_bases.project_kernels`."""
     return pt.dot(w.reshape((-1, 9)), pt.constant(PROJECTOR.astype(w.dtype))).reshape(w.shape)
 
 

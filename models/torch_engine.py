@@ -21,7 +21,7 @@ from kernels import native
 from . import dropout as dropout_masks
 from . import optimizers, torch_fused
 from .architecture import LOG_EPS
-from .fixed_kernels import PROJECTOR
+from .fixed_bases import PROJECTOR
 from .fxnn_paths import check_path, describe_paths
 from .torch_block import relu_dropout_pool
 from .torch_layers import as_constant, auto_path, fixed_conv2d, fold, implementation

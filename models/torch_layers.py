@@ -5,7 +5,7 @@
 The fixed stage (:func:`models.torch_fixed.fixed_stage`, five fixed 3x3
 kernels per input channel, nothing trainable) followed by a trainable 1x1
 convolution. ``weight`` has shape (5 * in_channels, out_channels), rows in the
-5M layout of :mod:`models.fixed_kernels` (row ``5*m + k``), the layout of the
+5M layout of :mod:`kernels.fixed_kernels` (row ``5*m + k``), the layout of the
 ``conv*_w`` parameters in fxnn's records, so weights move between this layer,
 both engines and ``.mat`` files unchanged. It computes on one of the paths of
 :mod:`models.fxnn_paths` (fixed, fused, folded), by default the one measured
@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.fixed_kernels import KERNELS, NUM_KERNELS
+
 from . import fxnn_paths, torch_fused
 from .architecture import FXNN_1X1_INIT_SCALE
 from .fixed_bases import basis_kernels
-from .fixed_kernels import KERNELS, NUM_KERNELS
 from .fxnn_paths import PATHS
 from .torch_fixed import fixed_stage
 from .torch_fixed import implementation_name as fixed_stage_name
@@ -70,7 +71,7 @@ _KERNELS = torch.tensor(KERNELS)
 
 def fold(weight, basis=None):
     """(K*M, N) 1x1 weight -> (N, M, 3, 3) dense kernels; the torch form of
-    :func:`models.fixed_kernels.fold_weights`, differentiable. ``basis``: the
+    :func:`kernels.fixed_kernels.fold_weights`, differentiable. ``basis``: the
     five kernels by default, or another (K, 3, 3) basis, a numpy array or a
     tensor (see :mod:`models.fixed_bases`)."""
     c, n = weight.shape

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import fxnn
+from kernels.fixed_kernels import KERNELS, fold_weights
 from models.architecture import ABLATIONS, build_network
-from models.fixed_kernels import (GRAM, GRAM_SQRT, ISOTROPIC, KERNELS, ORTHONORMAL, PROJECTOR, fold_weights,
-                                  project_kernels)
+from models.fixed_bases import GRAM, GRAM_SQRT, ISOTROPIC, ORTHONORMAL, PROJECTOR, project_kernels
 from models.pytensor_engine import PyTensorEngine
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import native_module
 
-from models.fixed_kernels import NUM_KERNELS, fixed_stage_grad_reference, fixed_stage_reference
+from kernels.fixed_kernels import NUM_KERNELS, fixed_stage_grad_reference, fixed_stage_reference
 
 _fixed_cpu = native_module()
 

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kernels import cuda_fixed, cuda_fused  # noqa: E402
-from models.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
+from kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
 
 FUSED_OK, FUSED_WHY = cuda_fused.available()
 pytestmark = pytest.mark.skipif(not FUSED_OK, reason=f"needs a CUDA GPU and triton: {FUSED_WHY}")

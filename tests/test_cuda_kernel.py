@@ -1,6 +1,6 @@
 """Tests of the fixed-stage CUDA kernels (kernels/simple_conv.cu) and their
 launcher (kernels/cuda_fixed.py) against the numpy references of
-models.fixed_kernels.
+kernels.fixed_kernels.
 
 Three groups:
 
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from kernels import cuda_fixed
-from models import fixed_kernels as fk
+from kernels import fixed_kernels as fk
 
 try:
     import torch

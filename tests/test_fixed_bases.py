@@ -17,7 +17,7 @@ import fxnn
 from conftest import ROOT
 from models.architecture import BASIS_MODELS, MODEL_BASES, MODELS, build_network
 from models.fixed_bases import BASES, GAUSS_SIGMA, basis_kernels, gram, mean_squared_norm
-from models.fixed_kernels import KERNELS, fold_weights
+from kernels.fixed_kernels import KERNELS, fold_weights
 
 NEW_BASES = [MODEL_BASES[m] for m in BASIS_MODELS]
 

@@ -9,7 +9,7 @@ import pytest
 from scipy.signal import correlate2d
 
 from models.architecture import build_network
-from models.fixed_kernels import KERNELS, fixed_stage_reference, fold_weights
+from kernels.fixed_kernels import KERNELS, fixed_stage_reference, fold_weights
 from models.pytensor_engine import PyTensorEngine, compile_mode
 from models.pytensor_layers import fxnn_conv
 

@@ -1,5 +1,5 @@
 """The fused layer of kernels/fused_cpu.c (through kernels._fixed_cpu) against
-the float64 numpy references of models/fixed_kernels.py: forward, weight and
+the float64 numpy references of kernels/fixed_kernels.py: forward, weight and
 bias gradient, input gradient, on odd shapes, in every instruction set this
 CPU runs, with any thread count; and its refusal of bad buffers (skipped
 where the extension is not built: conftest.native_module)."""
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import native_module
 
-from models.fixed_kernels import NUM_KERNELS, fixed_conv_grad_reference, fixed_conv_reference
+from kernels.fixed_kernels import NUM_KERNELS, fixed_conv_grad_reference, fixed_conv_reference
 
 _fixed_cpu = native_module()
 
@@ -144,7 +144,7 @@ def test_the_fma_peak_is_measured():
 def test_the_fixed_stage_is_still_what_the_fused_kernels_pack():
     """A 1x1 weight that picks one fixed-stage channel gives that channel."""
     x, _, _, _ = layer((2, 2, 1, 9, 8), seed=4)
-    from models.fixed_kernels import fixed_stage_reference
+    from kernels.fixed_kernels import fixed_stage_reference
     x5 = fixed_stage_reference(x.astype(np.float64))
     for c in range(NUM_KERNELS * 2):
         w = np.zeros((NUM_KERNELS * 2, 1), np.float32)

@@ -5,7 +5,7 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 
-from models.fixed_kernels import fixed_stage_grad_reference, fixed_stage_reference
+from kernels.fixed_kernels import fixed_stage_grad_reference, fixed_stage_reference
 from models.pytensor_engine import compile_mode
 from models.pytensor_fixed_op import FixedAdjointOp, FixedStageOp
 from models.pytensor_layers import fixed_stage

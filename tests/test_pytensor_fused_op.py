@@ -8,7 +8,7 @@ import pytensor.tensor as pt
 import pytest
 
 from models.architecture import build_network
-from models.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference
+from kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference
 from models.pytensor_engine import PyTensorEngine, compile_mode
 from models.pytensor_fused_op import FusedConvOp, FusedInputGradOp, FusedWeightGradOp
 from models.pytensor_layers import fxnn_conv

@@ -5,7 +5,7 @@ import pytensor.tensor as pt
 import pytest
 from scipy.signal import correlate2d
 
-from models.fixed_kernels import fixed_stage_grad_reference, fixed_stage_reference
+from kernels.fixed_kernels import fixed_stage_grad_reference, fixed_stage_reference
 from models.pytensor_engine import compile_mode
 from models.pytensor_layers import conv2d_same, fixed_stage, fixed_stage_graph, max_pool_2x2, pointwise
 

@@ -21,7 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 
 from kernels import native  # noqa: E402
 from models import torch_fixed, torch_fused  # noqa: E402
-from models.fixed_kernels import fixed_conv_reference  # noqa: E402
+from kernels.fixed_kernels import fixed_conv_reference  # noqa: E402
 from models.torch_layers import FixedConv2d  # noqa: E402
 
 OPS = ("fixed_stage", "fixed_stage_adjoint", "fused_forward", "fused_weight_grad", "fused_input_grad")

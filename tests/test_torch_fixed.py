@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from models.fixed_kernels import KERNELS, fixed_stage_grad_reference, fixed_stage_reference  # noqa: E402
+from kernels.fixed_kernels import KERNELS, fixed_stage_grad_reference, fixed_stage_reference  # noqa: E402
 from models import torch_fixed  # noqa: E402
 from models.torch_fixed import backward_torch, fixed_stage, implementation_name  # noqa: E402
 

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kernels import native  # noqa: E402
-from models.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
+from kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
 from models.torch_layers import FixedConv2d, available_paths, fixed_conv2d  # noqa: E402
 
 if not native.fused_available()[0]:

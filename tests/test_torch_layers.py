@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from models.fixed_kernels import KERNELS, fixed_stage_reference, fold_weights  # noqa: E402
+from kernels.fixed_kernels import KERNELS, fixed_stage_reference, fold_weights  # noqa: E402
 from models.torch_layers import FixedConv2d  # noqa: E402
 
 

@@ -8,7 +8,7 @@ tensors, forward and both gradients, float32, bfloat16 and float16, on small
 odd shapes (1x1, 1xN and Nx1 images, sizes that are no multiple of any tile,
 more channels than a chunk, several shares of the weight gradient's sum and
 several tiles of the input gradient) against the float64 numpy references
-of models/fixed_kernels.py, with torch.empty handing out NaN-filled tensors so
+of kernels/fixed_kernels.py, with torch.empty handing out NaN-filled tensors so
 that an unwritten output element or an unwritten scratch value read fails.
 """
 import os
@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-from models.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
+from kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run by tests/test_triton_fused.py in a process of its own with TRITON_INTERPRET=1",

@@ -1,7 +1,9 @@
 """The five fixed 3x3 kernels of fxnn, defined once, and the 5M channel layout.
 
-Every engine (PyTensor, PyTorch, the CUDA kernel in ``kernels/``) computes the
-same thing; this module is the single definition they are all tested against.
+Every implementation of the fixed stage (the C, PyCUDA and Triton kernels
+beside this module, their PyTorch and PyTensor bindings, the separable torch
+ops) computes the same thing; this module is the single definition they are
+all tested against, at the bottom of the dependencies: it imports numpy only.
 
 Kernels (cross-correlation, zero padding, 'same' output size)::
 
@@ -125,45 +127,3 @@ def fold_weights(w, basis=KERNELS):
     if c % k:
         raise ValueError(f"1x1 weight has {c} rows, not a multiple of {k}")
     return np.einsum("mkn,kac->nmac", w.reshape(c // k, k, n), basis).astype(w.dtype)
-
-
-# ---- the subspace, for the ablation models of models/architecture.py -------
-
-#: Gram matrix of the five kernels as 9-vectors: diag(36, 12, 12, 4, 1) plus
-#: <smooth, identity> = 4; training W through this basis is gradient descent
-#: on W_eff preconditioned by it.
-GRAM = np.einsum("kac,jac->kj", KERNELS, KERNELS)
-
-
-def _gram_powers():
-    """GRAM^(1/2) and GRAM^(-1/2), from its eigendecomposition."""
-    values, vectors = np.linalg.eigh(GRAM)
-    return vectors @ np.diag(values ** 0.5) @ vectors.T, vectors @ np.diag(values ** -0.5) @ vectors.T
-
-
-#: GRAM^(1/2): maps coefficients over KERNELS to coefficients over ORTHONORMAL
-#: giving the same effective kernel.
-GRAM_SQRT, _GRAM_INV_SQRT = _gram_powers()
-GRAM_SQRT.setflags(write=False)
-
-#: An orthonormal basis (5, 3, 3) of the span of the five kernels: the
-#: symmetric (Loewdin) orthonormalisation GRAM^(-1/2) @ KERNELS, the one
-#: closest to the five kernels.
-ORTHONORMAL = np.einsum("kj,jac->kac", _GRAM_INV_SQRT, KERNELS)
-ORTHONORMAL.setflags(write=False)
-
-#: ORTHONORMAL scaled so that its Gram matrix is (trace(GRAM) / 5) * I = 13 I:
-#: the five kernels' mean preconditioning, without their anisotropy.
-ISOTROPIC = ORTHONORMAL * np.sqrt(np.trace(GRAM) / NUM_KERNELS)
-ISOTROPIC.setflags(write=False)
-
-#: (9, 9) orthogonal projector onto the span, acting on flattened 3x3 kernels
-#: from the right: ``k.reshape(-1, 9) @ PROJECTOR``.
-PROJECTOR = ORTHONORMAL.reshape(NUM_KERNELS, 9).T @ ORTHONORMAL.reshape(NUM_KERNELS, 9)
-PROJECTOR.setflags(write=False)
-
-
-def project_kernels(w):
-    """Dense weights (N, M, 3, 3) projected onto the span of the five kernels."""
-    w = np.asarray(w)
-    return (w.reshape(-1, 9) @ PROJECTOR).reshape(w.shape).astype(w.dtype)
