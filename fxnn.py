@@ -179,7 +179,7 @@ def run(args):
     from data import DataError, dataset_label, load_dataset
     from data.atomic import WriteError
     from data.split import hold_out
-    from models import threads
+    from kernels import threads
     from models.architecture import build_network
     from models.engines import make_engine, resolve
     from training import checkpoint, preflight, provenance, record_size, tensorboard_log

@@ -1,7 +1,7 @@
 /* The fixed stage and its adjoint on the CPU, one pass over memory each.
  *
  * Plain C99 with no Python in it: kernels/fixed_cpu_module.c wraps it for
- * PyTorch (built by `pip install`), and models/pytensor_fixed_op.py pastes it
+ * PyTorch (built by `pip install`), and kernels/pytensor_fixed_op.py pastes it
  * into a PyTensor C op. The numpy references they are tested against are
  * kernels.fixed_kernels.fixed_stage_reference and fixed_stage_grad_reference.
  *

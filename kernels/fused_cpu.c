@@ -22,7 +22,7 @@
  * partial sums are over pixel groups fixed by the problem's size.
  *
  * Plain C99 plus GCC vector extensions; also valid C++ (PyTensor compiles
- * it with g++, models/pytensor_fused_op.py).
+ * it with g++, kernels/pytensor_fused_op.py).
  */
 #ifndef FXNN_FUSED_CPU_C
 #define FXNN_FUSED_CPU_C

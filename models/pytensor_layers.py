@@ -1,7 +1,7 @@
 """Symbolic building blocks of the network in PyTensor.
 
 Each function maps symbolic tensors to symbolic tensors; PyTensor derives the
-gradients. The fixed stage is the C op of :mod:`models.pytensor_fixed_op`
+gradients. The fixed stage is the C op of :mod:`kernels.pytensor_fixed_op`
 when PyTensor has a C compiler, else a graph of the separable factors of
 :mod:`kernels.fixed_kernels` (two vertical passes shared by four horizontal
 ones), which also serves as its reference; the dense k x k convolution of ``cnn`` is an im2col of shifted views
@@ -11,10 +11,10 @@ import pytensor
 import pytensor.tensor as pt
 
 from kernels.fixed_kernels import KERNELS, NUM_KERNELS, SEPARABLE
+from kernels.pytensor_fixed_op import DTYPES as OP_DTYPES, fixed_stage_op
+from kernels.pytensor_fused_op import fused_conv
 
 from .fixed_bases import PROJECTOR
-from .pytensor_fixed_op import DTYPES as OP_DTYPES, fixed_stage_op
-from .pytensor_fused_op import fused_conv
 
 
 def zero_pad(x, pad):

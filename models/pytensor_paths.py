@@ -9,9 +9,9 @@ import pytensor
 import pytensor.tensor as pt
 
 from kernels import native
+from kernels.pytensor_kernels import default_threads
 
 from . import fxnn_paths
-from .pytensor_kernels import default_threads
 from .pytensor_layers import fused_available, fxnn_conv
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels import native
+from kernels import native, torch_fused
 
 from . import dropout as dropout_masks
-from . import optimizers, torch_fused
+from . import optimizers
 from .architecture import LOG_EPS
 from .fixed_bases import PROJECTOR
 from .fxnn_paths import check_path, describe_paths

@@ -2,7 +2,7 @@
 
     layer = FixedConv2d(64, 128)   # in place of nn.Conv2d(64, 128, 3, padding=1)
 
-The fixed stage (:func:`models.torch_fixed.fixed_stage`, five fixed 3x3
+The fixed stage (:func:`kernels.torch_fixed.fixed_stage`, five fixed 3x3
 kernels per input channel, nothing trainable) followed by a trainable 1x1
 convolution. ``weight`` has shape (5 * in_channels, out_channels), rows in the
 5M layout of :mod:`kernels.fixed_kernels` (row ``5*m + k``), the layout of the
@@ -25,14 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import torch_fused
 from kernels.fixed_kernels import KERNELS, NUM_KERNELS
+from kernels.torch_fixed import fixed_stage
+from kernels.torch_fixed import implementation_name as fixed_stage_name
 
-from . import fxnn_paths, torch_fused
+from . import fxnn_paths
 from .architecture import FXNN_1X1_INIT_SCALE
 from .fixed_bases import basis_kernels
 from .fxnn_paths import PATHS
-from .torch_fixed import fixed_stage
-from .torch_fixed import implementation_name as fixed_stage_name
 
 log = logging.getLogger("fxnn")
 _fallbacks = set()

@@ -81,11 +81,11 @@ def test_bad_buffers_are_refused_not_read():
 
 
 def test_the_torch_engine_uses_it_and_gets_the_numbers_of_its_torch_ops():
-    """models.torch_fixed runs this kernel on CPU tensors; the forward makes the
+    """kernels.torch_fixed runs this kernel on CPU tensors; the forward makes the
     same additions in the same order as the separable torch ops, so it changes
     no numbers, and the adjoint agrees to float32 rounding."""
     torch = pytest.importorskip("torch")
-    from models import torch_fixed
+    from kernels import torch_fixed
     x = torch.randn(3, 7, 19, 12, generator=torch.Generator().manual_seed(5))
     g = torch.randn(3, 35, 19, 12, generator=torch.Generator().manual_seed(6))
     assert torch_fixed.implementation_name("cpu").startswith("C fixed stage")

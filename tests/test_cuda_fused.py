@@ -106,7 +106,7 @@ def test_torch_compile_on_cuda_has_no_graph_break_and_the_eager_numbers(path):
 
 
 def test_opcheck_on_cuda():
-    from models import torch_fixed, torch_fused
+    from kernels import torch_fixed, torch_fused
     x, w, b, dy = [t.requires_grad_(True) for t in tensors((2, 3, 4, 5, 7), torch.float32)]
     for op, args in ((torch_fused.fused_forward, (x, w, b)), (torch_fused.fused_weight_grad, (x, dy)),
                      (torch_fused.fused_input_grad, (dy, w)), (torch_fixed.fixed_stage_op, (x,))):

@@ -1,4 +1,4 @@
-"""The PyTensor C op of the fixed stage (models/pytensor_fixed_op.py) against
+"""The PyTensor C op of the fixed stage (kernels/pytensor_fixed_op.py) against
 the numpy references and finite differences, and its place in the graph."""
 import numpy as np
 import pytensor
@@ -7,7 +7,7 @@ import pytest
 
 from kernels.fixed_kernels import fixed_stage_grad_reference, fixed_stage_reference
 from models.pytensor_engine import compile_mode
-from models.pytensor_fixed_op import FixedAdjointOp, FixedStageOp
+from kernels.pytensor_fixed_op import FixedAdjointOp, FixedStageOp
 from models.pytensor_layers import fixed_stage
 
 pytestmark = pytest.mark.skipif(not pytensor.config.cxx, reason="PyTensor has no C compiler (config.cxx)")

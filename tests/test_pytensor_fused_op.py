@@ -1,4 +1,4 @@
-"""The PyTensor ops of the fused layer (models/pytensor_fused_op.py) against
+"""The PyTensor ops of the fused layer (kernels/pytensor_fused_op.py) against
 the numpy references, second derivatives (their gradients are the three ops
 again) against the differentiable fixed path, their place in the compiled
 graph, and the engine on the fused path."""
@@ -10,7 +10,7 @@ import pytest
 from models.architecture import build_network
 from kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference
 from models.pytensor_engine import PyTensorEngine, compile_mode
-from models.pytensor_fused_op import FusedConvOp, FusedInputGradOp, FusedWeightGradOp
+from kernels.pytensor_fused_op import FusedConvOp, FusedInputGradOp, FusedWeightGradOp
 from models.pytensor_layers import fxnn_conv
 
 pytestmark = pytest.mark.skipif(not pytensor.config.cxx, reason="PyTensor has no C compiler (config.cxx)")

@@ -9,7 +9,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from conftest import ROOT
-from models import threads
+from kernels import threads
 from training.matfile import read_mat
 
 
@@ -68,7 +68,7 @@ def test_pytensor_ops_take_the_thread_count_when_the_graph_is_built(one_thread):
     import pytensor.tensor as pt
     from pytensor.graph.traversal import io_toposort
 
-    from models.pytensor_kernels import KernelsOp
+    from kernels.pytensor_kernels import KernelsOp
     from models.pytensor_layers import fxnn_conv
     if not pytensor.config.cxx:
         pytest.skip("PyTensor has no C compiler here: its C kernels do not run")

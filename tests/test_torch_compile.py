@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 
 from kernels import native  # noqa: E402
-from models import torch_fixed, torch_fused  # noqa: E402
+from kernels import torch_fixed, torch_fused  # noqa: E402
 from kernels.fixed_kernels import fixed_conv_reference  # noqa: E402
 from models.torch_layers import FixedConv2d  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The fused path in PyTorch (models/torch_fused.py): FixedConv2d and the
+"""The fused path in PyTorch (kernels/torch_fused.py): FixedConv2d and the
 torch engine on it, against the numpy references and the other paths,
 gradients of every input, higher derivatives, and the fallback where the
 fused kernels cannot run."""

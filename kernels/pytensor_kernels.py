@@ -12,7 +12,7 @@ from pytensor.link.c.op import COp
 
 from . import threads
 
-KERNELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+KERNELS_DIR = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ("fused_cpu.c", "fused_isa.h", "fixed_cpu.c")
 
 
@@ -34,7 +34,7 @@ def source_version():
 
 
 def default_threads():
-    """The run's thread count (``--threads``; :mod:`models.threads`)."""
+    """The run's thread count (``--threads``; :mod:`kernels.threads`)."""
     return threads.count()
 
 

@@ -3,7 +3,7 @@ and its adjoint, each the gradient of the other.
 
 The C code is ``kernels/fixed_cpu.c``, the same source the PyTorch engine's
 extension is built from, compiled by PyTensor into its cache on first use
-(:mod:`models.pytensor_kernels`). It
+(:mod:`kernels.pytensor_kernels`). It
 replaces the graph of pads, slices and a stack in
 :func:`models.pytensor_layers.fixed_stage_graph`, whose gradient is a chain
 of ``IncSubtensor`` ops writing the 5M-channel tensor several times over.

@@ -17,12 +17,11 @@ tensors when the extension is built (:mod:`kernels.cpu_fused`), the Triton
 kernels of :mod:`kernels.fused_triton` (:mod:`kernels.cuda_fused`) for float32, float16 and bfloat16
 CUDA tensors when Triton is installed; anything else (other dtypes and
 devices) computes the same in torch ops (the fixed stage of
-:mod:`models.torch_fixed` and an einsum), the reference beside them.
+:mod:`kernels.torch_fixed` and an einsum), the reference beside them.
 """
 import torch
 
-from kernels import cpu_fused, cuda_fused, native
-
+from . import cpu_fused, cuda_fused, native
 from .torch_fixed import backward_torch, forward_torch
 
 _runs = {}

@@ -26,7 +26,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from kernels.fixed_kernels import NUM_KERNELS, SEPARABLE
+from .fixed_kernels import NUM_KERNELS, SEPARABLE
 
 log = logging.getLogger("fxnn")
 _announced = set()
@@ -99,9 +99,9 @@ def _kernel_module(device_type):
     ``device_type`` when it can run, else (None, why not)."""
     try:
         if device_type == "cuda":
-            from kernels import cuda_fixed as module
+            from . import cuda_fixed as module
         elif device_type == "cpu":
-            from kernels import cpu_fixed as module
+            from . import cpu_fixed as module
         else:
             return None, f"no native kernel for {device_type}"
     except ImportError as e:
