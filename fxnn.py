@@ -177,7 +177,7 @@ def main(argv=None):
 def run(args):
     """One experiment from parsed flags; returns the exit code."""
     from data import DataError, dataset_label, load_dataset
-    from data.atomic import WriteError
+    from files.atomic import WriteError
     from data.split import hold_out
     from kernels import threads
     from models.architecture import build_network

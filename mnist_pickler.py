@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from data import DataError
-from data.atomic import atomic_path
+from files.atomic import atomic_path
 from data.mnist import FILES, NPZ, read_idx_files, validate
 
 

@@ -51,7 +51,7 @@ setup(
     description="Train CNNs with fixed 3x3 convolution kernels followed by a trainable 1x1",
     python_requires=">=3.10",
     py_modules=["fxnn", "mnist_pickler"],
-    packages=["models", "data", "kernels", "training", "analysis"],
+    packages=["models", "data", "kernels", "files", "training", "analysis"],
     package_data={"data": ["image/mnist-sample/*"], "kernels": ["*.cu", "*.c", "*.h"]},
     ext_modules=[FIXED_CPU],
     cmdclass={"build_ext": BuildExt},

@@ -149,7 +149,7 @@ def seeds_note(rows, level=0.95):
 
 
 def write_csv(rows, path):
-    from data.atomic import atomic_path
+    from files.atomic import atomic_path
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_COLUMNS)
         writer.writeheader()

@@ -15,7 +15,7 @@ import argparse
 import csv
 import sys
 
-from data.atomic import atomic_path
+from files.atomic import atomic_path
 
 from .records import RecordError, load_run
 

@@ -18,7 +18,8 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 
-from .atomic import atomic_path
+from files.atomic import atomic_path
+
 from .dataset import DataError, one_line
 
 TIMEOUT = 10        # seconds a connection or a read may stall

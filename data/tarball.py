@@ -7,7 +7,8 @@ import shutil
 import tarfile
 import zlib
 
-from .atomic import atomic_path
+from files.atomic import atomic_path
+
 from .dataset import DataError, one_line
 
 

@@ -191,7 +191,7 @@ class PathTuner:
         self._entries()[name] = entry
         if not self.cache:
             return
-        from data.atomic import atomic_path
+        from files.atomic import atomic_path
         try:
             os.makedirs(os.path.dirname(self.cache), exist_ok=True)
             entries = dict(self._read_quietly())

@@ -17,7 +17,7 @@ import pytest
 
 import fxnn
 from conftest import ROOT
-from data.atomic import WriteError, atomic_path, remove_stale_temporaries, room_for
+from files.atomic import WriteError, atomic_path, remove_stale_temporaries, room_for
 from data.idx import write_idx
 from training import checkpoint, matfile
 from training.matfile import read_mat

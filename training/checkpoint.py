@@ -20,7 +20,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from data.atomic import atomic_path
+from files.atomic import atomic_path
 from data.dataset import one_line
 
 FILE = "checkpoint.npz"

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import scipy.io
 
-from data.atomic import atomic_path
+from files.atomic import atomic_path
 
 V5_MAX_VARIABLE_BYTES = 2**31 - 1
 SLAB_BYTES = 8 * 2**20

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from data.atomic import remove_stale_temporaries
+from files.atomic import remove_stale_temporaries
 
 from . import checkpoint, runlock
 

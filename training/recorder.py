@@ -19,7 +19,7 @@ import zlib
 
 import numpy as np
 
-from data.atomic import room_for
+from files.atomic import room_for
 
 from .checkpoint import RECOVER, DamagedState
 from .matfile import SnapshotSource, write_mat
