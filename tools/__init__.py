@@ -1,0 +1,1 @@
+"""Maintenance scripts of the checkout (not installed): python3 -m tools.NAME."""
