@@ -177,8 +177,8 @@ def main(argv=None):
 def run(args):
     """One experiment from parsed flags; returns the exit code."""
     from data import DataError, dataset_label, load_dataset
-    from files.atomic import WriteError
     from data.split import hold_out
+    from files.atomic import WriteError
     from kernels import threads
     from models.architecture import build_network
     from models.engines import make_engine, resolve

@@ -15,8 +15,8 @@ import sys
 import numpy as np
 
 from data import DataError
-from files.atomic import atomic_path
 from data.mnist import FILES, NPZ, read_idx_files, validate
+from files.atomic import atomic_path
 
 
 def main(argv=None):
