@@ -1,17 +1,16 @@
 """Symbolic building blocks of the network in PyTensor.
 
 Each function maps symbolic tensors to symbolic tensors; PyTensor derives the
-gradients. The fixed stage is the C op of :mod:`kernels.pytensor_fixed_op`
-when PyTensor has a C compiler, else a graph of the separable factors of
-:mod:`kernels.fixed_kernels` (two vertical passes shared by four horizontal
-ones), which also serves as its reference; the dense k x k convolution of ``cnn`` is an im2col of shifted views
-followed by one tensordot, since PyTensor no longer ships a conv2d op.
+gradients. The fixed stage is the op of :mod:`kernels.pytensor_fixed_op`
+(its C code; without a C compiler, the numpy reference); the dense k x k
+convolution of ``cnn`` is an im2col of shifted views followed by one
+tensordot, since PyTensor no longer ships a conv2d op.
 """
 import pytensor
 import pytensor.tensor as pt
 
-from kernels.fixed_kernels import KERNELS, NUM_KERNELS, SEPARABLE
-from kernels.pytensor_fixed_op import DTYPES as OP_DTYPES, fixed_stage_op
+from kernels.fixed_kernels import KERNELS
+from kernels.pytensor_fixed_op import fixed_stage_op
 from kernels.pytensor_fused_op import fused_conv
 
 from .fixed_bases import PROJECTOR
@@ -26,44 +25,11 @@ def zero_pad(x, pad):
     return pt.set_subtensor(padded[:, :, pad:-pad, pad:-pad], x)
 
 
-def correlate_1d(v, taps, axis):
-    """Valid 1-D correlation of ``v`` with 3 ``taps`` along ``axis`` (2 or 3);
-    the axis shrinks by 2. Zero taps cost nothing."""
-    def shifted(i):
-        index = [slice(None)] * 4
-        index[axis] = slice(i, i - 2 if i < 2 else None)
-        return v[tuple(index)]
-    terms = [float(t) * shifted(i) if t != 1 else shifted(i) for i, t in enumerate(taps) if t]
-    out = terms[0]
-    for term in terms[1:]:
-        out = out + term
-    return out
-
-
 def fixed_stage(x):
-    """(B, M, H, W) -> (B, 5M, H, W): the five fixed kernels, channel ``5m+k``;
-    the C op where it compiles, else :func:`fixed_stage_graph`."""
-    if pytensor.config.cxx and x.dtype in OP_DTYPES:
-        return fixed_stage_op(x)
-    return fixed_stage_graph(x)
-
-
-def fixed_stage_graph(x):
-    """:func:`fixed_stage` in graph ops (pads, slices, a stack)."""
-    b, m, h, w = x.shape
-    xp = zero_pad(x, 1)
-    vertical = {}  # one vertical pass per distinct column filter, shared
-    responses = []
-    for sep in SEPARABLE:
-        if sep is None:
-            responses.append(x)
-            continue
-        col, row = sep
-        key = tuple(col)
-        if key not in vertical:
-            vertical[key] = correlate_1d(xp, col, axis=2)
-        responses.append(correlate_1d(vertical[key], row, axis=3))
-    return pt.stack(responses, axis=2).reshape((b, m * NUM_KERNELS, h, w))
+    """(B, M, H, W) -> (B, 5M, H, W): the five fixed kernels, channel ``5m+k``:
+    the op of :mod:`kernels.pytensor_fixed_op` (its C code, or the numpy
+    reference where PyTensor has no C compiler)."""
+    return fixed_stage_op(x)
 
 
 def pointwise(x, w, bias):
