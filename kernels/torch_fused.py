@@ -22,6 +22,7 @@ devices) computes the same in torch ops (the fixed stage of
 import torch
 
 from . import cpu_fused, cuda_fused, native
+from .fixed_kernels import NUM_KERNELS
 from .torch_fixed import backward_torch, forward_torch
 
 _runs = {}
@@ -129,19 +130,20 @@ def _input_grad_cuda(dy, weight):
 @fused_forward.register_fake
 def _forward_fake(x, weight, bias):
     b, m, h, w = x.shape
-    torch._check(weight.shape[0] == 5 * m, lambda: f"weight has {weight.shape[0]} rows for {m} input channels")
+    torch._check(weight.shape[0] == NUM_KERNELS * m,
+                 lambda: f"weight has {weight.shape[0]} rows for {m} input channels")
     return x.new_empty((b, weight.shape[1], h, w))
 
 
 @fused_weight_grad.register_fake
 def _weight_grad_fake(x, dy):
-    return x.new_empty((5 * x.shape[1], dy.shape[1])), dy.new_empty((dy.shape[1],))
+    return x.new_empty((NUM_KERNELS * x.shape[1], dy.shape[1])), dy.new_empty((dy.shape[1],))
 
 
 @fused_input_grad.register_fake
 def _input_grad_fake(dy, weight):
     b, _, h, w = dy.shape
-    return dy.new_empty((b, weight.shape[0] // 5, h, w))
+    return dy.new_empty((b, weight.shape[0] // NUM_KERNELS, h, w))
 
 
 # ---- derivatives: each operator's are the other two -------------------------
@@ -163,7 +165,7 @@ def _forward_backward(ctx, dy):
 def _weight_grad_backward(ctx, gw, gb):
     x, dy = ctx.saved_tensors
     if gw is None:
-        gw = dy.new_zeros((5 * x.shape[1], dy.shape[1]))
+        gw = dy.new_zeros((NUM_KERNELS * x.shape[1], dy.shape[1]))
     need_x, need_dy = ctx.needs_input_grad
     return (fused_input_grad(dy, gw) if need_x else None,
             fused_forward(x, gw, gb) if need_dy else None)

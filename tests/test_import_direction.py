@@ -48,8 +48,10 @@ def imported(path, owner):
                 names = [owner]
             elif node.level > 1:
                 names = [node.module]
+            elif node.module == "fxnn":  # from fxnn import cli: the module it names
+                names = ["fxnn"] + [f"fxnn.{alias.name}" for alias in node.names]
             else:
-                names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names] if node.module == "fxnn" else [])
+                names = [node.module]
         else:
             continue
         for name in names:
