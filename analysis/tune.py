@@ -96,6 +96,30 @@ def write_csv(groups, at_of, path):
                     writer.writerow([label, rate, it, mean_error(runs, it), len(runs), test])
 
 
+def plot_grids(groups, at, path):
+    """Validation error against learn rate (log axes), one panel per horizon
+    in ``at``, one line per group through its seeds' means, each seed a dot;
+    diverged runs (NaN) are left out."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(at), figsize=(3.6 * len(at), 3.8), dpi=100, sharey=True, squeeze=False)
+    for ax, it in zip(axes[0], at):
+        for label, by_rate in groups.items():
+            rates = list(by_rate)
+            line, = ax.plot(rates, [100 * mean_error(by_rate[r], it) for r in rates], marker="o", label=label)
+            for rate, runs in by_rate.items():
+                ax.plot([rate] * len(runs), [100 * error_at(r, it) for r in runs], ".", color=line.get_color(),
+                        alpha=0.5)
+        ax.set(xscale="log", yscale="log", title=f"iteration {it}", xlabel="learn rate")
+        ax.grid(True, alpha=0.3, which="both")
+    axes[0][0].set_ylabel("validation error (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python3 -m analysis.tune",
                                 description=__doc__.split("\n\n")[1].replace("``", ""),
@@ -107,6 +131,8 @@ def build_parser():
     p.add_argument("--best", action="store_true",
                    help="print only '<group label>\\t<rate>' per group: the best rate at the last horizon")
     p.add_argument("--csv", default=None, help="write every group's grid as CSV here")
+    p.add_argument("--png", default=None,
+                   help="plot validation error against learn rate here, a panel per --at horizon (needs --at)")
     return p
 
 
@@ -124,6 +150,11 @@ def main(argv=None, out=None):
         if args.csv:
             write_csv(groups, at_of, args.csv)
             print(f"Wrote {args.csv}", file=out)
+        if args.png:
+            if not args.at:
+                raise ValueError("--png needs --at: the horizons to draw a panel for")
+            plot_grids(groups, args.at, args.png)
+            print(f"Wrote {args.png}", file=out)
     except (RecordError, ValueError, OSError) as e:
         print(f"tune: error: {e}", file=sys.stderr)
         return 2

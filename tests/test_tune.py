@@ -106,3 +106,13 @@ def test_summary_has_no_test_column_for_runs_validated_on_the_test_set(tmp_path,
     assert not [r for r in summary.summarize(runs, None, 0.5, "cnn") if r["measure"].startswith("test")]
     summary.report(runs, target=0.5)
     assert "test (" not in capsys.readouterr().out
+
+
+def test_tune_plots_error_against_rate_per_horizon(grid, tmp_path, capsys):
+    import matplotlib.image
+    out = tmp_path / "grid.png"
+    assert tune.main(grid + ["--at", "100", "200", "--png", str(out)]) == 0
+    image = matplotlib.image.imread(str(out))
+    assert image.shape[1] > 2 * image.shape[0] * 0.8 and image.std() > 0  # two panels side by side, not blank
+    assert tune.main(grid + ["--png", str(out)]) == 2
+    assert "--png needs --at" in capsys.readouterr().err
