@@ -140,7 +140,14 @@ def main(argv=None, out=None):
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     try:
-        groups = grids([load_run(path) for path in args.records])
+        runs = [load_run(path) for path in args.records]
+        unfinished = [r.path for r in runs if r.status != "complete"]
+        if unfinished:
+            print(f"NOTE: left out, not complete (rerun the sweep to finish them): {', '.join(unfinished)}", file=out)
+        runs = [r for r in runs if r.status == "complete"]
+        if not runs:
+            raise ValueError("no complete record among those given")
+        groups = grids(runs)
         at_of = {label: args.at or grid_at(by_rate) for label, by_rate in groups.items()}
         for label, by_rate in groups.items():
             if args.best:

@@ -116,3 +116,17 @@ def test_tune_plots_error_against_rate_per_horizon(grid, tmp_path, capsys):
     assert image.shape[1] > 2 * image.shape[0] * 0.8 and image.std() > 0  # two panels side by side, not blank
     assert tune.main(grid + ["--png", str(out)]) == 2
     assert "--png needs --at" in capsys.readouterr().err
+
+
+def test_tune_leaves_out_unfinished_runs_and_says_so(grid, tmp_path, capsys):
+    from training.matfile import read_mat
+    r = read_mat(grid[0])
+    r["meta"]["status"] = "interrupted"
+    write_mat(grid[0], r, [])
+    assert tune.main(grid) == 0
+    out = capsys.readouterr().out
+    assert f"NOTE: left out, not complete (rerun the sweep to finish them): {grid[0]}" in out
+    fxnn_block = out.split("fxnn (torch):")[1].split("cnn (torch):")[0]
+    (row,) = [line.split() for line in fxnn_block.splitlines() if line.startswith("0.1 ")]
+    assert row[:3] == ["0.1", "1", "52.00%"]  # rate 0.1 now has seed 2 only
+    assert tune.main(grid[:1]) == 2
