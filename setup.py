@@ -85,5 +85,6 @@ setup(
         "fxnn-csv=analysis.to_csv:cli",
         "fxnn-summary=analysis.summary:cli",
         "fxnn-sweep=analysis.sweep:cli",
+        "fxnn-tune=analysis.tune:cli",
     ]},
 )

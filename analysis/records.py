@@ -28,6 +28,8 @@ class Run:
     vloss: np.ndarray   # per record; row 0 is the untrained network
     verate: np.ndarray
     flags: dict = field(default_factory=dict)  # fxnn.py's flags, as recorded
+    # test-set error once at the end of a --valid-split run: (final parameters, best validation record)
+    test_erate: tuple = (float("nan"), float("nan"))
     tag: str = ""       # what sets this run's experiment apart from others summarised with it
 
     @property
@@ -64,10 +66,19 @@ def load_run(path):
                    iters_per_record=int(flags["iters_per_record"]),
                    tloss=np.atleast_1d(r["tloss"]).astype(float), terate=np.atleast_1d(r["terate"]).astype(float),
                    vloss=np.atleast_1d(r["vloss"]).astype(float), verate=np.atleast_1d(r["verate"]).astype(float),
-                   flags=dict(flags))
+                   flags=dict(flags), test_erate=_test_erate(r))
     except (KeyError, TypeError, ValueError, OSError, MatReadError) as e:
         raise RecordError(f"{path}: not an fxnn record file ({type(e).__name__}: {e}); "
                           f"records are written by fxnn.py") from None
+
+
+def _test_erate(record):
+    """(final, best) test error of a run that validated on a held-out split
+    (training/final_test.py), NaNs for one that validated on the test set."""
+    if "test_erate" not in record:
+        return (float("nan"), float("nan"))
+    final, best = np.atleast_1d(record["test_erate"]).astype(float)
+    return (float(final), float(best))
 
 
 def group_by_label(runs):

@@ -23,6 +23,16 @@ from .stats import Spread, clipped, error_at, iterations_to, mean_interval, t_fa
 CSV_COLUMNS = ("measure", "label", "versus", "at", "mean", "std", "n", "missing", "ci_low", "ci_high")
 
 
+#: The test-set errors of a --valid-split run (``at`` in the CSV): with the
+#: final parameters, and with those of the record of lowest validation error.
+TEST_AT = {"final": 0, "best": 1}
+
+
+def has_test(runs):
+    """Whether ``runs`` evaluated the test set once at the end (--valid-split)."""
+    return any(not math.isnan(r.test_erate[0]) for r in runs)
+
+
 def default_at(runs):
     """Record iterations 1, 4, 16, ... and the last that all of ``runs``
     (one experiment) have, the original's table."""
@@ -61,6 +71,12 @@ def summarize(runs, at, target, versus, level=0.95):
         s = Spread.of([iterations_to(r, target) for r in group])
         rows.append(dict(measure="iters_to", label=label, at=target, mean=s.mean, std=s.std, n=s.n,
                          missing=s.missing))
+        if has_test(group):
+            for at, i in TEST_AT.items():
+                values = [r.test_erate[i] for r in group]
+                s, ci = Spread.of(values), clipped(mean_interval(values, level), 0.0, 1.0)
+                rows.append(dict(measure="test_erate", label=label, at=at, mean=s.mean, std=s.std, n=s.n,
+                                 missing=s.missing, ci_low=ci.low, ci_high=ci.high))
     for label, group in groups.items():
         ref = reference(group, groups, versus)
         if ref is None or label == ref or group[0].model == versus:
@@ -70,6 +86,12 @@ def summarize(runs, at, target, versus, level=0.95):
             d = clipped(d, -1.0, 1.0)
             rows.append(dict(measure="verate_diff", label=label, versus=ref, at=it, mean=d.diff,
                              ci_low=d.low, ci_high=d.high))
+        if has_test(group) and has_test(groups[ref]):
+            for at, i in TEST_AT.items():
+                d = welch_difference([r.test_erate[i] for r in group], [r.test_erate[i] for r in groups[ref]], level)
+                d = clipped(d, -1.0, 1.0)
+                rows.append(dict(measure="test_erate_diff", label=label, versus=ref, at=at, mean=d.diff,
+                                 ci_low=d.low, ci_high=d.high))
         a, b = ([iterations_to(r, target) for r in g] for g in (group, groups[ref]))
         if not any(map(math.isnan, a + b)):
             d = welch_difference(a, b, level)
@@ -90,11 +112,11 @@ def _cell(row):
     if row is None:
         return "-"
     m, measure = row["mean"], row["measure"]
-    fmt = _pct if measure.startswith("verate") else (lambda x: "n/a" if math.isnan(x) else f"{x:.0f}")
+    fmt = _pct if measure.startswith(("verate", "test")) else (lambda x: "n/a" if math.isnan(x) else f"{x:.0f}")
     if measure.endswith("_diff"):
         return f"{fmt(m)} {_interval(fmt, row)}"
     text = fmt(m) + ("" if math.isnan(row["std"]) else f" ± {fmt(row['std'])}")
-    if measure == "verate" and not math.isnan(row["ci_low"]):
+    if measure in ("verate", "test_erate") and not math.isnan(row["ci_low"]):
         text += f" {_interval(fmt, row)}"
     return text + (f" ({row['missing']} never)" if row["missing"] else "")
 
@@ -109,15 +131,20 @@ def format_table(rows, at=None, target=0.05):
     a column per iteration any label is summarised at ("-" where a label has
     no record there)."""
     at = sorted({row["at"] for row in rows if row["measure"].startswith("verate")}) if at is None else at
-    header = ["", "seeds"] + [f"@{it}" for it in at] + [f"iters to {100 * target:g}%"]
+    tests = [at for at in TEST_AT if any(row["measure"] == "test_erate" and row["at"] == at for row in rows)]
+    header = (["", "seeds"] + [f"@{it}" for it in at] + [f"iters to {100 * target:g}%"]
+              + [f"test ({at})" for at in tests])
     lines, by_line = [header], {}
     for row in rows:
         key = (row["label"], row["versus"])
-        by_line.setdefault(key, {})[row["at"] if row["measure"].startswith("verate") else "to"] = row
+        measure = row["measure"]
+        column = row["at"] if measure.startswith("verate") else ("test", row["at"]) if measure.startswith("test") else "to"
+        by_line.setdefault(key, {})[column] = row
     for (label, versus), cells in by_line.items():
         name = f"{_short(label)} - {_short(versus)}" if versus else label
         n = "" if versus else str(cells["to"]["n"] + cells["to"]["missing"])
-        lines.append([name, n] + [_cell(cells.get(it)) for it in at] + [_cell(cells["to"]) if "to" in cells else "n/a"])
+        lines.append([name, n] + [_cell(cells.get(it)) for it in at] + [_cell(cells["to"]) if "to" in cells else "n/a"]
+                     + [_cell(cells.get(("test", t))) for t in tests])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
                      for line in lines)
@@ -127,7 +154,7 @@ def describe(runs, differ=()):
     """What the runs were trained on, which settings keep them apart, and
     which did not complete."""
     dataset = {r.data_source: r.dataset for r in runs}
-    sources = [f"{dataset[source]} from {source}" for source in sorted(dataset)]  # numbered as the labels' "data N"
+    sources = [f"{dataset[source]}: {source}" for source in sorted(dataset)]  # numbered as the labels' "data N"
     lines = ["data: " + ("; ".join(f"data {i}: {source}" for i, source in enumerate(sources, 1))
                          if len(sources) > 1 else sources[0])]
     if differ:
@@ -164,6 +191,9 @@ def report(runs, at=None, target=0.05, versus="cnn", csv_path=None, png_path=Non
     print(describe(runs, differ), file=out)
     print("validation error, mean ± std over seeds [95% t interval of the mean]; differences with 95% Welch "
           "intervals; intervals clipped to what an error rate can be", file=out)
+    if any(row["measure"] == "test_erate" for row in rows):
+        print("test: the test-set error once at the end (--valid-split), with the final parameters and with "
+              "those of the record of lowest validation error", file=out)
     print(format_table(rows, at, target), file=out)
     note = seeds_note(rows)
     if note:

@@ -160,7 +160,7 @@ def test_runs_on_different_data_are_separate_rows_named_by_their_data(tmp_path, 
              for src in ("data set B", "data set A") for s in (1, 2)]
     assert summary.main(paths + ["--at", "400"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "data: data 1: MNIST from data set A; data 2: MNIST from data set B"
+    assert lines[0] == "data: data 1: MNIST: data set A; data 2: MNIST: data set B"
     assert "(data)" in lines[1]
     (a,) = [line for line in lines if line.startswith("fxnn (torch) data 1 ")]
     assert f"{100 * np.mean([FXNN[1][4], FXNN[2][4]]):.2f}%" in a and a.split()[4] == "2"
@@ -221,7 +221,7 @@ def test_summary_command_prints_the_table_and_writes_csv_and_png(records, tmp_pa
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == "data: MNIST from test data"
+    assert lines[0] == "data: MNIST: test data"
     fx_line = next(line for line in lines if line.startswith("fxnn (torch)"))
     assert f"{100 * np.mean([v[1] for v in FXNN.values()]):.2f}%" in fx_line
     assert any(line.startswith("fxnn - cnn") for line in lines)
