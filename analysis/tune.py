@@ -85,7 +85,7 @@ def format_grid(label, by_rate, at):
 
 
 def write_csv(groups, at_of, path):
-    from data.atomic import atomic_path
+    from files.atomic import atomic_path
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["label", "learn_rate", "at", "mean_verate", "n", "mean_test_erate"])
