@@ -80,7 +80,8 @@ class PyTensorEngine(net.Engine):
             grads = OrderedDict(zip(self._params, pytensor.grad(loss, list(self._params.values()))))
             updates = net.updates(BACKEND, network, optimizer, self._params, grads, self._state, lr, (c1, c2))
             self._train_fn = pytensor.function([self._x, self._y, lr, c1, c2] + masks, [loss, erate],
-                                               updates=updates, mode=compile_mode())
+                                               updates=updates, mode=compile_mode(),
+                                               on_unused_input="ignore")  # c1, c2: Adam's only
             probs = net.forward(BACKEND, network, self._params, self._x, paths=self._paths("valid"))
             self._eval = pytensor.function([self._x, self._y], list(net.objective(BACKEND, probs, self._y)) + [probs],
                                            mode=compile_mode())
