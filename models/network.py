@@ -48,11 +48,9 @@ class Backend(Protocol):
     def channel_matmul(self, x, w, bias):
         """(B, C, P) with ``w`` (C, N) and ``bias`` (N,) -> (B, N, P)."""
 
-    def tensordot(self, a, b):
-        """Contract the middle axis of ``a`` (3-D) with the first of ``b``."""
-
-    def permute(self, x, axes):
-        """``x`` with its axes in the order ``axes``."""
+    def combine(self, w, kernels):
+        """(M, K, N) coefficients and (K, 3, 3) kernels -> (N, M, 3, 3):
+        ``sum_k w[m, k, n] kernels[k]``."""
 
     def matmul(self, a, b):
         """Matrix product of two 2-D tensors."""
@@ -94,7 +92,7 @@ def fold(be, w, kernels):
     :func:`models.fixed_kernels.fold_weights`."""
     c, n = w.shape
     k = kernels.shape[0]
-    return be.permute(be.tensordot(w.reshape((c // k, k, n)), be.constant(kernels, w)), (1, 0, 2, 3))
+    return be.combine(w.reshape((c // k, k, n)), be.constant(kernels, w))
 
 
 def project(be, w, projector):
