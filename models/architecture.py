@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.fixed_kernels import NUM_KERNELS, fold_weights
+from kernels.fixed_kernels import fold_weights
 
-from .fixed_bases import BASES, GRAM_SQRT, ORTHONORMAL, mean_squared_norm, project_kernels
+from .fixed_bases import BASES, mean_squared_norm, span_projector
 
 #: The ablations: each changes one thing about fxnn or cnn (README "Ablations").
 ABLATIONS = {
@@ -48,11 +48,6 @@ BASIS_MODELS = {
     "fxnn-random": "9 frozen random kernels (the LC-block of Gavrikov and Keuper)",
     "fxnn-random-unit": "the 9 frozen random kernels, each of unit norm",
 }
-#: {model: name in models.fixed_bases.BASES} of the models whose conv layers
-#: are a fixed basis then a 1x1 (factored); the others' are dense.
-MODEL_BASES = {"fxnn": "fxnn", "fxnn-ortho": "ortho", "fxnn-iso": "iso",
-               **{model: model[len("fxnn-"):] for model in BASIS_MODELS}}
-MODELS = ("fxnn", "cnn", "baseline") + tuple(ABLATIONS) + tuple(BASIS_MODELS)
 
 #: Mean eigenvalue of the five kernels' Gram matrix (trace 65 / 5): the factor
 #: by which fxnn's basis scales the step on the effective kernels, on average.
@@ -65,13 +60,50 @@ LOG_EPS = 1e-3             # the original's loss: mean(-onehot(y) * log(p + 1e-3
 
 
 @dataclass(frozen=True)
+class ConvKind:
+    """What a model's conv layers are made of: ``basis``, a name of
+    :data:`models.fixed_bases.BASES` for a 1x1 over that fixed basis (None:
+    a dense k x k conv); ``weight_scale``, the conv uses ``weight_scale * w``;
+    ``projection``, the name of a basis onto whose span dense 3x3 weights
+    are projected after every update (None: no projection); ``init``,
+    "own" (uniform in +-init_bound) or "fxnn" (drawn as fxnn's 1x1 weights
+    and expressed in this layer's weights, so it starts from fxnn's
+    effective kernels)."""
+    basis: str = None
+    weight_scale: float = 1.0
+    projection: str = None
+    init: str = "own"
+
+
+#: {model: ConvKind} of every model with conv layers: a new ablation or basis is one entry.
+CONV_KINDS = {
+    "fxnn": ConvKind(basis="fxnn"),
+    "cnn": ConvKind(),
+    "fxnn-ortho": ConvKind(basis="ortho", init="fxnn"),
+    "fxnn-iso": ConvKind(basis="iso", init="fxnn"),
+    "cnn-sub": ConvKind(projection="fxnn"),
+    "cnn-fxinit": ConvKind(init="fxnn"),
+    "cnn-x13": ConvKind(weight_scale=float(np.sqrt(MEAN_GRAM))),
+    **{model: ConvKind(basis=model[len("fxnn-"):]) for model in BASIS_MODELS},
+}
+#: {model: name in models.fixed_bases.BASES} of the models whose conv layers
+#: are a fixed basis then a 1x1 (factored); the others' are dense.
+MODEL_BASES = {model: kind.basis for model, kind in CONV_KINDS.items() if kind.basis}
+MODELS = ("fxnn", "cnn", "baseline") + tuple(ABLATIONS) + tuple(BASIS_MODELS)
+
+
+@dataclass(frozen=True)
 class ConvLayer:
     name: str        # "conv0", "conv1"
-    kind: str        # the model: "fxnn", "cnn" or an ablation
     in_channels: int
     out_channels: int
     size: int        # kernel size (3 for all but cnn)
-    basis: str = None  # a name of models.fixed_bases.BASES for a factored layer, None for a dense one
+    kind: ConvKind = ConvKind()
+
+    @property
+    def basis(self):
+        """The fixed basis' name of a factored layer, None for a dense one."""
+        return self.kind.basis
 
     @property
     def factored(self):
@@ -92,13 +124,16 @@ class ConvLayer:
 
     @property
     def weight_scale(self):
-        """The conv uses ``weight_scale * w``; sqrt(MEAN_GRAM) for cnn-x13, else 1."""
-        return float(np.sqrt(MEAN_GRAM)) if self.kind == "cnn-x13" else 1.0
+        return self.kind.weight_scale
 
     @property
-    def projected(self):
-        """True when the weights are kept in the span of the five kernels."""
-        return self.kind == "cnn-sub"
+    def projection(self):
+        return self.kind.projection
+
+    @property
+    def projector(self):
+        """(9, 9) projector onto the span of the projection's basis."""
+        return span_projector(self.projection)
 
     def bias_shape(self):
         return (self.out_channels,)
@@ -115,22 +150,26 @@ class ConvLayer:
         return INIT_SCALE / np.sqrt(fan_in + self.out_channels)
 
     def init_weight(self, rng, dtype):
-        """Fresh weights: uniform in +-init_bound; cnn-sub's projected onto
-        the span; cnn-fxinit's drawn as fxnn's 1x1 weights and folded;
-        fxnn-ortho's and fxnn-iso's drawn as fxnn's and mapped to their
-        basis, so they start from the same effective kernels; cnn-x13's as
-        cnn's divided by weight_scale, so its initial kernels are cnn's;
-        the other bases' 1x1 weights as fxnn's (uniform in +-init_bound)."""
-        fxnn = ConvLayer(self.name, "fxnn", self.in_channels, self.out_channels, 3, "fxnn")
-        if self.kind == "cnn-fxinit":
-            return fold_weights(fxnn.init_weight(rng, np.float64)).astype(dtype)
-        if self.kind in ("fxnn-ortho", "fxnn-iso"):  # the same effective kernels as fxnn's init
-            w = fxnn.init_weight(rng, np.float64).reshape(self.in_channels, NUM_KERNELS, self.out_channels)
-            scale = np.linalg.norm(self.kernels[0]) / np.linalg.norm(ORTHONORMAL[0])
-            return (np.einsum("kj,mjn->mkn", GRAM_SQRT, w) / scale).reshape(self.weight_shape()).astype(dtype)
+        """Fresh weights. "own": uniform in +-init_bound, projected when the
+        layer projects, divided by the weight scale (so that the initial
+        kernels are the unscaled layer's). "fxnn": fxnn's 1x1 weights,
+        folded for a dense layer, for a factored one the coefficients over
+        its basis of the same effective kernels (least squares, exact when
+        the basis spans fxnn's kernels)."""
+        if self.kind.init == "fxnn":
+            fxnn = ConvLayer(self.name, self.in_channels, self.out_channels, 3, CONV_KINDS["fxnn"])
+            effective = fold_weights(fxnn.init_weight(rng, np.float64))
+            if not self.factored:
+                return effective.astype(dtype)
+            k = len(self.kernels)
+            flat = effective.transpose(1, 0, 2, 3).reshape(-1, 9)          # (M*N, 9)
+            coefficients = np.linalg.lstsq(self.kernels.reshape(k, 9).T, flat.T, rcond=None)[0]  # (K, M*N)
+            w = coefficients.reshape(k, self.in_channels, self.out_channels).transpose(1, 0, 2)
+            return w.reshape(self.weight_shape()).astype(dtype)
         w = rng.uniform(-self.init_bound(), self.init_bound(), size=self.weight_shape())
-        w = project_kernels(w) if self.projected else w / self.weight_scale
-        return w.astype(dtype)
+        if self.projection:
+            w = (w.reshape(-1, 9) @ self.projector).reshape(w.shape)
+        return (w / self.weight_scale).astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -203,7 +242,7 @@ def build_network(model, input_shape, num_classes=10, filter_size=3):
     convs = []
     channels = c
     for i, out in enumerate(CONV_CHANNELS):
-        convs.append(ConvLayer(f"conv{i}", model, channels, out, size, MODEL_BASES.get(model)))
+        convs.append(ConvLayer(f"conv{i}", channels, out, size, CONV_KINDS[model]))
         channels, h, w = out, pooled_size(h), pooled_size(w)
     if h < 1 or w < 1:
         raise ValueError(f"images of shape {tuple(input_shape)} are too small for two 2x2 poolings")

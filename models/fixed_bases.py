@@ -28,6 +28,8 @@ and normalised to unit kernel norm (``-unit``):
   of a 3x3 depthwise conv), frozen: the random kernels of the LC-block of
   Gavrikov and Keuper, shared here by every input channel.
 """
+import functools
+
 import numpy as np
 
 from kernels.fixed_kernels import KERNELS, NUM_KERNELS
@@ -161,3 +163,14 @@ def mean_squared_norm(basis):
     weights, the factor by which the basis scales the step on the effective
     kernels on average (13 for fxnn's five, 1 for an orthonormal basis)."""
     return float(np.trace(gram(basis))) / len(basis_kernels(basis))
+
+
+@functools.lru_cache(maxsize=None)
+def span_projector(basis):
+    """(9, 9) orthogonal projector onto the span of the kernels of the basis
+    named ``basis``, acting on flattened 3x3 kernels from the right (for
+    fxnn's five, :data:`models.fixed_kernels.PROJECTOR` up to rounding)."""
+    flat = BASES[basis].reshape(len(BASES[basis]), 9)
+    _, s, vt = np.linalg.svd(flat)
+    span = vt[:int(np.sum(s > s[0] * 1e-10))]
+    return _frozen(span.T @ span)

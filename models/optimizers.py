@@ -1,9 +1,10 @@
 """Optimizers of fxnn: names, hyper-parameters and a numpy reference update.
 
-Every engine implements these exact update rules (not its framework's
-built-ins, whose details differ), so engines agree step for step and an
-optimizer's state has the same names and shapes everywhere. The numpy
-``reference_step`` is the oracle the engines are tested against.
+Every engine runs these exact update rules (not its framework's built-ins,
+whose details differ), written once in :func:`models.network.update`, so
+engines agree step for step and an optimizer's state has the same names and
+shapes everywhere. The numpy ``reference_step``, written apart, is the
+oracle they are tested against.
 
 * ``sgd``:       p -= lr * g
 * ``momentum``:  v = MOMENTUM * v + g;  p -= lr * v
@@ -32,6 +33,11 @@ def init_state(optimizer, params):
              for slot in state_slots(optimizer)}
     state["step"] = 0
     return state
+
+
+def bias_corrections(step):
+    """Adam's (1 - B1^t, 1 - B2^t) at step ``t`` (counted from 1)."""
+    return 1 - ADAM_BETA1 ** step, 1 - ADAM_BETA2 ** step
 
 
 def reference_step(optimizer, params, grads, state, lr):

@@ -1,13 +1,15 @@
-"""The PyTensor engine: the network as one symbolic graph, compiled once.
+"""The PyTensor engine: the network of :mod:`models.network` as one symbolic
+graph of the PyTensor backend, compiled once.
 
 Compiles a training function (loss, error rate and the optimizer's updates,
-dropout on, with masks from :mod:`models.dropout`), an evaluation function (loss, error rate and class
-probabilities, dropout off) and, on demand for tests, a gradient function.
-Parameters and optimizer state live in shared variables; ``get_params`` /
-``set_params`` and ``get_state`` / ``set_state`` move them in and out as
-numpy arrays with the project-wide names of :mod:`models.architecture`.
+dropout on, with masks from :mod:`models.dropout`), an evaluation function
+(loss, error rate and class probabilities, dropout off) and, on demand for
+tests, a gradient function. Parameters and optimizer state live in shared
+variables; :class:`models.network.Engine` moves them in and out as numpy
+arrays with the project-wide names of :mod:`models.architecture`. PyTensor
+compiles before it runs, so ``auto`` chooses each fxnn layer's path for the
+known batch sizes when the engine is built (:mod:`models.pytensor_paths`).
 """
-import json
 import warnings
 from collections import OrderedDict
 
@@ -21,11 +23,10 @@ import pytensor.tensor as pt  # noqa: E402
 
 from kernels import native  # noqa: E402
 
-from . import dropout as dropout_masks
-from . import optimizers, pytensor_paths
-from .architecture import LOG_EPS
-from .fxnn_paths import check_path, describe_paths
-from .pytensor_layers import conv2d_same, fold, fused_available, fxnn_conv, max_pool_2x2, project_kernels, relu
+from . import network as net  # noqa: E402
+from . import optimizers, pytensor_paths  # noqa: E402
+from .pytensor_layers import BACKEND, fused_available  # noqa: E402
+
 
 def compile_mode():
     """PyTensor's C backend ('cvm'); its default in PyTensor 3 is Numba, whose
@@ -49,134 +50,75 @@ def implementation(path):
     return "im2col in PyTensor graph ops with folded kernels"
 
 
-def softmax(h):
-    """Row-wise softmax from elementwise ops (see :func:`compile_mode`)."""
-    e = pt.exp(h - pytensor.gradient.disconnected_grad(h.max(axis=1, keepdims=True)))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def forward(network, params, x, dropout=0.0, masks=(), path="fixed"):
-    """Class probabilities (B, classes) of ``network`` for images ``x``, fxnn
-    layers on ``path`` (see :mod:`models.fxnn_paths`): a path's name, or
-    {layer name: path}.
-    Dropout (inverted: kept units scaled by 1/(1-p)) when uint16 ``masks``
-    (one per conv layer, see :mod:`models.dropout`) are given."""
-    h = x
-    for i, layer in enumerate(network.convs):
-        w, b = params[layer.name + "_w"], params[layer.name + "_b"]
-        if layer.fxnn_paths:
-            h = fxnn_conv(h, w, b, path[layer.name] if isinstance(path, dict) else path)
-        elif layer.factored:  # any other fixed basis: folded path only
-            h = conv2d_same(h, fold(w, layer.kernels), b, 3)
-        else:
-            h = conv2d_same(h, w * np.asarray(layer.weight_scale, w.dtype) if layer.weight_scale != 1 else w, b,
-                            layer.size)
-        h = relu(h)
-        if masks:
-            keep = pt.ge(masks[i], dropout_masks.threshold(dropout))
-            h = h * pt.cast(keep, h.dtype) * np.asarray(1.0 / (1.0 - dropout), dtype=h.dtype)
-        h = max_pool_2x2(h)
-    h = h.flatten(2)
-    for layer in network.denses:
-        h = pt.dot(h, params[layer.name + "_w"]) + params[layer.name + "_b"]
-        h = relu(h) if layer.relu else softmax(h)
-    return h
-
-
-def objective(probs, y):
-    """The original's loss and the error rate of a batch."""
-    onehot = pt.eq(y.dimshuffle(0, "x"), pt.arange(probs.shape[1]).dimshuffle("x", 0))
-    loss = -pt.mean(pt.cast(onehot, probs.dtype) * pt.log(probs + np.asarray(LOG_EPS, dtype=probs.dtype)))
-    erate = pt.mean(pt.cast(pt.neq(pt.argmax(probs, axis=1), y), probs.dtype))
-    return loss, erate
-
-
-def optimizer_updates(optimizer, params, grads, lr):
-    """Symbolic updates implementing :mod:`models.optimizers`' rules; returns
-    (updates, state) with state as {slot: {name: shared}, "step": shared}."""
-    state = {slot: OrderedDict((n, pytensor.shared(np.zeros_like(p.get_value()), name=f"{slot}/{n}"))
-                               for n, p in params.items())
-             for slot in optimizers.state_slots(optimizer)}
-    step = pytensor.shared(np.asarray(0, dtype="int64"), name="step")
-    state["step"] = step
-    updates = [(step, step + 1)]
-    for name, p in params.items():
-        dtype = p.dtype
-        t = pt.cast(step + 1, dtype)
-        g = grads[name]
-        if optimizer == "sgd":
-            new_p = p - lr * g
-        elif optimizer == "momentum":
-            v = state["velocity"][name]
-            new_v = np.asarray(optimizers.MOMENTUM, dtype=dtype) * v + g
-            updates.append((v, new_v))
-            new_p = p - lr * new_v
-        else:
-            m, v = state["m"][name], state["v"][name]
-            b1, b2 = (np.asarray(b, dtype=dtype) for b in (optimizers.ADAM_BETA1, optimizers.ADAM_BETA2))
-            new_m = b1 * m + (1 - b1) * g
-            new_v = b2 * v + (1 - b2) * g * g
-            updates += [(m, new_m), (v, new_v)]
-            m_hat = new_m / (1 - b1 ** t)
-            v_hat = new_v / (1 - b2 ** t)
-            new_p = p - lr * m_hat / (pt.sqrt(v_hat) + np.asarray(optimizers.ADAM_EPS, dtype=dtype))
-        updates.append((p, pt.cast(new_p, dtype)))
-    return updates, state
-
-
-class PyTensorEngine:
+class PyTensorEngine(net.Engine):
     """Trains and evaluates one network with PyTensor on the CPU."""
 
     name = "pytensor"
+    backend = BACKEND
 
     def __init__(self, network, params, optimizer=optimizers.DEFAULT_OPTIMIZER, dropout=0.0, seed=0,
                  dtype=FLOAT, fxnn_path="auto", batch_sizes=None):
         """``batch_sizes`` {pass: B}: the batches ``auto`` chooses paths for
         (default: the training batch 64 and the validation batch 100)."""
-        if optimizer not in optimizers.OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}")
-        self.fxnn_path = check_path(fxnn_path)
-        native.check_isa()
+        super().__init__(network, params, optimizer, dropout, seed, fxnn_path)
         if fxnn_path == "fused" and not fused_available(dtype):
             raise ValueError("--fxnn-path fused needs float32 and a C compiler for PyTensor; use --fxnn-path auto")
+        self.dtype = dtype
         if fxnn_path == "auto":
-            self.layer_paths = pytensor_paths.choose(network, dtype, batch_sizes or {"train": 64, "valid": 100},
-                                                     compile_mode())
+            self._chosen = pytensor_paths.choose(network, dtype, batch_sizes or {"train": 64, "valid": 100},
+                                                 compile_mode())
         else:
-            self.layer_paths = {(name, p): fxnn_path for name in pytensor_paths.layer_shapes(network, 1)
-                                for p in ("train", "valid")}
-        train_paths, valid_paths = ({name: path for (name, p), path in self.layer_paths.items() if p == pass_}
-                                    for pass_ in ("train", "valid"))
-        self.network, self.optimizer, self.dtype, self.dropout = network, optimizer, dtype, dropout
-        self._params = OrderedDict((n, pytensor.shared(np.asarray(v, dtype=dtype), name=n))
-                                   for n, v in params.items())
+            self._chosen = {(name, p): fxnn_path for name in pytensor_paths.layer_shapes(network, 1)
+                            for p in ("train", "valid")}
+        self._make_variables(params)
         self._x = pt.tensor4("x", dtype=dtype)
         self._y = pt.ivector("y")
-        lr = pt.scalar("lr", dtype=dtype)
-        self._rng = np.random.default_rng(seed)
+        lr, c1, c2 = (pt.scalar(n, dtype=dtype) for n in ("lr", "c1", "c2"))
         masks = [pt.tensor4(f"mask{i}", dtype="uint16") for i in range(len(network.convs))] if dropout else []
         with pytensor.config.change_flags(floatX=dtype):
-            loss, erate = objective(forward(network, self._params, self._x, dropout, masks, train_paths), self._y)
+            loss, erate = self._objective(masks, "train")
             grads = OrderedDict(zip(self._params, pytensor.grad(loss, list(self._params.values()))))
-            updates, self._state = optimizer_updates(optimizer, self._params, grads, lr)
-            projected = {self._params[layer.name + "_w"] for layer in network.convs if layer.projected}
-            updates = [(p, project_kernels(new) if p in projected else new) for p, new in updates]
-            self._train = pytensor.function([self._x, self._y, lr] + masks, [loss, erate], updates=updates,
-                                          mode=compile_mode())
-            probs = forward(network, self._params, self._x, path=valid_paths)
-            self._eval = pytensor.function([self._x, self._y], list(objective(probs, self._y)) + [probs],
-                                         mode=compile_mode())
-        self._grad_fn, self._train_paths = None, train_paths
+            updates = net.updates(BACKEND, network, optimizer, self._params, grads, self._state, lr, (c1, c2))
+            self._train_fn = pytensor.function([self._x, self._y, lr, c1, c2] + masks, [loss, erate],
+                                               updates=updates, mode=compile_mode(),
+                                               on_unused_input="ignore")  # c1, c2: Adam's only
+            probs = net.forward(BACKEND, network, self._params, self._x, paths=self._paths("valid"))
+            self._eval = pytensor.function([self._x, self._y], list(net.objective(BACKEND, probs, self._y)) + [probs],
+                                           mode=compile_mode())
+        self._grad_fn = None
 
-    def describe_paths(self):
-        """(paths, implementations) of the fxnn layers in words, for records."""
-        return describe_paths(self.network, self.layer_paths, implementation)
+    def _paths(self, pass_):
+        """The path function of :func:`models.network.forward` for ``pass_``:
+        the chosen path of an fxnn layer (the fixed path where "fused"
+        cannot run), folded for any other basis; recorded as it is built
+        into the graph."""
+        def path(layer, h, w, b):
+            chosen = self._chosen[layer.name, pass_] if layer.fxnn_paths else "folded"
+            if chosen == "fused" and not fused_available(h.dtype):
+                chosen = "fixed"
+            self.layer_paths[layer.name, pass_] = chosen
+            return chosen
+        return path
 
-    def train_step(self, x, y, lr):
-        """One optimizer step on a batch; returns (loss, error rate) before the step."""
-        masks = dropout_masks.draw(self._rng, self.network, len(x), self.dropout)
-        loss, erate = self._train(x, y, np.asarray(lr, dtype=self.dtype), *masks)
-        return float(loss), float(erate)
+    def _objective(self, masks, pass_):
+        probs = net.forward(BACKEND, self.network, self._params, self._x, masks, self.dropout, self._paths(pass_))
+        return net.objective(BACKEND, probs, self._y)
+
+    def _variable(self, array, name):
+        return pytensor.shared(np.asarray(array, dtype=self.dtype), name=name)
+
+    def _read(self, variable):
+        return variable.get_value()
+
+    def _write(self, variable, array):
+        variable.set_value(np.asarray(array, dtype=self.dtype))
+
+    def implementation(self, path):
+        return implementation(path)
+
+    def _train(self, x, y, lr, masks, corrections):
+        as_float = (np.asarray(v, dtype=self.dtype) for v in (lr,) + corrections)
+        return self._train_fn(x, y, *as_float, *masks)
 
     def evaluate(self, x, y):
         """(mean loss, error rate, probabilities) of a batch, dropout off."""
@@ -187,32 +129,8 @@ class PyTensorEngine:
         """{name: d loss / d param} on a batch with dropout off (for tests)."""
         if self._grad_fn is None:
             with pytensor.config.change_flags(floatX=self.dtype):
-                loss, _ = objective(forward(self.network, self._params, self._x, path=self._train_paths), self._y)
+                loss, _ = self._objective([], "train")
                 self._grad_fn = pytensor.function([self._x, self._y],
                                                   pytensor.grad(loss, list(self._params.values())),
                                                   mode=compile_mode())
         return OrderedDict(zip(self._params, self._grad_fn(x, y)))
-
-    def get_params(self):
-        return OrderedDict((n, p.get_value()) for n, p in self._params.items())
-
-    def get_state(self):
-        """Parameters, optimizer state and dropout generator as numpy arrays."""
-        state = {f"param/{n}": p.get_value() for n, p in self._params.items()}
-        for slot in optimizers.state_slots(self.optimizer):
-            state.update({f"{slot}/{n}": v.get_value() for n, v in self._state[slot].items()})
-        state["step"] = self._state["step"].get_value()
-        state["rng"] = np.asarray(json.dumps(self._rng.bit_generator.state))
-        return state
-
-    def set_state(self, state):
-        self.set_params({n: state[f"param/{n}"] for n in self._params})
-        for slot in optimizers.state_slots(self.optimizer):
-            for n, v in self._state[slot].items():
-                v.set_value(np.asarray(state[f"{slot}/{n}"], dtype=self.dtype))
-        self._state["step"].set_value(np.asarray(state["step"], dtype="int64"))
-        self._rng.bit_generator.state = json.loads(str(state["rng"]))
-
-    def set_params(self, params):
-        for n, p in self._params.items():
-            p.set_value(np.asarray(params[n], dtype=self.dtype))

@@ -1,4 +1,5 @@
-"""Symbolic building blocks of the network in PyTensor.
+"""Symbolic building blocks of the network in PyTensor, and the PyTensor
+backend of :mod:`models.network`.
 
 Each function maps symbolic tensors to symbolic tensors; PyTensor derives the
 gradients. The fixed stage is the op of :mod:`kernels.pytensor_fixed_op`
@@ -6,6 +7,7 @@ gradients. The fixed stage is the op of :mod:`kernels.pytensor_fixed_op`
 convolution of ``cnn`` is an im2col of shifted views followed by one
 tensordot, since PyTensor no longer ships a conv2d op.
 """
+import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
@@ -13,7 +15,7 @@ from kernels.fixed_kernels import KERNELS
 from kernels.pytensor_fixed_op import fixed_stage_op
 from kernels.pytensor_fused_op import fused_conv
 
-from .fixed_bases import PROJECTOR
+from . import network
 
 
 def zero_pad(x, pad):
@@ -32,11 +34,6 @@ def fixed_stage(x):
     return fixed_stage_op(x)
 
 
-def pointwise(x, w, bias):
-    """1x1 convolution: (B, C, H, W) with weight (C, N) -> (B, N, H, W)."""
-    return pt.tensordot(x, w, axes=[[1], [0]]).dimshuffle(0, 3, 1, 2) + bias.dimshuffle("x", 0, "x", "x")
-
-
 def conv2d_same(x, w, bias, k):
     """Dense cross-correlation, zero padded to 'same' size: (B, M, H, W) with
     weight (N, M, k, k), k odd -> (B, N, H, W)."""
@@ -44,17 +41,7 @@ def conv2d_same(x, w, bias, k):
     xp = zero_pad(x, k // 2)
     patches = pt.stack([xp[:, :, a:a + h, c:c + width] for a in range(k) for c in range(k)], axis=2)
     patches = patches.reshape((b, -1, h, width))          # channel index m*k*k + a*k + c
-    return pointwise(patches, w.reshape((w.shape[0], -1)).T, bias)
-
-
-def fold(w, basis=KERNELS):
-    """(K*M, N) 1x1 weight over ``basis`` (K, 3, 3), fxnn's five by default
-    -> (N, M, 3, 3) dense kernels, the symbolic form of
-    :func:`kernels.fixed_kernels.fold_weights`."""
-    c, n = w.shape
-    k = len(basis)
-    kernels = pt.constant(basis.astype(w.dtype))
-    return pt.tensordot(w.reshape((c // k, k, n)), kernels, axes=[[1], [0]]).dimshuffle(1, 0, 2, 3)
+    return network.pointwise(BACKEND, patches, w.reshape((w.shape[0], -1)).T, bias)
 
 
 def fused_available(dtype):
@@ -65,27 +52,96 @@ def fused_available(dtype):
 def fxnn_conv(x, w, bias, path="fixed"):
     """An fxnn conv layer on ``path`` (see :mod:`models.fxnn_paths`); "fused"
     where it cannot run (float64, no C compiler) computes the fixed path."""
-    if path == "folded":
-        return conv2d_same(x, fold(w), bias, 3)
-    if path == "fused" and fused_available(x.dtype):
-        return fused_conv(x, w, bias)
-    return pointwise(fixed_stage(x), w, bias)
+    if path == "fused" and not fused_available(x.dtype):
+        path = "fixed"
+    return network.factored_conv(BACKEND, x, w, bias, path, KERNELS)
 
 
-def project_kernels(w):
-    """Dense (N, M, 3, 3) weights projected onto the span of the five kernels,
-    the symbolic form of :func:`models.fixed_bases.project_kernels`."""
-    return pt.dot(w.reshape((-1, 9)), pt.constant(PROJECTOR.astype(w.dtype))).reshape(w.shape)
+def pointwise(x, w, bias):
+    """1x1 convolution: (B, C, H, W) with weight (C, N) -> (B, N, H, W)
+    (:func:`models.network.pointwise`)."""
+    return network.pointwise(BACKEND, x, w, bias)
+
+
+def fold(w, basis=KERNELS):
+    """(K*M, N) 1x1 weight over ``basis`` (K, 3, 3), fxnn's five by default
+    -> (N, M, 3, 3) dense kernels (:func:`models.network.fold`)."""
+    return network.fold(BACKEND, w, basis)
 
 
 def max_pool_2x2(x):
-    """2x2 max pooling, stride 2; an odd last row/column is dropped."""
-    b, c, h, w = x.shape
-    h2, w2 = h // 2, w // 2
-    x = x[:, :, :h2 * 2, :w2 * 2]
-    return x.reshape((b, c, h2, 2, w2, 2)).max(axis=(3, 5))
+    """2x2 max pooling, stride 2; an odd last row/column is dropped (:func:`models.network.pool`)."""
+    return network.pool(BACKEND, x)
 
 
 def relu(x):
     """max(x, 0) with gradient 0 at x == 0 (as PyTorch), unlike pt.maximum."""
     return pt.switch(x > 0, x, 0)
+
+
+def softmax(h):
+    """Row-wise softmax from elementwise ops (see
+    :func:`models.pytensor_engine.compile_mode`)."""
+    e = pt.exp(h - pytensor.gradient.disconnected_grad(h.max(axis=1, keepdims=True)))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class PyTensorBackend:
+    """The primitives of :class:`models.network.Backend` as symbolic
+    PyTensor ops, for one graph compiled once."""
+
+    def constant(self, array, like):
+        return pt.constant(np.asarray(array).astype(like.dtype))
+
+    def scalar(self, value, like):
+        if isinstance(value, (int, float)):
+            return np.asarray(value, dtype=like.dtype)
+        return pt.cast(value, like.dtype)
+
+    def conv(self, x, w, bias, size):
+        return conv2d_same(x, w, bias, size)
+
+    def fixed_stage(self, x):
+        return fixed_stage(x)
+
+    def fused_conv(self, x, w, bias):
+        return fused_conv(x, w, bias)
+
+    def channel_matmul(self, x, w, bias):
+        return pt.tensordot(x, w, axes=[[1], [0]]).dimshuffle(0, 2, 1) + bias.dimshuffle("x", 0, "x")
+
+    def combine(self, w, kernels):
+        return pt.tensordot(w, kernels, axes=[[1], [0]]).dimshuffle(1, 0, 2, 3)
+
+    def matmul(self, a, b):
+        return pt.dot(a, b)
+
+    def block(self, h, mask, p):
+        return network.relu_dropout_pool(self, h, mask, p)
+
+    def relu(self, h):
+        return relu(h)
+
+    def maximum(self, a, b):
+        return pt.maximum(a, b)
+
+    def keep(self, mask, threshold, like):
+        return pt.cast(pt.ge(mask, threshold), like.dtype)
+
+    def softmax(self, h):
+        return softmax(h)
+
+    def log(self, h):
+        return pt.log(h)
+
+    def pick(self, probs, y):
+        return probs[pt.arange(probs.shape[0]), y]
+
+    def error_rate(self, probs, y):
+        return pt.mean(pt.cast(pt.neq(pt.argmax(probs, axis=1), y), probs.dtype))
+
+    def sqrt(self, h):
+        return pt.sqrt(h)
+
+
+BACKEND = PyTensorBackend()

@@ -30,27 +30,14 @@ from kernels.fixed_kernels import KERNELS, NUM_KERNELS
 from kernels.torch_fixed import fixed_stage
 from kernels.torch_fixed import implementation_name as fixed_stage_name
 
-from . import fxnn_paths
+from . import fxnn_paths, network
 from .architecture import FXNN_1X1_INIT_SCALE
 from .fixed_bases import basis_kernels
 from .fxnn_paths import PATHS
+from .torch_block import relu_dropout_pool
 
 log = logging.getLogger("fxnn")
 _fallbacks = set()
-
-
-def pointwise(x, weight, bias=None):
-    """1x1 convolution as one batched GEMM: (B, C, H, W) with weight (C, N)
-    -> (B, N, H, W). The weight is broadcast to the batch as a stride-0 view,
-    so neither the forward nor the gradients copy the (B, C, H*W) tensor
-    (``torch.matmul`` of a matrix with a batch transposes the batch into a
-    copy, which took 40% of the fixed path's time)."""
-    b, c, h, w = x.shape
-    n = weight.shape[1]
-    x3 = x.reshape(b, c, h * w)
-    batched = weight.t().expand(b, n, c)
-    out = torch.bmm(batched, x3) if bias is None else torch.baddbmm(bias[None, :, None], batched, x3)
-    return out.view(b, n, h, w)
 
 
 @functools.lru_cache(maxsize=32)
@@ -70,18 +57,86 @@ def as_constant(array, like):
 _KERNELS = torch.tensor(KERNELS)
 
 
+class TorchBackend:
+    """The primitives of :class:`models.network.Backend` as eager PyTorch
+    ops, on any device; autograd derives the gradients."""
+
+    def constant(self, array, like):
+        """A tensor (kept on the graph under ``torch.compile``) or a float64
+        numpy array, made once per contents, dtype and device."""
+        return array.to(like) if isinstance(array, torch.Tensor) else as_constant(array, like)
+
+    def scalar(self, value, like):
+        return value
+
+    def conv(self, x, w, bias, size):
+        return F.conv2d(x, w, bias, padding=size // 2)
+
+    def fixed_stage(self, x):
+        return fixed_stage(x)
+
+    def fused_conv(self, x, w, bias):
+        return torch_fused.fused_conv2d(x, w, bias)
+
+    def channel_matmul(self, x, w, bias):
+        """One batched GEMM, the weight broadcast to the batch as a stride-0
+        view, so neither the forward nor the gradients copy the (B, C, P)
+        tensor (``torch.matmul`` of a matrix with a batch transposes the
+        batch into a copy)."""
+        b, c, _ = x.shape
+        batched = w.t().expand(b, w.shape[1], c)
+        return torch.bmm(batched, x) if bias is None else torch.baddbmm(bias[None, :, None], batched, x)
+
+    def combine(self, w, kernels):
+        return torch.einsum("mkn,kac->nmac", w, kernels)
+
+    def matmul(self, a, b):
+        return a @ b
+
+    def block(self, h, mask, p):
+        """The one op of :func:`models.torch_block.relu_dropout_pool`."""
+        return relu_dropout_pool(h, mask, p)
+
+    def relu(self, h):
+        return torch.relu(h)
+
+    def maximum(self, a, b):
+        return torch.maximum(a, b)
+
+    def keep(self, mask, threshold, like):
+        return (torch.as_tensor(mask, device=like.device).to(torch.int32) >= threshold).to(like.dtype)
+
+    def softmax(self, h):
+        return torch.softmax(h, dim=-1)
+
+    def log(self, h):
+        return torch.log(h)
+
+    def pick(self, probs, y):
+        return probs.gather(1, y[:, None])[:, 0]
+
+    def error_rate(self, probs, y):
+        return (probs.argmax(1) != y).to(probs.dtype).mean()
+
+    def sqrt(self, h):
+        return h.sqrt()
+
+
+BACKEND = TorchBackend()
+
+
+def pointwise(x, weight, bias=None):
+    """1x1 convolution: (B, C, H, W) with weight (C, N) -> (B, N, H, W)
+    (:func:`models.network.pointwise`)."""
+    return network.pointwise(BACKEND, x, weight, bias)
+
+
 def fold(weight, basis=None):
-    """(K*M, N) 1x1 weight -> (N, M, 3, 3) dense kernels; the torch form of
-    :func:`kernels.fixed_kernels.fold_weights`, differentiable. ``basis``: the
-    five kernels by default, or another (K, 3, 3) basis, a numpy array or a
+    """(K*M, N) 1x1 weight -> (N, M, 3, 3) dense kernels
+    (:func:`models.network.fold`), differentiable. ``basis``: the five
+    kernels by default, or another (K, 3, 3) basis, a numpy array or a
     tensor (see :mod:`models.fixed_bases`)."""
-    c, n = weight.shape
-    if basis is None:
-        basis = _KERNELS.to(weight)
-    else:
-        basis = basis.to(weight) if isinstance(basis, torch.Tensor) else as_constant(basis, weight)
-    k = basis.shape[0]
-    return torch.einsum("mkn,kac->nmac", weight.reshape(c // k, k, n), basis)
+    return network.fold(BACKEND, weight, _KERNELS if basis is None else basis)
 
 
 def available_paths(x):
@@ -189,9 +244,7 @@ def fixed_conv2d(x, weight, bias=None, path="fixed"):
         if not torch.compiler.is_compiling():
             _say_fused_falls_back(x)
         path = "fixed"
-    if path == "folded":
-        return F.conv2d(x, fold(weight), bias, padding=1)
-    return pointwise(fixed_stage(x), weight, bias)
+    return network.factored_conv(BACKEND, x, weight, bias, path, _KERNELS)
 
 
 class FixedConv2d(nn.Module):
@@ -228,7 +281,7 @@ class FixedConv2d(nn.Module):
 
     def forward(self, x):
         if self.basis != "fxnn":
-            return F.conv2d(x, fold(self.weight, self.kernels), self.bias, padding=1)
+            return network.factored_conv(BACKEND, x, self.weight, self.bias, "folded", self.kernels)
         return fixed_conv2d(x, self.weight, self.bias, self.path)
 
     def extra_repr(self):

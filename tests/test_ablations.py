@@ -1,5 +1,7 @@
 """The ablation models: the orthonormal basis, the subspace projector, the
-initialisations, and both engines keeping cnn-sub in the subspace."""
+initialisations, and both engines keeping cnn-sub in the subspace and giving
+cnn-x13 its 13x step (each layer kind against a dense correlation on both
+backends: tests/test_network_primitives.py)."""
 import numpy as np
 import pytest
 
@@ -114,20 +116,6 @@ def _engine_classes():
     except ImportError:
         pass
     return classes
-
-
-@pytest.mark.parametrize("model", ["fxnn-ortho", "fxnn-iso", "cnn-sub", "cnn-fxinit", "cnn-x13"])
-def test_engines_agree_on_the_ablation_models(model):
-    engines = _engines(model, dtype="float64")
-    if len(engines) < 2:
-        pytest.skip("PyTorch is not installed")
-    rng = np.random.default_rng(3)
-    x, y = rng.random((6, 1, 12, 10)), rng.integers(0, 10, 6).astype(np.int32)
-    (pl, pe, pp), (tl, te, tp) = (e.evaluate(x, y) for e in engines)
-    np.testing.assert_allclose(tp, pp, rtol=1e-10)
-    gp, gt = (e.gradients(x, y) for e in engines)
-    for name in gp:
-        np.testing.assert_allclose(gt[name], gp[name], rtol=1e-8, atol=1e-12, err_msg=name)
 
 
 def test_fxnn_ortho_layer_is_the_dense_conv_with_the_orthonormal_kernels():

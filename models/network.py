@@ -1,0 +1,269 @@
+"""The network of fxnn computed once for every engine: its layers, loss,
+update rules and state, over a small :class:`Backend` of primitives.
+
+Each engine is a backend (the primitives on its framework's tensors) plus
+what it must do differently: the PyTensor engine builds one graph from these
+functions and compiles it (:mod:`models.pytensor_engine`), the PyTorch
+engine runs them eagerly (:mod:`models.torch_engine`). What a layer is made
+of (a fixed basis, a weight scale, a projection after each update) is data
+of :mod:`models.architecture`, read here, so the engines agree by
+construction. The numpy references the primitives and the whole are tested
+against stay apart: :mod:`kernels.fixed_kernels` (the fixed stage, folding),
+:mod:`models.fixed_bases` (the projection) and :func:`models.optimizers.reference_step`.
+"""
+import json
+from collections import OrderedDict
+from typing import Protocol
+
+import numpy as np
+
+from kernels import native
+
+from . import dropout as dropout_masks
+from . import optimizers
+from .architecture import LOG_EPS
+from .fxnn_paths import check_path, describe_paths
+
+
+class Backend(Protocol):
+    """The primitives an engine supplies, on its own tensors (symbolic for
+    PyTensor, eager for PyTorch). Shapes are those of :mod:`models.architecture`:
+    images (B, C, H, W), dense conv weights (N, M, k, k), 1x1 weights (C, N)."""
+
+    def constant(self, array, like):
+        """A float64 numpy array (a basis, a projector) as a tensor of ``like``'s dtype."""
+
+    def scalar(self, value, like):
+        """A python number as a scalar of ``like``'s dtype."""
+
+    def conv(self, x, w, bias, size):
+        """Dense cross-correlation, zero padded to 'same' size (``size`` odd)."""
+
+    def fixed_stage(self, x):
+        """(B, M, H, W) -> (B, 5M, H, W): fxnn's five kernels, channel 5m+k."""
+
+    def fused_conv(self, x, w, bias):
+        """The fixed stage then the 1x1 ``w`` (5M, N), without the 5M channels in memory."""
+
+    def channel_matmul(self, x, w, bias):
+        """(B, C, P) with ``w`` (C, N) and ``bias`` (N,) -> (B, N, P)."""
+
+    def combine(self, w, kernels):
+        """(M, K, N) coefficients and (K, 3, 3) kernels -> (N, M, 3, 3):
+        ``sum_k w[m, k, n] kernels[k]``."""
+
+    def matmul(self, a, b):
+        """Matrix product of two 2-D tensors."""
+
+    def block(self, h, mask, p):
+        """What follows each conv layer: ReLU, inverted dropout (``mask``:
+        uint16 draws of :mod:`models.dropout`, or None) and 2x2 max pooling."""
+
+    def relu(self, h):
+        """max(h, 0), gradient 0 at 0."""
+
+    def maximum(self, a, b):
+        """Elementwise maximum, the gradient to each argument equal to it."""
+
+    def keep(self, mask, threshold, like):
+        """1 where ``mask >= threshold``, else 0, in ``like``'s dtype."""
+
+    def softmax(self, h):
+        """Row-wise softmax."""
+
+    def log(self, h):
+        """Natural logarithm, elementwise."""
+
+    def pick(self, probs, y):
+        """``probs[i, y[i]]`` for every row i."""
+
+    def error_rate(self, probs, y):
+        """Fraction of rows whose largest entry is not at ``y``."""
+
+    def sqrt(self, h):
+        """Square root, elementwise."""
+
+
+# ---- layers, written once over a backend -----------------------------------
+
+def fold(be, w, kernels):
+    """(K*M, N) 1x1 weight over ``kernels`` (K, 3, 3) -> (N, M, 3, 3) dense
+    kernels ``sum_k w[K*m+k, n] kernels[k]``; the numpy reference is
+    :func:`kernels.fixed_kernels.fold_weights`."""
+    c, n = w.shape
+    k = kernels.shape[0]
+    return be.combine(w.reshape((c // k, k, n)), be.constant(kernels, w))
+
+
+def project(be, w, projector):
+    """Dense (N, M, 3, 3) weights ``w`` projected by the (9, 9) ``projector``
+    acting on flattened kernels; the numpy reference is
+    :func:`models.fixed_bases.project_kernels`."""
+    return be.matmul(w.reshape((-1, 9)), be.constant(projector, w)).reshape(w.shape)
+
+
+def pointwise(be, x, w, bias):
+    """1x1 convolution: (B, C, H, W) with weight (C, N) -> (B, N, H, W)."""
+    b, c, h, width = x.shape
+    return be.channel_matmul(x.reshape((b, c, h * width)), w, bias).reshape((b, w.shape[1], h, width))
+
+
+def pool(be, h):
+    """2x2 max pooling, stride 2, an odd last row or column dropped: the
+    maximum of the four strided views."""
+    rows, cols = h.shape[2] // 2 * 2, h.shape[3] // 2 * 2
+    a, b, c, d = (h[:, :, i:rows:2, j:cols:2] for i in (0, 1) for j in (0, 1))
+    return be.maximum(be.maximum(a, b), be.maximum(c, d))
+
+
+def relu_dropout_pool(be, h, mask, p):
+    """The block after each conv layer from the primitives (a backend may
+    run it as one op instead): pool(relu(h) * dropout factors)."""
+    h = be.relu(h)
+    if mask is not None:
+        h = h * be.keep(mask, dropout_masks.threshold(p), h) * be.scalar(1.0 / (1.0 - p), h)
+    return pool(be, h)
+
+
+def factored_conv(be, x, w, bias, path, kernels):
+    """A 1x1 over a fixed basis ``kernels`` on ``path`` (see
+    :mod:`models.fxnn_paths`; fixed and fused compute fxnn's five kernels)."""
+    if path == "folded":
+        return be.conv(x, fold(be, w, kernels), bias, 3)
+    if path == "fused":
+        return be.fused_conv(x, w, bias)
+    return pointwise(be, be.fixed_stage(x), w, bias)
+
+
+def conv_layer(be, layer, x, w, bias, path):
+    """One conv layer of :mod:`models.architecture` as its data says: the
+    weight scale, then the 1x1 over its basis on ``path``, or a dense conv."""
+    if layer.weight_scale != 1:
+        w = w * be.scalar(layer.weight_scale, w)
+    if layer.factored:
+        return factored_conv(be, x, w, bias, path, layer.kernels)
+    return be.conv(x, w, bias, layer.size)
+
+
+def forward(be, network, params, x, masks=(), dropout=0.0, paths=None):
+    """Class probabilities (B, classes) of ``network`` for images ``x``;
+    inverted dropout of probability ``dropout`` with ``masks`` (one per conv
+    layer) when given; ``paths(layer, h, w, b)`` names the path each
+    factored layer runs (the engine's choice, which it records)."""
+    h = x
+    for i, layer in enumerate(network.convs):
+        w, b = params[layer.name + "_w"], params[layer.name + "_b"]
+        h = conv_layer(be, layer, h, w, b, paths(layer, h, w, b) if layer.factored else None)
+        h = be.block(h, masks[i] if masks else None, dropout)
+    h = h.reshape((h.shape[0], -1))
+    for layer in network.denses:
+        h = be.matmul(h, params[layer.name + "_w"]) + params[layer.name + "_b"]
+        h = be.relu(h) if layer.relu else be.softmax(h)
+    return h
+
+
+def objective(be, probs, y):
+    """The original's loss, mean(-onehot(y) * log(p + 1e-3)) over batch and
+    classes, and the error rate of a batch."""
+    picked = be.log(be.pick(probs, y) + be.scalar(LOG_EPS, probs))
+    loss = -picked.sum() / be.scalar(probs.shape[0] * probs.shape[1], probs)
+    return loss, be.error_rate(probs, y)
+
+
+# ---- update rules, written once ---------------------------------------------
+
+def update(be, optimizer, p, g, slots, lr, corrections):
+    """(new p, {slot: new value}) after one step of ``optimizer``'s rule
+    (:mod:`models.optimizers`); ``slots`` {slot: value} of this parameter;
+    ``corrections``: Adam's (1 - B1^t, 1 - B2^t) of this step."""
+    if optimizer == "sgd":
+        return p - lr * g, {}
+    if optimizer == "momentum":
+        v = be.scalar(optimizers.MOMENTUM, p) * slots["velocity"] + g
+        return p - lr * v, {"velocity": v}
+    b1, b2 = be.scalar(optimizers.ADAM_BETA1, p), be.scalar(optimizers.ADAM_BETA2, p)
+    m = b1 * slots["m"] + (1 - b1) * g
+    v = b2 * slots["v"] + (1 - b2) * g * g
+    m_hat, v_hat = m / corrections[0], v / corrections[1]
+    return p - lr * m_hat / (be.sqrt(v_hat) + be.scalar(optimizers.ADAM_EPS, p)), {"m": m, "v": v}
+
+
+def updates(be, network, optimizer, params, grads, state, lr, corrections):
+    """[(variable, new value)] of one optimizer step on every parameter and
+    its state, the projection of each layer that has one applied after it."""
+    projectors = {layer.name + "_w": layer.projector for layer in network.convs if layer.projection}
+    pairs = []
+    for name, p in params.items():
+        new_p, new_slots = update(be, optimizer, p, grads[name], {s: state[s][name] for s in state}, lr,
+                                  corrections)
+        pairs += [(state[s][name], new_slots[s]) for s in state]
+        pairs.append((p, project(be, new_p, projectors[name]) if name in projectors else new_p))
+    return pairs
+
+
+# ---- the engine around it ---------------------------------------------------
+
+class Engine:
+    """What every engine does the same way: parameters and optimizer state
+    under the project-wide names, the dropout masks, the step count, the
+    state save/restore and the record of each layer's path. A subclass sets
+    ``backend`` and supplies ``_train(x, y, lr, masks, corrections)``,
+    ``evaluate``, ``gradients``, ``implementation(path)`` and the variable
+    primitives ``_variable(array, name)``, ``_read(variable)`` and
+    ``_write(variable, array)``."""
+
+    name = None
+    backend = None
+
+    def __init__(self, network, params, optimizer, dropout, seed, fxnn_path):
+        if optimizer not in optimizers.OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}")
+        self.fxnn_path = check_path(fxnn_path)
+        native.check_isa()
+        self.network, self.optimizer, self.dropout = network, optimizer, dropout
+        self._rng = np.random.default_rng(seed)
+        self._step = 0
+        #: {(layer name, pass): path} each factored layer really ran
+        self.layer_paths = {}
+
+    def _make_variables(self, params):
+        """Parameters and zero optimizer state as the engine's variables."""
+        self._params = OrderedDict((n, self._variable(v, n)) for n, v in params.items())
+        self._state = {slot: OrderedDict((n, self._variable(np.zeros_like(self._read(p)), f"{slot}/{n}"))
+                                         for n, p in self._params.items())
+                       for slot in optimizers.state_slots(self.optimizer)}
+
+    def describe_paths(self):
+        """(paths, implementations) of the factored layers in words, for records."""
+        return describe_paths(self.network, self.layer_paths, self.implementation)
+
+    def train_step(self, x, y, lr):
+        """One optimizer step on a batch; returns (loss, error rate) before the step."""
+        masks = dropout_masks.draw(self._rng, self.network, len(x), self.dropout)
+        self._step += 1
+        loss, erate = self._train(x, y, lr, masks, optimizers.bias_corrections(self._step))
+        return float(loss), float(erate)
+
+    def get_params(self):
+        return OrderedDict((n, self._read(p)) for n, p in self._params.items())
+
+    def set_params(self, params):
+        for n, p in self._params.items():
+            self._write(p, params[n])
+
+    def get_state(self):
+        """Parameters, optimizer state and dropout generator as numpy arrays."""
+        state = {f"param/{n}": v for n, v in self.get_params().items()}
+        for slot, variables in self._state.items():
+            state.update({f"{slot}/{n}": self._read(v) for n, v in variables.items()})
+        state["step"] = np.asarray(self._step)
+        state["rng"] = np.asarray(json.dumps(self._rng.bit_generator.state))
+        return state
+
+    def set_state(self, state):
+        self.set_params({n: state[f"param/{n}"] for n in self._params})
+        for slot, variables in self._state.items():
+            for n, v in variables.items():
+                self._write(v, state[f"{slot}/{n}"])
+        self._step = int(state["step"])
+        self._rng.bit_generator.state = json.loads(str(state["rng"]))
