@@ -1,46 +1,11 @@
 #!/usr/bin/env python3
-"""Turn the four downloaded MNIST idx files into the loader's fast format.
-
-    python3 mnist_pickler.py [DIR]       (default: data/image/mnist)
-
-Reads DIR's idx files (gzipped or not), checks them as fxnn would, and writes
-DIR/mnist.npz (uint8 images and labels, no pickled objects) atomically; fxnn
-uses it when present. The original made a Python pickle at this step; a .npz
-loads as fast and cannot carry code.
-"""
-import argparse
-import os
+"""Turn the four downloaded MNIST idx files into the loader's fast format:
+``python3 mnist_pickler.py [DIR]``, in a source checkout. The same as
+``fxnn-pickle-mnist`` after ``pip install``; the code is
+``fxnn/mnist_pickler.py``."""
 import sys
 
-import numpy as np
-
-from data import DataError
-from data.mnist import FILES, NPZ, read_idx_files, validate
-from files.atomic import atomic_path
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="Writes <folder>/mnist.npz (uint8 arrays, no pickled objects), "
-                                       "which fxnn then loads instead of the idx files. "
-                                       "Exit codes: 0 written, 2 bad or missing input files.")
-    p.add_argument("folder", nargs="?", default=os.path.join("data", "image", "mnist"),
-                   help="folder holding the four MNIST idx files (default: %(default)s)")
-    args = p.parse_args(argv)
-    fix = f"download the four files from the MNIST site into {args.folder}"
-    try:
-        arrays, files, _ = read_idx_files(args.folder, fix)
-        validate(arrays, dict(zip((key for key, _, _ in FILES), files)), fix)
-    except DataError as e:
-        print(f"mnist_pickler: error: {e}", file=sys.stderr)
-        return 2
-    out = os.path.join(args.folder, NPZ)
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    print(f"Wrote {out}: {len(arrays['train_x']):,} training and {len(arrays['test_x']):,} test images "
-          f"from {len(files)} idx files.")
-    return 0
-
+from fxnn.mnist_pickler import main
 
 if __name__ == "__main__":
     sys.exit(main())
