@@ -5,7 +5,7 @@ A sweep is a set of Dask tasks, one per run, on Dask's distributed
 scheduler: an in-process cluster sized to the machine by default, or an
 existing one (``--scheduler``), started by hand with ``dask scheduler`` /
 ``dask worker`` or on a batch system by dask-jobqueue. Each task runs
-``fxnn.py`` as a subprocess in its own session, with its share of the
+the fxnn package (``python3 -m fxnn``) as a subprocess in its own session, with its share of the
 worker's threads and, with ``--gpus-per-run``, its own GPUs. Records and
 checkpoints live in the output folder, which every worker must see (a shared
 filesystem), so a run whose worker died resumes from its checkpoint on the
@@ -15,6 +15,7 @@ it only when a sweep starts.
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -48,12 +49,32 @@ def run_threads(slots):
     return max(1, cores() // max(1, slots))
 
 
+def fxnn_program():
+    """The command that starts one run: this interpreter running the fxnn
+    package, ``python3 -m fxnn``; :func:`run_environment` makes it the same
+    fxnn as this process's."""
+    return [sys.executable, "-m", "fxnn"]
+
+
+def run_environment(env):
+    """``env`` for a run, so that its ``-m fxnn`` imports the fxnn this process
+    imported (a checkout's, an editable or a plain install), whatever its
+    working directory holds: the folder above that package first on
+    PYTHONPATH, and (Python 3.11 on) no working directory put before it."""
+    import fxnn
+    home = os.path.dirname(os.path.dirname(os.path.abspath(fxnn.__file__)))
+    path = os.pathsep.join(p for p in (home, env.get("PYTHONPATH")) if p)
+    return dict(env, PYTHONPATH=path, PYTHONSAFEPATH="1")
+
+
 def with_threads(cmd, env, threads):
     """The command and environment that give a run ``threads`` threads. The
-    one place the sweep says how: fxnn.py's ``--threads`` (placed before the
-    user's flags, so a ``--threads`` of theirs wins) and OpenMP's and MKL's
-    variables for anything else the run starts."""
-    cmd = cmd[:2] + ["--threads", str(threads)] + cmd[2:]
+    one place the sweep says how: fxnn's ``--threads`` (placed right after
+    :func:`fxnn_program`, before the user's flags, so a ``--threads`` of
+    theirs wins) and OpenMP's and MKL's variables for anything else the run
+    starts."""
+    at = len(fxnn_program())
+    cmd = cmd[:at] + ["--threads", str(threads)] + cmd[at:]
     return cmd, dict(env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
 
 
@@ -199,7 +220,7 @@ def run_job(job, fxnn_flags, cwd, stop_name, topic, gpus_per_run):
     try:
         threads = run_threads(worker.state.nthreads)
         verb = "resuming" if job.state == "resume" else "starting"
-        cmd, env = with_threads(job.command(fxnn_flags), os.environ, threads)
+        cmd, env = with_threads(job.command(fxnn_flags), run_environment(os.environ), threads)
         if gpus_per_run:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         worker.log_event(topic, {"name": job.name, "verb": verb, "where": where, "threads": threads,

@@ -3,7 +3,8 @@ on this machine or a Dask cluster, then summarise them (see
 :mod:`analysis.summary`).
 
 ``python3 -m analysis.sweep -m fxnn cnn --seeds 1 2 3 -o sweeps/mnist -- --no-download``
-runs ``fxnn.py -m MODEL --seed S -o sweeps/mnist/MODEL-seedS.mat`` for every
+runs ``python3 -m fxnn -m MODEL --seed S -o sweeps/mnist/MODEL-seedS.mat`` (the
+fxnn package this sweep runs from, as ``fxnn.py`` would) for every
 pair, with the flags after ``--`` added to each, as many at a time as the
 machine has cores (each with its share of the threads), or on the Dask
 cluster at ``--scheduler`` (whose workers must all see the output folder),
@@ -25,12 +26,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .cluster import SweepError, cores
+from .cluster import SweepError, cores, fxnn_program
 from .records import RecordError, load_run
 from .summary import add_summary_flags, report
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FXNN = os.path.join(ROOT, "fxnn.py")
 SET_BY_SWEEP = ("-m", "--model", "--seed", "-o", "--out", "--resume", "--force")
 
 
@@ -57,7 +56,7 @@ class Job:
         return "done" if os.path.exists(self.record) else "new"
 
     def command(self, fxnn_flags):
-        cmd = [sys.executable, FXNN, "-m", self.model, "--seed", str(self.seed), "-o", self.record]
+        cmd = fxnn_program() + ["-m", self.model, "--seed", str(self.seed), "-o", self.record]
         return cmd + fxnn_flags + (["--resume"] if self.state == "resume" else [])
 
 

@@ -267,7 +267,7 @@ def test_each_gpu_run_sees_only_its_own_device(tmp_path, cluster, small_mnist):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         for run in worker.children(recursive=True):
             try:
-                if "fxnn.py" in " ".join(run.cmdline()):
+                if "-m fxnn -" in " ".join(run.cmdline()):
                     seen[run.pid] = run.environ().get("CUDA_VISIBLE_DEVICES")
             except psutil.NoSuchProcess:
                 pass
