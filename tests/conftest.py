@@ -1,16 +1,14 @@
-"""Shared test setup: the repository root on sys.path, and small helpers.
+"""Shared test setup and small helpers (pytest.ini puts the repository root
+on sys.path, so ``fxnn`` is this checkout's package).
 
 The fxnn path cache goes to a temporary folder, never the user's, and
 ``auto`` does not time paths (FXNN_AUTOTUNE=0: it takes the default path,
 the fused kernel where it runs) except in the tests of the measuring itself,
 which turn it on; both hold for fxnn.py runs in subprocesses too."""
 import os
-import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 os.environ["FXNN_CACHE_DIR"] = tempfile.mkdtemp(prefix="fxnn-test-cache-")
 os.environ["FXNN_AUTOTUNE"] = "0"
 
