@@ -23,17 +23,12 @@ same engine, from the same run.
 import argparse
 import json
 import os
-import sys
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as fxnn.py: no spinning BLAS threads between contenders
 import numpy as np  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from machine import banner, describe  # noqa: E402
-from timing import alternated_ms  # noqa: E402
+from .machine import banner, describe  # noqa: E402
+from .timing import alternated_ms  # noqa: E402
 
 #: (B, M, N, H=W): the issue's shapes, then the MNIST and CIFAR-10 nets' conv layers.
 SHAPES = [(64, 64, 64, 32), (64, 32, 64, 14), (64, 64, 128, 28),

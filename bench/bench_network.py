@@ -16,17 +16,12 @@ them).
 import argparse
 import json
 import os
-import sys
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as fxnn.py: no spinning BLAS threads between contenders
 import numpy as np  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from machine import banner, describe  # noqa: E402
-from timing import alternated_ms  # noqa: E402
+from .machine import banner, describe  # noqa: E402
+from .timing import alternated_ms  # noqa: E402
 from models.architecture import build_network  # noqa: E402
 from models.engines import make_engine  # noqa: E402
 

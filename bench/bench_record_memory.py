@@ -24,7 +24,6 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 from data.cifar import TEST, TRAIN, write_batch  # noqa: E402
 

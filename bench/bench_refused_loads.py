@@ -13,22 +13,19 @@ alone). Each run is its own process; peak RSS from the kernel's
 ``wait4``; the first row is the process refusing a missing dataset, what
 fxnn.py takes before it reads any data.
 
-    python3 bench/bench_refused_loads.py [--json out.json]
+    PYTHONPATH=tests python3 bench/bench_refused_loads.py [--json out.json]
+
+(tests/ on the path: the hostile batches and the child run are the tests' own.)
 """
 import argparse
 import json
 import os
-import sys
 import tempfile
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from data.cifar10 import TEST, TRAIN, write_batch  # noqa: E402
-from test_hostile_pickles import HOSTILE, run_fxnn  # noqa: E402
+from data.cifar import TEST, TRAIN, write_batch  # noqa: E402
+from test_hostile_pickles import HOSTILE, run_fxnn  # noqa: E402  (PYTHONPATH=tests)
 
 
 def main():

@@ -23,10 +23,8 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from machine import banner, describe  # noqa: E402
+from .machine import banner, describe  # noqa: E402
 
 DEFAULT_FLAGS = ["-nrec", "5", "-ipr", "100", "--no-download", "--record-params", "none", "--seed", "1"]
 
