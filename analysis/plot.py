@@ -1,6 +1,6 @@
 """Curves of record files drawn to a PNG (headless matplotlib).
 
-``python3 -m analysis.plot rec-MNIST-fxnn.mat rec-MNIST-cnn.mat -o curves.png``
+``fxnn-plot rec-MNIST-fxnn.mat rec-MNIST-cnn.mat -o curves.png``
 draws the loss and the error rate (in percent, as on the console) of each run
 on two axes: validation solid, training dashed (the mean over each record's
 iterations, the console's ``loss|erate`` columns). What the runs share is in
@@ -213,7 +213,7 @@ def plot_bands(runs, path, error_scale="auto", log_iter=False, loss_scale="auto"
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python3 -m analysis.plot", description=__doc__.split("\n\n")[0].replace("``", ""),
+    p = argparse.ArgumentParser(prog="fxnn-plot", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("records", nargs="+", help="record files written by fxnn.py")
     p.add_argument("-o", "--out", default="curves.png", help="PNG to write")

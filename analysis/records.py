@@ -54,7 +54,7 @@ def load_run(path):
     """The :class:`Run` in the record file at ``path``."""
     from scipy.io.matlab import MatReadError
 
-    from training.matfile import read_mat
+    from fxnn.training.matfile import read_mat
 
     if not os.path.isfile(path):
         raise RecordError(f"{path}: no such record file")
@@ -90,7 +90,7 @@ def group_by_label(runs):
 
 
 def _experiment_flags():
-    from training.checkpoint import MUST_MATCH
+    from fxnn.training.checkpoint import MUST_MATCH
     return tuple(k for k in MUST_MATCH if k not in ("model", "engine", "seed", "record_params"))
 
 

@@ -1,6 +1,6 @@
 """A summary over seeds of a set of record files, per model.
 
-``python3 -m analysis.summary rec-*.mat --at 100 400 1600 --target 0.05``
+``fxnn-summary rec-*.mat --at 100 400 1600 --target 0.05``
 prints, per model (and engine), the validation error at the chosen
 iterations as mean and standard deviation over the seeds with a 95% t
 interval of the mean, the iterations needed to reach the target error, and
@@ -55,7 +55,7 @@ def reference(group, groups, versus):
 
 def summarize(runs, at, target, versus, level=0.95):
     """Rows (dicts with CSV_COLUMNS) of the summary of runs labelled by
-    :func:`~analysis.records.tag_experiments`: per label the error at each
+    :func:`~fxnn.analysis.records.tag_experiments`: per label the error at each
     iteration in ``at`` (default: :func:`default_at` of that label's runs)
     with the interval of its mean, and the iterations to ``target``; per
     label other than ``versus`` the differences from its reference."""
@@ -176,7 +176,7 @@ def seeds_note(rows, level=0.95):
 
 
 def write_csv(rows, path):
-    from files.atomic import atomic_path
+    from fxnn.files.atomic import atomic_path
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_COLUMNS)
         writer.writeheader()
@@ -209,7 +209,7 @@ def report(runs, at=None, target=0.05, versus="cnn", csv_path=None, png_path=Non
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python3 -m analysis.summary",
+    p = argparse.ArgumentParser(prog="fxnn-summary",
                                 description=__doc__.split("\n\n")[1].replace("``", ""),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("records", nargs="+", help="record files written by fxnn.py")

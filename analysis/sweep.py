@@ -1,8 +1,8 @@
 """Seed sweeps: run a set of models over several seeds in parallel processes,
 on this machine or a Dask cluster, then summarise them (see
-:mod:`analysis.summary`).
+:mod:`fxnn.analysis.summary`).
 
-``python3 -m analysis.sweep -m fxnn cnn --seeds 1 2 3 -o sweeps/mnist -- --no-download``
+``fxnn-sweep -m fxnn cnn --seeds 1 2 3 -o sweeps/mnist -- --no-download``
 runs ``python3 -m fxnn -m MODEL --seed S -o sweeps/mnist/MODEL-seedS.mat`` (the
 fxnn package this sweep runs from, as ``fxnn.py`` would) for every
 pair, with the flags after ``--`` added to each, as many at a time as the
@@ -14,7 +14,7 @@ sweep stopped by Ctrl-C, a crash, a reboot or a lost worker goes on where it
 was. At the end it prints the summary and writes ``summary.csv`` and
 ``summary.png`` in the output folder.
 
-How the runs are spread is :mod:`analysis.cluster`'s (Dask, the ``cluster``
+How the runs are spread is :mod:`fxnn.analysis.cluster`'s (Dask, the ``cluster``
 extra); what is printed and when is this module's.
 """
 import argparse
@@ -50,7 +50,7 @@ class Job:
     @property
     def state(self):
         """"done", "resume" (an interrupted run left a checkpoint) or "new"."""
-        from training import checkpoint
+        from fxnn.training import checkpoint
         if checkpoint.exists(self.record + ".run"):
             return "resume"
         return "done" if os.path.exists(self.record) else "new"
@@ -207,7 +207,7 @@ def run_sweep(args, head, todo, fxnn_flags, say):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python3 -m analysis.sweep",
+    p = argparse.ArgumentParser(prog="fxnn-sweep",
                                 description=__doc__.split("\n\n")[1].replace("``", ""),
                                 usage="%(prog)s -m MODEL [MODEL ...] --seeds S [S ...] -o DIR [options] "
                                       "[-- FXNN_FLAGS ...]",

@@ -1,6 +1,6 @@
 """A record's curves as CSV, one row per training iteration.
 
-``python3 -m analysis.to_csv rec-MNIST-fxnn.mat -o curves.csv`` (or
+``fxnn-csv rec-MNIST-fxnn.mat -o curves.csv`` (or
 ``fxnn-csv``; without ``-o``, to standard output) writes the columns
 ``record_file, iteration, tloss, terate, vloss, verate, learn_rate``: the
 training loss and error rate of each iteration (``tloss``, ``terate``, as in
@@ -15,7 +15,7 @@ import argparse
 import csv
 import sys
 
-from files.atomic import atomic_path
+from fxnn.files.atomic import atomic_path
 
 from .records import RecordError, load_run
 
@@ -25,7 +25,7 @@ COLUMNS = ("record_file", "iteration", "tloss", "terate", "vloss", "verate", "le
 def learn_rates(run):
     """The learn rate of each record, ``lr * ld**(r / (nrec - 1))`` as the
     run's schedule has it; None where the record lacks the flags."""
-    from training.loop import Schedule
+    from fxnn.training.loop import Schedule
 
     try:
         flags = run.flags
@@ -63,7 +63,7 @@ def write(runs, stream):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python3 -m analysis.to_csv", description=__doc__.replace("``", ""),
+    p = argparse.ArgumentParser(prog="fxnn-csv", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("records", nargs="+", help="record files written by fxnn.py")
     p.add_argument("-o", "--out", default=None, help="CSV file to write (default: standard output)")

@@ -1,6 +1,6 @@
 """A learn-rate grid read back: which rate is best, at which horizon.
 
-``python3 -m analysis.tune sweeps/grid/*/*.mat --at 100 400 1600 3000``
+``python3 -m fxnn.analysis.tune sweeps/grid/*/*.mat --at 100 400 1600 3000``
 groups the records by everything but the learn rate and the seed (model,
 engine, optimizer, data, the other flags), and prints for each group the
 validation error at each rate (the mean over its seeds), the test error of
@@ -85,7 +85,7 @@ def format_grid(label, by_rate, at):
 
 
 def write_csv(groups, at_of, path):
-    from files.atomic import atomic_path
+    from fxnn.files.atomic import atomic_path
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["label", "learn_rate", "at", "mean_verate", "n", "mean_test_erate"])
@@ -121,7 +121,7 @@ def plot_grids(groups, at, path):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python3 -m analysis.tune",
+    p = argparse.ArgumentParser(prog="python3 -m fxnn.analysis.tune",
                                 description=__doc__.split("\n\n")[1].replace("``", ""),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("records", nargs="+", help="record files of a learn-rate grid, written by fxnn.py")

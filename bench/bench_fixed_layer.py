@@ -18,7 +18,7 @@ training; the fused kernel's figure is thus its rate on the 1x1 part. Times
 are medians of alternated rounds; ratios are against the dense conv of the
 same engine, from the same run.
 
-    python3 bench/bench_fixed_layer.py [--repeats 10] [--engines torch,pytensor] [--json out.json]
+    python3 -m bench.bench_fixed_layer [--repeats 10] [--engines torch,pytensor] [--json out.json]
 """
 import argparse
 import json
@@ -42,8 +42,8 @@ MACS = {"fused": 5, "fixed": 5, "naive": 5, "gemms": 5, "folded": 9, "dense": 9}
 def torch_contenders(b, m, n, hw, train):
     import torch
     import torch.nn.functional as F
-    from kernels.fixed_kernels import KERNELS
-    from models.torch_layers import available_paths, fixed_conv2d
+    from fxnn.kernels.fixed_kernels import KERNELS
+    from fxnn.models.torch_layers import available_paths, fixed_conv2d
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b, m, hw, hw, generator=g).requires_grad_(train)
@@ -81,9 +81,9 @@ def torch_contenders(b, m, n, hw, train):
 def pytensor_contenders(b, m, n, hw, train):
     import pytensor
     import pytensor.tensor as pt
-    from models.pytensor_engine import compile_mode
-    from models.pytensor_layers import conv2d_same, fxnn_conv
-    from models.pytensor_paths import available_paths
+    from fxnn.models.pytensor_engine import compile_mode
+    from fxnn.models.pytensor_layers import conv2d_same, fxnn_conv
+    from fxnn.models.pytensor_paths import available_paths
 
     rng = np.random.default_rng(0)
     x = pytensor.shared(rng.random((b, m, hw, hw), dtype=np.float32))

@@ -26,9 +26,9 @@ and synthetic CIFAR-shaped batches). Times are medians of CUDA-event
 timings of single steps after warm-up, torch.backends.cudnn.benchmark on;
 all ratios come from the same run.
 
-    python3 bench/bench_gpu.py --quick            # a short run
-    python3 bench/bench_gpu.py --json bench/results/gpu.json
-    python3 bench/bench_gpu.py --runs             # also the whole training runs
+    python3 -m bench.bench_gpu --quick            # a short run
+    python3 -m bench.bench_gpu --json bench/results/gpu.json
+    python3 -m bench.bench_gpu --runs             # also the whole training runs
 """
 import argparse
 import json
@@ -44,9 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
-from kernels import cuda_fixed, cuda_fused  # noqa: E402
-from kernels.fixed_kernels import NUM_KERNELS  # noqa: E402
-from models.torch_layers import fixed_conv2d  # noqa: E402
+from fxnn.kernels import cuda_fixed, cuda_fused  # noqa: E402
+from fxnn.kernels.fixed_kernels import NUM_KERNELS  # noqa: E402
+from fxnn.models.torch_layers import fixed_conv2d  # noqa: E402
 
 FULL = {"batch": [64, 256], "channels": [32, 64, 128, 256], "sizes": [14, 28, 56],
         "precisions": ["float32", "tf32", "bfloat16"], "layouts": ["nchw", "channels_last"], "warmup": 10, "reps": 50}

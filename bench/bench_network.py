@@ -10,8 +10,8 @@ peer's with torch's), measured side by side in one run, on MNIST-shaped
 random data (batch 64 for training, 100 for validation, as fxnn.py uses
 them).
 
-    python3 bench/bench_network.py [--dataset MNIST|CIFAR10] [--engines pytensor,torch] [--repeats 20] [--json out.json]
-    python3 bench/bench_network.py --profile [cnn]   # where the torch fxnn (cnn) step's time goes, by op
+    python3 -m bench.bench_network [--dataset MNIST|CIFAR10] [--engines pytensor,torch] [--repeats 20] [--json out.json]
+    python3 -m bench.bench_network --profile [cnn]   # where the torch fxnn (cnn) step's time goes, by op
 """
 import argparse
 import json
@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 
 from .machine import banner, describe  # noqa: E402
 from .timing import alternated_ms  # noqa: E402
-from models.architecture import build_network  # noqa: E402
-from models.engines import make_engine  # noqa: E402
+from fxnn.models.architecture import build_network  # noqa: E402
+from fxnn.models.engines import make_engine  # noqa: E402
 
 SHAPES = {"MNIST": (1, 28, 28), "CIFAR10": (3, 32, 32)}
 

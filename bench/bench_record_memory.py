@@ -11,7 +11,7 @@ ratio. Goal: peak memory within 10%. (Both runs train equally long so that
 the comparison measures records, not the allocator's high-water mark over
 more training steps.)
 
-    python3 bench/bench_record_memory.py [--records 1000] [--model fxnn] [--json out.json]
+    python3 -m bench.bench_record_memory [--records 1000] [--model fxnn] [--json out.json]
 """
 import argparse
 import json
@@ -25,7 +25,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from data.cifar import TEST, TRAIN, write_batch  # noqa: E402
+from fxnn.data.cifar import TEST, TRAIN, write_batch  # noqa: E402
 
 
 def write_cifar(folder, train_per_batch=1000, test=200, seed=0):

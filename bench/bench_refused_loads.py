@@ -13,7 +13,7 @@ alone). Each run is its own process; peak RSS from the kernel's
 ``wait4``; the first row is the process refusing a missing dataset, what
 fxnn.py takes before it reads any data.
 
-    PYTHONPATH=tests python3 bench/bench_refused_loads.py [--json out.json]
+    PYTHONPATH=tests python3 -m bench.bench_refused_loads [--json out.json]
 
 (tests/ on the path: the hostile batches and the child run are the tests' own.)
 """
@@ -24,7 +24,7 @@ import tempfile
 
 import numpy as np
 
-from data.cifar import TEST, TRAIN, write_batch  # noqa: E402
+from fxnn.data.cifar import TEST, TRAIN, write_batch  # noqa: E402
 from test_hostile_pickles import HOSTILE, run_fxnn  # noqa: E402  (PYTHONPATH=tests)
 
 

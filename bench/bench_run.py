@@ -8,9 +8,9 @@ otherwise; the runs alternate fxnn, cnn, fxnn, cnn, ... so that a machine
 that speeds up or slows down shifts both alike. One untimed fxnn run first
 lets ``auto`` measure and cache its paths, as it would on a user's first run.
 
-    python3 bench/bench_run.py                          # torch, -nrec 5 -ipr 100, 3 rounds
-    python3 bench/bench_run.py --engine pytensor --rounds 2
-    python3 bench/bench_run.py -- -nrec 100             # the default run's length
+    python3 -m bench.bench_run                          # torch, -nrec 5 -ipr 100, 3 rounds
+    python3 -m bench.bench_run --engine pytensor --rounds 2
+    python3 -m bench.bench_run -- -nrec 100             # the default run's length
 """
 import argparse
 import json

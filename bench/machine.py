@@ -10,7 +10,7 @@ printed beside it where the kernel reports a clock."""
 import os
 import platform
 
-from models.fxnn_paths import cpu_model, cpuinfo
+from fxnn.models.fxnn_paths import cpu_model, cpuinfo
 
 LANES = {"avx512": 16, "avx2": 8, "portable": 4}
 
@@ -25,7 +25,7 @@ def cpu_mhz():
 
 def describe(threads):
     """{field: value} of this machine, for ``threads`` threads."""
-    from kernels import native
+    from fxnn.kernels import native
     flags = set((cpuinfo("flags") or "").split())
     info = {"cpu": cpu_model(), "machine": platform.machine(), "threads": threads,
             "cores_visible": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),

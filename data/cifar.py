@@ -3,7 +3,7 @@ with ``data`` (N x 3072 uint8; the R, G, B 32x32 planes one after another)
 and the labels (``labels``; CIFAR-100: ``fine_labels``), in
 ``<data_dir>/cifar10/`` (``cifar100/``) or its tarball's subfolder. When
 missing they are downloaded as the published tarball, MD5-checked, and
-unpacked safely (:mod:`data.tarball`). Batches load only with a restricted
+unpacked safely (:mod:`fxnn.data.tarball`). Batches load only with a restricted
 unpickler, and only when no larger than a genuine one."""
 import os
 import pickle

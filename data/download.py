@@ -18,7 +18,7 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 
-from files.atomic import atomic_path
+from fxnn.files.atomic import atomic_path
 
 from .dataset import DataError, one_line
 

@@ -5,7 +5,7 @@ Images are uint8 (scaled to [0, 1]) or float (used as they are), (N, H, W)
 for one channel or 4-D: NCHW, or NHWC when ``layout`` says so or, without it,
 when the last axis is shorter than the second (e.g. (N, 32, 32, 3)). Labels
 are integers 0..K-1; the class count K is the largest label plus one. The
-file is read without pickle (:mod:`data.npz`), each image array at most
+file is read without pickle (:mod:`fxnn.data.npz`), each image array at most
 :func:`limit_bytes` as float32.
 """
 import os

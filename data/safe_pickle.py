@@ -24,7 +24,7 @@ refuses what would crash or exhaust the process without running code:
   refused, as is an array whose state never came;
 * **dict keys** that are bytes but not UTF-8 text.
 
-Every refusal is a :class:`~data.dataset.DataError` of one line.
+Every refusal is a :class:`~fxnn.data.dataset.DataError` of one line.
 """
 import os
 import pickle

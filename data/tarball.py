@@ -7,7 +7,7 @@ import shutil
 import tarfile
 import zlib
 
-from files.atomic import atomic_path
+from fxnn.files.atomic import atomic_path
 
 from .dataset import DataError, one_line
 

@@ -51,7 +51,7 @@ def probability(text):
 
 def dataset_name(text):
     """A built-in dataset's name (any case) or an existing .npz path (data.dataset_arg)."""
-    from data import dataset_arg
+    from fxnn.data import dataset_arg
     try:
         return dataset_arg(text)
     except ValueError as e:
@@ -102,11 +102,11 @@ def program_name():
 
 
 def build_parser():
-    from models.architecture import ABLATIONS, BASIS_MODELS, MODELS
-    from models.engines import DEVICES, ENGINES
-    from models.fxnn_paths import PATHS
-    from models.optimizers import DEFAULT_LEARN_RATE, DEFAULT_OPTIMIZER, OPTIMIZERS
-    from training.recorder import RECORD_PARAMS
+    from fxnn.models.architecture import ABLATIONS, BASIS_MODELS, MODELS
+    from fxnn.models.engines import DEVICES, ENGINES
+    from fxnn.models.fxnn_paths import PATHS
+    from fxnn.models.optimizers import DEFAULT_LEARN_RATE, DEFAULT_OPTIMIZER, OPTIMIZERS
+    from fxnn.training.recorder import RECORD_PARAMS
 
     p = argparse.ArgumentParser(
         prog=program_name(),
@@ -170,7 +170,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from training import runlock
+    from fxnn.training import runlock
     try:
         return run(args)
     except KeyboardInterrupt:  # before training started; during training the loop handles it
@@ -182,17 +182,17 @@ def main(argv=None):
 
 def run(args):
     """One experiment from parsed flags; returns the exit code."""
-    from data import DataError, dataset_label, load_dataset
-    from data.split import hold_out
-    from files.atomic import WriteError
-    from kernels import threads
-    from models.architecture import build_network
-    from models.engines import make_engine, resolve
-    from training import checkpoint, preflight, provenance, record_size, tensorboard_log
-    from training.final_test import final_test
-    from training.loop import NUM_SAMPLES, VALID_BATCH, Schedule, Terminated, raise_on_sigterm, train
-    from training.memory import release_free_memory
-    from training.recorder import Recorder
+    from fxnn.data import DataError, dataset_label, load_dataset
+    from fxnn.data.split import hold_out
+    from fxnn.files.atomic import WriteError
+    from fxnn.kernels import threads
+    from fxnn.models.architecture import build_network
+    from fxnn.models.engines import make_engine, resolve
+    from fxnn.training import checkpoint, preflight, provenance, record_size, tensorboard_log
+    from fxnn.training.final_test import final_test
+    from fxnn.training.loop import NUM_SAMPLES, VALID_BATCH, Schedule, Terminated, raise_on_sigterm, train
+    from fxnn.training.memory import release_free_memory
+    from fxnn.training.recorder import Recorder
 
     def fail(message):
         print(f"fxnn: error: {message}", file=sys.stderr)
@@ -338,7 +338,7 @@ def run(args):
 def fail_write(error, run_dir):
     """A record, snapshot or checkpoint that did not fit on the disk: one line,
     with how to go on (the last checkpoint and the earlier record are intact)."""
-    from training import checkpoint
+    from fxnn.training import checkpoint
     then = "then run the same command with --resume" if checkpoint.exists(run_dir) else "then run again"
     print(f"fxnn: error: {error.strerror}; {error.remedy}, {then}", file=sys.stderr)
     return EXIT_WRITE_FAILED

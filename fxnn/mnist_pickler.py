@@ -14,9 +14,9 @@ import sys
 
 import numpy as np
 
-from data import DataError
-from data.mnist import FILES, NPZ, read_idx_files, validate
-from files.atomic import atomic_path
+from fxnn.data import DataError
+from fxnn.data.mnist import FILES, NPZ, read_idx_files, validate
+from fxnn.files.atomic import atomic_path
 
 
 def main(argv=None):

@@ -1,6 +1,6 @@
 """The C fixed stage (``kernels/fixed_cpu.c``) on PyTorch CPU tensors.
 
-The same two calls as :mod:`kernels.cuda_fixed`: :func:`fixed_forward` and
+The same two calls as :mod:`fxnn.kernels.cuda_fixed`: :func:`fixed_forward` and
 :func:`fixed_backward` (the adjoint), on float32 or float64 tensors, using
 ``torch.get_num_threads()`` threads. The extension ``kernels._fixed_cpu`` is
 built by ``pip install``; where it could not be built, :func:`available` says

@@ -3,7 +3,7 @@
 :func:`forward`, :func:`weight_grad` and :func:`input_grad` take float32
 tensors in the layouts of ``kernels/fixed_kernels.py`` (x (B, M, H, W), weight
 (5M, N), y and dy (B, N, H, W)) and use ``torch.get_num_threads()`` threads.
-The instruction set is :func:`kernels.native.isa`: the best this CPU runs,
+The instruction set is :func:`fxnn.kernels.native.isa`: the best this CPU runs,
 or the one named by the environment variable ``FXNN_ISA`` (``avx512``,
 ``avx2`` or ``portable``), which tests use to run every path the machine
 supports. Where the extension could not be built, :func:`available` says why

@@ -1,7 +1,7 @@
 """Launcher for the fixed 3x3 stage CUDA kernels in ``kernels/simple_conv.cu``.
 
 ``fixed_forward`` maps (B, M, H, W) to (B, 5M, H, W) in the 5M layout of
-:mod:`kernels.fixed_kernels`; ``fixed_backward`` maps an output gradient
+:mod:`fxnn.kernels.fixed_kernels`; ``fixed_backward`` maps an output gradient
 (B, 5M, H, W) to the input gradient (B, M, H, W). Both take and return
 contiguous CUDA tensors (float32, float16 or bfloat16) and allocate the result
 with torch.

@@ -1,5 +1,5 @@
-"""The fused fxnn layer's Triton kernels (:mod:`kernels.fused_triton`) on
-PyTorch CUDA tensors: the same three calls as :mod:`kernels.cpu_fused`.
+"""The fused fxnn layer's Triton kernels (:mod:`fxnn.kernels.fused_triton`) on
+PyTorch CUDA tensors: the same three calls as :mod:`fxnn.kernels.cpu_fused`.
 
 Importing this module needs neither triton nor a GPU (the kernels' module is
 imported on first use); :func:`available` says whether they can run here,

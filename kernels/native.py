@@ -2,8 +2,8 @@
 ``fixed_cpu.c`` and the fused layer of ``fused_cpu.c``), when ``pip install``
 built it, and the instruction set its fused kernels use.
 
-No framework here: the PyTorch launchers (:mod:`kernels.cpu_fixed`,
-:mod:`kernels.cpu_fused`) and the PyTensor engine both ask this module.
+No framework here: the PyTorch launchers (:mod:`fxnn.kernels.cpu_fixed`,
+:mod:`fxnn.kernels.cpu_fused`) and the PyTensor engine both ask this module.
 """
 import os
 

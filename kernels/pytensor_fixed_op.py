@@ -3,7 +3,7 @@ and its adjoint, each the gradient of the other.
 
 The C code is ``kernels/fixed_cpu.c``, the same source the PyTorch engine's
 extension is built from, compiled by PyTensor into its cache on first use
-(:mod:`kernels.pytensor_kernels`): one pass over memory each way, where a
+(:mod:`fxnn.kernels.pytensor_kernels`): one pass over memory each way, where a
 graph of pads and slices would write the 5M channels several times over in
 its gradient. Without a C compiler PyTensor runs :meth:`perform`, the numpy
 references, so the PyTensor engine has no fixed stage of its own in graph ops.

@@ -8,7 +8,7 @@
 Each one's gradient is made of the three (the weight gradient is bilinear in
 x and dy, the input gradient in dy and w), so derivatives of any order stay
 fused. float32 only; without a C compiler PyTensor runs :meth:`perform`,
-the numpy references of :mod:`kernels.fixed_kernels`. The instruction set is
+the numpy references of :mod:`fxnn.kernels.fixed_kernels`. The instruction set is
 ``$FXNN_ISA`` when set (read when an op is made), else the best this CPU runs.
 """
 import os

@@ -34,7 +34,7 @@ def source_version():
 
 
 def default_threads():
-    """The run's thread count (``--threads``; :mod:`kernels.threads`)."""
+    """The run's thread count (``--threads``; :mod:`fxnn.kernels.threads`)."""
     return threads.count()
 
 

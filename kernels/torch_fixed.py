@@ -12,7 +12,7 @@ Three implementations behind :func:`fixed_stage`:
   padded once, the two vertical passes ([1,2,1] and [1,0,-1]) are computed
   once and shared by the four non-identity kernels, and each horizontal pass
   writes straight into its slot of a preallocated (B, M, 5, H, W) output,
-  which is the 5M layout of :mod:`kernels.fixed_kernels` without a copy.
+  which is the 5M layout of :mod:`fxnn.kernels.fixed_kernels` without a copy.
 
 The backward is the adjoint (correlation with the kernels flipped in both
 axes), also separable; it is itself an operator whose backward is the
@@ -171,7 +171,7 @@ fixed_stage_adjoint.register_autograd(lambda ctx, gx: fixed_stage_op(gx))
 
 def fixed_stage(x):
     """The five fixed kernels on each channel of ``x`` (B, M, H, W), zero padded:
-    (B, 5M, H, W) with channel ``5*m + k`` (see :mod:`kernels.fixed_kernels`)."""
+    (B, 5M, H, W) with channel ``5*m + k`` (see :mod:`fxnn.kernels.fixed_kernels`)."""
     if x.dim() != 4:
         raise ValueError(f"fixed_stage expects a 4-D (B, M, H, W) tensor, got shape {tuple(x.shape)}")
     return fixed_stage_op(x)

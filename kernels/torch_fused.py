@@ -13,11 +13,11 @@ traces through them without a graph break:
 Each is linear in each argument and the derivatives of each are the others
 (see the autograd formulas below), so derivatives of any order stay on
 these operators. Their kernels: ``kernels/fused_cpu.c`` for float32 CPU
-tensors when the extension is built (:mod:`kernels.cpu_fused`), the Triton
-kernels of :mod:`kernels.fused_triton` (:mod:`kernels.cuda_fused`) for float32, float16 and bfloat16
+tensors when the extension is built (:mod:`fxnn.kernels.cpu_fused`), the Triton
+kernels of :mod:`fxnn.kernels.fused_triton` (:mod:`fxnn.kernels.cuda_fused`) for float32, float16 and bfloat16
 CUDA tensors when Triton is installed; anything else (other dtypes and
 devices) computes the same in torch ops (the fixed stage of
-:mod:`kernels.torch_fixed` and an einsum), the reference beside them.
+:mod:`fxnn.kernels.torch_fixed` and an einsum), the reference beside them.
 """
 import torch
 

@@ -5,13 +5,13 @@ conv layer (training only), 2x2 max pooling (odd sizes floor, as ignore_border)
 and a softmax. ``fxnn`` and ``cnn`` differ only in the conv layer; ``baseline``
 is logistic regression on the pixels. The ablation models (:data:`ABLATIONS`)
 change one thing each about the conv layers of fxnn or cnn; the basis models
-(:data:`BASIS_MODELS`) are fxnn over another fixed basis of :mod:`models.fixed_bases`.
+(:data:`BASIS_MODELS`) are fxnn over another fixed basis of :mod:`fxnn.models.fixed_bases`.
 
 Parameter names, shapes and layouts are the original's and are shared by all
 engines, so parameters move between engines and every ``.mat`` reads the same:
 
 * fxnn (and fxnn-ortho, fxnn-iso) conv layer ``conv{i}_w``: (5*M, N), rows in the 5M layout of
-  :mod:`kernels.fixed_kernels`; ``conv{i}_b``: (N,); over another basis of K
+  :mod:`fxnn.kernels.fixed_kernels`; ``conv{i}_b``: (N,); over another basis of K
   kernels (:data:`BASIS_MODELS`) (K*M, N) in the same layout
 * cnn (and cnn-sub, cnn-fxinit) conv layer ``conv{i}_w``: (N, M, k, k)
   (cross-correlation); ``conv{i}_b``: (N,)
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.fixed_kernels import fold_weights
+from fxnn.kernels.fixed_kernels import fold_weights
 
 from .fixed_bases import BASES, mean_squared_norm, span_projector
 
@@ -38,7 +38,7 @@ ABLATIONS = {
     "cnn-x13": "cnn whose conv weights are trained as W = sqrt(13) V, from cnn's initial kernels: with SGD, "
                "a 13x learn rate on them, fxnn's mean preconditioning without its basis or subspace",
 }
-#: fxnn over another fixed basis of :mod:`models.fixed_bases` (README "Other fixed bases").
+#: fxnn over another fixed basis of :mod:`fxnn.models.fixed_bases` (README "Other fixed bases").
 BASIS_MODELS = {
     "fxnn-dct": "the 3x3 DCT basis of Harmonic networks, 9 orthogonal kernels, unscaled",
     "fxnn-dct-unit": "the orthonormal 3x3 DCT basis",
@@ -62,7 +62,7 @@ LOG_EPS = 1e-3             # the original's loss: mean(-onehot(y) * log(p + 1e-3
 @dataclass(frozen=True)
 class ConvKind:
     """What a model's conv layers are made of: ``basis``, a name of
-    :data:`models.fixed_bases.BASES` for a 1x1 over that fixed basis (None:
+    :data:`fxnn.models.fixed_bases.BASES` for a 1x1 over that fixed basis (None:
     a dense k x k conv); ``weight_scale``, the conv uses ``weight_scale * w``;
     ``projection``, the name of a basis onto whose span dense 3x3 weights
     are projected after every update (None: no projection); ``init``,

@@ -43,7 +43,7 @@ def resolve(engine, device):
 
 def make_engine(engine, device, network, params, optimizer, dropout, seed, fxnn_path="auto", batch_sizes=None):
     """A ready-to-train engine for ``network`` starting from ``params``; fxnn
-    layers on ``fxnn_path`` (see :mod:`models.fxnn_paths`); ``batch_sizes``
+    layers on ``fxnn_path`` (see :mod:`fxnn.models.fxnn_paths`); ``batch_sizes``
     {pass: B} tells an engine that chooses paths before it runs (PyTensor)
     which batches to choose them for."""
     if engine == "pytensor":

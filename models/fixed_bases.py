@@ -2,7 +2,7 @@
 
 A factored layer is a fixed basis of K 3x3 kernels applied to every input
 channel (row ``K*m + k`` of its (K*M, N) 1x1 weight, the layout of
-:mod:`kernels.fixed_kernels` with K in place of 5), then a trainable 1x1;
+:mod:`fxnn.kernels.fixed_kernels` with K in place of 5), then a trainable 1x1;
 folded, it is a dense 3x3 conv with kernels ``sum_k w[K*m+k, n] basis[k]``.
 Only fxnn's five kernels have fast fixed/fused paths; every other basis
 runs folded. A new basis is one entry of :data:`BASES`.
@@ -32,7 +32,7 @@ import functools
 
 import numpy as np
 
-from kernels.fixed_kernels import KERNELS, NUM_KERNELS
+from fxnn.kernels.fixed_kernels import KERNELS, NUM_KERNELS
 
 #: Scale of the Gaussian-derivative basis, in pixels. At sigma = 1 the
 #: second derivatives' zero crossings (x = +-sigma) fall on the grid's
@@ -169,7 +169,7 @@ def mean_squared_norm(basis):
 def span_projector(basis):
     """(9, 9) orthogonal projector onto the span of the kernels of the basis
     named ``basis``, acting on flattened 3x3 kernels from the right (for
-    fxnn's five, :data:`models.fixed_kernels.PROJECTOR` up to rounding)."""
+    fxnn's five, :data:`fxnn.models.fixed_kernels.PROJECTOR` up to rounding)."""
     flat = BASES[basis].reshape(len(BASES[basis]), 9)
     _, s, vt = np.linalg.svd(flat)
     span = vt[:int(np.sum(s > s[0] * 1e-10))]

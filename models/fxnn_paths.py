@@ -6,7 +6,7 @@
   memory; CPU and float32; on CUDA the Triton kernels of
   ``kernels/fused_triton.py`` (float32, float16, bfloat16);
 - ``folded``: the 1x1 weights folded into dense 3x3 kernels
-  (:func:`kernels.fixed_kernels.fold_weights`), then one dense 3x3 conv.
+  (:func:`fxnn.kernels.fixed_kernels.fold_weights`), then one dense 3x3 conv.
 
 All compute the same function and gradient (tested); they differ in speed
 and float rounding. ``auto`` times every path available for a layer's
@@ -18,8 +18,8 @@ else ``~/.cache/fxnn``), keyed by the machine (CPU model, instruction set,
 threads, library versions) and the layer. ``FXNN_AUTOTUNE=0`` switches the
 measuring off; ``auto`` then takes :func:`default_path`.
 
-The engines supply what to time (:func:`models.torch_layers.path_contenders`,
-:func:`models.pytensor_paths.path_contenders`); this module only times,
+The engines supply what to time (:func:`fxnn.models.torch_layers.path_contenders`,
+:func:`fxnn.models.pytensor_paths.path_contenders`); this module only times,
 chooses and remembers, so it is tested with an injected clock.
 """
 import json
@@ -191,7 +191,7 @@ class PathTuner:
         self._entries()[name] = entry
         if not self.cache:
             return
-        from files.atomic import atomic_path
+        from fxnn.files.atomic import atomic_path
         try:
             os.makedirs(os.path.dirname(self.cache), exist_ok=True)
             entries = dict(self._read_quietly())

@@ -3,13 +3,13 @@ update rules and state, over a small :class:`Backend` of primitives.
 
 Each engine is a backend (the primitives on its framework's tensors) plus
 what it must do differently: the PyTensor engine builds one graph from these
-functions and compiles it (:mod:`models.pytensor_engine`), the PyTorch
-engine runs them eagerly (:mod:`models.torch_engine`). What a layer is made
+functions and compiles it (:mod:`fxnn.models.pytensor_engine`), the PyTorch
+engine runs them eagerly (:mod:`fxnn.models.torch_engine`). What a layer is made
 of (a fixed basis, a weight scale, a projection after each update) is data
-of :mod:`models.architecture`, read here, so the engines agree by
+of :mod:`fxnn.models.architecture`, read here, so the engines agree by
 construction. The numpy references the primitives and the whole are tested
-against stay apart: :mod:`kernels.fixed_kernels` (the fixed stage, folding),
-:mod:`models.fixed_bases` (the projection) and :func:`models.optimizers.reference_step`.
+against stay apart: :mod:`fxnn.kernels.fixed_kernels` (the fixed stage, folding),
+:mod:`fxnn.models.fixed_bases` (the projection) and :func:`fxnn.models.optimizers.reference_step`.
 """
 import json
 from collections import OrderedDict
@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from kernels import native
+from fxnn.kernels import native
 
 from . import dropout as dropout_masks
 from . import optimizers
@@ -27,7 +27,7 @@ from .fxnn_paths import check_path, describe_paths
 
 class Backend(Protocol):
     """The primitives an engine supplies, on its own tensors (symbolic for
-    PyTensor, eager for PyTorch). Shapes are those of :mod:`models.architecture`:
+    PyTensor, eager for PyTorch). Shapes are those of :mod:`fxnn.models.architecture`:
     images (B, C, H, W), dense conv weights (N, M, k, k), 1x1 weights (C, N)."""
 
     def constant(self, array, like):
@@ -57,7 +57,7 @@ class Backend(Protocol):
 
     def block(self, h, mask, p):
         """What follows each conv layer: ReLU, inverted dropout (``mask``:
-        uint16 draws of :mod:`models.dropout`, or None) and 2x2 max pooling."""
+        uint16 draws of :mod:`fxnn.models.dropout`, or None) and 2x2 max pooling."""
 
     def relu(self, h):
         """max(h, 0), gradient 0 at 0."""
@@ -89,7 +89,7 @@ class Backend(Protocol):
 def fold(be, w, kernels):
     """(K*M, N) 1x1 weight over ``kernels`` (K, 3, 3) -> (N, M, 3, 3) dense
     kernels ``sum_k w[K*m+k, n] kernels[k]``; the numpy reference is
-    :func:`kernels.fixed_kernels.fold_weights`."""
+    :func:`fxnn.kernels.fixed_kernels.fold_weights`."""
     c, n = w.shape
     k = kernels.shape[0]
     return be.combine(w.reshape((c // k, k, n)), be.constant(kernels, w))
@@ -98,7 +98,7 @@ def fold(be, w, kernels):
 def project(be, w, projector):
     """Dense (N, M, 3, 3) weights ``w`` projected by the (9, 9) ``projector``
     acting on flattened kernels; the numpy reference is
-    :func:`models.fixed_bases.project_kernels`."""
+    :func:`fxnn.models.fixed_bases.project_kernels`."""
     return be.matmul(w.reshape((-1, 9)), be.constant(projector, w)).reshape(w.shape)
 
 
@@ -127,7 +127,7 @@ def relu_dropout_pool(be, h, mask, p):
 
 def factored_conv(be, x, w, bias, path, kernels):
     """A 1x1 over a fixed basis ``kernels`` on ``path`` (see
-    :mod:`models.fxnn_paths`; fixed and fused compute fxnn's five kernels)."""
+    :mod:`fxnn.models.fxnn_paths`; fixed and fused compute fxnn's five kernels)."""
     if path == "folded":
         return be.conv(x, fold(be, w, kernels), bias, 3)
     if path == "fused":
@@ -136,7 +136,7 @@ def factored_conv(be, x, w, bias, path, kernels):
 
 
 def conv_layer(be, layer, x, w, bias, path):
-    """One conv layer of :mod:`models.architecture` as its data says: the
+    """One conv layer of :mod:`fxnn.models.architecture` as its data says: the
     weight scale, then the 1x1 over its basis on ``path``, or a dense conv."""
     if layer.weight_scale != 1:
         w = w * be.scalar(layer.weight_scale, w)
@@ -174,7 +174,7 @@ def objective(be, probs, y):
 
 def update(be, optimizer, p, g, slots, lr, corrections):
     """(new p, {slot: new value}) after one step of ``optimizer``'s rule
-    (:mod:`models.optimizers`); ``slots`` {slot: value} of this parameter;
+    (:mod:`fxnn.models.optimizers`); ``slots`` {slot: value} of this parameter;
     ``corrections``: Adam's (1 - B1^t, 1 - B2^t) of this step."""
     if optimizer == "sgd":
         return p - lr * g, {}

@@ -1,7 +1,7 @@
 """Optimizers of fxnn: names, hyper-parameters and a numpy reference update.
 
 Every engine runs these exact update rules (not its framework's built-ins,
-whose details differ), written once in :func:`models.network.update`, so
+whose details differ), written once in :func:`fxnn.models.network.update`, so
 engines agree step for step and an optimizer's state has the same names and
 shapes everywhere. The numpy ``reference_step``, written apart, is the
 oracle they are tested against.

@@ -1,14 +1,14 @@
-"""The PyTensor engine: the network of :mod:`models.network` as one symbolic
+"""The PyTensor engine: the network of :mod:`fxnn.models.network` as one symbolic
 graph of the PyTensor backend, compiled once.
 
 Compiles a training function (loss, error rate and the optimizer's updates,
-dropout on, with masks from :mod:`models.dropout`), an evaluation function
+dropout on, with masks from :mod:`fxnn.models.dropout`), an evaluation function
 (loss, error rate and class probabilities, dropout off) and, on demand for
 tests, a gradient function. Parameters and optimizer state live in shared
-variables; :class:`models.network.Engine` moves them in and out as numpy
-arrays with the project-wide names of :mod:`models.architecture`. PyTensor
+variables; :class:`fxnn.models.network.Engine` moves them in and out as numpy
+arrays with the project-wide names of :mod:`fxnn.models.architecture`. PyTensor
 compiles before it runs, so ``auto`` chooses each fxnn layer's path for the
-known batch sizes when the engine is built (:mod:`models.pytensor_paths`).
+known batch sizes when the engine is built (:mod:`fxnn.models.pytensor_paths`).
 """
 import warnings
 from collections import OrderedDict
@@ -21,7 +21,7 @@ warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", c
 import pytensor  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 
-from kernels import native  # noqa: E402
+from fxnn.kernels import native  # noqa: E402
 
 from . import network as net  # noqa: E402
 from . import optimizers, pytensor_paths  # noqa: E402
@@ -88,7 +88,7 @@ class PyTensorEngine(net.Engine):
         self._grad_fn = None
 
     def _paths(self, pass_):
-        """The path function of :func:`models.network.forward` for ``pass_``:
+        """The path function of :func:`fxnn.models.network.forward` for ``pass_``:
         the chosen path of an fxnn layer (the fixed path where "fused"
         cannot run), folded for any other basis; recorded as it is built
         into the graph."""

@@ -1,8 +1,8 @@
 """Symbolic building blocks of the network in PyTensor, and the PyTensor
-backend of :mod:`models.network`.
+backend of :mod:`fxnn.models.network`.
 
 Each function maps symbolic tensors to symbolic tensors; PyTensor derives the
-gradients. The fixed stage is the op of :mod:`kernels.pytensor_fixed_op`
+gradients. The fixed stage is the op of :mod:`fxnn.kernels.pytensor_fixed_op`
 (its C code; without a C compiler, the numpy reference); the dense k x k
 convolution of ``cnn`` is an im2col of shifted views followed by one
 tensordot, since PyTensor no longer ships a conv2d op.
@@ -11,9 +11,9 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from kernels.fixed_kernels import KERNELS
-from kernels.pytensor_fixed_op import fixed_stage_op
-from kernels.pytensor_fused_op import fused_conv
+from fxnn.kernels.fixed_kernels import KERNELS
+from fxnn.kernels.pytensor_fixed_op import fixed_stage_op
+from fxnn.kernels.pytensor_fused_op import fused_conv
 
 from . import network
 
@@ -29,7 +29,7 @@ def zero_pad(x, pad):
 
 def fixed_stage(x):
     """(B, M, H, W) -> (B, 5M, H, W): the five fixed kernels, channel ``5m+k``:
-    the op of :mod:`kernels.pytensor_fixed_op` (its C code, or the numpy
+    the op of :mod:`fxnn.kernels.pytensor_fixed_op` (its C code, or the numpy
     reference where PyTensor has no C compiler)."""
     return fixed_stage_op(x)
 
@@ -50,7 +50,7 @@ def fused_available(dtype):
 
 
 def fxnn_conv(x, w, bias, path="fixed"):
-    """An fxnn conv layer on ``path`` (see :mod:`models.fxnn_paths`); "fused"
+    """An fxnn conv layer on ``path`` (see :mod:`fxnn.models.fxnn_paths`); "fused"
     where it cannot run (float64, no C compiler) computes the fixed path."""
     if path == "fused" and not fused_available(x.dtype):
         path = "fixed"
@@ -59,18 +59,18 @@ def fxnn_conv(x, w, bias, path="fixed"):
 
 def pointwise(x, w, bias):
     """1x1 convolution: (B, C, H, W) with weight (C, N) -> (B, N, H, W)
-    (:func:`models.network.pointwise`)."""
+    (:func:`fxnn.models.network.pointwise`)."""
     return network.pointwise(BACKEND, x, w, bias)
 
 
 def fold(w, basis=KERNELS):
     """(K*M, N) 1x1 weight over ``basis`` (K, 3, 3), fxnn's five by default
-    -> (N, M, 3, 3) dense kernels (:func:`models.network.fold`)."""
+    -> (N, M, 3, 3) dense kernels (:func:`fxnn.models.network.fold`)."""
     return network.fold(BACKEND, w, basis)
 
 
 def max_pool_2x2(x):
-    """2x2 max pooling, stride 2; an odd last row/column is dropped (:func:`models.network.pool`)."""
+    """2x2 max pooling, stride 2; an odd last row/column is dropped (:func:`fxnn.models.network.pool`)."""
     return network.pool(BACKEND, x)
 
 
@@ -81,13 +81,13 @@ def relu(x):
 
 def softmax(h):
     """Row-wise softmax from elementwise ops (see
-    :func:`models.pytensor_engine.compile_mode`)."""
+    :func:`fxnn.models.pytensor_engine.compile_mode`)."""
     e = pt.exp(h - pytensor.gradient.disconnected_grad(h.max(axis=1, keepdims=True)))
     return e / e.sum(axis=1, keepdims=True)
 
 
 class PyTensorBackend:
-    """The primitives of :class:`models.network.Backend` as symbolic
+    """The primitives of :class:`fxnn.models.network.Backend` as symbolic
     PyTensor ops, for one graph compiled once."""
 
     def constant(self, array, like):

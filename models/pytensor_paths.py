@@ -1,5 +1,5 @@
 """``auto`` for the PyTensor engine: each fxnn layer's path per pass, measured
-on compiled single-layer functions (:mod:`models.fxnn_paths` times and
+on compiled single-layer functions (:mod:`fxnn.models.fxnn_paths` times and
 remembers). PyTensor compiles a graph before it runs, so the choice is made
 for the known batch sizes when the engine is built; compiling the contenders
 the first time takes seconds, later PyTensor loads them from its cache, and
@@ -8,8 +8,8 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from kernels import native
-from kernels.pytensor_kernels import default_threads
+from fxnn.kernels import native
+from fxnn.kernels.pytensor_kernels import default_threads
 
 from . import fxnn_paths
 from .pytensor_layers import fused_available, fxnn_conv
@@ -34,7 +34,7 @@ def layer_shapes(network, batch):
 def path_contenders(shape, dtype, train, input_grad, mode):
     """{path: compiled function}: one pass of an fxnn layer of ``shape`` on
     each available path on random data (timing batch of
-    :func:`models.fxnn_paths.timing_batch`); ``train``: the gradients of
+    :func:`fxnn.models.fxnn_paths.timing_batch`); ``train``: the gradients of
     weight and bias (and input, when ``input_grad``) too."""
     b, m, n, h, w = shape
     rng = np.random.default_rng(0)

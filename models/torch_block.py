@@ -1,5 +1,5 @@
 """What follows every conv layer of the network, for the PyTorch engine: ReLU,
-inverted dropout (the uint16 draws of :mod:`models.dropout`), 2x2 max pooling
+inverted dropout (the uint16 draws of :mod:`fxnn.models.dropout`), 2x2 max pooling
 (stride 2, an odd last row or column dropped), as one autograd op.
 
 The gradient of the pooling goes to every element equal to its window's
@@ -15,14 +15,14 @@ implementations; the backward is not itself differentiable.
 import numpy as np
 import torch
 
-from kernels import native
+from fxnn.kernels import native
 
 from . import dropout as dropout_masks
 from . import network
 
 
 def _pool(h):
-    """2x2 max pooling (:func:`models.network.pool`; ``torch.maximum`` is
+    """2x2 max pooling (:func:`fxnn.models.network.pool`; ``torch.maximum`` is
     the one primitive it needs, so the torch module serves as its backend)."""
     return network.pool(torch, h)
 
@@ -148,7 +148,7 @@ def native_available(y):
 
 def relu_dropout_pool(y, mask=None, p=0.0):
     """pool(relu(y) * dropout factors) of ``y`` (B, C, H, W); ``mask``: the
-    layer's uint16 draws from :func:`models.dropout.draw`, or None."""
+    layer's uint16 draws from :func:`fxnn.models.dropout.draw`, or None."""
     if not native_available(y):
         return reference(y, mask, p)
     if mask is not None:

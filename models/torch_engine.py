@@ -1,19 +1,19 @@
-"""The PyTorch engine: the network of :mod:`models.network` run eagerly on
+"""The PyTorch engine: the network of :mod:`fxnn.models.network` run eagerly on
 the PyTorch backend, on the CPU or a CUDA GPU.
 
 Parameters are plain tensors keyed by the project-wide names of
-:mod:`models.architecture` (fxnn 1x1 weights (5M, N), dense weights
+:mod:`fxnn.models.architecture` (fxnn 1x1 weights (5M, N), dense weights
 (in, out)), so they move between engines unchanged. Each fxnn conv layer's
-path (:mod:`models.fxnn_paths`: fixed, fused or folded) is chosen per layer
+path (:mod:`fxnn.models.fxnn_paths`: fixed, fused or folded) is chosen per layer
 and pass on its first call when the path is ``auto``; the updates of
-:func:`models.network.updates` are copied into the tensors in place.
+:func:`fxnn.models.network.updates` are copied into the tensors in place.
 """
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
-from kernels import torch_fused
+from fxnn.kernels import torch_fused
 
 from . import network as net
 from . import optimizers
@@ -39,7 +39,7 @@ class TorchEngine(net.Engine):
         self._make_variables(params)
 
     def _paths(self, pass_):
-        """The path function of :func:`models.network.forward` for ``pass_``:
+        """The path function of :func:`fxnn.models.network.forward` for ``pass_``:
         each factored layer's path, chosen on its first call in that pass
         and kept (folded for a basis other than fxnn's)."""
         def path(layer, h, w, b):

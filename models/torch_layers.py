@@ -2,15 +2,15 @@
 
     layer = FixedConv2d(64, 128)   # in place of nn.Conv2d(64, 128, 3, padding=1)
 
-The fixed stage (:func:`kernels.torch_fixed.fixed_stage`, five fixed 3x3
+The fixed stage (:func:`fxnn.kernels.torch_fixed.fixed_stage`, five fixed 3x3
 kernels per input channel, nothing trainable) followed by a trainable 1x1
 convolution. ``weight`` has shape (5 * in_channels, out_channels), rows in the
-5M layout of :mod:`kernels.fixed_kernels` (row ``5*m + k``), the layout of the
+5M layout of :mod:`fxnn.kernels.fixed_kernels` (row ``5*m + k``), the layout of the
 ``conv*_w`` parameters in fxnn's records, so weights move between this layer,
 both engines and ``.mat`` files unchanged. It computes on one of the paths of
-:mod:`models.fxnn_paths` (fixed, fused, folded), by default the one measured
+:mod:`fxnn.models.fxnn_paths` (fixed, fused, folded), by default the one measured
 fastest for its shape. ``FixedConv2d(M, N, basis="dct")`` (a name of
-:mod:`models.fixed_bases`, or a (K, 3, 3) array) runs its 1x1 over another
+:mod:`fxnn.models.fixed_bases`, or a (K, 3, 3) array) runs its 1x1 over another
 fixed basis instead: weight (K * in_channels, out_channels) in the same
 layout, always on the folded path (the fixed and fused paths compute fxnn's
 five kernels only).
@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import torch_fused
-from kernels.fixed_kernels import KERNELS, NUM_KERNELS
-from kernels.torch_fixed import fixed_stage
-from kernels.torch_fixed import implementation_name as fixed_stage_name
+from fxnn.kernels import torch_fused
+from fxnn.kernels.fixed_kernels import KERNELS, NUM_KERNELS
+from fxnn.kernels.torch_fixed import fixed_stage
+from fxnn.kernels.torch_fixed import implementation_name as fixed_stage_name
 
 from . import fxnn_paths, network
 from .architecture import FXNN_1X1_INIT_SCALE
@@ -58,7 +58,7 @@ _KERNELS = torch.tensor(KERNELS)
 
 
 class TorchBackend:
-    """The primitives of :class:`models.network.Backend` as eager PyTorch
+    """The primitives of :class:`fxnn.models.network.Backend` as eager PyTorch
     ops, on any device; autograd derives the gradients."""
 
     def constant(self, array, like):
@@ -94,7 +94,7 @@ class TorchBackend:
         return a @ b
 
     def block(self, h, mask, p):
-        """The one op of :func:`models.torch_block.relu_dropout_pool`."""
+        """The one op of :func:`fxnn.models.torch_block.relu_dropout_pool`."""
         return relu_dropout_pool(h, mask, p)
 
     def relu(self, h):
@@ -127,21 +127,21 @@ BACKEND = TorchBackend()
 
 def pointwise(x, weight, bias=None):
     """1x1 convolution: (B, C, H, W) with weight (C, N) -> (B, N, H, W)
-    (:func:`models.network.pointwise`)."""
+    (:func:`fxnn.models.network.pointwise`)."""
     return network.pointwise(BACKEND, x, weight, bias)
 
 
 def fold(weight, basis=None):
     """(K*M, N) 1x1 weight -> (N, M, 3, 3) dense kernels
-    (:func:`models.network.fold`), differentiable. ``basis``: the five
+    (:func:`fxnn.models.network.fold`), differentiable. ``basis``: the five
     kernels by default, or another (K, 3, 3) basis, a numpy array or a
-    tensor (see :mod:`models.fixed_bases`)."""
+    tensor (see :mod:`fxnn.models.fixed_bases`)."""
     return network.fold(BACKEND, weight, _KERNELS if basis is None else basis)
 
 
 def available_paths(x):
     """The paths that can compute an fxnn layer on tensor ``x``, fastest
-    first by default (:func:`models.fxnn_paths.default_path`)."""
+    first by default (:func:`fxnn.models.fxnn_paths.default_path`)."""
     return (("fused",) if torch_fused.available(x) else ()) + ("fixed", "folded")
 
 
@@ -157,10 +157,10 @@ def implementation(path, device):
 def path_contenders(shape, dtype, device, train, input_grad, bias=True):
     """{path: callable}: one pass of an fxnn layer of ``shape`` (B, M, N, H, W)
     on each available path, on random data with the timing batch of
-    :func:`models.fxnn_paths.timing_batch` (on CUDA the layer's own batch,
+    :func:`fxnn.models.fxnn_paths.timing_batch` (on CUDA the layer's own batch,
     since a GPU run on a small one times the launches); ``train``: forward and backward
     (the input's gradient too when ``input_grad``), else forward without
-    autograd. For :func:`models.fxnn_paths.choose`."""
+    autograd. For :func:`fxnn.models.fxnn_paths.choose`."""
     b, m, n, h, w = shape
     g = torch.Generator().manual_seed(0)
     batch = b if torch.device(device).type == "cuda" else fxnn_paths.timing_batch(b, h, w)
@@ -230,7 +230,7 @@ def _say_fused_falls_back(x):
 
 def fixed_conv2d(x, weight, bias=None, path="fixed"):
     """Functional form of :class:`FixedConv2d` on ``path`` (see
-    :mod:`models.fxnn_paths`): "fixed" runs the fixed stage then the 1x1
+    :mod:`fxnn.models.fxnn_paths`): "fixed" runs the fixed stage then the 1x1
     GEMM, "fused" the fused kernel, "folded" one dense 3x3 conv with the
     folded kernels, "auto" the fastest as measured for this call's shape.
     "fused" on a tensor it cannot run on (float64, CUDA without Triton, no

@@ -15,7 +15,7 @@ os.environ["FXNN_AUTOTUNE"] = "0"
 import numpy as np
 import pytest
 
-from data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx, write_idx
+from fxnn.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx, write_idx
 
 SAMPLE = os.path.join(ROOT, "data", "image", "mnist-sample")
 
@@ -25,7 +25,7 @@ def native_module():
     where it was not (no C compiler), skips the calling test module, except
     under FXNN_REQUIRE_NATIVE=1 (set by .ci/run), where a missing build fails."""
     try:
-        from kernels import _fixed_cpu
+        from fxnn.kernels import _fixed_cpu
     except ImportError as e:
         if os.environ.get("FXNN_REQUIRE_NATIVE") == "1":
             raise

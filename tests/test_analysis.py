@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis import summary, sweep
-from analysis.records import RecordError, load_run
-from analysis.stats import Spread, error_at, iterations_to, welch_difference
+from fxnn.analysis import summary, sweep
+from fxnn.analysis.records import RecordError, load_run
+from fxnn.analysis.stats import Spread, error_at, iterations_to, welch_difference
 from conftest import ROOT
-from training.matfile import write_mat
+from fxnn.training.matfile import write_mat
 
 
 def make_record(path, model, seed, verate, ipr=100, engine="torch", source="test data", **flags):
@@ -242,7 +242,7 @@ def dask():
 
 def test_sweep_runs_every_model_and_seed_then_skips_them_when_rerun(tmp_path, small_mnist, dask):
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "analysis.sweep", "-m", "fxnn", "baseline", "--seeds", "1", "2",
+    cmd = [sys.executable, "-m", "fxnn.analysis.sweep", "-m", "fxnn", "baseline", "--seeds", "1", "2",
            "-o", str(out), "--at", "5", "10", "--", "-nrec", "2", "-ipr", "5", "--data-dir", small_mnist]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -278,7 +278,7 @@ def test_sweep_resumes_a_run_that_left_a_checkpoint(tmp_path):
                                             (["--scheduler", "tcp://127.0.0.1:8786", "-j", "2"],
                                              "--jobs is for this machine")])
 def test_sweep_refuses_bad_flags_before_running_anything(tmp_path, extra, message):
-    cmd = [sys.executable, "-m", "analysis.sweep", "-m", "fxnn", "--seeds", "1", "-o", str(tmp_path / "s")] + extra
+    cmd = [sys.executable, "-m", "fxnn.analysis.sweep", "-m", "fxnn", "--seeds", "1", "-o", str(tmp_path / "s")] + extra
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "s").exists()
@@ -293,7 +293,7 @@ def test_interrupted_sweep_saves_every_run_and_the_rerun_resumes_them(tmp_path, 
     import signal
     import time
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "analysis.sweep", "-m", "fxnn", "--seeds", "1", "2", "-o", str(out),
+    cmd = [sys.executable, "-m", "fxnn.analysis.sweep", "-m", "fxnn", "--seeds", "1", "2", "-o", str(out),
            "--", "-nrec", "400", "-ipr", "5", "--data-dir", small_mnist, "--record-params", "none"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     logs = [out / "fxnn-seed1.log", out / "fxnn-seed2.log"]
@@ -326,7 +326,7 @@ def test_a_sweep_started_with_sigint_ignored_still_stops_its_runs(tmp_path, smal
     import signal
     import time
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "analysis.sweep", "-m", "fxnn", "--seeds", "1", "-o", str(out),
+    cmd = [sys.executable, "-m", "fxnn.analysis.sweep", "-m", "fxnn", "--seeds", "1", "-o", str(out),
            "--", "-nrec", "400", "-ipr", "5", "--data-dir", small_mnist, "--record-params", "none"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))

@@ -3,7 +3,7 @@ import io
 
 import numpy as np
 
-from training.console import Progress, record_line
+from fxnn.training.console import Progress, record_line
 
 
 def test_record_lines_match_the_original_output():
@@ -48,7 +48,7 @@ class CountingEngine:
 
 
 def test_validation_shows_its_progress_on_a_terminal_only():
-    from training.loop import validate
+    from fxnn.training.loop import validate
     x, y = np.zeros((250, 1, 2, 2), np.float32), np.zeros(250, np.int32)
     terminal = FakeTTY()
     assert validate(CountingEngine(), x, y, batch=100, progress=Progress(terminal)) == ((100 * 100 * 2 + 50 * 50) / 250, 0.5)

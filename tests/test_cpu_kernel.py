@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import native_module
 
-from kernels.fixed_kernels import NUM_KERNELS, fixed_stage_grad_reference, fixed_stage_reference
+from fxnn.kernels.fixed_kernels import NUM_KERNELS, fixed_stage_grad_reference, fixed_stage_reference
 
 _fixed_cpu = native_module()
 
@@ -85,7 +85,7 @@ def test_the_torch_engine_uses_it_and_gets_the_numbers_of_its_torch_ops():
     same additions in the same order as the separable torch ops, so it changes
     no numbers, and the adjoint agrees to float32 rounding."""
     torch = pytest.importorskip("torch")
-    from kernels import torch_fixed
+    from fxnn.kernels import torch_fixed
     x = torch.randn(3, 7, 19, 12, generator=torch.Generator().manual_seed(5))
     g = torch.randn(3, 35, 19, 12, generator=torch.Generator().manual_seed(6))
     assert torch_fixed.implementation_name("cpu").startswith("C fixed stage")

@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kernels import cuda_fixed, cuda_fused  # noqa: E402
-from kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
+from fxnn.kernels import cuda_fixed, cuda_fused  # noqa: E402
+from fxnn.kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
 
 FUSED_OK, FUSED_WHY = cuda_fused.available()
 pytestmark = pytest.mark.skipif(not FUSED_OK, reason=f"needs a CUDA GPU and triton: {FUSED_WHY}")
@@ -61,7 +61,7 @@ def test_the_triton_kernels_match_the_references(shape, precision):
 
 
 def test_fixed_conv2d_fused_on_cuda_equals_the_cpu():
-    from models.torch_layers import fixed_conv2d
+    from fxnn.models.torch_layers import fixed_conv2d
     cpu = [t.requires_grad_(True) for t in tensors((3, 6, 10, 9, 11), torch.float32, "cpu")[:3]]
     dy = torch.randn(3, 10, 9, 11)
     gpu = [t.detach().cuda().requires_grad_(True) for t in cpu]
@@ -73,7 +73,7 @@ def test_fixed_conv2d_fused_on_cuda_equals_the_cpu():
 
 
 def test_second_derivatives_on_cuda_equal_the_fixed_path():
-    from models.torch_layers import fixed_conv2d
+    from fxnn.models.torch_layers import fixed_conv2d
     x, w, b, dy = tensors((2, 3, 4, 6, 5), torch.float32, seed=2)
     results = {}
     for path in ("fused", "fixed"):
@@ -88,7 +88,7 @@ def test_second_derivatives_on_cuda_equal_the_fixed_path():
 def test_torch_compile_on_cuda_has_no_graph_break_and_the_eager_numbers(path):
     if path == "fixed" and not cuda_fixed.available()[0]:
         pytest.skip(f"the PyCUDA stage is unavailable: {cuda_fixed.available()[1]}")
-    from models.torch_layers import FixedConv2d
+    from fxnn.models.torch_layers import FixedConv2d
     torch._dynamo.reset()
     torch.manual_seed(0)
     net = torch.nn.Sequential(FixedConv2d(3, 16, path=path), torch.nn.ReLU(), FixedConv2d(16, 8, path=path)).cuda()
@@ -106,7 +106,7 @@ def test_torch_compile_on_cuda_has_no_graph_break_and_the_eager_numbers(path):
 
 
 def test_opcheck_on_cuda():
-    from kernels import torch_fixed, torch_fused
+    from fxnn.kernels import torch_fixed, torch_fused
     x, w, b, dy = [t.requires_grad_(True) for t in tensors((2, 3, 4, 5, 7), torch.float32)]
     for op, args in ((torch_fused.fused_forward, (x, w, b)), (torch_fused.fused_weight_grad, (x, dy)),
                      (torch_fused.fused_input_grad, (dy, w)), (torch_fixed.fixed_stage_op, (x,))):
@@ -115,7 +115,7 @@ def test_opcheck_on_cuda():
 
 def test_auto_on_cuda_measures_among_the_three_paths(monkeypatch, tmp_path):
     import json
-    from models import fxnn_paths, torch_layers
+    from fxnn.models import fxnn_paths, torch_layers
     monkeypatch.setenv("FXNN_AUTOTUNE", "1")
     monkeypatch.setattr(fxnn_paths, "_default", fxnn_paths.PathTuner(str(tmp_path / "paths.json")))
     monkeypatch.setattr(torch_layers, "_auto", {})

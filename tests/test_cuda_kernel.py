@@ -23,8 +23,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from kernels import cuda_fixed
-from kernels import fixed_kernels as fk
+from fxnn.kernels import cuda_fixed
+from fxnn.kernels import fixed_kernels as fk
 
 try:
     import torch

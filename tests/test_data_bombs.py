@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from data.cifar import write_batch
-from data.idx import write_idx
+from fxnn.data.cifar import write_batch
+from fxnn.data.idx import write_idx
 
 INFLATED = 600 << 20   # what the bombs inflate to
 MARGIN = 250 << 20     # what a refusing load may add to a bare process's peak
 
 
 LOAD = """
-from data import DataError, load_dataset
+from fxnn.data import DataError, load_dataset
 try:
     load_dataset({name!r}, {data_dir!r}, download=False)
 except DataError as e:
@@ -35,7 +35,7 @@ def refused(tmp_path, name, data_dir):
     stayed within MARGIN of a child that loads nothing."""
     script = tmp_path / "load.py"
     script.write_text(LOAD.format(name=name, data_dir=str(data_dir)))
-    _, _, bare = peak_rss("import numpy, data")
+    _, _, bare = peak_rss("import numpy, fxnn.data")
     code, out, peak = peak_rss(f"exec(open({str(script)!r}).read())")
     assert code == 2, out
     assert len(out.strip().splitlines()) == 1 and "Traceback" not in out

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from numpy._core.multiarray import _reconstruct
 
-from data import DataError, cifar, load_dataset
-from data.cifar import TEST, TRAIN, write_batch
+from fxnn.data import DataError, cifar, load_dataset
+from fxnn.data.cifar import TEST, TRAIN, write_batch
 
 
 def make_cifar(folder, n=8, **replace):
@@ -338,7 +338,7 @@ def test_a_batch_larger_than_a_genuine_one_is_not_unpickled(tmp_path, monkeypatc
                                                                                  "cifar100-pytensor"])
 def test_a_short_run_on_each(tmp_path, capsys, source, engine):
     import fxnn
-    from training.matfile import read_mat
+    from fxnn.training.matfile import read_mat
     if engine == "torch":
         pytest.importorskip("torch")
     base = tmp_path / source.folder

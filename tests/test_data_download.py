@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from data import download, load_dataset, mnist
-from data.download import RemoteFile
-from data.idx import write_idx
+from fxnn.data import download, load_dataset, mnist
+from fxnn.data.download import RemoteFile
+from fxnn.data.idx import write_idx
 
 SHARED = os.path.join(ROOT, "..", "shared", "data", "mnist-test")
 

@@ -9,9 +9,9 @@ import pytest
 
 import fxnn
 from conftest import ROOT
-from data import DataError, load_dataset, mnist
-from data.idx import write_idx
-from training.matfile import read_mat
+from fxnn.data import DataError, load_dataset, mnist
+from fxnn.data.idx import write_idx
+from fxnn.training.matfile import read_mat
 
 SHARED = os.path.join(ROOT, "..", "shared", "data")
 NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from data import DataError, load_dataset
-from data.idx import write_idx
-from data.mnist import SAMPLE_DIR, load_folder, load_sample
+from fxnn.data import DataError, load_dataset
+from fxnn.data.idx import write_idx
+from fxnn.data.mnist import SAMPLE_DIR, load_folder, load_sample
 
 RNG = np.random.default_rng(0)
 TRAIN_X = RNG.integers(0, 256, (30, 28, 28), dtype=np.uint8)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import fxnn
-from data import DataError, load_dataset
-from training.matfile import read_mat
+from fxnn.data import DataError, load_dataset
+from fxnn.training.matfile import read_mat
 
 
 def write(path, n_train=24, n_test=8, shape=(10, 12), classes=3, dtype=np.uint8, seed=0, **override):

@@ -8,10 +8,10 @@ import pytensor.tensor as pt
 import pytest
 from scipy.signal import correlate2d
 
-from models.architecture import build_network
-from kernels.fixed_kernels import KERNELS, fixed_stage_reference, fold_weights
-from models.pytensor_engine import PyTensorEngine, compile_mode
-from models.pytensor_layers import fxnn_conv
+from fxnn.models.architecture import build_network
+from fxnn.kernels.fixed_kernels import KERNELS, fixed_stage_reference, fold_weights
+from fxnn.models.pytensor_engine import PyTensorEngine, compile_mode
+from fxnn.models.pytensor_layers import fxnn_conv
 
 SHAPES = [(2, 3, 7, 5, 4), (1, 1, 1, 1, 2), (3, 2, 4, 9, 1)]  # B, M, H, W, N
 
@@ -63,7 +63,7 @@ def test_engines_give_the_same_gradients_on_either_path():
     x, y = rng.random((6, 1, 12, 10)).astype(np.float64), rng.integers(0, 10, 6).astype(np.int32)
     engines = [PyTensorEngine(network, params, dtype="float64", fxnn_path=p) for p in ("fixed", "folded")]
     pytest.importorskip("torch")
-    from models.torch_engine import TorchEngine
+    from fxnn.models.torch_engine import TorchEngine
     engines += [TorchEngine(network, params, dtype="float64", fxnn_path=p) for p in ("fixed", "folded")]
     grads = [e.gradients(x, y) for e in engines]
     for other in grads[1:]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import native_module
 
-from kernels.fixed_kernels import NUM_KERNELS, fixed_conv_grad_reference, fixed_conv_reference
+from fxnn.kernels.fixed_kernels import NUM_KERNELS, fixed_conv_grad_reference, fixed_conv_reference
 
 _fixed_cpu = native_module()
 
@@ -144,7 +144,7 @@ def test_the_fma_peak_is_measured():
 def test_the_fixed_stage_is_still_what_the_fused_kernels_pack():
     """A 1x1 weight that picks one fixed-stage channel gives that channel."""
     x, _, _, _ = layer((2, 2, 1, 9, 8), seed=4)
-    from kernels.fixed_kernels import fixed_stage_reference
+    from fxnn.kernels.fixed_kernels import fixed_stage_reference
     x5 = fixed_stage_reference(x.astype(np.float64))
     for c in range(NUM_KERNELS * 2):
         w = np.zeros((NUM_KERNELS * 2, 1), np.float32)

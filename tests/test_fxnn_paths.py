@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from models import fxnn_paths
-from models.fxnn_paths import PathTuner
+from fxnn.models import fxnn_paths
+from fxnn.models.fxnn_paths import PathTuner
 
 KEY = {"engine": "test", "shape": [8, 3, 4, 5, 5], "pass": "train"}
 
@@ -145,7 +145,7 @@ def measured(monkeypatch, tmp_path):
     """fxnn_paths.choose measuring with a fake clock, and a hook to say which
     path the fake contenders make fastest."""
     torch = pytest.importorskip("torch")
-    from models import torch_layers
+    from fxnn.models import torch_layers
     clock, calls = FakeClock(), {}
     fastest = {"path": "folded"}
     monkeypatch.setenv("FXNN_AUTOTUNE", "1")
@@ -162,7 +162,7 @@ def measured(monkeypatch, tmp_path):
 @pytest.mark.parametrize("path", ["fixed", "folded"])
 def test_auto_runs_the_path_that_was_measured_fastest(measured, path):
     import torch
-    from models.torch_layers import fixed_conv2d
+    from fxnn.models.torch_layers import fixed_conv2d
     measured["path"] = path
     g = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(4, 6, 12, 12, generator=g), torch.randn(30, 8, generator=g), torch.randn(8, generator=g)
@@ -200,7 +200,7 @@ def test_the_contenders_compute_the_same_layer(monkeypatch):
     """What is timed is the layer itself, once on each path that runs here:
     equal outputs, every contender forward and backward."""
     torch = pytest.importorskip("torch")
-    from models import torch_layers
+    from fxnn.models import torch_layers
     seen, real = {}, torch_layers.fixed_conv2d
 
     def recording(x, weight, bias, path):
@@ -220,8 +220,8 @@ def test_the_contenders_compute_the_same_layer(monkeypatch):
 
 def test_the_pytensor_engine_measures_its_layers(monkeypatch, tmp_path):
     """PyTensor chooses at build time for the batches it is told."""
-    from models import pytensor_paths
-    from models.architecture import build_network
+    from fxnn.models import pytensor_paths
+    from fxnn.models.architecture import build_network
     net = build_network("fxnn", (1, 8, 8))
     assert pytensor_paths.layer_shapes(net, 5) == {"conv0": (5, 1, 32, 8, 8), "conv1": (5, 32, 64, 4, 4)}
     clock, seen = FakeClock(), []
@@ -233,7 +233,7 @@ def test_the_pytensor_engine_measures_its_layers(monkeypatch, tmp_path):
         return clock.contenders({"fixed": 0.002, "folded": 0.001 if train else 0.003}, {})
     monkeypatch.setattr(pytensor_paths, "path_contenders", contenders)
     monkeypatch.setattr(pytensor_paths, "available_paths", lambda dtype: ("fixed", "folded"))
-    from models.pytensor_engine import PyTensorEngine
+    from fxnn.models.pytensor_engine import PyTensorEngine
     engine = PyTensorEngine(net, net.init_params(np.random.default_rng(0)), batch_sizes={"train": 4, "valid": 6})
     assert sorted(seen) == [((4, 1, 32, 8, 8), True, False), ((4, 32, 64, 4, 4), True, True),
                             ((6, 1, 32, 8, 8), False, False), ((6, 32, 64, 4, 4), False, False)]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from data import DataError, load_dataset, safe_pickle
+from fxnn.data import DataError, load_dataset, safe_pickle
 from test_data_cifar import make_cifar
 
 P2 = pickle.PROTO + b"\x02"

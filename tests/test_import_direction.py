@@ -79,8 +79,8 @@ def test_every_import_points_down():
 
 
 @pytest.mark.parametrize("source, bad", [
-    ("from models.fixed_bases import GRAM\n", True),
-    ("def f():\n    from data.atomic import atomic_path\n", True),
+    ("from fxnn.models.fixed_bases import GRAM\n", True),
+    ("def f():\n    from fxnn.data.atomic import atomic_path\n", True),
     ("import fxnn.training.loop\n", True),
     ("from fxnn.models import architecture\n", True),
     ("from ..models import x\n", True),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from training.matfile import read_mat
+from fxnn.training.matfile import read_mat
 
 
 def start(small_mnist, out, *extra):

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from conftest import ROOT
-from data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx, write_idx
+from fxnn.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx, write_idx
 from tools import make_sample
 
 

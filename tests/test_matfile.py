@@ -8,8 +8,8 @@ import pytest
 import scipy.io
 
 from octave_tool import octave_cli
-from training import matfile
-from training.matfile import SnapshotSource, read_mat, write_mat
+from fxnn.training import matfile
+from fxnn.training.matfile import SnapshotSource, read_mat, write_mat
 
 
 def make_sources(tmp_path, shapes, records, seed=0):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from scipy.signal import correlate2d
 
-from models import network, optimizers
-from models.architecture import CONV_KINDS, ConvLayer
-from kernels.fixed_kernels import fixed_conv_reference, fold_weights
-from models.fixed_bases import BASES, PROJECTOR, project_kernels, span_projector
+from fxnn.models import network, optimizers
+from fxnn.models.architecture import CONV_KINDS, ConvLayer
+from fxnn.kernels.fixed_kernels import fixed_conv_reference, fold_weights
+from fxnn.models.fixed_bases import BASES, PROJECTOR, project_kernels, span_projector
 
 BACKENDS = ["pytensor", "torch"]
 
@@ -19,14 +19,14 @@ def run(backend, fn, *arrays):
     """``fn(be, *tensors)`` on ``backend`` for float64 numpy ``arrays`` (int32 kept), as numpy."""
     if backend == "torch":
         torch = pytest.importorskip("torch")
-        from models.torch_layers import BACKEND
+        from fxnn.models.torch_layers import BACKEND
         out = fn(BACKEND, *(torch.from_numpy(a) for a in arrays))
         return [o.detach().numpy() for o in out] if isinstance(out, (tuple, list)) else out.detach().numpy()
     import pytensor
     import pytensor.tensor as pt
 
-    from models.pytensor_engine import compile_mode
-    from models.pytensor_layers import BACKEND
+    from fxnn.models.pytensor_engine import compile_mode
+    from fxnn.models.pytensor_layers import BACKEND
     symbols = [pt.tensor(dtype=a.dtype, shape=(None,) * a.ndim) for a in arrays]
     out = fn(BACKEND, *symbols)
     return pytensor.function(symbols, out, mode=compile_mode(), on_unused_input="ignore")(*arrays)

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import ROOT
 from octave_tool import octave_cli, require
-from training import matfile
-from training.matfile import SnapshotSource, write_mat
+from fxnn.training import matfile
+from fxnn.training.matfile import SnapshotSource, write_mat
 
 
 def readme_example():

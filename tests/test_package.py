@@ -17,7 +17,7 @@ import fxnn.models
 from conftest import ROOT
 from fxnn.analysis.cluster import fxnn_program, run_environment
 
-SUBPACKAGES = ("models", "data", "kernels", "training", "analysis")
+SUBPACKAGES = ("models", "data", "kernels", "files", "training", "analysis")
 SOURCES = ("fxnn", *SUBPACKAGES, "tests", "bench", "tools", "fxnn.py", "mnist_pickler.py")
 
 

@@ -4,9 +4,9 @@ that name what differs between the runs."""
 import numpy as np
 import pytest
 
-from analysis import plot
-from analysis.records import load_run
-from training.matfile import write_mat
+from fxnn.analysis import plot
+from fxnn.analysis.records import load_run
+from fxnn.training.matfile import write_mat
 
 
 def make_record(path, verate, model="fxnn", seed=1, ipr=10, engine="torch", status="complete",

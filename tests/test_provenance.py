@@ -10,10 +10,10 @@ import pytest
 
 import fxnn
 from conftest import ROOT
-from models.architecture import build_network
-from models.fxnn_paths import cpu_model
-from training import provenance, record_size
-from training.matfile import read_mat
+from fxnn.models.architecture import build_network
+from fxnn.models.fxnn_paths import cpu_model
+from fxnn.training import provenance, record_size
+from fxnn.training.matfile import read_mat
 
 
 def fxnn_reference_counts(c, h, w, conv_channels=(32, 64), hidden=(384, 192), classes=10, k=None):

@@ -4,8 +4,8 @@ tests/test_network_primitives.py, tests/test_engines_agree.py)."""
 import numpy as np
 import pytest
 
-from models.architecture import build_network
-from models.pytensor_engine import PyTensorEngine
+from fxnn.models.architecture import build_network
+from fxnn.models.pytensor_engine import PyTensorEngine
 
 SHAPE = (1, 8, 8)
 

@@ -5,10 +5,10 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 
-from kernels.fixed_kernels import fixed_stage_grad_reference, fixed_stage_reference
-from models.pytensor_engine import compile_mode
-from kernels.pytensor_fixed_op import FixedAdjointOp, FixedStageOp
-from models.pytensor_layers import fixed_stage
+from fxnn.kernels.fixed_kernels import fixed_stage_grad_reference, fixed_stage_reference
+from fxnn.models.pytensor_engine import compile_mode
+from fxnn.kernels.pytensor_fixed_op import FixedAdjointOp, FixedStageOp
+from fxnn.models.pytensor_layers import fixed_stage
 
 pytestmark = pytest.mark.skipif(not pytensor.config.cxx, reason="PyTensor has no C compiler (config.cxx)")
 

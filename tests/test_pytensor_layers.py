@@ -5,9 +5,9 @@ import pytensor.tensor as pt
 import pytest
 from scipy.signal import correlate2d
 
-from kernels.fixed_kernels import fixed_stage_grad_reference, fixed_stage_reference
-from models.pytensor_engine import compile_mode
-from models.pytensor_layers import conv2d_same, fixed_stage, max_pool_2x2, pointwise
+from fxnn.kernels.fixed_kernels import fixed_stage_grad_reference, fixed_stage_reference
+from fxnn.models.pytensor_engine import compile_mode
+from fxnn.models.pytensor_layers import conv2d_same, fixed_stage, max_pool_2x2, pointwise
 
 X = pt.tensor4("x", dtype="float64")
 G = pt.tensor4("g", dtype="float64")

@@ -17,11 +17,11 @@ import pytest
 
 import fxnn
 from conftest import ROOT
-from files.atomic import WriteError, atomic_path, remove_stale_temporaries, room_for
-from data.idx import write_idx
-from training import checkpoint, matfile
-from training.matfile import read_mat
-from training.recorder import Recorder
+from fxnn.files.atomic import WriteError, atomic_path, remove_stale_temporaries, room_for
+from fxnn.data.idx import write_idx
+from fxnn.training import checkpoint, matfile
+from fxnn.training.matfile import read_mat
+from fxnn.training.recorder import Recorder
 
 EARLIER = b"an earlier result"
 SNAPSHOT = 784 * 10 * 4  # baseline's m_w, the largest parameter, bytes per record
@@ -395,11 +395,11 @@ def test_ctrl_c_before_the_first_record_records_nothing_and_offers_no_resume(tmp
 
 def test_ctrl_c_during_the_first_validation_records_nothing(tmp_path, capsys, monkeypatch, small_mnist):
     """The same, deterministically inside the first validation (in this process)."""
-    import training.loop
+    import fxnn.training.loop
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(training.loop, "validate", interrupted)
+    monkeypatch.setattr(fxnn.training.loop, "validate", interrupted)
     out = tmp_path / "rec.mat"
     out.write_bytes(EARLIER)
     code, stdout, err = main(capsys, command(small_mnist, out, "--force")[2:])

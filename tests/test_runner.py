@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fxnn
-from training.matfile import read_mat
+from fxnn.training.matfile import read_mat
 
 LINE = re.compile(r"^Iter (\d{5})/(\d{5}): loss\|erate (--------|\d\.\d{6})\|(------|[ \d]{3}\.\d\d)% "
                   r"valid loss\|erate \d\.\d{6}\|[ \d]{3}\.\d\d%$")
@@ -96,7 +96,7 @@ def test_an_unwritable_output_fails_before_training(tmp_path, capsys, small_mnis
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "fashionmnist"])
 def test_missing_data_without_download_says_where_to_put_it(tmp_path, capsys, dataset, monkeypatch):
-    from data import mnist
+    from fxnn.data import mnist
     monkeypatch.setattr(mnist, "FASHION_MNIST", dataclasses.replace(mnist.FASHION_MNIST, system_folders=()))
     code, out, err = run(capsys, "-d", dataset, "--data-dir", tmp_path, "-o", tmp_path / "r.mat", "--no-download")
     assert code == 2

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from analysis.cluster import GpuSlots, SweepError
-from analysis.records import load_run
+from fxnn.analysis.cluster import GpuSlots, SweepError
+from fxnn.analysis.records import load_run
 from conftest import ROOT
 
 distributed = pytest.importorskip("distributed", reason='Dask is the cluster extra: pip install -e ".[cluster]"')
@@ -75,7 +75,7 @@ def cluster(tmp_path):
 
 
 def sweep(cluster, out, models, seeds, fxnn_flags, sweep_flags=()):
-    cmd = [sys.executable, "-m", "analysis.sweep", "-m", *models, "--seeds", *map(str, seeds), "-o", str(out),
+    cmd = [sys.executable, "-m", "fxnn.analysis.sweep", "-m", *models, "--seeds", *map(str, seeds), "-o", str(out),
            "--scheduler", cluster.address, "--status-every", "1000", *sweep_flags, "--"] + fxnn_flags
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cluster.procs.insert(0, proc)  # killed first at the end, even when the test fails
@@ -187,7 +187,7 @@ def test_a_worker_that_cannot_see_the_output_folder_stops_the_sweep_before_any_r
 
 
 def test_the_sweep_without_dask_says_how_to_install_it(tmp_path):
-    code = ("import sys; sys.modules['distributed'] = None; from analysis import sweep; "
+    code = ("import sys; sys.modules['distributed'] = None; from fxnn.analysis import sweep; "
             f"sys.exit(sweep.main(['-m', 'fxnn', '--seeds', '1', '-o', {str(tmp_path / 's')!r}]))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
@@ -196,7 +196,7 @@ def test_the_sweep_without_dask_says_how_to_install_it(tmp_path):
 
 
 def test_an_unreachable_scheduler_is_one_line_naming_it(tmp_path):
-    cmd = [sys.executable, "-m", "analysis.sweep", "-m", "fxnn", "--seeds", "1", "-o", str(tmp_path / "s"),
+    cmd = [sys.executable, "-m", "fxnn.analysis.sweep", "-m", "fxnn", "--seeds", "1", "-o", str(tmp_path / "s"),
            "--scheduler", "127.0.0.1"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2

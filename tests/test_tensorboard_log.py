@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import fxnn
-from training.loop import Schedule
-from training.matfile import read_mat
-from training.recorder import Recorder
-from training.tensorboard_log import TensorBoardLog, check
+from fxnn.training.loop import Schedule
+from fxnn.training.matfile import read_mat
+from fxnn.training.recorder import Recorder
+from fxnn.training.tensorboard_log import TensorBoardLog, check
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 

@@ -9,8 +9,8 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from conftest import ROOT
-from kernels import threads
-from training.matfile import read_mat
+from fxnn.kernels import threads
+from fxnn.training.matfile import read_mat
 
 
 @pytest.fixture
@@ -42,8 +42,8 @@ KERNEL_CALLS = ("forward", "adjoint", "fused_forward", "fused_wgrad", "fused_dgr
 
 def test_every_c_kernel_of_a_torch_training_step_gets_the_thread_count(one_thread, monkeypatch):
     from conftest import native_module
-    from models.architecture import build_network
-    from models.torch_engine import TorchEngine
+    from fxnn.models.architecture import build_network
+    from fxnn.models.torch_engine import TorchEngine
     module = native_module()
     counts = {}
 
@@ -68,8 +68,8 @@ def test_pytensor_ops_take_the_thread_count_when_the_graph_is_built(one_thread):
     import pytensor.tensor as pt
     from pytensor.graph.traversal import io_toposort
 
-    from kernels.pytensor_kernels import KernelsOp
-    from models.pytensor_layers import fxnn_conv
+    from fxnn.kernels.pytensor_kernels import KernelsOp
+    from fxnn.models.pytensor_layers import fxnn_conv
     if not pytensor.config.cxx:
         pytest.skip("PyTensor has no C compiler here: its C kernels do not run")
     x, w, b = pt.tensor4("x", dtype="float32"), pt.matrix("w", dtype="float32"), pt.vector("b", dtype="float32")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import fxnn
-from analysis import to_csv
-from training.matfile import read_mat, write_mat
+from fxnn.analysis import to_csv
+from fxnn.training.matfile import read_mat, write_mat
 
 
 def read_csv(path_or_text):

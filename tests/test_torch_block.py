@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from models import dropout  # noqa: E402
-from models.torch_block import native_available, reference, relu_dropout_pool  # noqa: E402
+from fxnn.models import dropout  # noqa: E402
+from fxnn.models.torch_block import native_available, reference, relu_dropout_pool  # noqa: E402
 
 SHAPES = [(2, 3, 28, 28), (1, 2, 7, 5), (3, 1, 3, 4), (2, 2, 2, 2), (1, 1, 1, 1), (2, 4, 9, 17)]
 
@@ -70,7 +70,7 @@ def test_without_ties_the_gradient_is_max_pool2ds():
 def test_at_ties_every_maximum_gets_the_gradient_as_in_pytensor():
     import pytensor
     import pytensor.tensor as pt
-    from models.pytensor_layers import max_pool_2x2, relu
+    from fxnn.models.pytensor_layers import max_pool_2x2, relu
     y = np.array([[[[1.0, 1.0, 0.0, -1.0], [0.5, 1.0, -2.0, -3.0]]]], np.float32)
     g = np.array([[[[2.0, 3.0]]]], np.float32)
     t = torch.from_numpy(y).requires_grad_(True)

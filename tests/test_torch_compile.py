@@ -19,10 +19,10 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 
-from kernels import native  # noqa: E402
-from kernels import torch_fixed, torch_fused  # noqa: E402
-from kernels.fixed_kernels import fixed_conv_reference  # noqa: E402
-from models.torch_layers import FixedConv2d  # noqa: E402
+from fxnn.kernels import native  # noqa: E402
+from fxnn.kernels import torch_fixed, torch_fused  # noqa: E402
+from fxnn.kernels.fixed_kernels import fixed_conv_reference  # noqa: E402
+from fxnn.models.torch_layers import FixedConv2d  # noqa: E402
 
 OPS = ("fixed_stage", "fixed_stage_adjoint", "fused_forward", "fused_weight_grad", "fused_input_grad")
 PATHS = ("fixed", "fused", "folded", "auto")
@@ -101,7 +101,7 @@ def test_auto_measures_on_real_tensors_when_the_graph_is_traced(monkeypatch, tmp
     the graph runs the path its (injected) clock says is fastest."""
     require_native()
     from torch._subclasses.fake_tensor import FakeTensor
-    from models import fxnn_paths, torch_layers
+    from fxnn.models import fxnn_paths, torch_layers
     clock, real_tensors = [0.0], []
     monkeypatch.setenv("FXNN_AUTOTUNE", "1")
     monkeypatch.setattr(fxnn_paths, "_default", fxnn_paths.PathTuner(str(tmp_path / "paths.json"),
@@ -130,7 +130,7 @@ def test_auto_measures_on_real_tensors_when_the_graph_is_traced(monkeypatch, tmp
 def test_the_compiled_fused_path_runs_the_c_kernels(monkeypatch):
     """The traced graph calls the operators, whose CPU kernels are the C ones."""
     require_native()
-    from kernels import cpu_fused
+    from fxnn.kernels import cpu_fused
     calls = []
     for name in ("forward", "weight_grad", "input_grad"):
         real = getattr(cpu_fused, name)
@@ -184,7 +184,7 @@ def test_the_relu_dropout_pool_operators_pass_opcheck_and_equal_the_reference(dt
     """The engine's block (models/torch_block.py): both directions are
     operators; their torch-ops kernels equal the reference bitwise."""
     require_native()
-    from models import dropout, torch_block
+    from fxnn.models import dropout, torch_block
     rng = np.random.default_rng(5)
     y = torch.from_numpy(rng.standard_normal((2, 3, 7, 6))).to(dtype).requires_grad_(True)
     draws = rng.integers(0, dropout.LEVELS, size=y.shape, dtype=np.uint16)
@@ -203,7 +203,7 @@ def test_the_relu_dropout_pool_operators_pass_opcheck_and_equal_the_reference(dt
 
 def test_a_network_with_the_engines_block_compiles_with_no_graph_break():
     require_native()
-    from models import torch_block
+    from fxnn.models import torch_block
     draws = np.random.default_rng(6).integers(0, 65536, size=(2, 6, 7, 5), dtype=np.uint16)
 
     def step(x, layer):

@@ -1,13 +1,13 @@
 """The dropout the torch engine runs (the block after each conv layer:
 tests/test_torch_block.py), against the keep probability and a numpy
-reference written apart from :func:`models.dropout.scaled`."""
+reference written apart from :func:`fxnn.models.dropout.scaled`."""
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from models import dropout  # noqa: E402
-from models.torch_layers import BACKEND  # noqa: E402
+from fxnn.models import dropout  # noqa: E402
+from fxnn.models.torch_layers import BACKEND  # noqa: E402
 
 
 @pytest.mark.parametrize("p", [0.1, 0.25, 0.5])
@@ -41,6 +41,6 @@ def test_torch_dropout_block_matches_numpy_reference():
 
 
 class _Net:
-    """A network's shape as :func:`models.dropout.draw` reads it: one conv layer of 16 channels, 32x32."""
+    """A network's shape as :func:`fxnn.models.dropout.draw` reads it: one conv layer of 16 channels, 32x32."""
     input_shape = (1, 32, 32)
     convs = (type("Conv", (), {"out_channels": 16})(),)

@@ -9,9 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from kernels.fixed_kernels import KERNELS, fixed_stage_grad_reference, fixed_stage_reference  # noqa: E402
-from kernels import torch_fixed  # noqa: E402
-from kernels.torch_fixed import backward_torch, fixed_stage, implementation_name  # noqa: E402
+from fxnn.kernels.fixed_kernels import KERNELS, fixed_stage_grad_reference, fixed_stage_reference  # noqa: E402
+from fxnn.kernels import torch_fixed  # noqa: E402
+from fxnn.kernels.torch_fixed import backward_torch, fixed_stage, implementation_name  # noqa: E402
 
 SHAPES = [(1, 1, 1, 1), (1, 1, 1, 5), (2, 3, 2, 3), (3, 17, 28, 28), (5, 2, 33, 17), (1, 64, 6, 7)]
 

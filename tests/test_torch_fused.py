@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kernels import native  # noqa: E402
-from kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
-from models.torch_layers import FixedConv2d, available_paths, fixed_conv2d  # noqa: E402
+from fxnn.kernels import native  # noqa: E402
+from fxnn.kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
+from fxnn.models.torch_layers import FixedConv2d, available_paths, fixed_conv2d  # noqa: E402
 
 if not native.fused_available()[0]:
     if os.environ.get("FXNN_REQUIRE_NATIVE") == "1":
@@ -105,8 +105,8 @@ def test_a_module_on_the_fused_path_trains_and_works_without_grad():
 
 
 def test_the_engine_on_the_fused_path_matches_the_fixed_path():
-    from models.architecture import build_network
-    from models.engines import make_engine
+    from fxnn.models.architecture import build_network
+    from fxnn.models.engines import make_engine
     rng = np.random.default_rng(0)
     net = build_network("fxnn", (1, 12, 12))
     params = net.init_params(rng)
@@ -124,15 +124,15 @@ def test_the_engine_on_the_fused_path_matches_the_fixed_path():
 
 
 def test_the_engine_refuses_the_fused_path_where_it_cannot_run():
-    from models.architecture import build_network
-    from models.torch_engine import TorchEngine
+    from fxnn.models.architecture import build_network
+    from fxnn.models.torch_engine import TorchEngine
     net = build_network("fxnn", (1, 8, 8))
     with pytest.raises(ValueError, match="fused cannot run on cpu here: it needs the C kernels built \\(CPU, float32\\)"):
         TorchEngine(net, net.init_params(np.random.default_rng(0)), dtype="float64", fxnn_path="fused")
 
 
 def test_an_isa_the_cpu_lacks_is_a_clear_error(monkeypatch):
-    from kernels import cpu_fused
+    from fxnn.kernels import cpu_fused
     monkeypatch.setenv("FXNN_ISA", "sse9")
     with pytest.raises(RuntimeError, match="FXNN_ISA=sse9: this CPU runs the fused kernels as"):
         cpu_fused.forward(*tensors(1, 1, 1, 2, 2)[:3])

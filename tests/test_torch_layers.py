@@ -6,8 +6,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from kernels.fixed_kernels import KERNELS, fixed_stage_reference, fold_weights  # noqa: E402
-from models.torch_layers import FixedConv2d  # noqa: E402
+from fxnn.kernels.fixed_kernels import KERNELS, fixed_stage_reference, fold_weights  # noqa: E402
+from fxnn.models.torch_layers import FixedConv2d  # noqa: E402
 
 
 def folded_conv(layer):
@@ -87,7 +87,7 @@ def test_trains_inside_a_sequential():
 
 @pytest.mark.parametrize("shape", [(2, 3, 7, 5), (1, 1, 1, 1), (3, 2, 4, 9)])
 def test_folded_path_equals_the_fixed_path_forward_and_gradient(shape):
-    from models.torch_layers import fixed_conv2d
+    from fxnn.models.torch_layers import fixed_conv2d
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     w = torch.randn(5 * shape[1], 4, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)

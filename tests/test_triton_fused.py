@@ -69,7 +69,7 @@ def compile_for_gpu(kernel, config, dtype, arch):
 def gpu_module():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the kernels are compiled for the GPU only without TRITON_INTERPRET=1")
-    from kernels import fused_triton
+    from fxnn.kernels import fused_triton
     return fused_triton
 
 

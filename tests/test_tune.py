@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from analysis import summary, tune
-from analysis.records import load_run
-from training.matfile import write_mat
+from fxnn.analysis import summary, tune
+from fxnn.analysis.records import load_run
+from fxnn.training.matfile import write_mat
 from test_analysis import make_record
 
 # validation error per record (iterations 0, 100, 200) of seed 1 and 2 at each rate
@@ -75,7 +75,7 @@ def test_tune_refuses_a_foreign_file_in_one_line(grid, tmp_path, capsys):
 
 def _with_test(path, final, best):
     """Add the test-set error a --valid-split run records at its end."""
-    from training.matfile import read_mat
+    from fxnn.training.matfile import read_mat
     r = read_mat(path)
     r["test_erate"] = np.array([final, best])
     r["test_loss"] = np.array([final, best]) / 4
@@ -119,7 +119,7 @@ def test_tune_plots_error_against_rate_per_horizon(grid, tmp_path, capsys):
 
 
 def test_tune_leaves_out_unfinished_runs_and_says_so(grid, tmp_path, capsys):
-    from training.matfile import read_mat
+    from fxnn.training.matfile import read_mat
     r = read_mat(grid[0])
     r["meta"]["status"] = "interrupted"
     write_mat(grid[0], r, [])

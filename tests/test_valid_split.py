@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import fxnn
-from data import DataError, Dataset
-from data.split import hold_out
-from training.matfile import read_mat
+from fxnn.data import DataError, Dataset
+from fxnn.data.split import hold_out
+from fxnn.training.matfile import read_mat
 
 
 def dataset(counts, seed=0):
@@ -67,7 +67,7 @@ def test_a_run_validates_on_the_split_and_tests_once_at_the_end(tmp_path, capsys
               "--valid-split", 0.2, "--engine", "torch", "-o", out_file)
     rec = read_mat(str(out_file))
     meta = rec["meta"]
-    from data import load_dataset
+    from fxnn.data import load_dataset
     test = load_dataset("MNIST", small_mnist, download=False)
     held = sum(int(round(0.2 * c)) for c in np.bincount(test.train_y))
     assert (meta["train_images"], meta["valid_images"], meta["test_images"]) == (600 - held, held, 200)
@@ -81,9 +81,9 @@ def test_a_run_validates_on_the_split_and_tests_once_at_the_end(tmp_path, capsys
                      f"parameters, {rec['test_loss'][1]:8.6f}|{rec['test_erate'][1] * 100:6.2f}% best validation "
                      f"(iteration {best * 10})"]
     # recompute them from the recorded snapshots, in a fresh engine on the test set
-    from models.architecture import build_network
-    from models.engines import make_engine
-    from training.loop import validate
+    from fxnn.models.architecture import build_network
+    from fxnn.models.engines import make_engine
+    from fxnn.training.loop import validate
     test = load_dataset("MNIST", small_mnist, download=False)
     network = build_network("fxnn", (1, 28, 28))
     names = list(network.param_shapes())
@@ -112,7 +112,7 @@ def test_the_same_seed_gives_the_same_split_and_numbers(tmp_path, capsys, small_
 
 def test_resume_continues_with_the_same_split_and_best_parameters(tmp_path, capsys, small_mnist, monkeypatch):
     pytest.importorskip("torch")
-    import training.loop as loop
+    import fxnn.training.loop as loop
     args = ["-m", "baseline", "-nrec", 4, "-ipr", 5, "--data-dir", small_mnist, "--seed", 3,
             "--valid-split", 0.1, "--engine", "torch", "--record-params", "none"]
     run(capsys, *args, "-o", tmp_path / "whole.mat")
@@ -138,7 +138,7 @@ def test_resume_continues_with_the_same_split_and_best_parameters(tmp_path, caps
 def test_ctrl_c_during_the_final_test_keeps_the_run_and_resume_finishes_it(tmp_path, capsys, small_mnist,
                                                                          monkeypatch):
     pytest.importorskip("torch")
-    import training.final_test as final
+    import fxnn.training.final_test as final
     args = ["-m", "baseline", "-nrec", 2, "-ipr", 5, "--data-dir", small_mnist, "--seed", 3,
             "--valid-split", 0.1, "--engine", "torch", "--record-params", "none", "-o", tmp_path / "r.mat"]
     step = final.validate

@@ -19,13 +19,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-from kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
+from fxnn.kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run by tests/test_triton_fused.py in a process of its own with TRITON_INTERPRET=1",
                 allow_module_level=True)
 
-from kernels import fused_triton as ft_module  # noqa: E402
+from fxnn.kernels import fused_triton as ft_module  # noqa: E402
 
 
 @pytest.fixture

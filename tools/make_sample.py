@@ -17,8 +17,8 @@ import sys
 
 import numpy as np
 
-from data.dataset import DataError
-from data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx, write_idx
+from fxnn.data.dataset import DataError
+from fxnn.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx, write_idx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "data", "image", "mnist-sample")

@@ -3,7 +3,7 @@
 A checkpoint holds everything the rest of the run depends on: the engine's
 parameters, optimizer state and dropout generator (``engine.get_state()``),
 the batch sampler's generator, the curves so far (with the size and CRC-32 of
-every snapshot in the spool, :mod:`training.recorder`), the flags that must
+every snapshot in the spool, :mod:`fxnn.training.recorder`), the flags that must
 match on resume and the identity of the data it trained on. It is one
 ``.npz`` written to a temporary file and renamed, so a kill at any moment
 leaves either the previous checkpoint or the new one; the zip format
@@ -20,8 +20,8 @@ from collections import namedtuple
 
 import numpy as np
 
-from files.atomic import atomic_path
-from data.dataset import one_line
+from fxnn.files.atomic import atomic_path
+from fxnn.data.dataset import one_line
 
 FILE = "checkpoint.npz"
 #: Flags a resumed run must share with the run it continues.

@@ -13,7 +13,7 @@ Two layouts, both loaded by MATLAB and GNU Octave:
 
 Both layouts need the snapshot stack of shape (R, *shape) in column-major
 (Fortran) order, where the record index varies fastest. The spool
-(:mod:`training.recorder`) stores each record's array in Fortran order, one
+(:mod:`fxnn.training.recorder`) stores each record's array in Fortran order, one
 record after another; a slab of the output is therefore a strided read of
 the spool followed by a transpose of a few MB.
 """
@@ -24,7 +24,7 @@ import time
 import numpy as np
 import scipy.io
 
-from files.atomic import atomic_path
+from fxnn.files.atomic import atomic_path
 
 V5_MAX_VARIABLE_BYTES = 2**31 - 1
 SLAB_BYTES = 8 * 2**20

@@ -2,7 +2,7 @@
 one line saying what is wrong and the fix, or None.
 
 * :func:`claim_output`: the record's folder, the lock on the record
-  (:mod:`training.runlock`), an earlier record or checkpoint, paths that are
+  (:mod:`fxnn.training.runlock`), an earlier record or checkpoint, paths that are
   folders where files go or files where folders go.
 * :func:`check_resources`: a batch or filter size the network cannot have:
   taps that never reach the image, or more memory than the machine has.
@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from files.atomic import remove_stale_temporaries
+from fxnn.files.atomic import remove_stale_temporaries
 
 from . import checkpoint, runlock
 

@@ -40,8 +40,8 @@ def version(distribution):
 def cpu():
     """The CPU model, the cores this process may use and the vector
     instruction sets the kernels can use: "AMD EPYC, 2 cores, avx512f avx2 fma"."""
-    from kernels import threads
-    from models.fxnn_paths import cpu_model, cpuinfo
+    from fxnn.kernels import threads
+    from fxnn.models.fxnn_paths import cpu_model, cpuinfo
 
     flags = (cpuinfo("flags") or "").split()
     isa = " ".join(f for f in ISA_FLAGS if f in flags)
@@ -69,7 +69,7 @@ def collect(fxnn_version, engine, device, network):
     """The provenance fields of a record's meta."""
     import numpy
 
-    from kernels import threads
+    from fxnn.kernels import threads
 
     trainable, fixed = parameter_counts(network)
     return {

@@ -9,7 +9,7 @@ record took, and (``--record-params all``) a snapshot of every parameter.
 
 Snapshots are appended to a spool, one raw file per parameter in a run
 folder beside the output; the ``.mat`` is written from it at the end
-(:mod:`training.matfile`). Curves are small and stay in memory; they travel in
+(:mod:`fxnn.training.matfile`). Curves are small and stay in memory; they travel in
 the checkpoint through :meth:`Recorder.state` / :meth:`Recorder.restore`, with
 the CRC-32 of every snapshot in the spool, so that a resumed run checks the
 spool's size and contents instead of trusting them.
@@ -19,7 +19,7 @@ import zlib
 
 import numpy as np
 
-from files.atomic import room_for
+from fxnn.files.atomic import room_for
 
 from .checkpoint import RECOVER, DamagedState
 from .matfile import SnapshotSource, write_mat

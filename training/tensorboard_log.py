@@ -68,7 +68,7 @@ def table(mapping):
 
 
 class TensorBoardLog:
-    """Writes what ``recorder`` (a :class:`training.recorder.Recorder`) holds
+    """Writes what ``recorder`` (a :class:`fxnn.training.recorder.Recorder`) holds
     and has not been written yet, on each :meth:`update`."""
 
     def __init__(self, logdir, recorder, schedule, flags, provenance):
