@@ -54,7 +54,7 @@ def test_the_install_holds_one_package_and_every_console_script_runs(tmp_path):
     assert sorted(p.name for p in site.iterdir()) == sorted(["bin", f"fxnn-{fxnn.__version__}.dist-info", "fxnn"])
     package = site / "fxnn"
     assert {p.name for p in package.iterdir() if p.is_dir() and p.name != "__pycache__"} == \
-        {"models", "data", "kernels", "training", "analysis"}
+        {"models", "data", "kernels", "files", "training", "analysis"}
     assert sorted(p.name for p in (package / "data" / "image" / "mnist-sample").glob("*.gz")) == sorted(
         p for p in os.listdir(os.path.join(ROOT, "data", "image", "mnist-sample")) if p.endswith(".gz"))
     assert (package / "kernels" / "simple_conv.cu").is_file() and (package / "kernels" / "fused_isa.h").is_file()
