@@ -240,6 +240,7 @@ def dask():
     pytest.importorskip("distributed", reason='the sweep needs Dask: pip install -e ".[cluster]"')
 
 
+@pytest.mark.slow  # several fxnn.py processes end to end
 def test_sweep_runs_every_model_and_seed_then_skips_them_when_rerun(tmp_path, small_mnist, dask):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "fxnn.analysis.sweep", "-m", "fxnn", "baseline", "--seeds", "1", "2",
@@ -289,6 +290,7 @@ def test_progress_line_from_a_console_line():
     assert sweep.progress(line) == "Iter 00300/10000 valid 16.81%"
 
 
+@pytest.mark.slow  # several fxnn.py processes end to end
 def test_interrupted_sweep_saves_every_run_and_the_rerun_resumes_them(tmp_path, small_mnist, dask):
     import signal
     import time

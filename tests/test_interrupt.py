@@ -48,6 +48,7 @@ def test_signal_saves_a_loadable_record(tmp_path, small_mnist, sig, code, word):
     assert os.path.exists(str(out_file) + ".run/checkpoint.npz")
 
 
+@pytest.mark.slow  # several fxnn.py processes end to end
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, small_mnist):
     whole, resumed = tmp_path / "whole.mat", tmp_path / "resumed.mat"
     code, _, err = finish(start(small_mnist, whole))

@@ -379,6 +379,7 @@ def test_a_stale_temporary_is_removed_only_when_its_process_is_dead(tmp_path):
     assert temporaries(tmp_path) == [".tmp-foreign.mat"] and (tmp_path / "x.mat").read_bytes() == b"new"
 
 
+@pytest.mark.slow  # several fxnn.py processes end to end
 def test_ctrl_c_before_the_first_record_records_nothing_and_offers_no_resume(tmp_path):
     out = tmp_path / "rec.mat"
     out.write_bytes(EARLIER)

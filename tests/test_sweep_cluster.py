@@ -256,6 +256,7 @@ def test_gpu_runs_need_a_worker_with_gpu_resources(tmp_path, cluster):
     assert "--gpus-per-run 1: no worker has that many GPU resources" in line and "--resources GPU=N" in line
 
 
+@pytest.mark.slow  # several fxnn.py processes end to end
 def test_each_gpu_run_sees_only_its_own_device(tmp_path, cluster, small_mnist):
     cluster.add_worker("gpus", nthreads=2, extra=["--resources", "GPU=2"])
     cluster.wait_for_workers(1)
