@@ -69,4 +69,28 @@ def test_engines_give_the_same_gradients_on_either_path():
     for other in grads[1:]:
         for name in grads[0]:
             np.testing.assert_allclose(other[name], grads[0][name], rtol=1e-9, atol=1e-12, err_msg=name)
-    assert engines[3].describe_paths()[0] == "conv0: train folded, valid -; conv1: train folded, valid -"
+
+
+def test_the_path_an_engine_reports_is_the_one_it_computes(monkeypatch):
+    """With the fixed stage made to fail, the engine that says "folded" still
+    trains and the one that says "fixed" cannot: the description follows the
+    computation, not the flag."""
+    pytest.importorskip("torch")
+    from fxnn.models import torch_layers
+    from fxnn.models.torch_engine import TorchEngine
+    network = build_network("fxnn", (1, 12, 10))
+    params = network.init_params(np.random.default_rng(2))
+    rng = np.random.default_rng(3)
+    x, y = rng.random((6, 1, 12, 10)).astype(np.float32), rng.integers(0, 10, 6).astype(np.int32)
+    engines = {p: TorchEngine(network, params, fxnn_path=p) for p in ("fixed", "folded")}
+
+    def no_fixed_stage(*args, **kwargs):
+        raise AssertionError("the fixed stage ran")
+    monkeypatch.setattr(torch_layers, "fixed_stage", no_fixed_stage)
+    assert set(engines["folded"].gradients(x, y)) == set(params)
+    assert engines["folded"].describe_paths()[0] == "conv0: train folded, valid -; conv1: train folded, valid -"
+    with pytest.raises(AssertionError, match="the fixed stage ran"):
+        engines["fixed"].gradients(x, y)
+    monkeypatch.undo()
+    engines["fixed"].gradients(x, y)
+    assert engines["fixed"].describe_paths()[0] == "conv0: train fixed, valid -; conv1: train fixed, valid -"
