@@ -9,7 +9,9 @@ tensordot, since PyTensor no longer ships a conv2d op.
 """
 import numpy as np
 import pytensor
+import pytensor.scalar as ps
 import pytensor.tensor as pt
+from pytensor.tensor.elemwise import Elemwise
 
 from fxnn.kernels.fixed_kernels import KERNELS
 from fxnn.kernels.pytensor_fixed_op import fixed_stage_op
@@ -74,6 +76,21 @@ def max_pool_2x2(x):
     return network.pool(BACKEND, x)
 
 
+class _MaximumToEveryMax(ps.Maximum):
+    """Elementwise maximum whose gradient goes to each argument equal to the
+    result, as the Backend protocol says (and as Theano's, PyTensor's Max
+    reduction and the torch engine's pooling do); PyTensor's own maximum
+    gives a tie's gradient to its first argument only, which changed the
+    pooling gradient wherever a window holds equal maxima."""
+
+    def pullback(self, inputs, outputs, output_grads):
+        (x, y), (z,), (gz,) = inputs, outputs, output_grads
+        return ps.eq(z, x) * gz, ps.eq(z, y) * gz
+
+
+maximum = Elemwise(_MaximumToEveryMax(ps.upcast_out, name="maximum_to_every_max"))
+
+
 def relu(x):
     """max(x, 0) with gradient 0 at x == 0 (as PyTorch), unlike pt.maximum."""
     return pt.switch(x > 0, x, 0)
@@ -123,7 +140,7 @@ class PyTensorBackend:
         return relu(h)
 
     def maximum(self, a, b):
-        return pt.maximum(a, b)
+        return maximum(a, b)
 
     def keep(self, mask, threshold, like):
         return pt.cast(pt.ge(mask, threshold), like.dtype)

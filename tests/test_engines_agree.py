@@ -93,3 +93,29 @@ def test_seeded_runs_give_matching_curves_on_both_engines(tmp_path, capsys, smal
     scale = np.abs(a["conv1_w"][-1]).max()
     np.testing.assert_allclose(b["conv1_w"][-1], a["conv1_w"][-1], rtol=0, atol=1e-2 * scale)
     assert (a["meta"]["engine"], b["meta"]["engine"]) == ("pytensor", "torch")
+
+
+def test_one_sgd_step_agrees_on_images_with_flat_regions():
+    """Digits on a zero background, as MNIST's: flat regions make equal
+    maxima in pooling windows, where both engines pass the gradient to every
+    maximum (uniform random images have no ties, so the test above cannot
+    see that). One SGD step, dropout off, conv weights to float32 rounding."""
+    shape = (1, 16, 16)
+    rng = np.random.default_rng(7)
+    x = np.zeros((16,) + shape, np.float32)
+    x[:, :, 4:12, 5:11] = rng.random((16, 1, 8, 6), dtype=np.float32)
+    y = rng.integers(0, 10, 16).astype(np.int32)
+    net = build_network("fxnn", shape)
+    params = net.init_params(np.random.default_rng(3))
+    for name in params:
+        if name.endswith("_b"):  # positive biases: the flat regions' equal maxima pass the ReLU
+            params[name] = np.full_like(params[name], 0.01)
+    engines = [cls(net, params, "sgd", fxnn_path="fused") for cls in (PyTensorEngine, TorchEngine)]
+    for eng in engines:
+        eng.train_step(x, y, lr=0.05)
+    got, want = (eng.get_params() for eng in engines)
+    for name in ("conv0_w", "conv0_b", "conv1_w", "conv1_b"):
+        step = np.abs(want[name] - params[name]).max()
+        assert step > 0, name
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6 * np.abs(want[name]).max() + 1e-3 * step,
+                                   err_msg=name)
