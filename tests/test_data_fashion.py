@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fxnn
+from fxnn import cli
 from conftest import ROOT
 from fxnn.data import DataError, load_dataset, mnist
 from fxnn.data.idx import write_idx
@@ -31,7 +32,7 @@ def make_fashion(folder, n_train=40, n_test=10, seed=0):
 @pytest.mark.parametrize("spelling", ["FashionMNIST", "fashionmnist", "FASHIONMNIST"])
 def test_idx_files_in_the_data_dir_load(tmp_path, spelling):
     train_x, train_y, test_x, test_y = make_fashion(tmp_path / "fashion-mnist")
-    ds = load_dataset(fxnn.dataset_name(spelling), str(tmp_path), download=False)
+    ds = load_dataset(cli.dataset_name(spelling), str(tmp_path), download=False)
     assert ds.name == "FashionMNIST" and ds.num_classes == 10
     np.testing.assert_array_equal(ds.train_x[:, 0], train_x / np.float32(255))
     np.testing.assert_array_equal(ds.test_y, test_y)
