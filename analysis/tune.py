@@ -140,6 +140,8 @@ def main(argv=None, out=None):
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     try:
+        if args.png and not args.at:
+            raise ValueError("--png needs --at: the horizons to draw a panel for")
         runs = [load_run(path) for path in args.records]
         unfinished = [r.path for r in runs if r.status != "complete"]
         if unfinished:
@@ -158,8 +160,6 @@ def main(argv=None, out=None):
             write_csv(groups, at_of, args.csv)
             print(f"Wrote {args.csv}", file=out)
         if args.png:
-            if not args.at:
-                raise ValueError("--png needs --at: the horizons to draw a panel for")
             plot_grids(groups, args.at, args.png)
             print(f"Wrote {args.png}", file=out)
     except (RecordError, ValueError, OSError) as e:
