@@ -2,7 +2,7 @@
 JSON: CPU model, the instruction sets it has and the one the fused kernels
 use, threads, library versions, and the FMA peak the figures compare with.
 
-The peak is measured (kernels._fixed_cpu.fma_peak: every thread running
+The peak is measured (fxnn.kernels._fixed_cpu.fma_peak: every thread running
 independent FMAs of the widest vectors in use, the best of five tenths of a
 second), so it reflects the clock the cores really hold under a vector load;
 the nominal figure threads x lanes x 2 FMA units x 2 flops x clock is

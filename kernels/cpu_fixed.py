@@ -2,7 +2,7 @@
 
 The same two calls as :mod:`fxnn.kernels.cuda_fixed`: :func:`fixed_forward` and
 :func:`fixed_backward` (the adjoint), on float32 or float64 tensors, using
-``torch.get_num_threads()`` threads. The extension ``kernels._fixed_cpu`` is
+``torch.get_num_threads()`` threads. The extension ``fxnn.kernels._fixed_cpu`` is
 built by ``pip install``; where it could not be built, :func:`available` says
 why and ``kernels.torch_fixed`` runs its separable torch ops instead.
 """

@@ -1,4 +1,4 @@
-"""The compiled extension ``kernels._fixed_cpu`` (the fixed stage of
+"""The compiled extension ``fxnn.kernels._fixed_cpu`` (the fixed stage of
 ``fixed_cpu.c`` and the fused layer of ``fused_cpu.c``), when ``pip install``
 built it, and the instruction set its fused kernels use.
 
@@ -12,7 +12,7 @@ try:
     WHY = None
 except ImportError as e:  # not built: no C compiler at install time
     module = None
-    WHY = f"kernels._fixed_cpu not built ({e}); reinstall with a C compiler: pip install -e ."
+    WHY = f"fxnn.kernels._fixed_cpu not built ({e}); reinstall with a C compiler: pip install -e ."
 
 #: Names the instruction set of the fused kernels (avx512, avx2, portable).
 ISA_VARIABLE = "FXNN_ISA"
@@ -28,7 +28,7 @@ def fused_available():
     if module is None:
         return False, WHY
     if not hasattr(module, "fused_forward"):
-        return False, "kernels._fixed_cpu predates the fused kernels; rebuild it: pip install -e ."
+        return False, "fxnn.kernels._fixed_cpu predates the fused kernels; rebuild it: pip install -e ."
     return True, None
 
 

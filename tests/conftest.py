@@ -21,7 +21,7 @@ SAMPLE = os.path.join(ROOT, "data", "image", "mnist-sample")
 
 
 def native_module():
-    """The C kernels' extension kernels._fixed_cpu, built by ``pip install -e .``;
+    """The C kernels' extension fxnn.kernels._fixed_cpu, built by ``pip install -e .``;
     where it was not (no C compiler), skips the calling test module, except
     under FXNN_REQUIRE_NATIVE=1 (set by .ci/run), where a missing build fails."""
     try:
@@ -29,7 +29,7 @@ def native_module():
     except ImportError as e:
         if os.environ.get("FXNN_REQUIRE_NATIVE") == "1":
             raise
-        pytest.skip(f"kernels._fixed_cpu not built ({e}); build it with: pip install -e .", allow_module_level=True)
+        pytest.skip(f"fxnn.kernels._fixed_cpu not built ({e}); build it with: pip install -e .", allow_module_level=True)
     return _fixed_cpu
 
 

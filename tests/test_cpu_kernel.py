@@ -1,4 +1,4 @@
-"""The C fixed stage (kernels/fixed_cpu.c through kernels._fixed_cpu) against
+"""The C fixed stage (kernels/fixed_cpu.c through fxnn.kernels._fixed_cpu) against
 the dense numpy references, on odd shapes, both dtypes and any thread count,
 and its refusal of bad buffers (skipped where the extension is not built:
 conftest.native_module)."""

@@ -1,4 +1,4 @@
-"""The fused layer of kernels/fused_cpu.c (through kernels._fixed_cpu) against
+"""The fused layer of kernels/fused_cpu.c (through fxnn.kernels._fixed_cpu) against
 the float64 numpy references of kernels/fixed_kernels.py: forward, weight and
 bias gradient, input gradient, on odd shapes, in every instruction set this
 CPU runs, with any thread count; and its refusal of bad buffers (skipped

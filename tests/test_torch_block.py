@@ -28,7 +28,7 @@ def case(shape, p, seed=0):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_the_kernel_equals_the_reference_bitwise(shape, p):
     if not native_available(torch.empty(0)):
-        pytest.skip("kernels._fixed_cpu not built")
+        pytest.skip("fxnn.kernels._fixed_cpu not built")
     y, mask, g = case(shape, p)
     results = []
     for f in (relu_dropout_pool, reference):

@@ -22,7 +22,7 @@ def implementation(request, monkeypatch):
     if request.param == "torch ops":
         monkeypatch.setattr(torch_fixed, "_kernel_module", lambda device_type: (None, "disabled by the test"))
     elif not torch_fixed._kernel_module("cpu")[0] and os.environ.get("FXNN_REQUIRE_NATIVE") != "1":
-        pytest.skip("kernels._fixed_cpu not built; build it with: pip install -e .")
+        pytest.skip("fxnn.kernels._fixed_cpu not built; build it with: pip install -e .")
     return request.param
 
 
