@@ -15,9 +15,8 @@ needs and the space free.
 import errno
 import os
 import re
-import signal
+import secrets
 import socket
-import tempfile
 from contextlib import contextmanager
 
 #: errno values that mean "there is no room for this file".
@@ -109,17 +108,22 @@ def atomic_path(path, needed=None):
     tmp = None
     with room_for(path, needed):
         try:
-            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            try:  # a signal now would leave a file nobody knows the name of
-                fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}@{_host()}-",
-                                           suffix=os.path.splitext(path)[1], dir=folder)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            fd = None
+            while fd is None:
+                # named before it is created, so that an exception at any moment after (a Ctrl-C
+                # included, which blocking signals cannot hold off: another thread may take it)
+                # finds the name and removes the file
+                tmp = os.path.join(folder, f".tmp-{os.getpid()}@{_host()}-{secrets.token_hex(4)}"
+                                           f"{os.path.splitext(path)[1]}")
+                try:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    tmp = None
             os.close(fd)
             yield tmp
             umask = os.umask(0)
             os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
+            os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, path)
         finally:
             if tmp is not None and os.path.exists(tmp):

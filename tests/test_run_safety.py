@@ -93,6 +93,10 @@ def killed(tmp_path_factory, small_mnist):
     wait_for_line(proc, "Iter", 4)
     proc.kill()
     proc.wait()
+    # a kill during a checkpoint's write leaves its temporary, which the next run removes
+    # (test_a_stale_temporary_is_removed_only_when_its_process_is_dead); the tests that use
+    # this run are about the state it leaves, and compare that folder before and after
+    remove_stale_temporaries(str(out) + ".run")
     return out
 
 
@@ -377,6 +381,24 @@ def test_a_stale_temporary_is_removed_only_when_its_process_is_dead(tmp_path):
         assert remove_stale_temporaries(str(tmp_path)) == [str(tmp_path / stale)]
         open(tmp, "wb").write(b"new")
     assert temporaries(tmp_path) == [".tmp-foreign.mat"] and (tmp_path / "x.mat").read_bytes() == b"new"
+
+
+def test_a_ctrl_c_as_the_temporary_is_created_leaves_no_file(tmp_path, monkeypatch):
+    """A signal taken by another thread reaches the main thread at any moment,
+    even inside the call that creates the file: here right after it."""
+    real_open = os.open
+
+    def open_then_interrupt(name, *args, **kwargs):
+        fd = real_open(name, *args, **kwargs)
+        if os.path.basename(str(name)).startswith(".tmp-"):
+            os.close(fd)
+            raise KeyboardInterrupt
+        return fd
+    monkeypatch.setattr(os, "open", open_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(str(tmp_path / "x.mat")):
+            pass
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.slow  # several fxnn.py processes end to end
