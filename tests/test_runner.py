@@ -57,7 +57,7 @@ def test_short_run_prints_the_original_lines_and_writes_every_key(tmp_path, caps
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, capsys, small_mnist):
     def curves(seed, name):
         code, _, err = run(capsys, "--model=cnn", "-nrec", 2, "-ipr", 5, "--data-dir", small_mnist,
-                           "-o", tmp_path / name, "--seed", seed, "--engine", "pytensor")
+                           "-o", tmp_path / name, "--seed", seed, "--engine", "torch")
         assert code == 0, err
         rec = read_mat(str(tmp_path / name))
         return rec["tloss"], rec["vloss"], rec["conv1_w"][-1]
@@ -69,7 +69,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, capsys, small
 
 def test_training_lowers_the_validation_loss(tmp_path, capsys, small_mnist):
     code, _, err = run(capsys, "--model=fxnn", "-nrec", 3, "-ipr", 40, "--data-dir", small_mnist,
-                       "-o", tmp_path / "r.mat", "--seed", 2, "--engine", "pytensor", "--record-params", "none")
+                       "-o", tmp_path / "r.mat", "--seed", 2, "--engine", "torch", "--record-params", "none")
     assert code == 0, err
     rec = read_mat(str(tmp_path / "r.mat"))
     assert rec["vloss"][-1] < 0.6 * rec["vloss"][0]
