@@ -101,7 +101,14 @@ class TorchBackend:
         return torch.relu(h)
 
     def maximum(self, a, b):
-        return torch.maximum(a, b)
+        """torch.maximum, whose gradient splits a tie in half, with the gradient
+        instead to each argument equal to the maximum (the protocol's rule);
+        without autograd, torch.maximum alone."""
+        m = torch.maximum(a, b)
+        if not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
+            return m
+        m = m.detach()
+        return m + (a - a.detach()) * (a == m) + (b - b.detach()) * (b == m)
 
     def keep(self, mask, threshold, like):
         return (torch.as_tensor(mask, device=like.device).to(torch.int32) >= threshold).to(like.dtype)

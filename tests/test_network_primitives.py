@@ -54,6 +54,35 @@ def test_pool_takes_the_window_maximum_and_drops_an_odd_edge(backend):
     np.testing.assert_array_equal(got, h[:, :, :6, :6].reshape(2, 3, 3, 2, 3, 2).max(axis=(3, 5)))
 
 
+def pool_gradient(backend, h, g):
+    """The gradient of sum(pool(h) * g) with respect to ``h``, by the backend's autodiff."""
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        from fxnn.models.torch_layers import BACKEND
+        t = torch.from_numpy(h).requires_grad_()
+        (network.pool(BACKEND, t) * torch.from_numpy(g)).sum().backward()
+        return t.grad.numpy()
+    import pytensor
+    import pytensor.tensor as pt
+
+    from fxnn.models.pytensor_engine import compile_mode
+    from fxnn.models.pytensor_layers import BACKEND
+    x = pt.tensor4(dtype="float64")
+    grad = pt.grad((network.pool(BACKEND, x) * g).sum(), x)
+    return pytensor.function([x], grad, mode=compile_mode())(h)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pool_gives_the_gradient_to_every_maximum_of_a_window(backend):
+    h = np.random.default_rng(4).integers(0, 3, size=(2, 3, 6, 6)).astype(np.float64)  # many ties
+    g = np.random.default_rng(5).normal(size=(2, 3, 3, 3))
+    windows = h.reshape(2, 3, 3, 2, 3, 2)
+    is_max = windows == windows.max(axis=(3, 5), keepdims=True)
+    expected = (is_max * g[:, :, :, None, :, None]).reshape(h.shape)
+    assert (is_max.sum(axis=(3, 5)) > 1).any()
+    np.testing.assert_array_equal(pool_gradient(backend, h, g), expected)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("path", ["fixed", "folded"])
 def test_factored_conv_is_the_fixed_stage_then_the_1x1(backend, path):
