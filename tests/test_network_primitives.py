@@ -62,14 +62,8 @@ def pool_gradient(backend, h, g):
         t = torch.from_numpy(h).requires_grad_()
         (network.pool(BACKEND, t) * torch.from_numpy(g)).sum().backward()
         return t.grad.numpy()
-    import pytensor
     import pytensor.tensor as pt
-
-    from fxnn.models.pytensor_engine import compile_mode
-    from fxnn.models.pytensor_layers import BACKEND
-    x = pt.tensor4(dtype="float64")
-    grad = pt.grad((network.pool(BACKEND, x) * g).sum(), x)
-    return pytensor.function([x], grad, mode=compile_mode())(h)
+    return run(backend, lambda be, x: pt.grad((network.pool(be, x) * g).sum(), x), h)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
