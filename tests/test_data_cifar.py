@@ -3,9 +3,7 @@ folder layouts, broken batches, and pickles that try to run code."""
 import builtins
 import codecs
 import dataclasses
-import functools
 import hashlib
-import http.server
 import io
 import os
 import pickle
@@ -15,13 +13,13 @@ import socket
 import struct
 import tarfile
 import tempfile
-import threading
 
 import numpy as np
 import pytest
 from numpy._core.multiarray import _reconstruct
 
 from fxnn.data import DataError, cifar, load_dataset
+from local_http import serve_folder, stop
 from fxnn.data.cifar import TEST, TRAIN, write_batch
 
 
@@ -199,9 +197,7 @@ def served(tmp_path, monkeypatch):
         folder = tmp_path / "server"
         folder.mkdir(exist_ok=True)
         batches, real = make_tarball(str(folder / source.remote.name), source, **kw)
-        handler = functools.partial(Quiet, directory=str(folder))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server = serve_folder(folder)
         servers.append(server)
         monkeypatch.setenv("FXNN_CIFAR_MIRRORS", f"http://127.0.0.1:{server.server_address[1]}/")
         monkeypatch.setattr(cifar, source.name, dataclasses.replace(
@@ -209,13 +205,7 @@ def served(tmp_path, monkeypatch):
         return batches, real
     yield start
     for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+        stop(server)
 
 
 @pytest.mark.parametrize("source", [cifar.CIFAR10, cifar.CIFAR100], ids=lambda s: s.name)

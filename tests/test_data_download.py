@@ -4,7 +4,6 @@ MD5s): bad mirrors skipped, recompressed copies accepted by their
 decompressed bytes, a missing file fetched while the others stay, sizes and
 time bounded, and the offline fallback to the bundled sample in one line."""
 import dataclasses
-import functools
 import gzip
 import hashlib
 import http.server
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from local_http import serve_folder, stop
 from fxnn.data import download, load_dataset, mnist
 from fxnn.data.download import RemoteFile
 from fxnn.data.idx import write_idx
@@ -31,20 +31,12 @@ def serve(tmp_path):
     servers = []
 
     def start(folder):
-        handler = functools.partial(QuietHandler, directory=str(folder))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server = serve_folder(folder)
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}/"
     yield start
     for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+        stop(server)
 
 
 def made_files(folder, seed=0):
