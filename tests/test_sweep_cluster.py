@@ -141,7 +141,9 @@ def test_a_run_whose_worker_is_killed_resumes_on_another_and_the_sweep_completes
     reader = threading.Thread(target=lambda: [lines.append(line) for line in proc.stdout], daemon=True)
     reader.start()
     log, deadline = out / "fxnn-seed1.log", time.monotonic() + 300
-    while not (log.exists() and "Iter 00010/00200" in log.read_text()
+    # a record's line is printed before its checkpoint is written: the line after iteration 10's
+    # says that its checkpoint is complete
+    while not (log.exists() and "Iter 00015/00200" in log.read_text()
                and any(line.startswith("starting fxnn seed 1 on ") for line in lines)):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.2)
