@@ -36,7 +36,8 @@ class BuildExt(build_ext):
 FIXED_CPU = Extension(
     "fxnn.kernels._fixed_cpu",
     sources=["kernels/fixed_cpu_module.c"],
-    depends=["kernels/fixed_cpu.c", "kernels/fused_cpu.c", "kernels/fused_isa.h", "kernels/block_cpu.c"],
+    depends=["kernels/fixed_cpu.c", "kernels/fused_cpu.c", "kernels/fused_isa.h", "kernels/fused_bf16_cpu.c",
+             "kernels/fused_bf16_isa.h", "kernels/block_cpu.c"],
     extra_compile_args=["-O3", "-std=c99"],
     optional=True,
 )

@@ -8,6 +8,14 @@ or the one named by the environment variable ``FXNN_ISA`` (``avx512``,
 ``avx2`` or ``portable``), which tests use to run every path the machine
 supports. Where the extension could not be built, :func:`available` says why
 and the fused path is not offered.
+
+The same three functions take bfloat16 tensors (every argument bf16; the
+outputs bf16, of the same shapes) and then run the bfloat16 kernels of
+``kernels/fused_bf16_cpu.c`` (fixed stage in float32, rounded once to bf16,
+products accumulated in float32, outputs rounded to nearest even), in the
+instruction set :func:`fxnn.kernels.native.bf16_isa`: ``amx`` or
+``avx512bf16`` where the CPU has them, or the one ``FXNN_BF16_ISA`` names;
+:func:`available_bf16` says whether that path is worth offering.
 """
 import torch
 
@@ -23,14 +31,48 @@ def available():
     return (True, f"C fused kernel (kernels/fused_cpu.c), {isa()}") if ok else (False, why)
 
 
+def available_bf16():
+    """(True, description) when the bfloat16 fused kernels run on this CPU's
+    matrix instructions (AMX or AVX512-BF16), or on a stand-in that
+    ``FXNN_BF16_ISA`` names; else (False, why). The stand-ins alone (a CPU
+    without either) are exact but slow, so not offered by default."""
+    ok, why = native.bf16_available()
+    if not ok:
+        return False, why
+    chosen = native.bf16_isa()
+    if chosen.endswith("_standin") and not native.requested_bf16_isa():
+        return False, ("this CPU has neither AMX-BF16 nor AVX512-BF16: the bfloat16 fused kernels would run "
+                       f"only as portable stand-ins (set {native.BF16_ISA_VARIABLE}={chosen} to use them anyway)")
+    return True, f"C fused bf16 kernel (kernels/fused_bf16_cpu.c), {chosen}"
+
+
 def _array(t):
     return t.detach().contiguous().numpy()
+
+
+def _bits(t):
+    """The int16 view of a bfloat16 tensor, as numpy (no copy when contiguous)."""
+    return t.detach().contiguous().view(torch.int16).numpy()
+
+
+def _is_bf16(*tensors):
+    """True when every tensor given (None skipped) is bfloat16; ValueError
+    when some are and some are not."""
+    kinds = {t.dtype == torch.bfloat16 for t in tensors if t is not None}
+    if len(kinds) > 1:
+        raise ValueError("the fused kernels take all tensors float32 or all bfloat16, got "
+                         + ", ".join(str(t.dtype) for t in tensors if t is not None))
+    return kinds == {True}
 
 
 def forward(x, weight, bias=None):
     """y = bias + W^T fixed(x): (B, M, H, W) -> (B, N, H, W)."""
     b, _, h, w = x.shape
     y = x.new_empty((b, weight.shape[1], h, w))
+    if _is_bf16(x, weight, bias):
+        _fixed_cpu.fused_forward_bf16(_bits(x), _bits(weight), None if bias is None else _bits(bias),
+                                      y.view(torch.int16).numpy(), torch.get_num_threads(), native.bf16_isa())
+        return y
     _fixed_cpu.fused_forward(_array(x), _array(weight), None if bias is None else _array(bias), y.numpy(),
                              torch.get_num_threads(), isa())
     return y
@@ -41,6 +83,11 @@ def weight_grad(x, dy, bias=True):
     m, n = x.shape[1], dy.shape[1]
     dw = x.new_empty((NUM_KERNELS * m, n))
     db = x.new_empty((n,)) if bias else None
+    if _is_bf16(x, dy):
+        _fixed_cpu.fused_wgrad_bf16(_bits(x), _bits(dy), dw.view(torch.int16).numpy(),
+                                    None if db is None else db.view(torch.int16).numpy(),
+                                    torch.get_num_threads(), native.bf16_isa())
+        return dw, db
     _fixed_cpu.fused_wgrad(_array(x), _array(dy), dw.numpy(), None if db is None else db.numpy(),
                            torch.get_num_threads(), isa())
     return dw, db
@@ -50,5 +97,9 @@ def input_grad(dy, weight):
     """dx (B, M, H, W) for output gradient dy (B, N, H, W)."""
     b, _, h, w = dy.shape
     dx = dy.new_empty((b, weight.shape[0] // NUM_KERNELS, h, w))
+    if _is_bf16(dy, weight):
+        _fixed_cpu.fused_dgrad_bf16(_bits(dy), _bits(weight), dx.view(torch.int16).numpy(),
+                                    torch.get_num_threads(), native.bf16_isa())
+        return dx
     _fixed_cpu.fused_dgrad(_array(dy), _array(weight), dx.numpy(), torch.get_num_threads(), isa())
     return dx

@@ -10,6 +10,12 @@
  *   block_forward(y, mask, threshold, scale, out, threads)           ReLU, dropout, 2x2 max pool
  *   block_backward(y, mask, threshold, scale, out, g, gy, threads)   and its gradient (block_cpu.c)
  *   fma_peak(isa, threads, seconds)                 measured FMA throughput, GFLOP/s
+ *   fused_forward_bf16(x, w, bias, y, threads, isa)   the fused layer in bfloat16
+ *   fused_wgrad_bf16(x, dy, dw, dbias, threads, isa)  (kernels/fused_bf16_cpu.c): buffers of
+ *   fused_dgrad_bf16(dy, w, dx, threads, isa)         bf16 bit patterns, uint16 or int16
+ *   bf16_isas()                                     the bf16 ISAs this CPU runs, best first
+ *   matrix_peak(isa, threads, seconds)              measured bf16 matrix throughput, GFLOP/s
+ *   bf16_emulate(op, a, b, c)                       a stand-in's emulation of one instruction
  *
  * Arguments are C-contiguous buffers (numpy arrays, or torch CPU tensors
  * through .numpy()): float32 or float64 for the fixed stage, float32 for the
@@ -22,6 +28,7 @@
 #include <Python.h>
 
 #include "fused_cpu.c"
+#include "fused_bf16_cpu.c"
 #include "block_cpu.c"
 
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, int ndim, const char *name)
@@ -286,6 +293,210 @@ static PyObject *fma_peak(PyObject *self, PyObject *args)
     return PyFloat_FromDouble(gflops);
 }
 
+/* ---- the fused layer in bfloat16 (fused_bf16_cpu.c) ---- */
+
+/* A C-contiguous buffer of bf16 bit patterns (uint16 'H' or int16 'h'), or None when allowed. */
+static int get_bf16(PyObject *obj, Py_buffer *view, int writable, int ndim, const char *name, int optional)
+{
+    view->obj = NULL;
+    if (optional && obj == Py_None)
+        return 0;
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    if (view->ndim != ndim || view->itemsize != 2 || (strcmp(view->format, "H") != 0 && strcmp(view->format, "h") != 0)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be a %d-dimensional buffer of bfloat16 bits (uint16 or int16), got %d dimensions of format '%s'",
+                     name, ndim, view->ndim, view->format);
+        PyBuffer_Release(view);
+        view->obj = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static int get_bf16_args(PyObject *const *objs, const struct f32_arg *spec, int count, Py_buffer *v)
+{
+    int i;
+    memset(v, 0, count * sizeof(*v));
+    for (i = 0; i < count; i++)
+        if (get_bf16(objs[i], &v[i], spec[i].writable, spec[i].ndim, spec[i].name, spec[i].optional) < 0) {
+            release_all(v, count);
+            return -1;
+        }
+    return 0;
+}
+
+/* The bf16 ISA index of a name this CPU supports; -1 with ValueError otherwise. */
+static int bf16_isa_index(const char *name)
+{
+    static const char *const known[] = {"amx", "avx512bf16"};  /* also where the compiler could not build them */
+    int i = fxb_isa_find(name), k;
+    if (i >= 0 && fxb_isa_supported(i))
+        return i;
+    for (k = 0; i < 0 && k < 2; k++)
+        if (strcmp(name, known[k]) == 0)
+            i = FXB_NUM_ISAS;
+    if (i >= 0)
+        PyErr_Format(PyExc_ValueError, "this CPU does not support the %s kernels", name);
+    else
+        PyErr_Format(PyExc_ValueError, "unknown bf16 instruction set '%s'", name);
+    return -1;
+}
+
+#define PARSE_BF16(format, ...)                                                                    \
+    if (!PyArg_ParseTuple(args, format "is", __VA_ARGS__, &threads, &isa_name)                    \
+        || (isa = bf16_isa_index(isa_name)) < 0 || get_bf16_args(o, spec, count, v) < 0)          \
+        return NULL
+
+static PyObject *fused_forward_bf16(PyObject *self, PyObject *args)
+{
+    static const struct f32_arg spec[] = {{"x", 4, 0, 0}, {"w", 2, 0, 0}, {"bias", 1, 0, 1}, {"y", 4, 1, 0}};
+    enum { count = 4 };
+    PyObject *o[count];
+    Py_buffer v[count];
+    int threads, isa, rc;
+    const char *isa_name;
+    long b, m, n, h, w;
+    (void)self;
+    PARSE_BF16("OOOO", &o[0], &o[1], &o[2], &o[3]);
+    b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
+    n = (long)v[1].shape[1];
+    if (v[1].shape[0] != FXNN_NUM_KERNELS * m)
+        SHAPE_ERROR("w must be (5M, N) for x of M channels");
+    if (v[2].obj && v[2].shape[0] != n)
+        SHAPE_ERROR("bias must be (N,)");
+    if (v[3].shape[0] != b || v[3].shape[1] != n || v[3].shape[2] != h || v[3].shape[3] != w)
+        SHAPE_ERROR("y must be (B, N, H, W)");
+    Py_BEGIN_ALLOW_THREADS
+    rc = fxb_fused_forward(isa, (const uint16_t *)v[0].buf, (const uint16_t *)v[1].buf,
+                           v[2].obj ? (const uint16_t *)v[2].buf : NULL, (uint16_t *)v[3].buf, b, m, n, h, w, threads);
+    Py_END_ALLOW_THREADS
+    release_all(v, count);
+    return fused_result(rc);
+}
+
+static PyObject *fused_wgrad_bf16(PyObject *self, PyObject *args)
+{
+    static const struct f32_arg spec[] = {{"x", 4, 0, 0}, {"dy", 4, 0, 0}, {"dw", 2, 1, 0}, {"dbias", 1, 1, 1}};
+    enum { count = 4 };
+    PyObject *o[count];
+    Py_buffer v[count];
+    int threads, isa, rc;
+    const char *isa_name;
+    long b, m, n, h, w;
+    (void)self;
+    PARSE_BF16("OOOO", &o[0], &o[1], &o[2], &o[3]);
+    b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
+    n = (long)v[1].shape[1];
+    if (v[1].shape[0] != b || v[1].shape[2] != h || v[1].shape[3] != w)
+        SHAPE_ERROR("dy must be (B, N, H, W) for x of shape (B, M, H, W)");
+    if (v[2].shape[0] != FXNN_NUM_KERNELS * m || v[2].shape[1] != n)
+        SHAPE_ERROR("dw must be (5M, N)");
+    if (v[3].obj && v[3].shape[0] != n)
+        SHAPE_ERROR("dbias must be (N,)");
+    Py_BEGIN_ALLOW_THREADS
+    rc = fxb_fused_wgrad(isa, (const uint16_t *)v[0].buf, (const uint16_t *)v[1].buf, (uint16_t *)v[2].buf,
+                         v[3].obj ? (uint16_t *)v[3].buf : NULL, b, m, n, h, w, threads);
+    Py_END_ALLOW_THREADS
+    release_all(v, count);
+    return fused_result(rc);
+}
+
+static PyObject *fused_dgrad_bf16(PyObject *self, PyObject *args)
+{
+    static const struct f32_arg spec[] = {{"dy", 4, 0, 0}, {"w", 2, 0, 0}, {"dx", 4, 1, 0}};
+    enum { count = 3 };
+    PyObject *o[count];
+    Py_buffer v[count];
+    int threads, isa, rc;
+    const char *isa_name;
+    long b, m, n, h, w;
+    (void)self;
+    PARSE_BF16("OOO", &o[0], &o[1], &o[2]);
+    b = (long)v[0].shape[0]; n = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
+    m = (long)v[2].shape[1];
+    if (v[2].shape[0] != b || v[2].shape[2] != h || v[2].shape[3] != w)
+        SHAPE_ERROR("dx must be (B, M, H, W) for dy of shape (B, N, H, W)");
+    if (v[1].shape[0] != FXNN_NUM_KERNELS * m || v[1].shape[1] != n)
+        SHAPE_ERROR("w must be (5M, N)");
+    Py_BEGIN_ALLOW_THREADS
+    rc = fxb_fused_dgrad(isa, (const uint16_t *)v[0].buf, (const uint16_t *)v[1].buf, (uint16_t *)v[2].buf,
+                         b, m, n, h, w, threads);
+    Py_END_ALLOW_THREADS
+    release_all(v, count);
+    return fused_result(rc);
+}
+
+static PyObject *bf16_isas(PyObject *self, PyObject *args)
+{
+    PyObject *names = PyList_New(0);
+    int i;
+    (void)self; (void)args;
+    for (i = 0; names && i < FXB_NUM_ISAS; i++) {
+        PyObject *name;
+        if (!fxb_isa_supported(i))
+            continue;
+        name = PyUnicode_FromString(fxb_isas[i]->name);
+        if (!name || PyList_Append(names, name) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    return names;
+}
+
+static PyObject *matrix_peak(PyObject *self, PyObject *args)
+{
+    const char *isa_name;
+    int threads, isa;
+    double seconds, gflops;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "sid", &isa_name, &threads, &seconds) || (isa = bf16_isa_index(isa_name)) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    gflops = fxb_matrix_peak(isa, threads, seconds);
+    Py_END_ALLOW_THREADS
+    if (gflops < 0)
+        return PyErr_NoMemory();
+    return PyFloat_FromDouble(gflops);
+}
+
+static PyObject *bf16_emulate(PyObject *self, PyObject *args)
+{
+    const char *op;
+    PyObject *ao, *bo, *co;
+    Py_buffer v[3];
+    int tile, rc;
+    (void)self;
+    memset(v, 0, sizeof(v));
+    if (!PyArg_ParseTuple(args, "sOOO", &op, &ao, &bo, &co))
+        return NULL;
+    tile = strcmp(op, "tdpbf16ps") == 0;
+    if (!tile && strcmp(op, "vdpbf16ps") != 0) {
+        PyErr_Format(PyExc_ValueError, "unknown instruction '%s'", op);
+        return NULL;
+    }
+    if (get_bf16(ao, &v[0], 0, tile ? 2 : 1, "a", 0) < 0 || get_bf16(bo, &v[1], 0, tile ? 2 : 1, "b", 0) < 0
+        || get_f32(co, &v[2], 1, tile ? 2 : 1, "c", 0) < 0) {
+        release_all(v, 3);
+        return NULL;
+    }
+    if (tile ? v[0].shape[0] != 16 || v[0].shape[1] != 32 || v[1].shape[0] != 16 || v[1].shape[1] != 32
+                   || v[2].shape[0] != 16 || v[2].shape[1] != 16
+             : v[0].shape[0] != 32 || v[1].shape[0] != 32 || v[2].shape[0] != 16) {
+        PyErr_SetString(PyExc_ValueError, tile ? "tdpbf16ps: a and b must be (16, 32), c (16, 16)"
+                                               : "vdpbf16ps: a and b must be (32,), c (16,)");
+        release_all(v, 3);
+        return NULL;
+    }
+    rc = fxb_emulate(op, (const uint16_t *)v[0].buf, (const uint16_t *)v[1].buf, (float *)v[2].buf);
+    release_all(v, 3);
+    (void)rc;
+    Py_RETURN_NONE;
+}
+
 /* ---- ReLU, dropout, 2x2 max pooling ---- */
 
 /* y, mask (or None), out, g, gy: planes (P, H, W) and pooled (P, H/2, W/2). */
@@ -358,6 +569,19 @@ static PyMethodDef methods[] = {
      "block_backward(y, mask, threshold, scale, out, g, gy, threads): gy, the gradient of block_forward"},
     {"fma_peak", fma_peak, METH_VARARGS,
      "fma_peak(isa, threads, seconds): measured FMA throughput of that many threads, GFLOP/s"},
+    {"fused_forward_bf16", fused_forward_bf16, METH_VARARGS,
+     "fused_forward_bf16(x, w, bias, y, threads, isa): y = bias + W^T fixed(x) in bfloat16 (uint16/int16 bits)"},
+    {"fused_wgrad_bf16", fused_wgrad_bf16, METH_VARARGS,
+     "fused_wgrad_bf16(x, dy, dw, dbias, threads, isa): dw (5M, N) and dbias (N,) in bfloat16; dbias may be None"},
+    {"fused_dgrad_bf16", fused_dgrad_bf16, METH_VARARGS,
+     "fused_dgrad_bf16(dy, w, dx, threads, isa): dx (B, M, H, W) in bfloat16"},
+    {"bf16_isas", bf16_isas, METH_NOARGS, "bf16_isas(): the bfloat16 instruction sets this CPU runs, best first"},
+    {"matrix_peak", matrix_peak, METH_VARARGS,
+     "matrix_peak(isa, threads, seconds): measured bf16 matrix throughput (2 flops per multiply-add), GFLOP/s, "
+     "summed over the threads' rates in their own CPU time"},
+    {"bf16_emulate", bf16_emulate, METH_VARARGS,
+     "bf16_emulate(op, a, b, c): the stand-ins' emulation of 'tdpbf16ps' (a, b (16, 32) bf16 bits, c (16, 16) "
+     "float32) or 'vdpbf16ps' (a, b (32,), c (16,)), c updated in place"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -358,47 +358,57 @@ static int fxnn_fused_dgrad(int isa_index, const float *dy, const float *weight,
     return (int)rc;
 }
 
-static double fxnn_seconds(void)
+/* The CPU time of the calling thread: what a thread computed in it does not
+ * depend on how long other tenants of a shared machine held its core. */
+static double fxnn_thread_seconds(void)
 {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-struct fxnn_peak { const struct fxnn_isa *isa; long iterations; float sink; };
+struct fxnn_peak { const struct fxnn_isa *isa; long iterations; float sink; double rate[FXNN_MAX_THREADS]; };
 
 static void fxnn_peak_items(void *arg, long first, long last, void *scratch)
 {
     struct fxnn_peak *p = (struct fxnn_peak *)arg;
     (void)scratch;
-    for (; first < last; first++)
+    for (; first < last; first++) {
+        double t0 = fxnn_thread_seconds(), t;
         *(volatile float *)&p->sink = p->isa->fma_loop(p->iterations);
+        t = fxnn_thread_seconds() - t0;
+        p->rate[first] = (double)p->iterations * p->isa->flops_per_iteration / (t > 1e-9 ? t : 1e-9);
+    }
 }
 
 /* The FMA throughput of `threads` threads running the ISA's widest
- * independent FMAs for about `seconds`, in GFLOP/s; negative on error. */
+ * independent FMAs for about `seconds` of their own CPU time each, in
+ * GFLOP/s: the sum of the threads' rates, each measured in its own CPU time
+ * (CLOCK_THREAD_CPUTIME_ID), so that time the thread spent descheduled on a
+ * shared machine does not count; negative on error. */
 static double fxnn_fma_peak(int isa_index, int threads, double seconds)
 {
     struct fxnn_peak p;
-    double t0, t;
+    double t0, t, sum = 0;
+    int i;
     if (!fxnn_isa_supported(isa_index))
         return FXNN_ERR_ISA;
     if (threads < 1) threads = 1;
+    if (threads > FXNN_MAX_THREADS) threads = FXNN_MAX_THREADS;
     p.isa = fxnn_isas[isa_index];
     p.iterations = 1000;
     for (;;) {  /* calibrate on one thread, then time them all */
-        t0 = fxnn_seconds();
-        fxnn_peak_items(&p, 0, 1, NULL);
-        t = fxnn_seconds() - t0;
+        t0 = fxnn_thread_seconds();
+        *(volatile float *)&p.sink = p.isa->fma_loop(p.iterations);
+        t = fxnn_thread_seconds() - t0;
         if (t > 0.02 || p.iterations > (1L << 40)) break;
         p.iterations *= 4;
     }
     p.iterations = (long)((double)p.iterations * seconds / (t > 1e-9 ? t : 1e-9)) + 1;
-    t0 = fxnn_seconds();
     if (fxnn_parallel(fxnn_peak_items, &p, threads, 0, threads))
         return FXNN_ERR_MEMORY;
-    t = fxnn_seconds() - t0;
-    return (double)threads * (double)p.iterations * p.isa->flops_per_iteration / t * 1e-9;
+    for (i = 0; i < threads; i++) sum += p.rate[i];
+    return sum * 1e-9;
 }
 
 #endif /* FXNN_FUSED_CPU_C */

@@ -17,6 +17,10 @@ except ImportError as e:  # not built: no C compiler at install time
 #: Names the instruction set of the fused kernels (avx512, avx2, portable).
 ISA_VARIABLE = "FXNN_ISA"
 
+#: Names the instruction set of the bfloat16 fused kernels (amx, avx512bf16,
+#: amx_standin, avx512bf16_standin).
+BF16_ISA_VARIABLE = "FXNN_BF16_ISA"
+
 
 def available():
     """(True, None) when the extension is built, else (False, why)."""
@@ -58,3 +62,43 @@ def check_isa():
     this CPU does not run (checked where the extension is built)."""
     if requested_isa() and fused_available()[0]:
         isa()
+
+
+def bf16_available():
+    """(True, None) when the bfloat16 fused kernels are built, else (False, why)."""
+    if module is None:
+        return False, WHY
+    if not hasattr(module, "fused_forward_bf16"):
+        return False, "fxnn.kernels._fixed_cpu predates the bfloat16 fused kernels; rebuild it: pip install -e ."
+    return True, None
+
+
+def bf16_isas():
+    """The instruction sets of the bfloat16 fused kernels this CPU runs, best
+    first: amx, avx512bf16 where the CPU has them, then the portable
+    stand-ins amx_standin and avx512bf16_standin (exact emulations of those
+    instructions in plain C: correct anywhere, but slow)."""
+    return tuple(module.bf16_isas())
+
+
+def requested_bf16_isa():
+    """``$FXNN_BF16_ISA``, normalised ("" when unset)."""
+    return os.environ.get(BF16_ISA_VARIABLE, "").strip().lower()
+
+
+def bf16_isa():
+    """The bfloat16 instruction set in use: ``$FXNN_BF16_ISA`` when set, else the best."""
+    supported, wanted = bf16_isas(), requested_bf16_isa()
+    if not wanted:
+        return supported[0]
+    if wanted not in supported:
+        raise RuntimeError(f"{BF16_ISA_VARIABLE}={wanted}: this CPU runs the bfloat16 fused kernels as "
+                           f"{', '.join(supported)}; unset {BF16_ISA_VARIABLE} or name one of those")
+    return wanted
+
+
+def check_bf16_isa():
+    """RuntimeError with the fix when ``$FXNN_BF16_ISA`` names an instruction
+    set this CPU does not run (checked where the extension is built)."""
+    if requested_bf16_isa() and bf16_available()[0]:
+        bf16_isa()
