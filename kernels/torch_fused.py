@@ -13,6 +13,7 @@ traces through them without a graph break:
 Each is linear in each argument and the derivatives of each are the others
 (see the autograd formulas below), so derivatives of any order stay on
 these operators. Their kernels: ``kernels/fused_cpu.c`` for float32 CPU
+tensors and the bfloat16 kernels (AMX or AVX512-BF16) for bfloat16 CPU
 tensors when the extension is built (:mod:`fxnn.kernels.cpu_fused`), the Triton
 kernels of :mod:`fxnn.kernels.fused_triton` (:mod:`fxnn.kernels.cuda_fused`) for float32, float16 and bfloat16
 CUDA tensors when Triton is installed; anything else (other dtypes and
@@ -35,7 +36,8 @@ def runs_fast(device_type: str, dtype: torch.dtype) -> bool:
     to ``torch.compile``."""
     if (device_type, dtype) not in _runs:
         if device_type == "cpu":
-            ok = dtype == torch.float32 and native.fused_available()[0]
+            ok = ((dtype == torch.float32 and native.fused_available()[0])
+                  or (dtype == torch.bfloat16 and cpu_fused.available_bf16()[0]))
         elif device_type == "cuda":
             ok = cuda_fused.runs(dtype)
         else:
@@ -49,12 +51,24 @@ def available(x):
     return runs_fast(x.device.type, x.dtype)
 
 
-def implementation_name(device="cpu"):
-    """The fused kernels of ``device`` in words (ISA included), or why they
-    cannot run."""
+def implementation_name(device="cpu", dtype=torch.float32):
+    """The fused kernels of ``device`` for ``dtype`` in words (ISA included),
+    or why they cannot run."""
     if torch.device(device).type == "cuda":
         return cuda_fused.available()[1]
-    return cpu_fused.available()[1]
+    return (cpu_fused.available_bf16() if dtype == torch.bfloat16 else cpu_fused.available())[1]
+
+
+def autocast_dtype(x):
+    """The dtype autocast computes a convolution of ``x`` in: the autocast
+    dtype of ``x``'s device when autocast is on there and ``x`` is a float32
+    or reduced-precision tensor, else ``x``'s own dtype (autocast leaves
+    float64 alone)."""
+    device = x.device.type
+    if x.dtype in (torch.float32, torch.bfloat16, torch.float16) and device in ("cpu", "cuda") \
+            and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
 
 
 # ---- the reference kernels, in torch ops (any device and dtype) -------------
@@ -186,5 +200,15 @@ fused_input_grad.register_autograd(_input_grad_backward, setup_context=_save)
 def fused_conv2d(x, weight, bias=None):
     """The fxnn layer (fixed stage, then 1x1 ``weight`` (5M, N) and ``bias``)
     by the fused kernels where they run (:func:`available`), else the same in
-    torch ops."""
+    torch ops.
+
+    Under autocast it behaves as ``F.conv2d`` does: float32 arguments are cast
+    once to the autocast dtype (bfloat16 on the CPU) and the kernels of that
+    dtype run, with float32 accumulation; the result has that dtype, and the
+    casts carry the gradients back to float32 parameters. The kernels
+    compute in NCHW: a channels_last input is copied."""
+    dtype = autocast_dtype(x)
+    if any(t is not None and t.dtype != dtype for t in (x, weight, bias)):
+        with torch.autocast(x.device.type, enabled=False):
+            return fused_conv2d(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
     return fused_forward(x, weight, bias)

@@ -152,8 +152,8 @@ def measured(monkeypatch, tmp_path):
     monkeypatch.setattr(fxnn_paths, "_default", tuner(tmp_path, clock))
     monkeypatch.setattr(torch_layers, "_auto", {})
 
-    def contenders(shape, dtype, device, train, input_grad, bias=True):
-        paths = torch_layers.available_paths(torch.empty(0, dtype=dtype, device=device))
+    def contenders(shape, dtype, device, train, input_grad, bias=True, autocast=None, channels_last=False):
+        paths = torch_layers.available_paths(torch.empty(0, dtype=dtype, device=device), autocast or dtype)
         return clock.contenders({p: 0.001 if p == fastest["path"] else 0.002 for p in paths}, calls)
     monkeypatch.setattr(torch_layers, "path_contenders", contenders)
     return fastest
