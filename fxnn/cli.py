@@ -103,7 +103,7 @@ def program_name():
 
 def build_parser():
     from fxnn.models.architecture import ABLATIONS, BASIS_MODELS, MODELS
-    from fxnn.models.engines import DEVICES, ENGINES
+    from fxnn.models.engines import DEVICES, ENGINES, PRECISIONS
     from fxnn.models.fxnn_paths import PATHS
     from fxnn.models.optimizers import DEFAULT_LEARN_RATE, DEFAULT_OPTIMIZER, OPTIMIZERS
     from fxnn.training.recorder import RECORD_PARAMS
@@ -141,6 +141,13 @@ def build_parser():
                    help="auto: torch when installed (the faster engine on CPU and GPU), else pytensor "
                         "(see README 'Engines')")
     p.add_argument("--device", choices=DEVICES, default="auto", help="cuda needs the torch engine")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32: float32 throughout (as the original); bf16 (torch engine, CPU or CUDA GPU of "
+                        "compute capability 8.0+): every layer's forward in bfloat16 autocast (convolutions, "
+                        "fxnn layers and matmuls compute in bfloat16, accumulate in float32; cnn's dense convs "
+                        "on channels_last tensors), training and validation alike, while the weights, "
+                        "gradients, optimizer state, softmax and loss stay float32; the record's meta.precision "
+                        "and meta.memory_format say what ran")
     p.add_argument("--fxnn-path", choices=PATHS, default="auto",
                    help="how fxnn layers compute (the same function): the fixed stage then the 1x1 GEMM; "
                         "fused, one kernel (CPU: C, float32; CUDA: Triton); or folded into one dense 3x3 conv; auto: each "
@@ -204,7 +211,7 @@ def run(args):
     if problem:
         return fail(problem)
     try:
-        engine_name, device = resolve(args.engine, args.device)
+        engine_name, device = resolve(args.engine, args.device, args.precision)
         resumed = checkpoint.load(run_dir) if args.resume else None
     except (ValueError, checkpoint.DamagedState) as e:
         return fail(e)
@@ -219,6 +226,9 @@ def run(args):
     else:
         seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
     flags = dict(vars(args), engine=engine_name, device=device, seed=seed)
+    problem = resumed and checkpoint.precision_mismatch(resumed.flags, args.precision, out, run_dir)
+    if problem:
+        return fail(problem)
     differ = checkpoint.mismatches(resumed.flags, flags) if resumed else []
     if differ:
         listed = ", ".join(f"--{k.replace('_', '-')} (run: {resumed.flags[k]}, now: {flags[k]})" for k in differ)
@@ -247,7 +257,8 @@ def run(args):
     params = network.init_params(np.random.default_rng(init_seed))
     try:
         engine = make_engine(engine_name, device, network, params, args.optimizer, args.dropout_prob,
-                             int(engine_seed), args.fxnn_path, {"train": args.batch_size, "valid": VALID_BATCH})
+                             int(engine_seed), args.fxnn_path, {"train": args.batch_size, "valid": VALID_BATCH},
+                             precision=args.precision)
     except (ValueError, RuntimeError) as e:  # a path or FXNN_ISA this machine cannot run
         print(flush=True)
         return fail(e)
@@ -301,7 +312,8 @@ def run(args):
     meta = {
         "model": args.model, "basis": network.basis(), "dataset": dataset.name, **dataset.meta(), **test_meta,
         "data_sha256": flags["data"]["sha256"],
-        "engine": engine_name, "device": device,
+        "engine": engine_name, "device": device, "precision": args.precision,
+        "memory_format": engine.describe_memory_formats(),
         "fxnn_path": paths, "fxnn_impl": implementations,
         "seed": seed, "status": outcome, "iterations_done": len(recorder.tloss),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -237,6 +237,11 @@ class Engine:
         """(paths, implementations) of the factored layers in words, for records."""
         return describe_paths(self.network, self.layer_paths, self.implementation)
 
+    def describe_memory_formats(self):
+        """Each conv layer's memory format, for records ("conv0: NCHW; conv1:
+        NCHW"); an engine that may run another one says what ran."""
+        return "; ".join(f"{layer.name}: NCHW" for layer in self.network.convs) or "none (no conv layers)"
+
     def train_step(self, x, y, lr):
         """One optimizer step on a batch; returns (loss, error rate) before the step."""
         masks = dropout_masks.draw(self._rng, self.network, len(x), self.dropout)

@@ -47,6 +47,7 @@ def test_short_run_prints_the_original_lines_and_writes_every_key(tmp_path, caps
     meta = rec["meta"]
     assert (meta["model"], meta["dataset"], meta["engine"], meta["status"]) == ("fxnn", "MNIST", "pytensor", "complete")
     assert meta["seed"] == 1 and meta["iterations_done"] == 60
+    assert (meta["precision"], meta["memory_format"]) == ("fp32", "conv0: NCHW; conv1: NCHW")
     assert "train-images-idx3-ubyte.gz" in meta["data_files"]
     assert meta["flags"]["batch_size"] == 64 and meta["sec_per_record"].shape == (4,)
     # the printed validation numbers are the recorded ones

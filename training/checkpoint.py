@@ -96,6 +96,17 @@ def mismatches(saved_flags, flags):
     return [k for k in MUST_MATCH if saved_flags.get(k) != flags.get(k)]
 
 
+def precision_mismatch(saved_flags, precision, out, run_dir):
+    """One line if the interrupted run trained in another ``--precision``
+    (a checkpoint from before the flag: fp32), else None."""
+    saved = saved_flags.get("precision", "fp32")
+    if saved == precision:
+        return None
+    return (f"cannot resume {out}: its checkpoint {os.path.join(run_dir, FILE)} was trained with --precision "
+            f"{saved}, and this run asks for --precision {precision}; resume with --precision {saved}, or start "
+            f"over in {precision} with --force")
+
+
 def data_identity(dataset):
     """What identifies the data a run trains on, whichever loader read it:
     the SHA-256 of the training and test images and labels as loaded
