@@ -1,24 +1,39 @@
 #!/usr/bin/env python3
-"""One fxnn layer on each of its paths against a dense 3x3 conv, per engine,
-training (forward + backward, the input's gradient included) and forward
-alone, measured alternated in one run, with the machine and its FMA peak.
+"""One fxnn layer on each of its paths and precisions against the strongest
+dense 3x3 conv, per engine, training (forward + backward, the input's
+gradient included) and forward alone, measured alternated in one run, with
+the machine and its fp32 and bf16 peaks.
 
-Contenders at each (B, M, N, HxW):
-  fused    the fused C kernel (kernels/fused_cpu.c): fixed stage computed into the GEMM's packed operand
-  fixed    the fixed stage written out, then the 1x1 GEMM (torch: bmm; pytensor: tensordot)
-  folded   the 1x1 weights folded into dense 3x3 kernels, then the engine's dense conv
-  dense    a generic 3x3 conv (torch: nn.Conv2d(M, N, 3, padding=1), oneDNN; pytensor: its im2col conv)
-  naive    torch only: depthwise conv2d with the 5 kernels (groups=M), then a 1x1 conv2d
-  gemms    torch only: just the 1x1 stage's GEMMs (forward; in training also the weight and
-           input gradients) as torch.mm on preallocated pixel-major matrices, the fixed stage
-           for free: the floor of any path that writes the 5M channels out
-GFLOP/s count the multiply-adds each contender does (2 flops each): 5MN per
-pixel for the fxnn paths, 9MN for folded and dense, three times that for
-training; the fused kernel's figure is thus its rate on the 1x1 part. Times
-are medians of alternated rounds; ratios are against the dense conv of the
-same engine, from the same run.
+Torch engine, at each (B, M, N, HxW), every contender of one pass alternated
+in the same rounds:
 
-    python3 -m bench.bench_fixed_layer [--repeats 10] [--engines torch,pytensor] [--json out.json]
+  dense baselines   nn.Conv2d(M, N, 3, padding=1) (oneDNN):
+    dense fp32            float32, NCHW
+    dense fp32 cl         float32, channels_last
+    dense bf16 cl         under torch.autocast("cpu", torch.bfloat16), channels_last (bf16 input,
+                          as a layer after another autocast layer gets); marked "(no bf16 unit)"
+                          and never the baseline where the CPU has neither AMX-BF16 nor AVX512-BF16
+  fxnn contenders   fxnn.models.torch_layers.fixed_conv2d on a path:
+    fp32 fused|fixed|folded|auto    float32, NCHW (fused: kernels/fused_cpu.c)
+    bf16 fused|fixed|folded|auto    under bf16 autocast, bf16 input (fused: the bf16 C kernel
+                                    where built; folded: channels_last input, as oneDNN likes it)
+  extras (--extras) naive (depthwise conv2d, then 1x1 conv2d, fp32) and gemms (just the 1x1's
+                    GEMMs as torch.mm on preallocated matrices, fp32: the floor of any path that
+                    writes the 5M channels out)
+
+*The* baseline of a row is its fastest dense configuration, named in the row;
+every contender's ratio ``/best`` is against it, and ``/same`` against the
+fastest dense of its own precision. GFLOP/s count the multiply-adds each
+contender does (2 flops each): 5MN per pixel for the fxnn paths, 9MN for
+folded and dense, three times that for training; the fused kernels' figures
+are thus their rates on the 1x1 (GEMM) part, and are also given as fractions
+of the measured fp32 FMA peak and bf16 matrix peak (bench/machine.py). A
+contender that fails (a path not available yet, an error) is reported as
+such and the others go on. PyTensor engine: fused, fixed, folded and its
+dense im2col conv, float32 only, its dense the baseline.
+
+    python3 -m bench.bench_fixed_layer [--repeats 10] [--shapes goal|all] [--passes train,forward]
+        [--engines torch[,pytensor]] [--precisions fp32,bf16] [--extras] [--shape B,M,N,HW ...] [--json out.json]
 """
 import argparse
 import json
@@ -27,58 +42,150 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as fxnn.py: no spinning BLAS threads between contenders
 import numpy as np  # noqa: E402
 
-from .machine import banner, describe  # noqa: E402
-from .timing import alternated_ms  # noqa: E402
+from .machine import banner, bf16_peak, describe  # noqa: E402
+from .timing import alternated  # noqa: E402
 
-#: (B, M, N, H=W): the issue's shapes, then the MNIST and CIFAR-10 nets' conv layers.
+#: (B, M, N, H=W): the issue's three goal shapes, then the MNIST and CIFAR-10 nets' conv layers.
 SHAPES = [(64, 64, 64, 32), (64, 32, 64, 14), (64, 64, 128, 28),
           (64, 1, 32, 28), (64, 3, 32, 32), (64, 32, 64, 16)]
 LABELS = ["goal", "goal (MNIST conv1)", "goal", "MNIST conv0", "CIFAR conv0", "CIFAR conv1"]
+GOAL_SHAPES = 3
 PASSES = ("train", "forward")
-#: multiply-adds per pixel, in units of M*N
-MACS = {"fused": 5, "fixed": 5, "naive": 5, "gemms": 5, "folded": 9, "dense": 9}
+PATHS = ("fused", "fixed", "folded", "auto")
+DENSE = ("dense fp32", "dense fp32 cl", "dense bf16 cl")
 
 
-def torch_contenders(b, m, n, hw, train):
+def precision_of(name):
+    """"fp32" or "bf16" of a contender's name."""
+    return "bf16" if "bf16" in name else "fp32"
+
+
+def macs_per_mn(name, note=""):
+    """Multiply-adds per pixel, in units of M*N (``note``: auto's, "took folded" or another path)."""
+    return 9 if ("dense" in name or "folded" in name or "took folded" in note) else 5
+
+
+def gflops(name, ms, b, m, n, hw, train, note=""):
+    return 2 * macs_per_mn(name, note) * m * n * b * hw * hw * (3 if train else 1) / ms / 1e6
+
+
+def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=False):
+    """{name: callable} of one pass each, and {name: note} (the path auto
+    took, or a contender's error)."""
     import torch
     import torch.nn.functional as F
     from fxnn.kernels.fixed_kernels import KERNELS
-    from fxnn.models.torch_layers import available_paths, fixed_conv2d
+    from fxnn.models import torch_layers
+    from fxnn.models.torch_layers import fixed_conv2d
 
+    cl = torch.channels_last
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(b, m, hw, hw, generator=g).requires_grad_(train)
+    x32 = torch.randn(b, m, hw, hw, generator=g)
     weight = (0.1 * torch.randn(5 * m, n, generator=g)).requires_grad_(train)
     bias = torch.zeros(n, requires_grad=train)
     dense = torch.nn.Conv2d(m, n, 3, padding=1).requires_grad_(train)
-    depthwise = torch.tensor(KERNELS, dtype=torch.float32)[:, None].repeat(m, 1, 1, 1)
-    pointwise = torch.randn(n, 5 * m, 1, 1, generator=g).requires_grad_(train)
-    dy = torch.randn(b, n, hw, hw, generator=g)
+    dy32 = torch.randn(b, n, hw, hw, generator=g)
+    inputs = {  # (x, dy) per precision and layout; bf16: what a layer after an autocast layer gets
+        ("fp32", False): (x32, dy32),
+        ("fp32", True): (x32.contiguous(memory_format=cl), dy32.contiguous(memory_format=cl)),
+        ("bf16", False): (x32.bfloat16(), dy32.bfloat16()),
+        ("bf16", True): (x32.bfloat16().contiguous(memory_format=cl), dy32.bfloat16().contiguous(memory_format=cl)),
+    }
+    for x, _ in inputs.values():
+        x.requires_grad_(train)
+    params = [weight, bias, *dense.parameters()]
 
-    pixels, c = b * hw * hw, 5 * m
-    x5, w1, gy = torch.randn(pixels, c), torch.randn(c, n), torch.randn(pixels, n)
-    y, dw, dx5 = torch.empty(pixels, n), torch.empty(c, n), torch.empty(pixels, c)
+    def one_pass(forward, precision, channels_last, input_precision=None):
+        """One pass of ``forward`` in ``precision`` (bf16: under autocast), on
+        the input of ``input_precision`` (default: the same)."""
+        x, dy = inputs[input_precision or precision, channels_last]
 
-    def gemms():
-        torch.mm(x5, w1, out=y)
-        if train:
-            torch.mm(x5.t(), gy, out=dw)
-            torch.mm(gy, w1.t(), out=dx5)
+        def run():
+            with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+                if not train:
+                    with torch.no_grad():
+                        return forward(x)
+                y = forward(x)
+            x.grad = None
+            for p in params:
+                p.grad = None
+            y.backward(dy)
+        return run
 
-    def run(forward):
-        if train:
-            return lambda: forward().backward(dy)
+    fns, notes, forwards = {}, {}, {}
+    for precision in ("fp32", "bf16"):
+        if precision not in precisions:
+            continue
+        if precision == "fp32":
+            fns["dense fp32"] = one_pass(dense, "fp32", False)
+            fns["dense fp32 cl"] = one_pass(dense, "fp32", True)
+        else:
+            fns["dense bf16 cl"] = one_pass(dense, "bf16", True)
+        for path in PATHS:
+            channels_last = precision == "bf16" and path == "folded"
+            forwards[f"{precision} {path}"] = (lambda x, path=path: fixed_conv2d(x, weight, bias, path), channels_last)
+            fns[f"{precision} {path}"] = one_pass(forwards[f"{precision} {path}"][0], precision, channels_last)
+            if path == "auto":
+                x, _ = inputs[precision, channels_last]
+                try:
+                    with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"), \
+                            torch.set_grad_enabled(train):
+                        notes[f"{precision} auto"] = "took " + torch_layers.auto_path(x, weight, bias)
+                except Exception as e:  # noqa: BLE001  (reported with the contender)
+                    notes[f"{precision} auto"] = f"auto_path failed: {type(e).__name__}: {e}"
+            elif path == "fused" and precision == "bf16":
+                try:
+                    with torch.autocast("cpu", torch.bfloat16):
+                        if "fused" not in torch_layers.available_paths(inputs["bf16", False][0]):
+                            notes["bf16 fused"] = "no bf16 fused kernel here: runs the fixed path"
+                except Exception as e:  # noqa: BLE001
+                    notes["bf16 fused"] = f"available_paths failed: {type(e).__name__}: {e}"
+    if extras and "fp32" in precisions:
+        depthwise = torch.tensor(KERNELS, dtype=torch.float32)[:, None].repeat(m, 1, 1, 1)
+        pointwise = torch.randn(n, 5 * m, 1, 1, generator=g).requires_grad_(train)
+        params.append(pointwise)
+        fns["naive"] = one_pass(lambda x: F.conv2d(F.conv2d(x, depthwise, padding=1, groups=m), pointwise),
+                                "fp32", False)
+        pixels, c = b * hw * hw, 5 * m
+        x5, w1, gy = torch.randn(pixels, c), torch.randn(c, n), torch.randn(pixels, n)
+        y, dw, dx5 = torch.empty(pixels, n), torch.empty(c, n), torch.empty(pixels, c)
 
-        def no_grad():
-            with torch.no_grad():
-                forward()
-        return no_grad
-    fns = {path: run(lambda path=path: fixed_conv2d(x, weight, bias, path)) for path in available_paths(x)}
-    fns.update(dense=run(lambda: dense(x)),
-               naive=run(lambda: F.conv2d(F.conv2d(x, depthwise, padding=1, groups=m), pointwise)), gemms=gemms)
-    return fns
+        def gemms():
+            torch.mm(x5, w1, out=y)
+            if train:
+                torch.mm(x5.t(), gy, out=dw)
+                torch.mm(gy, w1.t(), out=dx5)
+        fns["gemms"] = gemms
+    # one trial call each: a contender that cannot run is reported, not timed; a bf16 fxnn
+    # contender that fails on a bf16 input is tried on a float32 one (autocast casts it, a cost
+    # the dense bf16 baseline does not pay), and says so
+    def error(e):
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    for name in list(fns):
+        try:
+            fns[name]()
+        except Exception as e:  # noqa: BLE001
+            before = notes.get(name, "")
+            notes[name] = f"failed: {error(e)}"
+            del fns[name]
+            if name in forwards and precision_of(name) == "bf16":
+                forward, channels_last = forwards[name]
+                retry = one_pass(forward, "bf16", channels_last, input_precision="fp32")
+                try:
+                    retry()
+                except Exception as e2:  # noqa: BLE001
+                    notes[name] += f"; on a float32 input too: {error(e2)}"
+                    continue
+                fns[name] = retry
+                if name == "bf16 auto":  # auto chooses per input dtype: what it took for this one
+                    with torch.autocast("cpu", torch.bfloat16), torch.set_grad_enabled(train):
+                        before = "took " + torch_layers.auto_path(inputs["fp32", False][0], weight, bias)
+                notes[name] = (f"{before}; " if before.startswith("took") else "") + \
+                    f"float32 input (a bf16 one failed: {error(e)})"
+    return fns, notes
 
 
-def pytensor_contenders(b, m, n, hw, train):
+def pytensor_contenders(b, m, n, hw, train, precisions=("fp32",), extras=False):
     import pytensor
     import pytensor.tensor as pt
     from fxnn.models.pytensor_engine import compile_mode
@@ -95,23 +202,104 @@ def pytensor_contenders(b, m, n, hw, train):
     def compiled(out, weight):
         outputs = pytensor.grad(pt.sum(out * dy), [x, weight, bias]) if train else [out]
         return pytensor.function([], outputs, mode=compile_mode())
-    fns = {path: compiled(fxnn_conv(x, w1, bias, path), w1) for path in available_paths("float32")}
-    fns["dense"] = compiled(conv2d_same(x, w3, bias, 3), w3)
-    return fns
+    fns = {f"fp32 {path}": compiled(fxnn_conv(x, w1, bias, path), w1) for path in available_paths("float32")}
+    fns["dense fp32"] = compiled(conv2d_same(x, w3, bias, 3), w3)
+    return fns, {}
 
 
-def gflops(name, ms, b, m, n, hw, train):
-    return 2 * MACS[name] * m * n * b * hw * hw * (3 if train else 1) / ms / 1e6
+def bf16_hardware(info):
+    return info.get("matrix_engine", "none") != "none"
 
 
-def main():
+def analyse(engine, pass_, shape, label, samples, notes, info):
+    """The row of one (engine, pass, shape): medians, rates, the baseline
+    and each contender's ratios and peak fractions."""
+    b, m, n, hw = shape
+    train = pass_ == "train"
+    ms = {k: 1000 * float(np.median(t)) for k, t in samples.items()}
+    rates = {k: gflops(k, t, b, m, n, hw, train, notes.get(k, "")) for k, t in ms.items()}
+    eligible = {k: t for k, t in ms.items() if k.startswith("dense")
+                and (precision_of(k) == "fp32" or bf16_hardware(info))}
+    baseline = min(eligible, key=eligible.get) if eligible else None
+    same = {}
+    for prec in ("fp32", "bf16"):
+        of_prec = {k: t for k, t in ms.items() if k.startswith("dense") and precision_of(k) == prec}
+        if of_prec:
+            same[prec] = min(of_prec, key=of_prec.get)
+    row = {"engine": engine, "pass": pass_, "shape": list(shape), "layer": label, "ms": ms, "gflops": rates,
+           "rounds_ms": {k: [1000 * s for s in t] for k, t in samples.items()},
+           "baseline": baseline, "same_precision_dense": same, "notes": notes,
+           "vs_baseline": {k: t / ms[baseline] for k, t in ms.items()} if baseline else {},
+           "vs_same_precision": {k: t / ms[same[precision_of(k)]] for k, t in ms.items()
+                                 if precision_of(k) in same}}
+    fractions = {}
+    if "fp32 fused" in rates and info.get("fma_peak_gflops"):
+        fractions["fp32 fused"] = rates["fp32 fused"] / info["fma_peak_gflops"]
+    peak, _ = bf16_peak(info)
+    if "bf16 fused" in rates and peak and "fixed path" not in notes.get("bf16 fused", ""):
+        fractions["bf16 fused"] = rates["bf16 fused"] / peak
+    row["gemm_part_of_peak"] = fractions
+    return row
+
+
+def print_row(row, info):
+    b, m, n, hw = row["shape"]
+    base = row["baseline"]
+    print(f"\n{row['engine']} {'forward+backward' if row['pass'] == 'train' else 'forward'} "
+          f"{b},{m},{n},{hw}x{hw} ({row['layer']}): baseline {base or '-'}"
+          + (f" {row['ms'][base]:.2f} ms" if base else ""))
+    print(f"  {'contender':16s} {'ms':>9s} {'GFLOP/s':>8s} {'/best':>7s} {'/same':>7s} {'of peak':>8s}  note")
+    names = list(row["ms"]) + [k for k in row["notes"] if k not in row["ms"]]
+    for k in names:
+        note = row["notes"].get(k, "")
+        if k not in row["ms"]:
+            print(f"  {k:16s} {'-':>9s} {'':8s} {'':7s} {'':7s} {'':8s}  {note}")
+            continue
+        if k.startswith("dense bf16") and not bf16_hardware(info):
+            note = (note + "; " if note else "") + "no bf16 unit: not a baseline"
+        if k == base:
+            note = (note + "; " if note else "") + "<- baseline"
+        note = note if len(note) <= 100 else note[:97] + "..."  # the whole of it is in the JSON
+        vb = row["vs_baseline"].get(k)
+        vs = row["vs_same_precision"].get(k)
+        frac = row["gemm_part_of_peak"].get(k)
+        print(f"  {k:16s} {row['ms'][k]:9.2f} {row['gflops'][k]:8.0f} "
+              f"{f'{vb:.2f}x' if vb is not None else '-':>7s} {f'{vs:.2f}x' if vs is not None else '-':>7s} "
+              f"{f'{frac:.0%}' if frac is not None else '':>8s}  {note}", flush=True)
+
+
+def print_summary(rows):
+    """One line per (engine, pass, shape): the baseline and the fused contenders' ratios."""
+    print("\nsummary: ratio to the row's baseline (fastest dense), lower is better; "
+          "fused GEMM part as a fraction of its peak")
+    print(f"{'engine':9s} {'pass':8s} {'B,M,N,HxW':15s} {'baseline':14s} {'ms':>8s} {'fp32 fused':>11s} "
+          f"{'bf16 fused':>11s} {'best fxnn':>20s} {'fp32 %pk':>9s} {'bf16 %pk':>9s}")
+    for r in rows:
+        b, m, n, hw = r["shape"]
+        vb = r["vs_baseline"]
+        fx = {k: v for k, v in vb.items() if not k.startswith("dense") and k not in ("naive", "gemms")}
+        best = min(fx, key=fx.get) if fx else None
+        cell = lambda k: f"{vb[k]:.2f}x" if k in vb else "-"  # noqa: E731
+        pk = lambda k: f"{r['gemm_part_of_peak'][k]:.0%}" if k in r["gemm_part_of_peak"] else "-"  # noqa: E731
+        print(f"{r['engine']:9s} {r['pass']:8s} {f'{b},{m},{n},{hw}x{hw}':15s} {r['baseline'] or '-':14s} "
+              f"{r['ms'][r['baseline']] if r['baseline'] else float('nan'):8.2f} {cell('fp32 fused'):>11s} "
+              f"{cell('bf16 fused'):>11s} {(f'{best} {fx[best]:.2f}x' if best else '-'):>20s} "
+              f"{pk('fp32 fused'):>9s} {pk('bf16 fused'):>9s}")
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (each contender once per round)")
-    p.add_argument("--engines", default="torch,pytensor")
+    p.add_argument("--engines", default="torch", help="torch and/or pytensor (fp32 only)")
     p.add_argument("--passes", default="train,forward", help="train (forward+backward) and/or forward")
-    p.add_argument("--shapes", default="all", help="'goal' for the three goal shapes only")
-    p.add_argument("--json", help="also write the figures to this file")
-    args = p.parse_args()
+    p.add_argument("--shapes", default="goal", choices=("goal", "all"),
+                   help="the three goal shapes (default) or also the MNIST and CIFAR layers")
+    p.add_argument("--shape", action="append", metavar="B,M,N,HW",
+                   help="a shape of your own instead (repeatable): batch, in and out channels, H = W")
+    p.add_argument("--precisions", default="fp32,bf16", help="torch engine: fp32 and/or bf16 contenders")
+    p.add_argument("--extras", action="store_true", help="also the naive and gemms contenders (torch, fp32)")
+    p.add_argument("--json", help="also write every figure to this file")
+    args = p.parse_args(argv)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         import torch
@@ -120,33 +308,33 @@ def main():
         pass
     info = describe(threads)
     print(banner(info))
-    shapes = list(zip(SHAPES, LABELS))[:3 if args.shapes == "goal" else None]
+    if not bf16_hardware(info) and "bf16" in args.precisions:
+        print("this CPU has no bf16 unit (neither AMX-BF16 nor AVX512-BF16): bf16 rows are emulated, "
+              "and dense bf16 is never the baseline")
+    print(f"medians of {args.repeats} alternated rounds; /best: against the row's fastest dense, "
+          f"/same: against the fastest dense of the contender's precision")
+    shapes = list(zip(SHAPES, LABELS))[:GOAL_SHAPES if args.shapes == "goal" else None]
+    if args.shape:
+        shapes = [(tuple(int(v) for v in s.split(",")), "--shape") for s in args.shape]
     builders = {"torch": torch_contenders, "pytensor": pytensor_contenders}
-    order = ["fused", "fixed", "folded", "dense", "naive", "gemms"]
+    precisions = tuple(args.precisions.split(","))
     rows = []
     for pass_ in args.passes.split(","):
         train = pass_ == "train"
-        print(f"\n{'forward+backward' if train else 'forward'}, float32, medians of {args.repeats} alternated "
-              f"rounds: ms (GFLOP/s)")
-        print(f"{'engine':9s} {'B,M,N,HxW':15s} {'layer':18s}" + "".join(f"{c:>16s}" for c in order)
-              + f"{'fused/dense':>12s}{'fixed/dense':>12s}{'folded/dense':>13s}{'fused/peak':>11s}")
         for engine in args.engines.split(","):
             # the process's first timings run slow (allocator, thread pools): one untimed round first
-            alternated_ms(builders[engine](*shapes[0][0], train), 1, warmup=1)
-            for (b, m, n, hw), label in shapes:
-                times = alternated_ms(builders[engine](b, m, n, hw, train), args.repeats)
-                rates = {k: gflops(k, t, b, m, n, hw, train) for k, t in times.items()}
-                rows.append({"engine": engine, "pass": pass_, "shape": [b, m, n, hw], "layer": label,
-                             "ms": times, "gflops": rates})
-                cells = "".join(f"{times[c]:8.2f} ({rates[c]:4.0f})" if c in times else f"{'':>16s}" for c in order)
-                ratio = lambda a: f"{times[a] / times['dense']:.2f}x" if a in times else "-"  # noqa: E731
-                peak = (f"{rates['fused'] / info['fma_peak_gflops']:.0%}"
-                        if "fused" in rates and "fma_peak_gflops" in info else "-")
-                print(f"{engine:9s} {f'{b},{m},{n},{hw}x{hw}':15s} {label:18s}{cells}{ratio('fused'):>12s}"
-                      f"{ratio('fixed'):>12s}{ratio('folded'):>13s}{peak:>11s}", flush=True)
+            first, _ = builders[engine](*shapes[0][0], train, precisions, args.extras)
+            alternated(first, 1, warmup=1)
+            for shape, label in shapes:
+                fns, notes = builders[engine](*shape, train, precisions, args.extras)
+                row = analyse(engine, pass_, shape, label, alternated(fns, args.repeats), notes, info)
+                rows.append(row)
+                print_row(row, info)
+    print_summary(rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "repeats": args.repeats, "rows": rows}, f, indent=2)
+            json.dump({"machine": info, "args": vars(args), "repeats": args.repeats, "rows": rows}, f, indent=2)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

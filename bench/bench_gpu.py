@@ -29,6 +29,12 @@ all ratios come from the same run.
     python3 -m bench.bench_gpu --quick            # a short run
     python3 -m bench.bench_gpu --json bench/results/gpu.json
     python3 -m bench.bench_gpu --runs             # also the whole training runs
+    python3 -m bench.bench_gpu --shapes 64,64,64,32 64,32,64,14 64,64,128,28 --precisions bfloat16 float32 \
+        --layouts channels_last nchw --no-stage   # the issue's (B, M, N, H=W) goal shapes (bench/gpu_check.py)
+
+Without PyCUDA (pip install -e ".[test]" brings Triton, not PyCUDA) the
+fixed path runs its torch fallback (reported as such) and the fixed stage's
+own bandwidth is skipped; the fused Triton kernels are what this needs.
 """
 import argparse
 import json
@@ -76,6 +82,9 @@ def parse_args(argv):
                    help=f"short run: B={QUICK['batch']}, M=N={QUICK['channels']}, H=W={QUICK['sizes']}, "
                         f"{QUICK['precisions']}, {QUICK['layouts']}, {QUICK['warmup']} warm-up and "
                         f"{QUICK['reps']} timed steps")
+    p.add_argument("--shapes", nargs="+", metavar="B,M,N,HW",
+                   help="explicit layer shapes (B, M, N, H=W), instead of the --batch x --channels x --sizes grid")
+    p.add_argument("--no-stage", action="store_true", help="skip the fixed stage's bandwidth table")
     p.add_argument("--batch", type=int, nargs="+", help=f"batch sizes (default {FULL['batch']})")
     p.add_argument("--channels", type=int, nargs="+", help=f"M = N values (default {FULL['channels']})")
     p.add_argument("--sizes", type=int, nargs="+", help=f"H = W values (default {FULL['sizes']})")
@@ -94,6 +103,12 @@ def parse_args(argv):
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.shapes:
+        args.shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
+        if any(len(s) != 4 for s in args.shapes):
+            p.error("--shapes takes B,M,N,HW (four integers) each")
+    else:
+        args.shapes = [(b, m, m, size) for b in args.batch for m in args.channels for size in args.sizes]
     return args
 
 
@@ -144,9 +159,9 @@ def compulsory_bytes(b, m, n, size, element):
     return element * (3 * m * pixels + 2 * n * pixels + 3 * NUM_KERNELS * m * n)
 
 
-def bench_config(b, m, size, precision, layout, args, peaks):
+def bench_config(b, m, n, size, precision, layout, args, peaks):
     """One row of results."""
-    n, dev = m, torch.device("cuda")
+    dev = torch.device("cuda")
     dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
@@ -221,16 +236,26 @@ def _fraction(value):
 
 
 def format_row(r):
-    shape = f"{r['B']:>4} {r['M']:>4} {r['H']:>3}x{r['W']:<3} {r['precision']:>8} {r['layout']:>13}"
+    shape = f"{r['B']:>4} {r['M']:>4} {r['N']:>4} {r['H']:>3}x{r['W']:<3} {r['precision']:>8} {r['layout']:>13}"
     if "skipped" in r:
         return f"{shape} | skipped: {r['skipped']}"
     cells = " ".join(f"{r[f'{c}_ms']:8.3f} {_fraction(r[f'{c}_dram'])} {_fraction(r[f'{c}_peak'])}" for c in CONTENDERS)
     return f"{shape} | {cells} | {r['fused_over_dense']:5.2f}x"
 
 
+def driver_version():
+    """The NVIDIA driver's version as nvidia-smi reports it, or None."""
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30)
+        return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
 def header():
     names = " ".join(f"{c + ' ms':>8} {'DRAM':>4} {'peak':>4}" for c in CONTENDERS)
-    line = f"{'B':>4} {'M=N':>4} {'HxW':>7} {'dtype':>8} {'layout':>13} | {names} | fused/dense"
+    line = f"{'B':>4} {'M':>4} {'N':>4} {'HxW':>7} {'dtype':>8} {'layout':>13} | {names} | fused/dense"
     return line + "\n" + "-" * len(line)
 
 
@@ -238,61 +263,76 @@ def main(argv=None):
     args = parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_gpu: no CUDA GPU available (torch.cuda.is_available() is False); nothing to measure")
-    for what, (ok, reason) in (("fixed-stage PyCUDA kernel", cuda_fixed.available()),
-                               ("fused Triton kernel", cuda_fused.available())):
-        if not ok:
-            sys.exit(f"bench_gpu: the {what} is unavailable: {reason}")
+    ok, reason = cuda_fused.available()
+    if not ok:
+        sys.exit(f"bench_gpu: the fused Triton kernel is unavailable: {reason}")
+    fixed_ok, fixed_reason = cuda_fixed.available()
+    if not fixed_ok:
+        print(f"bench_gpu: no PyCUDA fixed stage ({fixed_reason}): the fixed path runs its torch fallback, "
+              f"and the fixed stage's bandwidth is skipped")
 
     torch.backends.cudnn.benchmark = True
     index = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
     gbps, tflops, source = device_peaks(args, props.name, index)
-    import pycuda
+    try:
+        import pycuda
+        pycuda_version = pycuda.VERSION_TEXT
+    except ImportError:
+        pycuda_version = None
     import triton
     meta = {"device": props.name, "compute_capability": f"{props.major}.{props.minor}",
-            "sms": props.multi_processor_count,
-            "torch": torch.__version__, "pycuda": pycuda.VERSION_TEXT, "triton": triton.__version__,
+            "sms": props.multi_processor_count, "driver": driver_version(), "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "torch": torch.__version__, "pycuda": pycuda_version, "triton": triton.__version__,
+            "fixed_stage": "PyCUDA" if fixed_ok else f"torch fallback ({fixed_reason})",
             "peak_gbps": gbps, "peak_tflops": tflops, "peak_source": source, "cudnn_benchmark": True,
             "warmup": args.warmup, "reps": args.reps}
     print(f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs), "
-          f"torch {torch.__version__}, triton {triton.__version__}, pycuda {pycuda.VERSION_TEXT}; peaks [{source}]: DRAM "
+          f"torch {torch.__version__}, triton {triton.__version__}, pycuda {pycuda_version or '-'}; peaks [{source}]: DRAM "
           f"{f'{gbps:.0f} GB/s' if gbps else 'unknown'}, "
           + ", ".join(f"{k} {v} TFLOP/s" for k, v in tflops.items())
           + f"; median of {args.reps} steps after {args.warmup} warm-up\n")
     print("forward + backward (input gradient included): ms, fraction of DRAM bandwidth, fraction of compute peak")
     print(header())
-    rows = []
+    rows, stage, runs = [], [], []
+
+    def write():  # after every row, so that a run cut short still leaves its figures
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({**meta, "layer": rows, "fixed_stage": stage, "runs": runs},
+                                            indent=2) + "\n")
+
     for precision in args.precisions:
         for layout in args.layouts:
-            for b in args.batch:
-                for m in args.channels:
-                    for size in args.sizes:
-                        try:
-                            row = bench_config(b, m, size, precision, layout, args, (gbps, tflops))
-                        except torch.cuda.OutOfMemoryError:
-                            row = {"B": b, "M": m, "N": m, "H": size, "W": size, "precision": precision,
-                                   "layout": layout, "skipped": "out of GPU memory"}
-                        torch.cuda.empty_cache()
-                        rows.append(row)
-                        print(format_row(row), flush=True)
+            for b, m, n, size in args.shapes:
+                try:
+                    row = bench_config(b, m, n, size, precision, layout, args, (gbps, tflops))
+                except torch.cuda.OutOfMemoryError:
+                    row = {"B": b, "M": m, "N": n, "H": size, "W": size, "precision": precision,
+                           "layout": layout, "skipped": "out of GPU memory"}
+                except Exception as e:  # noqa: BLE001  (a kernel that fails one row: said, the others go on)
+                    row = {"B": b, "M": m, "N": n, "H": size, "W": size, "precision": precision,
+                           "layout": layout, "skipped": f"{type(e).__name__}: {str(e)[:300]}"}
+                torch.cuda.empty_cache()
+                rows.append(row)
+                print(format_row(row), flush=True)
+                write()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    print("\nthe PyCUDA fixed stage alone, float32: forward and adjoint, ms, GB/s, fraction of DRAM bandwidth")
-    stage = []
-    for b in args.batch:
-        for m in args.channels:
-            for size in args.sizes:
-                r = bench_fixed_stage(b, m, size, args, gbps)
-                stage.append(r)
-                print(f"{b:>4} {m:>4} {size:>3}x{size:<3} | forward {r['forward_ms']:8.3f} {r['forward_gbps']:7.0f} "
-                      f"{_fraction(r['forward_dram'])} | adjoint {r['adjoint_ms']:8.3f} {r['adjoint_gbps']:7.0f} "
-                      f"{_fraction(r['adjoint_dram'])}", flush=True)
-    runs = []
+    if fixed_ok and not args.no_stage:
+        print("\nthe PyCUDA fixed stage alone, float32: forward and adjoint, ms, GB/s, fraction of DRAM bandwidth")
+    for b, m, _, size in (args.shapes if fixed_ok and not args.no_stage else ()):
+        r = bench_fixed_stage(b, m, size, args, gbps)
+        stage.append(r)
+        print(f"{b:>4} {m:>4} {size:>3}x{size:<3} | forward {r['forward_ms']:8.3f} {r['forward_gbps']:7.0f} "
+              f"{_fraction(r['forward_dram'])} | adjoint {r['adjoint_ms']:8.3f} {r['adjoint_gbps']:7.0f} "
+              f"{_fraction(r['adjoint_dram'])}", flush=True)
+        write()
     if args.runs:
         print("\nwhole training runs, fxnn.py --engine torch --device cuda (default 100 x 100 iterations):")
-        runs = whole_runs()
+        runs.extend(whole_runs())
+    write()
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**meta, "layer": rows, "fixed_stage": stage, "runs": runs}, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
