@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from .records import RecordError, experiment_differences, load_run
+from .records import RecordError, distinct_runs, experiment_differences, load_run
 
 SCALES = ("auto", "log", "linear")
 #: A run that did not complete: (marker at the end of its curves, word).
@@ -232,7 +232,9 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        runs = [load_run(path) for path in args.records]
+        runs, notes = distinct_runs([load_run(path) for path in args.records], by_experiment=args.bands)
+        for note in notes:
+            print(note, file=sys.stderr)
         draw = plot_bands if args.bands else plot_runs
         draw(runs, args.out, args.error_scale, args.log_iter, args.loss_scale)
     except (RecordError, OSError) as e:

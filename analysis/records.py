@@ -2,6 +2,7 @@
 and what makes two runs the same experiment."""
 
 import functools
+import math
 import os
 from dataclasses import dataclass, field, replace
 
@@ -50,35 +51,185 @@ class Run:
             (k, _plain(self.flags.get(k))) for k in EXPERIMENT_FLAGS)
 
 
-def load_run(path):
-    """The :class:`Run` in the record file at ``path``."""
-    from scipy.io.matlab import MatReadError
+#: The variables of a record the analysis reads (the parameter snapshots are never read).
+RECORD_VARIABLES = ("meta", "tloss", "terate", "vloss", "verate", "test_erate")
+#: The most bytes any one of them may take: 8M iterations of a curve, 30 times the longest run the
+#: README shows (-nrec 1000 -ipr 250). A file declaring more is refused before it is read.
+MAX_VARIABLE_BYTES = 64 << 20
+#: The largest -nrec and -ipr a record may state (fxnn.py's curves stay within MAX_VARIABLE_BYTES).
+MAX_COUNT = 10**9
+FIX = "records are written by fxnn.py"
 
+
+def load_run(path):
+    """The :class:`Run` in the record file at ``path``: read bounded (only
+    :data:`RECORD_VARIABLES`, each at most :data:`MAX_VARIABLE_BYTES`) and
+    checked field by field (:func:`check_record`); RecordError otherwise."""
+    from fxnn.files.mat_reader import MatError
     from fxnn.training.matfile import read_mat
 
     if not os.path.isfile(path):
         raise RecordError(f"{path}: no such record file")
     try:
-        r = read_mat(path)
-        meta, flags = r["meta"], r["meta"]["flags"]
-        return Run(path=path, model=meta["model"], engine=meta["engine"], dataset=meta["dataset"],
-                   data_source=meta["data_source"], seed=int(meta["seed"]), status=meta["status"],
-                   iters_per_record=int(flags["iters_per_record"]),
-                   tloss=np.atleast_1d(r["tloss"]).astype(float), terate=np.atleast_1d(r["terate"]).astype(float),
-                   vloss=np.atleast_1d(r["vloss"]).astype(float), verate=np.atleast_1d(r["verate"]).astype(float),
-                   flags=dict(flags), test_erate=_test_erate(r))
-    except (KeyError, TypeError, ValueError, OSError, MatReadError) as e:
-        raise RecordError(f"{path}: not an fxnn record file ({type(e).__name__}: {e}); "
-                          f"records are written by fxnn.py") from None
+        r = read_mat(path, RECORD_VARIABLES, MAX_VARIABLE_BYTES)
+    except MatError as e:
+        reason = str(e)[len(path) + 2:] if str(e).startswith(f"{path}: ") else str(e)
+        raise RecordError(f"{path}: not an fxnn record file ({_one_line(reason)}); {FIX}") from None
+    except OSError as e:
+        raise RecordError(f"{path}: cannot read it ({_one_line(e.strerror or e)})") from None
+    return check_record(path, r)
 
 
-def _test_erate(record):
-    """(final, best) test error of a run that validated on a held-out split
-    (training/final_test.py), NaNs for one that validated on the test set."""
-    if "test_erate" not in record:
-        return (float("nan"), float("nan"))
-    final, best = np.atleast_1d(record["test_erate"]).astype(float)
-    return (float(final), float(best))
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def _integer(value, low, high):
+    """``value`` as an int when it is a number (or 1-element array) holding an
+    integer in low..high, else None."""
+    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "biuf":
+        value = value.reshape(())[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    value = float(value)
+    return int(value) if math.isfinite(value) and value.is_integer() and low <= value <= high else None
+
+
+def _text(value):
+    return value if isinstance(value, str) else None
+
+
+def _curve(value):
+    """A 1-D float array of a recorded curve, or None."""
+    if isinstance(value, (float, int)) and not isinstance(value, bool):
+        return np.array([float(value)])
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.ndim <= 1:
+        return np.atleast_1d(value).astype(float)
+    return None
+
+
+def _flag(value):
+    """A recorded flag as a plain value (str, float, or a tuple of floats for
+    a list flag), or None when it is none of these."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (float, int)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.ndim <= 1:
+        return tuple(float(v) for v in value)
+    return None
+
+
+def _what(value):
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {'x'.join(map(str, value.shape))} ({value.dtype})"
+    if isinstance(value, dict):
+        return "a struct"
+    if isinstance(value, float):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def record_problems(record):
+    """(problems, fields): per malformed field of a record read by read_mat,
+    ``"field: what is wrong"``; and the fields as a Run needs them."""
+    problems, out = [], {}
+    meta = record.get("meta")
+    if not isinstance(meta, dict):
+        return ["meta: missing or not a struct"], out
+    flags = meta.get("flags")
+    if not isinstance(flags, dict):
+        problems.append(f"meta.flags: {'missing' if flags is None else _what(flags)}, not a struct")
+        flags = {}
+    for name in ("model", "engine", "dataset", "data_source", "status"):
+        out[name] = _text(meta.get(name))
+        if out[name] is None:
+            problems.append(f"meta.{name}: {'missing' if name not in meta else _what(meta[name])}, not text")
+    out["seed"] = _integer(meta.get("seed"), 0, 2**64 - 1)
+    if out["seed"] is None:
+        problems.append(f"meta.seed: {'missing' if 'seed' not in meta else _what(meta['seed'])}, "
+                        f"not a non-negative integer")
+    out["iters_per_record"] = _integer(flags.get("iters_per_record"), 1, MAX_COUNT)
+    if out["iters_per_record"] is None:
+        found = "missing" if "iters_per_record" not in flags else _what(flags["iters_per_record"])
+        problems.append(f"meta.flags.iters_per_record: {found}, not an integer from 1 to {MAX_COUNT:,}")
+    plain = {}
+    for key, value in flags.items():
+        plain[key] = _flag(value)
+        if plain[key] is None:
+            problems.append(f"meta.flags.{key}: {_what(value)}, not a number, text or list of numbers")
+    if "num_records" in flags and _integer(flags["num_records"], 1, MAX_COUNT) is None:
+        problems.append(f"meta.flags.num_records: {_what(flags['num_records'])}, not an integer from 1 to "
+                        f"{MAX_COUNT:,}")
+    for key in ("learn_rate", "learn_decay"):
+        if key in flags and not (isinstance(plain[key], float) and math.isfinite(plain[key])):
+            problems.append(f"meta.flags.{key}: {_what(flags[key])}, not a finite number")
+    out["flags"] = plain
+    for name in ("tloss", "terate", "vloss", "verate"):
+        out[name] = _curve(record.get(name))
+        if out[name] is None:
+            problems.append(f"{name}: {'missing' if name not in record else _what(record[name])}, not a curve "
+                            f"(a vector of numbers)")
+    if all(out.get(n) is not None for n in ("tloss", "terate", "vloss", "verate")):
+        if len(out["verate"]) == 0:
+            problems.append("verate: empty (a record holds at least the untrained network's validation)")
+        if len(out["vloss"]) != len(out["verate"]):
+            problems.append(f"vloss: {len(out['vloss'])} values for the {len(out['verate'])} of verate")
+        if len(out["terate"]) != len(out["tloss"]):
+            problems.append(f"terate: {len(out['terate'])} values for the {len(out['tloss'])} of tloss")
+        ipr = out.get("iters_per_record")
+        if ipr and len(out["verate"]) and (len(out["verate"]) - 1) * ipr > len(out["tloss"]):
+            problems.append(f"verate: {len(out['verate'])} records of {ipr:,} iterations, more than the "
+                            f"{len(out['tloss']):,} iterations of tloss")
+    out["test_erate"] = (float("nan"), float("nan"))
+    if "test_erate" in record:
+        test = _curve(record["test_erate"])
+        if test is None or len(test) != 2:
+            problems.append(f"test_erate: {_what(record['test_erate'])}, not two numbers")
+        else:
+            out["test_erate"] = (float(test[0]), float(test[1]))
+    return problems, out
+
+
+def check_record(path, record):
+    """The :class:`Run` of a record read by read_mat; RecordError, one line
+    naming the file and the first malformed field (and how many more), if
+    any field is not as fxnn.py writes it."""
+    problems, f = record_problems(record)
+    if problems:
+        more = f" (and {len(problems) - 1} more: {', '.join(p.split(':')[0] for p in problems[1:])})" \
+            if len(problems) > 1 else ""
+        raise RecordError(f"{path}: not an fxnn record file ({_one_line(problems[0])}){more}; {FIX}")
+    return Run(path=path, model=f["model"], engine=f["engine"], dataset=f["dataset"], data_source=f["data_source"],
+               seed=f["seed"], status=f["status"], iters_per_record=f["iters_per_record"], tloss=f["tloss"],
+               terate=f["terate"], vloss=f["vloss"], verate=f["verate"], flags=f["flags"],
+               test_erate=f["test_erate"])
+
+
+def distinct_runs(runs, by_experiment=True):
+    """(runs, notes): ``runs`` with each run counted once, and one line per
+    run left out: the same file given twice (also under another name or a
+    link), or (``by_experiment``) the same data, flags and seed as a run
+    before it, which is the same run again."""
+    kept, notes, seen_files, seen_runs = [], [], {}, {}
+    for run in runs:
+        try:
+            st = os.stat(run.path)
+            file_key = (st.st_dev, st.st_ino)
+        except OSError:
+            file_key = os.path.realpath(run.path)
+        if file_key in seen_files:
+            notes.append(f"NOTE: counted once: {run.path} is the same file as {seen_files[file_key].path}")
+            continue
+        seen_files[file_key] = run
+        run_key = (run.experiment, run.seed)
+        if by_experiment and run_key in seen_runs:
+            notes.append(f"NOTE: counted once: {run.path} is the same run as {seen_runs[run_key].path} "
+                         f"(the same data, flags and seed {run.seed})")
+            continue
+        seen_runs[run_key] = run
+        kept.append(run)
+    return kept, notes
 
 
 def group_by_label(runs):

@@ -17,7 +17,7 @@ import math
 import re
 import sys
 
-from .records import RecordError, group_by_label, load_run, tag_experiments
+from .records import RecordError, distinct_runs, group_by_label, load_run, tag_experiments
 from .stats import Spread, clipped, error_at, iterations_to, mean_interval, t_factor, welch_difference
 
 CSV_COLUMNS = ("measure", "label", "versus", "at", "mean", "std", "n", "missing", "ci_low", "ci_high")
@@ -230,7 +230,9 @@ def add_summary_flags(p):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        runs = [load_run(path) for path in args.records]
+        runs, notes = distinct_runs([load_run(path) for path in args.records])
+        for note in notes:
+            print(note)
         report(runs, args.at, args.target, args.versus, args.csv, args.png)
     except (RecordError, ValueError, OSError) as e:
         print(f"summary: error: {e}", file=sys.stderr)

@@ -33,7 +33,11 @@ def learn_rates(run):
                             float(flags["learn_decay"]))
     except (KeyError, TypeError, ValueError):
         return None
-    return [schedule.learn_rate_at(r) for r in range(schedule.num_records)]
+    needed = min(schedule.num_records, -(-len(run.tloss) // run.iters_per_record))  # the records the curve reaches
+    try:
+        return [float(schedule.learn_rate_at(r)) for r in range(needed)]
+    except (OverflowError, ZeroDivisionError):
+        return None
 
 
 def rows(run):

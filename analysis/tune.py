@@ -18,13 +18,17 @@ from dataclasses import replace
 
 import numpy as np
 
-from .records import RecordError, group_by_label, load_run, tag_experiments
+from .records import RecordError, distinct_runs, group_by_label, load_run, tag_experiments
 from .stats import error_at
 from .summary import default_at
 
 
 def _learn_rate(run):
-    return float(run.flags["learn_rate"])
+    value = run.flags.get("learn_rate")
+    if not isinstance(value, float):
+        raise RecordError(f"{run.path}: meta.flags.learn_rate is {'missing' if value is None else repr(value)[:40]}; "
+                          f"fxnn-tune needs each run's learn rate, as fxnn.py records it")
+    return value
 
 
 def grids(runs):
@@ -142,7 +146,9 @@ def main(argv=None, out=None):
     try:
         if args.png and not args.at:
             raise ValueError("--png needs --at: the horizons to draw a panel for")
-        runs = [load_run(path) for path in args.records]
+        runs, notes = distinct_runs([load_run(path) for path in args.records])
+        for note in notes:
+            print(note, file=out)
         unfinished = [r.path for r in runs if r.status != "complete"]
         if unfinished:
             print(f"NOTE: left out, not complete (rerun the sweep to finish them): {', '.join(unfinished)}", file=out)

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from .dataset import DataError, Dataset, check_labels
-from .npz import read_npz
+from .npz import limit_from_env, read_npz
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 MAX_CLASSES = 10000
@@ -23,8 +23,7 @@ FORMAT = "an .npz with x_train, y_train, x_test, y_test (README 'Data')"
 
 
 def limit_bytes():
-    text = os.environ.get(LIMIT_ENV, "")
-    return int(float(text) * 2**20) if text.replace(".", "", 1).isdigit() else DEFAULT_LIMIT_MB * 2**20
+    return limit_from_env(LIMIT_ENV, DEFAULT_LIMIT_MB)
 
 
 def as_nchw(x, layout, path, key, fix):

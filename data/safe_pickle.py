@@ -22,7 +22,9 @@ refuses what would crash or exhaust the process without running code:
   size; ``numpy.ndarray`` itself cannot be called (it would hand out
   uninitialised memory), arrays of Python objects and dtypes with fields are
   refused, as is an array whose state never came;
-* **dict keys** that are bytes but not UTF-8 text.
+* **dict keys** that are bytes but not UTF-8 text;
+* **lengths past the end**: a string or bytes object declaring more bytes
+  than the file has left is refused before anything is allocated for it.
 
 Every refusal is a :class:`~fxnn.data.dataset.DataError` of one line.
 """
@@ -159,6 +161,41 @@ class RestrictedUnpickler(pickle._Unpickler):
         return obj
 
 
+class TruncatedPickle(EOFError):
+    pass
+
+
+class _BoundedFile:
+    """The pickle file, refusing any read of more bytes than it has left: a
+    length field of the pickle (a string's or bytes' size) may say anything,
+    and reading that many would first allocate it."""
+
+    def __init__(self, f, size):
+        self._f, self._left = f, size
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            n = self._left
+        if n > self._left:
+            raise TruncatedPickle(f"it declares an object of {n:,} bytes with only {self._left:,} left in the file")
+        data = self._f.read(n)
+        self._left -= len(data)
+        return data
+
+    def readinto(self, buffer):
+        if len(buffer) > self._left:
+            raise TruncatedPickle(f"it declares a buffer of {len(buffer):,} bytes with only {self._left:,} left "
+                                  "in the file")
+        got = self._f.readinto(buffer)
+        self._left -= got
+        return got
+
+    def readline(self):
+        line = self._f.readline(self._left)
+        self._left -= len(line)
+        return line
+
+
 def check_expansion(obj, max_depth, max_objects, max_bytes):
     """Walk ``obj`` counting every reference as a copy; UntrustedPickle when it
     is nested deeper than ``max_depth``, expands past ``max_objects`` objects
@@ -209,7 +246,7 @@ def load(path, allowed=NUMPY_ARRAY, fix="replace it with a genuine copy", max_de
         max_objects = 1_000_000 + size if max_objects is None else max_objects
         max_bytes = 64 * 2**20 + 8 * size if max_bytes is None else max_bytes
         with open(path, "rb") as f:
-            obj = RestrictedUnpickler(f, allowed, max_depth, encoding="bytes").load()
+            obj = RestrictedUnpickler(_BoundedFile(f, size), allowed, max_depth, encoding="bytes").load()
         check_expansion(obj, max_depth, max_objects, max_bytes)
         return obj
     except UntrustedPickle as e:

@@ -3,16 +3,17 @@
 - ``fixed``: the fixed stage (5M channels written out), then the 1x1 GEMM;
 - ``fused``: one C kernel (``kernels/fused_cpu.c``) that computes the fixed
   stage into the GEMM's packed operand, so the 5M channels never reach
-  memory; CPU and float32; on CUDA the Triton kernels of
-  ``kernels/fused_triton.py`` (float32, float16, bfloat16);
+  memory; on the CPU float32 and, under bfloat16 autocast, the bfloat16
+  kernels (AMX or AVX512-BF16, chosen by CPUID); on CUDA the Triton kernels
+  of ``kernels/fused_triton.py`` (float32, float16, bfloat16);
 - ``folded``: the 1x1 weights folded into dense 3x3 kernels
   (:func:`fxnn.kernels.fixed_kernels.fold_weights`), then one dense 3x3 conv.
 
 All compute the same function and gradient (tested); they differ in speed
 and float rounding. ``auto`` times every path available for a layer's
-shape, dtype, thread count and pass (training: forward and backward;
-validation: forward) on first use, like cuDNN's benchmark mode, and keeps
-the fastest (on a GPU as on the CPU): in memory for the process and in a
+shape, dtype (the autocast dtype included), memory format, thread count
+and pass (training: forward and backward; validation: forward) on first
+use, like cuDNN's benchmark mode, and keeps the fastest (on a GPU as on the CPU): in memory for the process and in a
 small JSON file in the user's cache directory (``$FXNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fxnn``,
 else ``~/.cache/fxnn``), keyed by the machine (CPU model, instruction set,
 threads, library versions) and the layer. ``FXNN_AUTOTUNE=0`` switches the
@@ -168,19 +169,35 @@ class PathTuner:
             self._loaded = self._read()
         return self._loaded
 
+    #: The largest cache file read (a real one holds a few kB per layer shape).
+    MAX_CACHE_BYTES = 4 << 20
+
     def _read(self):
-        """The cache file's entries; a missing file is empty, an unreadable or
-        foreign one is ignored with a warning."""
+        """The cache file's entries; a missing file is empty, an unreadable,
+        foreign or malformed one (of any shape: too large, nested too deeply,
+        entries that are not ``{"path": name, "ms": {name: number}}``) is
+        ignored with a warning, and rebuilt as paths are measured again."""
         if not self.cache or not os.path.exists(self.cache):
             return {}
         try:
-            with open(self.cache) as f:
-                data = json.load(f)
+            with open(self.cache, "rb") as f:
+                raw = f.read(self.MAX_CACHE_BYTES + 1)
+            if len(raw) > self.MAX_CACHE_BYTES:
+                raise ValueError(f"larger than {self.MAX_CACHE_BYTES:,} bytes")
+            data = json.loads(raw.decode("utf-8"))
             if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("entries"), dict):
                 raise ValueError(f"not an fxnn path cache of format {CACHE_FORMAT}")
-            return {k: v for k, v in data["entries"].items() if isinstance(v, dict)}
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            warnings.warn(f"ignoring the fxnn path cache {self.cache} ({e}); paths will be measured again "
+            entries = {}
+            for k, v in data["entries"].items():
+                if not (isinstance(v, dict) and isinstance(v.get("path"), str) and isinstance(v.get("ms", {}), dict)
+                        and all(isinstance(p, str) and isinstance(t, (int, float)) and not isinstance(t, bool)
+                                for p, t in v.get("ms", {}).items())):
+                    raise ValueError(f"its entry {k[:80]!r} is not a path and its timings")
+                entries[k] = {"path": v["path"], "ms": dict(v.get("ms", {}))}
+            return entries
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError, MemoryError) as e:
+            reason = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
+            warnings.warn(f"ignoring the fxnn path cache {self.cache} ({reason}); paths will be measured again "
                           f"and the file rewritten", RuntimeWarning, stacklevel=4)
             return {}
 

@@ -179,16 +179,20 @@ def _write_v73(path, small, sources):
 
 # ---- reading -----------------------------------------------------------------
 
-def read_mat(path):
+def read_mat(path, names=None, max_bytes=None):
     """{name: value} of a record file in either layout, the same for both:
     structs as dicts, char arrays as str, column vectors as 1-D arrays,
-    1x1 numbers as floats, other arrays with MATLAB's shape."""
-    with open(path, "rb") as f:
-        head = f.read(128)
-    if head[124:126] == struct.pack("<H", 0x0200):
-        raw = _read_v73(path)
-    else:
-        raw = scipy.io.loadmat(path, struct_as_record=False, chars_as_strings=True)
+    1x1 numbers as floats, other arrays with MATLAB's shape. Only the
+    variables ``names`` are read (None: all), each at most ``max_bytes``
+    (None: what the file holds); the reading is bounded as
+    :mod:`fxnn.files.mat_reader` says, and a file it refuses raises its
+    MatError, one line starting with the file's name."""
+    from fxnn.files.mat_reader import MatError, read
+
+    try:
+        raw = read(path, names, max_bytes)
+    except MatError as e:
+        raise MatError(f"{path}: {e}") from None
     return {k: _simplify(v) for k, v in raw.items() if not k.startswith("__")}
 
 
@@ -201,26 +205,9 @@ def _simplify(value):
         return {k: _simplify(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):
         if value.dtype.kind in "US":
-            return str(value.item()) if value.size else ""
+            return (str(value.item()) if value.size == 1 else "") if value.size <= 1 else value
         if value.ndim == 2 and value.shape[1] == 1:
             value = value[:, 0]
-        if value.size == 1 and value.ndim <= 1:
+        if value.size == 1 and value.ndim <= 1 and value.dtype.kind in "biuf":
             return float(value.reshape(()))
     return value
-
-
-def _read_v73(path):
-    import h5py
-
-    def convert(obj):
-        cls = obj.attrs.get("MATLAB_class", b"").decode()
-        if cls == "struct":
-            return {key: convert(obj[key]) for key in obj}
-        if cls == "char":
-            if obj.attrs.get("MATLAB_empty", 0):
-                return ""
-            return obj[()].T.astype(np.uint16).tobytes().decode("utf-16-le")
-        return np.ascontiguousarray(obj[()].T)
-
-    with h5py.File(path, "r") as f:
-        return {key: convert(f[key]) for key in f}
