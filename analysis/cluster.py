@@ -39,8 +39,12 @@ def distributed():
 
 
 def cores():
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Cores this process may run on: in a Slurm job, at most the CPUs it was
+    given (SLURM_CPUS_PER_TASK, which a node without CPU binding does not
+    enforce)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    given = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return min(n, int(given)) if given.isdigit() and int(given) > 0 else n
 
 
 def run_threads(slots):
@@ -202,20 +206,40 @@ def check_workers(client, out_dir, gpus_per_run):
                              f"workers with 'dask worker SCHEDULER --resources GPU=N'")
 
 
+STOPPED_FROM_OUTSIDE = (143, -signal.SIGTERM, 128 + signal.SIGKILL, -signal.SIGKILL)  # fxnn exits 143 on SIGTERM
+
+
+def _leaving(worker, within=10.0):
+    """Whether ``worker`` is closing, or starts to within ``within`` seconds."""
+    from distributed.core import Status
+    deadline = time.monotonic() + within
+    while True:
+        if worker.status in (Status.closing, Status.closing_gracefully, Status.closed, Status.failed):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
 def run_job(job, fxnn_flags, cwd, stop_name, topic, gpus_per_run):
     """The Dask task of one run, on a worker: runs ``job`` (resuming it if it
     left a checkpoint), logging a start event under ``topic``; when the
     Event ``stop_name`` is set it passes a Ctrl-C to the run and waits for
     it to save. Returns {"code", "where", "seconds"}; code None: not started
-    because the sweep was stopped."""
+    because the sweep was stopped. A run stopped from outside (SIGTERM or
+    SIGKILL) while its worker closes, as when a batch system ends the
+    worker's job, is handed back to the scheduler (Dask's Reschedule) to
+    resume on another worker."""
     dd = distributed()
     worker = dd.get_worker()
-    where = str(worker.name)
+    where = f"Slurm job {os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else str(worker.name)
     stop = dd.Event(stop_name)
     if stop.is_set():
         return {"code": None, "where": where, "seconds": 0.0}
     if not os.path.isdir(os.path.dirname(job.record)):
         raise SweepError(f"worker {where} cannot see the output folder {os.path.dirname(job.record)}")
+    if job.state == "done":  # a retry of a run that ended on a worker lost before it could say so
+        return {"code": 0, "where": where, "seconds": 0.0}
     devices = GPUS.take(worker, gpus_per_run)
     try:
         threads = run_threads(worker.state.nthreads)
@@ -234,6 +258,10 @@ def run_job(job, fxnn_flags, cwd, stop_name, topic, gpus_per_run):
             if stop.wait(timeout=1.0):
                 proc.send_signal(signal.SIGINT)  # once: a second could cut the run's final save short
                 proc.wait()
+        if proc.returncode in STOPPED_FROM_OUTSIDE and not stop.is_set() and _leaving(worker):
+            # a batch system stopping the job (scancel, time limit, preemption) signals the run and its
+            # worker alike: the run saves if it gets to, and resumes from its checkpoint on another worker
+            raise dd.Reschedule()
         return {"code": proc.returncode, "where": where, "seconds": time.monotonic() - started}
     finally:
         GPUS.give(worker, devices)

@@ -8,7 +8,9 @@ fxnn package this sweep runs from, as ``fxnn.py`` would) for every
 pair, with the flags after ``--`` added to each, as many at a time as the
 machine has cores (each with its share of the threads), or on the Dask
 cluster at ``--scheduler`` (whose workers must all see the output folder),
-and writes each run's console output beside its record (``.log``). Rerunning
+or on Slurm (``--slurm``: the sweep submits its workers as batch jobs, see
+:mod:`fxnn.analysis.slurm`), and writes each run's console output beside its
+record (``.log``). Rerunning
 the same command skips the finished runs and resumes interrupted ones, so a
 sweep stopped by Ctrl-C, a crash, a reboot or a lost worker goes on where it
 was. At the end it prints the summary and writes ``summary.csv`` and
@@ -26,6 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from . import slurm
 from .cluster import SweepError, cores, fxnn_program
 from .records import RecordError, load_run
 from .summary import add_summary_flags, report
@@ -132,12 +135,14 @@ class Watch:
         return True
 
 
-def run_jobs(client, jobs, fxnn_flags, status_every=60.0, gpus_per_run=0, remote=False, say=print):
+def run_jobs(client, jobs, fxnn_flags, status_every=60.0, gpus_per_run=0, remote=False, say=print, tick=None):
     """Run ``jobs`` as Dask tasks on ``client``'s cluster; returns the failed
     ones. On Ctrl-C (KeyboardInterrupt) it sets the sweep's stop Event, which
     each running task passes on to its run exactly once (the runs are in
     sessions of their own, so a terminal's Ctrl-C reaches only the sweep),
-    waits for every run to save its record and checkpoint, and re-raises."""
+    waits for every run to save its record and checkpoint (cancelling the
+    tasks no worker has taken yet), and re-raises. ``tick(runs_left)``, if
+    given, is called as the sweep goes (the Slurm jobs follow the runs left)."""
     from .cluster import distributed, run_job
     dd = distributed()
     name = uuid.uuid4().hex
@@ -156,13 +161,17 @@ def run_jobs(client, jobs, fxnn_flags, status_every=60.0, gpus_per_run=0, remote
             done = {future for future in pending if future.done()}
             pending -= done
             failed += [futures[future] for future in done if _ended(watch, futures[future], future)]
+            for future in done:  # let go of the results: a worker that leaves must not make Dask recompute them
+                future.release()
+            if tick is not None:
+                tick(len(pending))
     except KeyboardInterrupt:
         say("Interrupted: waiting for the running experiments to save their records ...")
         watch.stopping = True
         stop.set()
         while True:  # a second Ctrl-C must not leave the runs unsaved (they die with the sweep)
             try:
-                dd.wait(list(pending))
+                _wait_for_started(client, pending)
                 break
             except KeyboardInterrupt:
                 say("Still waiting for the running experiments to save their records ...")
@@ -175,7 +184,29 @@ def run_jobs(client, jobs, fxnn_flags, status_every=60.0, gpus_per_run=0, remote
     return failed
 
 
+def _wait_for_started(client, pending):
+    """Until every task in ``pending`` has ended, cancelling those that no
+    worker has taken (queued, or waiting for a worker that may never come)."""
+    left = set(pending)
+    while left:
+        left = {f for f in left if not f.done()}
+        if not left:
+            return
+        keys = {f.key for f in left}
+        states = client.run_on_scheduler(_task_states, keys)
+        waiting = [f for f in left if states.get(f.key) != "processing"]
+        if waiting:
+            client.cancel(waiting)
+        time.sleep(0.5)
+
+
+def _task_states(keys, dask_scheduler=None):
+    return {k: ts.state for k in keys if (ts := dask_scheduler.tasks.get(k)) is not None}
+
+
 def _ended(watch, job, future):
+    if future.status == "cancelled":  # stopped before a worker took it
+        return watch.ended(job, {"code": None})
     if future.status == "error":
         return watch.ended(job, None, future.exception())
     return watch.ended(job, future.result())
@@ -185,6 +216,8 @@ def run_sweep(args, head, todo, fxnn_flags, say):
     """Start or reach the cluster, say ``head`` with where the runs go, check
     the workers, run ``todo``; returns the failed jobs."""
     from .cluster import check_workers, start, visible_gpus, wait_for_workers
+    if args.slurm:
+        return run_on_slurm(args, head, todo, fxnn_flags, say)
     if args.scheduler:
         client, close = start(args.scheduler, None, args.gpus_per_run)
     else:
@@ -206,6 +239,25 @@ def run_sweep(args, head, todo, fxnn_flags, say):
         close()
 
 
+def run_on_slurm(args, head, todo, fxnn_flags, say):
+    """The sweep on Slurm: checks the job script with Slurm, submits a job per
+    run left, waits (bounded) for one to start, checks the output folder from
+    it, runs ``todo`` while the jobs follow the runs left, and cancels every
+    job at the end, however it ends."""
+    from .cluster import check_workers
+    out_dir = os.path.abspath(args.out_dir)
+    slurm.check_slurm(slurm.job_script(args, out_dir))
+    workers = slurm.SlurmWorkers(args, out_dir, say)
+    try:
+        say(f"{head}, on Slurm: one job per run ({workers.describe()})")
+        workers.start(len(todo))
+        check_workers(workers.client, out_dir, args.gpus_per_run)
+        return run_jobs(workers.client, todo, fxnn_flags, args.status_every, args.gpus_per_run, remote=True,
+                        say=say, tick=workers.adjust)
+    finally:
+        workers.close()
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="fxnn-sweep",
                                 description=__doc__.split("\n\n")[1].replace("``", ""),
@@ -225,6 +277,7 @@ def build_parser():
                    help="GPUs each run needs (Dask resource GPU); each run sees only its own "
                         "(CUDA_VISIBLE_DEVICES)")
     p.add_argument("--status-every", type=float, default=60.0, help="seconds between progress lines")
+    slurm.add_flags(p)
     add_summary_flags(p)
     return p
 
@@ -243,10 +296,18 @@ def main(argv=None):
         p.error("--gpus-per-run must be 0 or more")
     if args.scheduler and args.jobs is not None:
         p.error("--jobs is for this machine; on a cluster each worker's --nthreads says how many runs it takes")
+    slurm.check_flags(p, args)
     import fxnn
     for model in args.models:  # refuse bad flags before starting anything
         fxnn.build_parser().parse_args(["-m", model] + fxnn_flags)
 
+    if args.print_job_script:
+        try:
+            print(slurm.job_script(args, os.path.abspath(args.out_dir)), end="")
+        except SweepError as e:
+            print(f"sweep: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     os.makedirs(args.out_dir, exist_ok=True)
     jobs = plan(args.models, args.seeds, os.path.abspath(args.out_dir))
     todo = [job for job in jobs if job.state != "done"]
