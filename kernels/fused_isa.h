@@ -422,8 +422,12 @@ FXNN_TARGET static float FX(fma_loop)(long iterations)
     long i;
     int k;
     for (k = 0; k < FXNN_MR * FXNN_NV; k++) acc[k] = FX(splat)((float)k);
-    for (i = 0; i < iterations; i++)
+    for (i = 0; i < iterations; i++) {
+        /* unrolled, so the accumulators stay in registers (a loop over an
+         * array in memory times store-to-load forwarding, not the FMAs) */
+#pragma GCC unroll 64
         for (k = 0; k < FXNN_MR * FXNN_NV; k++) acc[k] = FXNN_FMA(acc[k], b, c);
+    }
     for (k = 0; k < FXNN_MR * FXNN_NV; k++) s += FX(sum)(acc[k]);
     return s;
 }
