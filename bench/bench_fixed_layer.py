@@ -95,10 +95,10 @@ def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=Fal
         x.requires_grad_(train)
     params = [weight, bias, *dense.parameters()]
 
-    def one_pass(forward, precision, channels_last, input_precision=None):
-        """One pass of ``forward`` in ``precision`` (bf16: under autocast), on
-        the input of ``input_precision`` (default: the same)."""
-        x, dy = inputs[input_precision or precision, channels_last]
+    def one_pass(forward, precision, channels_last):
+        """One pass of ``forward`` in ``precision`` (bf16: under autocast) on
+        the input of that precision and memory format."""
+        x, dy = inputs[precision, channels_last]
 
         def run():
             with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
@@ -112,7 +112,7 @@ def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=Fal
             y.backward(dy)
         return run
 
-    fns, notes, forwards = {}, {}, {}
+    fns, notes = {}, {}
     for precision in ("fp32", "bf16"):
         if precision not in precisions:
             continue
@@ -123,8 +123,8 @@ def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=Fal
             fns["dense bf16 cl"] = one_pass(dense, "bf16", True)
         for path in PATHS:
             channels_last = precision == "bf16" and path == "folded"
-            forwards[f"{precision} {path}"] = (lambda x, path=path: fixed_conv2d(x, weight, bias, path), channels_last)
-            fns[f"{precision} {path}"] = one_pass(forwards[f"{precision} {path}"][0], precision, channels_last)
+            fns[f"{precision} {path}"] = one_pass(lambda x, path=path: fixed_conv2d(x, weight, bias, path),
+                                                   precision, channels_last)
             if path == "auto":
                 x, _ = inputs[precision, channels_last]
                 try:
@@ -156,32 +156,13 @@ def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=Fal
                 torch.mm(x5.t(), gy, out=dw)
                 torch.mm(gy, w1.t(), out=dx5)
         fns["gemms"] = gemms
-    # one trial call each: a contender that cannot run is reported, not timed; a bf16 fxnn
-    # contender that fails on a bf16 input is tried on a float32 one (autocast casts it, a cost
-    # the dense bf16 baseline does not pay), and says so
-    def error(e):
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    # one trial call each: a contender that cannot run is reported, not timed
     for name in list(fns):
         try:
             fns[name]()
         except Exception as e:  # noqa: BLE001
-            before = notes.get(name, "")
-            notes[name] = f"failed: {error(e)}"
+            notes[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
             del fns[name]
-            if name in forwards and precision_of(name) == "bf16":
-                forward, channels_last = forwards[name]
-                retry = one_pass(forward, "bf16", channels_last, input_precision="fp32")
-                try:
-                    retry()
-                except Exception as e2:  # noqa: BLE001
-                    notes[name] += f"; on a float32 input too: {error(e2)}"
-                    continue
-                fns[name] = retry
-                if name == "bf16 auto":  # auto chooses per input dtype: what it took for this one
-                    with torch.autocast("cpu", torch.bfloat16), torch.set_grad_enabled(train):
-                        before = "took " + torch_layers.auto_path(inputs["fp32", False][0], weight, bias)
-                notes[name] = (f"{before}; " if before.startswith("took") else "") + \
-                    f"float32 input (a bf16 one failed: {error(e)})"
     return fns, notes
 
 
