@@ -257,16 +257,16 @@ static PyObject *fused_dgrad(PyObject *self, PyObject *args)
     return fused_result(rc);
 }
 
-static PyObject *isas(PyObject *self, PyObject *args)
+/* The names of an ISA table's entries that this CPU runs, best first. */
+static PyObject *supported_names(int count, int (*supported)(int), const char *(*name_of)(int))
 {
     PyObject *names = PyList_New(0);
     int i;
-    (void)self; (void)args;
-    for (i = 0; names && i < FXNN_NUM_ISAS; i++) {
+    for (i = 0; names && i < count; i++) {
         PyObject *name;
-        if (!fxnn_isa_supported(i))
+        if (!supported(i))
             continue;
-        name = PyUnicode_FromString(fxnn_isas[i]->name);
+        name = PyUnicode_FromString(name_of(i));
         if (!name || PyList_Append(names, name) < 0) {
             Py_XDECREF(name);
             Py_DECREF(names);
@@ -277,20 +277,34 @@ static PyObject *isas(PyObject *self, PyObject *args)
     return names;
 }
 
-static PyObject *fma_peak(PyObject *self, PyObject *args)
+/* A peak measurement (isa name, threads, seconds) -> GFLOP/s, the GIL released. */
+static PyObject *peak_call(PyObject *args, int (*index_of)(const char *), double (*peak)(int, int, double))
 {
     const char *isa_name;
     int threads, isa;
     double seconds, gflops;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "sid", &isa_name, &threads, &seconds) || (isa = isa_index(isa_name)) < 0)
+    if (!PyArg_ParseTuple(args, "sid", &isa_name, &threads, &seconds) || (isa = index_of(isa_name)) < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    gflops = fxnn_fma_peak(isa, threads, seconds);
+    gflops = peak(isa, threads, seconds);
     Py_END_ALLOW_THREADS
     if (gflops < 0)
         return PyErr_NoMemory();
     return PyFloat_FromDouble(gflops);
+}
+
+static const char *isa_name_of(int i) { return fxnn_isas[i]->name; }
+
+static PyObject *isas(PyObject *self, PyObject *args)
+{
+    (void)self; (void)args;
+    return supported_names(FXNN_NUM_ISAS, fxnn_isa_supported, isa_name_of);
+}
+
+static PyObject *fma_peak(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return peak_call(args, isa_index, fxnn_fma_peak);
 }
 
 /* ---- the fused layer in bfloat16 (fused_bf16_cpu.c) ---- */
@@ -427,40 +441,18 @@ static PyObject *fused_dgrad_bf16(PyObject *self, PyObject *args)
     return fused_result(rc);
 }
 
+static const char *bf16_isa_name_of(int i) { return fxb_isas[i]->name; }
+
 static PyObject *bf16_isas(PyObject *self, PyObject *args)
 {
-    PyObject *names = PyList_New(0);
-    int i;
     (void)self; (void)args;
-    for (i = 0; names && i < FXB_NUM_ISAS; i++) {
-        PyObject *name;
-        if (!fxb_isa_supported(i))
-            continue;
-        name = PyUnicode_FromString(fxb_isas[i]->name);
-        if (!name || PyList_Append(names, name) < 0) {
-            Py_XDECREF(name);
-            Py_DECREF(names);
-            return NULL;
-        }
-        Py_DECREF(name);
-    }
-    return names;
+    return supported_names(FXB_NUM_ISAS, fxb_isa_supported, bf16_isa_name_of);
 }
 
 static PyObject *matrix_peak(PyObject *self, PyObject *args)
 {
-    const char *isa_name;
-    int threads, isa;
-    double seconds, gflops;
     (void)self;
-    if (!PyArg_ParseTuple(args, "sid", &isa_name, &threads, &seconds) || (isa = bf16_isa_index(isa_name)) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    gflops = fxb_matrix_peak(isa, threads, seconds);
-    Py_END_ALLOW_THREADS
-    if (gflops < 0)
-        return PyErr_NoMemory();
-    return PyFloat_FromDouble(gflops);
+    return peak_call(args, bf16_isa_index, fxb_matrix_peak);
 }
 
 static PyObject *bf16_emulate(PyObject *self, PyObject *args)
