@@ -4,16 +4,16 @@ dense 3x3 conv, per engine, training (forward + backward, the input's
 gradient included) and forward alone, measured alternated in one run, with
 the machine and its fp32 and bf16 peaks.
 
-Torch engine, at each (B, M, N, HxW), every contender of one pass alternated
-in the same rounds:
+Torch engine, at each (B, M, N, HxW) and stride S (1 unless given), every
+contender of one pass alternated in the same rounds:
 
-  dense baselines   nn.Conv2d(M, N, 3, padding=1) (oneDNN):
+  dense baselines   nn.Conv2d(M, N, 3, stride=S, padding=1) (oneDNN):
     dense fp32            float32, NCHW
     dense fp32 cl         float32, channels_last
     dense bf16 cl         under torch.autocast("cpu", torch.bfloat16), channels_last (bf16 input,
                           as a layer after another autocast layer gets); marked "(no bf16 unit)"
                           and never the baseline where the CPU has neither AMX-BF16 nor AVX512-BF16
-  fxnn contenders   fxnn.models.torch_layers.fixed_conv2d on a path:
+  fxnn contenders   fxnn.models.torch_layers.fixed_conv2d_record on a path:
     fp32 fused|fixed|folded|auto    float32, NCHW (fused: kernels/fused_cpu.c)
     bf16 fused|fixed|folded|auto    under bf16 autocast, bf16 input (fused: the bf16 C kernel
                                     where built; folded: channels_last input, as oneDNN likes it)
@@ -24,16 +24,17 @@ in the same rounds:
 *The* baseline of a row is its fastest dense configuration, named in the row;
 every contender's ratio ``/best`` is against it, and ``/same`` against the
 fastest dense of its own precision. GFLOP/s count the multiply-adds each
-contender does (2 flops each): 5MN per pixel for the fxnn paths, 9MN for
+contender does (2 flops each): 5MN per output pixel for the fxnn paths, 9MN for
 folded and dense, three times that for training; the fused kernels' figures
 are thus their rates on the 1x1 (GEMM) part, and are also given as fractions
 of the measured fp32 FMA peak and bf16 matrix peak (bench/machine.py). A
 contender that fails (a path not available yet, an error) is reported as
 such and the others go on. PyTensor engine: fused, fixed, folded and its
-dense im2col conv, float32 only, its dense the baseline.
+dense im2col conv, float32 only, its dense the baseline, stride 1 only.
 
-    python3 -m bench.bench_fixed_layer [--repeats 10] [--shapes goal|all] [--passes train,forward]
-        [--engines torch[,pytensor]] [--precisions fp32,bf16] [--extras] [--shape B,M,N,HW ...] [--json out.json]
+    python3 -m bench.bench_fixed_layer [--repeats 10] [--shapes goal|all|strided] [--passes train,forward]
+        [--engines torch[,pytensor]] [--precisions fp32,bf16] [--extras] [--shape B,M,N,HW[,S] ...]
+        [--json out.json]
 """
 import argparse
 import json
@@ -45,11 +46,16 @@ import numpy as np  # noqa: E402
 from .machine import banner, bf16_peak, describe  # noqa: E402
 from .timing import alternated  # noqa: E402
 
-#: (B, M, N, H=W): the issue's three goal shapes, then the MNIST and CIFAR-10 nets' conv layers.
+#: (B, M, N, H=W[, stride]): the issue's three goal shapes, the MNIST and
+#: CIFAR-10 nets' conv layers, then the strided 3x3 convolutions of a
+#: CIFAR ResNet-20 (the first of stages 2 and 3) and a wider one.
 SHAPES = [(64, 64, 64, 32), (64, 32, 64, 14), (64, 64, 128, 28),
-          (64, 1, 32, 28), (64, 3, 32, 32), (64, 32, 64, 16)]
-LABELS = ["goal", "goal (MNIST conv1)", "goal", "MNIST conv0", "CIFAR conv0", "CIFAR conv1"]
+          (64, 1, 32, 28), (64, 3, 32, 32), (64, 32, 64, 16),
+          (64, 16, 32, 32, 2), (64, 32, 64, 16, 2), (64, 32, 64, 32, 2)]
+LABELS = ["goal", "goal (MNIST conv1)", "goal", "MNIST conv0", "CIFAR conv0", "CIFAR conv1",
+          "ResNet-20 stage 2, stride 2", "ResNet-20 stage 3, stride 2", "stride 2"]
 GOAL_SHAPES = 3
+STRIDED = 6  # the index of the first strided shape
 PASSES = ("train", "forward")
 PATHS = ("fused", "fixed", "folded", "auto")
 DENSE = ("dense fp32", "dense fp32 cl", "dense bf16 cl")
@@ -65,26 +71,36 @@ def macs_per_mn(name, note=""):
     return 9 if ("dense" in name or "folded" in name or "took folded" in note) else 5
 
 
-def gflops(name, ms, b, m, n, hw, train, note=""):
-    return 2 * macs_per_mn(name, note) * m * n * b * hw * hw * (3 if train else 1) / ms / 1e6
+def out_size(hw, stride):
+    return (hw - 1) // stride + 1
 
 
-def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=False):
+def dims(shape):
+    """(B, M, N, HW, stride) of a shape given with or without its stride."""
+    return tuple(shape) + (1,) * (5 - len(shape))
+
+
+def gflops(name, ms, b, m, n, hw, train, note="", stride=1):
+    return 2 * macs_per_mn(name, note) * m * n * b * out_size(hw, stride) ** 2 * (3 if train else 1) / ms / 1e6
+
+
+def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=False, stride=1):
     """{name: callable} of one pass each, and {name: note} (the path auto
     took, or a contender's error)."""
     import torch
     import torch.nn.functional as F
     from fxnn.kernels.fixed_kernels import KERNELS
     from fxnn.models import torch_layers
-    from fxnn.models.torch_layers import fixed_conv2d
+    from fxnn.models.torch_layers import fixed_conv2d_record
 
     cl = torch.channels_last
     g = torch.Generator().manual_seed(0)
     x32 = torch.randn(b, m, hw, hw, generator=g)
     weight = (0.1 * torch.randn(5 * m, n, generator=g)).requires_grad_(train)
     bias = torch.zeros(n, requires_grad=train)
-    dense = torch.nn.Conv2d(m, n, 3, padding=1).requires_grad_(train)
-    dy32 = torch.randn(b, n, hw, hw, generator=g)
+    dense = torch.nn.Conv2d(m, n, 3, stride=stride, padding=1).requires_grad_(train)
+    ho = out_size(hw, stride)
+    dy32 = torch.randn(b, n, ho, ho, generator=g)
     inputs = {  # (x, dy) per precision and layout; bf16: what a layer after an autocast layer gets
         ("fp32", False): (x32, dy32),
         ("fp32", True): (x32.contiguous(memory_format=cl), dy32.contiguous(memory_format=cl)),
@@ -123,14 +139,14 @@ def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=Fal
             fns["dense bf16 cl"] = one_pass(dense, "bf16", True)
         for path in PATHS:
             channels_last = precision == "bf16" and path == "folded"
-            fns[f"{precision} {path}"] = one_pass(lambda x, path=path: fixed_conv2d(x, weight, bias, path),
-                                                   precision, channels_last)
+            fns[f"{precision} {path}"] = one_pass(
+                lambda x, path=path: fixed_conv2d_record(x, weight, bias, path, stride), precision, channels_last)
             if path == "auto":
                 x, _ = inputs[precision, channels_last]
                 try:
                     with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"), \
                             torch.set_grad_enabled(train):
-                        notes[f"{precision} auto"] = "took " + torch_layers.auto_path(x, weight, bias)
+                        notes[f"{precision} auto"] = "took " + torch_layers.auto_path(x, weight, bias, stride)
                 except Exception as e:  # noqa: BLE001  (reported with the contender)
                     notes[f"{precision} auto"] = f"auto_path failed: {type(e).__name__}: {e}"
             elif path == "fused" and precision == "bf16":
@@ -144,9 +160,9 @@ def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=Fal
         depthwise = torch.tensor(KERNELS, dtype=torch.float32)[:, None].repeat(m, 1, 1, 1)
         pointwise = torch.randn(n, 5 * m, 1, 1, generator=g).requires_grad_(train)
         params.append(pointwise)
-        fns["naive"] = one_pass(lambda x: F.conv2d(F.conv2d(x, depthwise, padding=1, groups=m), pointwise),
-                                "fp32", False)
-        pixels, c = b * hw * hw, 5 * m
+        fns["naive"] = one_pass(lambda x: F.conv2d(F.conv2d(x, depthwise, stride=stride, padding=1, groups=m),
+                                                   pointwise), "fp32", False)
+        pixels, c = b * ho * ho, 5 * m
         x5, w1, gy = torch.randn(pixels, c), torch.randn(c, n), torch.randn(pixels, n)
         y, dw, dx5 = torch.empty(pixels, n), torch.empty(c, n), torch.empty(pixels, c)
 
@@ -195,10 +211,10 @@ def bf16_hardware(info):
 def analyse(engine, pass_, shape, label, samples, notes, info):
     """The row of one (engine, pass, shape): medians, rates, the baseline
     and each contender's ratios and peak fractions."""
-    b, m, n, hw = shape
+    b, m, n, hw, stride = dims(shape)
     train = pass_ == "train"
     ms = {k: 1000 * float(np.median(t)) for k, t in samples.items()}
-    rates = {k: gflops(k, t, b, m, n, hw, train, notes.get(k, "")) for k, t in ms.items()}
+    rates = {k: gflops(k, t, b, m, n, hw, train, notes.get(k, ""), stride) for k, t in ms.items()}
     eligible = {k: t for k, t in ms.items() if k.startswith("dense")
                 and (precision_of(k) == "fp32" or bf16_hardware(info))}
     baseline = min(eligible, key=eligible.get) if eligible else None
@@ -223,11 +239,15 @@ def analyse(engine, pass_, shape, label, samples, notes, info):
     return row
 
 
+def shape_name(shape):
+    b, m, n, hw, stride = dims(shape)
+    return f"{b},{m},{n},{hw}x{hw}" + (f"/{stride}" if stride != 1 else "")
+
+
 def print_row(row, info):
-    b, m, n, hw = row["shape"]
     base = row["baseline"]
     print(f"\n{row['engine']} {'forward+backward' if row['pass'] == 'train' else 'forward'} "
-          f"{b},{m},{n},{hw}x{hw} ({row['layer']}): baseline {base or '-'}"
+          f"{shape_name(row['shape'])} ({row['layer']}): baseline {base or '-'}"
           + (f" {row['ms'][base]:.2f} ms" if base else ""))
     print(f"  {'contender':16s} {'ms':>9s} {'GFLOP/s':>8s} {'/best':>7s} {'/same':>7s} {'of peak':>8s}  note")
     names = list(row["ms"]) + [k for k in row["notes"] if k not in row["ms"]]
@@ -253,16 +273,15 @@ def print_summary(rows):
     """One line per (engine, pass, shape): the baseline and the fused contenders' ratios."""
     print("\nsummary: ratio to the row's baseline (fastest dense), lower is better; "
           "fused GEMM part as a fraction of its peak")
-    print(f"{'engine':9s} {'pass':8s} {'B,M,N,HxW':15s} {'baseline':14s} {'ms':>8s} {'fp32 fused':>11s} "
+    print(f"{'engine':9s} {'pass':8s} {'B,M,N,HxW[/S]':17s} {'baseline':14s} {'ms':>8s} {'fp32 fused':>11s} "
           f"{'bf16 fused':>11s} {'best fxnn':>20s} {'fp32 %pk':>9s} {'bf16 %pk':>9s}")
     for r in rows:
-        b, m, n, hw = r["shape"]
         vb = r["vs_baseline"]
         fx = {k: v for k, v in vb.items() if not k.startswith("dense") and k not in ("naive", "gemms")}
         best = min(fx, key=fx.get) if fx else None
         cell = lambda k: f"{vb[k]:.2f}x" if k in vb else "-"  # noqa: E731
         pk = lambda k: f"{r['gemm_part_of_peak'][k]:.0%}" if k in r["gemm_part_of_peak"] else "-"  # noqa: E731
-        print(f"{r['engine']:9s} {r['pass']:8s} {f'{b},{m},{n},{hw}x{hw}':15s} {r['baseline'] or '-':14s} "
+        print(f"{r['engine']:9s} {r['pass']:8s} {shape_name(r['shape']):17s} {r['baseline'] or '-':14s} "
               f"{r['ms'][r['baseline']] if r['baseline'] else float('nan'):8.2f} {cell('fp32 fused'):>11s} "
               f"{cell('bf16 fused'):>11s} {(f'{best} {fx[best]:.2f}x' if best else '-'):>20s} "
               f"{pk('fp32 fused'):>9s} {pk('bf16 fused'):>9s}")
@@ -273,10 +292,11 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (each contender once per round)")
     p.add_argument("--engines", default="torch", help="torch and/or pytensor (fp32 only)")
     p.add_argument("--passes", default="train,forward", help="train (forward+backward) and/or forward")
-    p.add_argument("--shapes", default="goal", choices=("goal", "all"),
-                   help="the three goal shapes (default) or also the MNIST and CIFAR layers")
-    p.add_argument("--shape", action="append", metavar="B,M,N,HW",
-                   help="a shape of your own instead (repeatable): batch, in and out channels, H = W")
+    p.add_argument("--shapes", default="goal", choices=("goal", "all", "strided"),
+                   help="the three goal shapes (default), all (also the MNIST, CIFAR and ResNet layers) "
+                        "or the strided ResNet layers only")
+    p.add_argument("--shape", action="append", metavar="B,M,N,HW[,S]",
+                   help="a shape of your own instead (repeatable): batch, in and out channels, H = W, stride")
     p.add_argument("--precisions", default="fp32,bf16", help="torch engine: fp32 and/or bf16 contenders")
     p.add_argument("--extras", action="store_true", help="also the naive and gemms contenders (torch, fp32)")
     p.add_argument("--json", help="also write every figure to this file")
@@ -294,20 +314,32 @@ def main(argv=None):
               "and dense bf16 is never the baseline")
     print(f"medians of {args.repeats} alternated rounds; /best: against the row's fastest dense, "
           f"/same: against the fastest dense of the contender's precision")
-    shapes = list(zip(SHAPES, LABELS))[:GOAL_SHAPES if args.shapes == "goal" else None]
+    shapes = list(zip(SHAPES, LABELS))
+    shapes = {"goal": shapes[:GOAL_SHAPES], "all": shapes, "strided": shapes[STRIDED:]}[args.shapes]
     if args.shape:
         shapes = [(tuple(int(v) for v in s.split(",")), "--shape") for s in args.shape]
+    for shape, _ in shapes:
+        if len(shape) not in (4, 5) or min(shape) < 1:
+            p.error(f"--shape {','.join(map(str, shape))}: give B,M,N,HW or B,M,N,HW,S, all positive")
+    shapes = [(dims(shape), label) for shape, label in shapes]
     builders = {"torch": torch_contenders, "pytensor": pytensor_contenders}
     precisions = tuple(args.precisions.split(","))
     rows = []
     for pass_ in args.passes.split(","):
         train = pass_ == "train"
         for engine in args.engines.split(","):
+            of_engine = [(shape, label) for shape, label in shapes if engine == "torch" or shape[4] == 1]
+            if len(of_engine) < len(shapes):
+                print(f"{engine}: stride 1 only, the strided shapes skipped")
+            if not of_engine:
+                continue
+            build = lambda shape: builders[engine](  # noqa: E731
+                *shape[:4], train, precisions, args.extras, **({"stride": shape[4]} if shape[4] != 1 else {}))
             # the process's first timings run slow (allocator, thread pools): one untimed round first
-            first, _ = builders[engine](*shapes[0][0], train, precisions, args.extras)
+            first, _ = build(of_engine[0][0])
             alternated(first, 1, warmup=1)
-            for shape, label in shapes:
-                fns, notes = builders[engine](*shape, train, precisions, args.extras)
+            for shape, label in of_engine:
+                fns, notes = build(shape)
                 row = analyse(engine, pass_, shape, label, alternated(fns, args.repeats), notes, info)
                 rows.append(row)
                 print_row(row, info)

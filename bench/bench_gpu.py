@@ -52,7 +52,7 @@ import torch  # noqa: E402
 
 from fxnn.kernels import cuda_fixed, cuda_fused  # noqa: E402
 from fxnn.kernels.fixed_kernels import NUM_KERNELS  # noqa: E402
-from fxnn.models.torch_layers import fixed_conv2d  # noqa: E402
+from fxnn.models.torch_layers import fixed_conv2d_record  # noqa: E402
 
 FULL = {"batch": [64, 256], "channels": [32, 64, 128, 256], "sizes": [14, 28, 56],
         "precisions": ["float32", "tf32", "bfloat16"], "layouts": ["nchw", "channels_last"], "warmup": 10, "reps": 50}
@@ -170,7 +170,7 @@ def bench_config(b, m, n, size, precision, layout, args, peaks):
     w = (torch.randn(NUM_KERNELS * m, n, device=dev, dtype=dtype) / (NUM_KERNELS * m) ** 0.5).requires_grad_()
     bias = torch.zeros(n, device=dev, dtype=dtype, requires_grad=True)
     dense = torch.nn.Conv2d(m, n, 3, padding=1).to(dev, dtype).to(memory_format=memory_format)
-    steps = {path: (lambda path=path: fixed_conv2d(x, w, bias, path).backward(dy))
+    steps = {path: (lambda path=path: fixed_conv2d_record(x, w, bias, path).backward(dy))
              for path in ("fused", "fixed", "folded")}
     steps["dense"] = lambda: dense(x).backward(dy)
     params = [x, w, bias, *dense.parameters()]

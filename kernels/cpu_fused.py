@@ -2,7 +2,10 @@
 
 :func:`forward`, :func:`weight_grad` and :func:`input_grad` take float32
 tensors in the layouts of ``kernels/fixed_kernels.py`` (x (B, M, H, W), weight
-(5M, N), y and dy (B, N, H, W)) and use ``torch.get_num_threads()`` threads.
+(5M, N), y and dy (B, N, Ho, Wo)) and a stride s of :data:`STRIDES` (Ho =
+(H-1)//s + 1, Wo likewise; the fixed stage is computed at the output's
+pixels only) and use
+``torch.get_num_threads()`` threads.
 The instruction set is :func:`fxnn.kernels.native.isa`: the best this CPU runs,
 or the one named by the environment variable ``FXNN_ISA`` (``avx512``,
 ``avx2`` or ``portable``), which tests use to run every path the machine
@@ -23,6 +26,7 @@ from . import native
 from .fixed_kernels import NUM_KERNELS
 from .native import isa
 from .native import module as _fixed_cpu
+from .torch_fixed import out_size
 
 
 def available():
@@ -65,41 +69,60 @@ def _is_bf16(*tensors):
     return kinds == {True}
 
 
-def forward(x, weight, bias=None):
-    """y = bias + W^T fixed(x): (B, M, H, W) -> (B, N, H, W)."""
+#: The strides the kernels run.
+STRIDES = (1, 2)
+
+
+def _check_stride(stride):
+    if isinstance(stride, bool) or stride not in STRIDES:
+        raise ValueError(f"the fused CPU kernels run stride 1 or 2, got {stride!r}")
+
+
+def forward(x, weight, bias=None, stride=1):
+    """y = bias + W^T fixed(x) at the pixels (s*i, s*j), the fixed stage
+    computed there only: (B, M, H, W) -> (B, N, (H-1)//s + 1, (W-1)//s + 1)."""
+    _check_stride(stride)
     b, _, h, w = x.shape
-    y = x.new_empty((b, weight.shape[1], h, w))
+    y = x.new_empty((b, weight.shape[1], out_size(h, stride), out_size(w, stride)))
     if _is_bf16(x, weight, bias):
         _fixed_cpu.fused_forward_bf16(_bits(x), _bits(weight), None if bias is None else _bits(bias),
-                                      y.view(torch.int16).numpy(), torch.get_num_threads(), native.bf16_isa())
+                                      y.view(torch.int16).numpy(), torch.get_num_threads(), native.bf16_isa(), stride)
         return y
     _fixed_cpu.fused_forward(_array(x), _array(weight), None if bias is None else _array(bias), y.numpy(),
-                             torch.get_num_threads(), isa())
+                             torch.get_num_threads(), isa(), stride)
     return y
 
 
-def weight_grad(x, dy, bias=True):
-    """(dweight (5M, N), dbias (N,) or None) for output gradient dy."""
+def weight_grad(x, dy, bias=True, stride=1):
+    """(dweight (5M, N), dbias (N,) or None) for output gradient dy of the
+    layer at ``stride``."""
+    _check_stride(stride)
     m, n = x.shape[1], dy.shape[1]
     dw = x.new_empty((NUM_KERNELS * m, n))
     db = x.new_empty((n,)) if bias else None
     if _is_bf16(x, dy):
         _fixed_cpu.fused_wgrad_bf16(_bits(x), _bits(dy), dw.view(torch.int16).numpy(),
                                     None if db is None else db.view(torch.int16).numpy(),
-                                    torch.get_num_threads(), native.bf16_isa())
+                                    torch.get_num_threads(), native.bf16_isa(), stride)
         return dw, db
     _fixed_cpu.fused_wgrad(_array(x), _array(dy), dw.numpy(), None if db is None else db.numpy(),
-                           torch.get_num_threads(), isa())
+                           torch.get_num_threads(), isa(), stride)
     return dw, db
 
 
-def input_grad(dy, weight):
-    """dx (B, M, H, W) for output gradient dy (B, N, H, W)."""
-    b, _, h, w = dy.shape
-    dx = dy.new_empty((b, weight.shape[0] // NUM_KERNELS, h, w))
+def input_grad(dy, weight, stride=1, size=None):
+    """dx (B, M, H, W) for output gradient dy of the layer at ``stride``;
+    ``size`` is the input's (H, W), needed at stride > 1 (where several
+    input sizes give dy's size), dy's own at stride 1."""
+    _check_stride(stride)
+    if size is None:
+        if stride != 1:
+            raise ValueError(f"input_grad at stride {stride} needs size=(H, W), the input's")
+        size = dy.shape[2:]
+    dx = dy.new_empty((dy.shape[0], weight.shape[0] // NUM_KERNELS) + tuple(size))
     if _is_bf16(dy, weight):
         _fixed_cpu.fused_dgrad_bf16(_bits(dy), _bits(weight), dx.view(torch.int16).numpy(),
-                                    torch.get_num_threads(), native.bf16_isa())
+                                    torch.get_num_threads(), native.bf16_isa(), stride)
         return dx
-    _fixed_cpu.fused_dgrad(_array(dy), _array(weight), dx.numpy(), torch.get_num_threads(), isa())
+    _fixed_cpu.fused_dgrad(_array(dy), _array(weight), dx.numpy(), torch.get_num_threads(), isa(), stride)
     return dx

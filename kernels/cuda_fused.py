@@ -1,5 +1,6 @@
 """The fused fxnn layer's Triton kernels (:mod:`fxnn.kernels.fused_triton`) on
-PyTorch CUDA tensors: the same three calls as :mod:`fxnn.kernels.cpu_fused`.
+PyTorch CUDA tensors: the same three calls as :mod:`fxnn.kernels.cpu_fused`,
+each at stride 1 or more.
 
 Importing this module needs neither triton nor a GPU (the kernels' module is
 imported on first use); :func:`available` says whether they can run here,
@@ -53,19 +54,21 @@ def _kernels():
     return fused_triton
 
 
-def forward(x, weight, bias=None):
-    """y = bias + W^T fixed(x): (B, M, H, W) -> (B, N, H, W)."""
+def forward(x, weight, bias=None, stride=1):
+    """y = bias + W^T fixed(x) at every ``stride``-th pixel: (B, M, H, W) ->
+    (B, N, (H-1)//stride + 1, (W-1)//stride + 1)."""
     with torch.cuda.device(x.device):
-        return _kernels().forward(x, weight, bias)
+        return _kernels().forward(x, weight, bias, stride)
 
 
-def weight_grad(x, dy):
-    """(dweight (5M, N), dbias (N,)) for output gradient dy."""
+def weight_grad(x, dy, stride=1):
+    """(dweight (5M, N), dbias (N,)) for output gradient dy of the layer at ``stride``."""
     with torch.cuda.device(x.device):
-        return _kernels().weight_grad(x, dy)
+        return _kernels().weight_grad(x, dy, stride)
 
 
-def input_grad(dy, weight):
-    """dx (B, M, H, W) for output gradient dy (B, N, H, W)."""
+def input_grad(dy, weight, stride=1, size=None):
+    """dx (B, M, H, W) for output gradient dy (B, N, Ho, Wo) of the layer at
+    ``stride``; ``size`` is the input's (H, W), needed at stride > 1."""
     with torch.cuda.device(dy.device):
-        return _kernels().input_grad(dy, weight)
+        return _kernels().input_grad(dy, weight, stride, size)

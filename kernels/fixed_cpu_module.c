@@ -3,23 +3,24 @@
  *
  *   forward(x, out, threads)   x (P, H, W)    -> out (P, 5, H, W)
  *   adjoint(g, dx, threads)    g (P, 5, H, W) -> dx (P, H, W)
- *   fused_forward(x, w, bias, y, threads, isa)      y = bias + W^T fixed(x)
- *   fused_wgrad(x, dy, dw, dbias, threads, isa)     dW, dbias (bias may be None)
- *   fused_dgrad(dy, w, dx, threads, isa)            dx
+ *   fused_forward(x, w, bias, y, threads, isa[, stride])  y = bias + W^T fixed(x)
+ *   fused_wgrad(x, dy, dw, dbias, threads, isa[, stride]) dW, dbias (bias may be None)
+ *   fused_dgrad(dy, w, dx, threads, isa[, stride])        dx
  *   isas()                                          the ISAs this CPU runs, best first
  *   block_forward(y, mask, threshold, scale, out, threads)           ReLU, dropout, 2x2 max pool
  *   block_backward(y, mask, threshold, scale, out, g, gy, threads)   and its gradient (block_cpu.c)
  *   fma_peak(isa, threads, seconds)                 measured FMA throughput, GFLOP/s
- *   fused_forward_bf16(x, w, bias, y, threads, isa)   the fused layer in bfloat16
- *   fused_wgrad_bf16(x, dy, dw, dbias, threads, isa)  (kernels/fused_bf16_cpu.c): buffers of
- *   fused_dgrad_bf16(dy, w, dx, threads, isa)         bf16 bit patterns, uint16 or int16
+ *   fused_forward_bf16(x, w, bias, y, threads, isa[, stride])   the fused layer in bfloat16
+ *   fused_wgrad_bf16(x, dy, dw, dbias, threads, isa[, stride])  (kernels/fused_bf16_cpu.c): buffers of
+ *   fused_dgrad_bf16(dy, w, dx, threads, isa[, stride])         bf16 bit patterns, uint16 or int16
  *   bf16_isas()                                     the bf16 ISAs this CPU runs, best first
  *   matrix_peak(isa, threads, seconds)              measured bf16 matrix throughput, GFLOP/s
  *   bf16_emulate(op, a, b, c)                       a stand-in's emulation of one instruction
  *
  * Arguments are C-contiguous buffers (numpy arrays, or torch CPU tensors
  * through .numpy()): float32 or float64 for the fixed stage, float32 for the
- * fused layer (x (B, M, H, W), w (5M, N), y and dy (B, N, H, W)); the outputs
+ * fused layer (x and dx (B, M, H, W), w (5M, N), y and dy (B, N, Ho, Wo) with
+ * Ho = (H-1)/stride + 1, Wo likewise; stride 1 unless given); the outputs
  * are written in place with the GIL released. Shapes and dtypes are checked
  * here, so a wrong call is a ValueError, never a bad memory access. Built by
  * setup.py; the callers are kernels/cpu_fixed.py and kernels/cpu_fused.py.
@@ -172,11 +173,26 @@ static PyObject *fused_result(int rc)
 
 #define SHAPE_ERROR(msg) do { PyErr_SetString(PyExc_ValueError, msg); release_all(v, count); return NULL; } while (0)
 
-/* Parses (buffers..., threads, isa) of a fused call into o, v, threads, isa. */
+/* A stride the fused kernels do not run (they run 1 and 2): ValueError. */
+static int bad_stride(long stride)
+{
+    if (stride == 1 || stride == 2)
+        return 0;
+    PyErr_Format(PyExc_ValueError, "the fused kernels run stride 1 or 2, got %ld", stride);
+    return 1;
+}
+
+/* Parses (buffers..., threads, isa[, stride]) of a fused call into o, v, threads, isa, stride. */
 #define PARSE_FUSED(format, ...)                                                                   \
-    if (!PyArg_ParseTuple(args, format "is", __VA_ARGS__, &threads, &isa_name)                    \
-        || (isa = isa_index(isa_name)) < 0 || get_f32_args(o, spec, count, v) < 0)                \
+    if (!PyArg_ParseTuple(args, format "is|l", __VA_ARGS__, &threads, &isa_name, &stride)         \
+        || bad_stride(stride) || (isa = isa_index(isa_name)) < 0 || get_f32_args(o, spec, count, v) < 0) \
         return NULL
+
+/* Whether a 4-d buffer is (b, c, h, w). */
+static int shaped(const Py_buffer *v, long b, long c, long h, long w)
+{
+    return v->shape[0] == b && v->shape[1] == c && v->shape[2] == h && v->shape[3] == w;
+}
 
 static PyObject *fused_forward(PyObject *self, PyObject *args)
 {
@@ -186,7 +202,7 @@ static PyObject *fused_forward(PyObject *self, PyObject *args)
     Py_buffer v[count];
     int threads, isa, rc;
     const char *isa_name;
-    long b, m, n, h, w;
+    long b, m, n, h, w, stride = 1;
     (void)self;
     PARSE_FUSED("OOOO", &o[0], &o[1], &o[2], &o[3]);
     b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
@@ -195,11 +211,12 @@ static PyObject *fused_forward(PyObject *self, PyObject *args)
         SHAPE_ERROR("w must be (5M, N) for x of M channels");
     if (v[2].obj && v[2].shape[0] != n)
         SHAPE_ERROR("bias must be (N,)");
-    if (v[3].shape[0] != b || v[3].shape[1] != n || v[3].shape[2] != h || v[3].shape[3] != w)
-        SHAPE_ERROR("y must be (B, N, H, W)");
+    if (!shaped(&v[3], b, n, fxnn_out_size(h, stride), fxnn_out_size(w, stride)))
+        SHAPE_ERROR("y must be (B, N, Ho, Wo), Ho = (H-1)/stride + 1, Wo likewise");
     Py_BEGIN_ALLOW_THREADS
     rc = fxnn_fused_forward(isa, (const float *)v[0].buf, (const float *)v[1].buf,
-                            v[2].obj ? (const float *)v[2].buf : NULL, (float *)v[3].buf, b, m, n, h, w, threads);
+                            v[2].obj ? (const float *)v[2].buf : NULL, (float *)v[3].buf, b, m, n, h, w, stride,
+                            threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
     return fused_result(rc);
@@ -213,20 +230,20 @@ static PyObject *fused_wgrad(PyObject *self, PyObject *args)
     Py_buffer v[count];
     int threads, isa, rc;
     const char *isa_name;
-    long b, m, n, h, w;
+    long b, m, n, h, w, stride = 1;
     (void)self;
     PARSE_FUSED("OOOO", &o[0], &o[1], &o[2], &o[3]);
     b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
     n = (long)v[1].shape[1];
-    if (v[1].shape[0] != b || v[1].shape[2] != h || v[1].shape[3] != w)
-        SHAPE_ERROR("dy must be (B, N, H, W) for x of shape (B, M, H, W)");
+    if (!shaped(&v[1], b, n, fxnn_out_size(h, stride), fxnn_out_size(w, stride)))
+        SHAPE_ERROR("dy must be (B, N, Ho, Wo) for x of shape (B, M, H, W), Ho = (H-1)/stride + 1, Wo likewise");
     if (v[2].shape[0] != FXNN_NUM_KERNELS * m || v[2].shape[1] != n)
         SHAPE_ERROR("dw must be (5M, N)");
     if (v[3].obj && v[3].shape[0] != n)
         SHAPE_ERROR("dbias must be (N,)");
     Py_BEGIN_ALLOW_THREADS
     rc = fxnn_fused_wgrad(isa, (const float *)v[0].buf, (const float *)v[1].buf, (float *)v[2].buf,
-                          v[3].obj ? (float *)v[3].buf : NULL, b, m, n, h, w, threads);
+                          v[3].obj ? (float *)v[3].buf : NULL, b, m, n, h, w, stride, threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
     return fused_result(rc);
@@ -240,18 +257,18 @@ static PyObject *fused_dgrad(PyObject *self, PyObject *args)
     Py_buffer v[count];
     int threads, isa, rc;
     const char *isa_name;
-    long b, m, n, h, w;
+    long b, m, n, h, w, stride = 1;
     (void)self;
     PARSE_FUSED("OOO", &o[0], &o[1], &o[2]);
-    b = (long)v[0].shape[0]; n = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
-    m = (long)v[2].shape[1];
-    if (v[2].shape[0] != b || v[2].shape[2] != h || v[2].shape[3] != w)
-        SHAPE_ERROR("dx must be (B, M, H, W) for dy of shape (B, N, H, W)");
+    b = (long)v[0].shape[0]; n = (long)v[0].shape[1];
+    m = (long)v[2].shape[1]; h = (long)v[2].shape[2]; w = (long)v[2].shape[3];
+    if (v[2].shape[0] != b || v[0].shape[2] != fxnn_out_size(h, stride) || v[0].shape[3] != fxnn_out_size(w, stride))
+        SHAPE_ERROR("dx must be (B, M, H, W) for dy of shape (B, N, Ho, Wo), Ho = (H-1)/stride + 1, Wo likewise");
     if (v[1].shape[0] != FXNN_NUM_KERNELS * m || v[1].shape[1] != n)
         SHAPE_ERROR("w must be (5M, N)");
     Py_BEGIN_ALLOW_THREADS
     rc = fxnn_fused_dgrad(isa, (const float *)v[0].buf, (const float *)v[1].buf, (float *)v[2].buf, b, m, n, h, w,
-                          threads);
+                          stride, threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
     return fused_result(rc);
@@ -358,8 +375,8 @@ static int bf16_isa_index(const char *name)
 }
 
 #define PARSE_BF16(format, ...)                                                                    \
-    if (!PyArg_ParseTuple(args, format "is", __VA_ARGS__, &threads, &isa_name)                    \
-        || (isa = bf16_isa_index(isa_name)) < 0 || get_bf16_args(o, spec, count, v) < 0)          \
+    if (!PyArg_ParseTuple(args, format "is|l", __VA_ARGS__, &threads, &isa_name, &stride)         \
+        || bad_stride(stride) || (isa = bf16_isa_index(isa_name)) < 0 || get_bf16_args(o, spec, count, v) < 0) \
         return NULL
 
 static PyObject *fused_forward_bf16(PyObject *self, PyObject *args)
@@ -370,7 +387,7 @@ static PyObject *fused_forward_bf16(PyObject *self, PyObject *args)
     Py_buffer v[count];
     int threads, isa, rc;
     const char *isa_name;
-    long b, m, n, h, w;
+    long b, m, n, h, w, stride = 1;
     (void)self;
     PARSE_BF16("OOOO", &o[0], &o[1], &o[2], &o[3]);
     b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
@@ -379,11 +396,12 @@ static PyObject *fused_forward_bf16(PyObject *self, PyObject *args)
         SHAPE_ERROR("w must be (5M, N) for x of M channels");
     if (v[2].obj && v[2].shape[0] != n)
         SHAPE_ERROR("bias must be (N,)");
-    if (v[3].shape[0] != b || v[3].shape[1] != n || v[3].shape[2] != h || v[3].shape[3] != w)
-        SHAPE_ERROR("y must be (B, N, H, W)");
+    if (!shaped(&v[3], b, n, fxnn_out_size(h, stride), fxnn_out_size(w, stride)))
+        SHAPE_ERROR("y must be (B, N, Ho, Wo), Ho = (H-1)/stride + 1, Wo likewise");
     Py_BEGIN_ALLOW_THREADS
     rc = fxb_fused_forward(isa, (const uint16_t *)v[0].buf, (const uint16_t *)v[1].buf,
-                           v[2].obj ? (const uint16_t *)v[2].buf : NULL, (uint16_t *)v[3].buf, b, m, n, h, w, threads);
+                           v[2].obj ? (const uint16_t *)v[2].buf : NULL, (uint16_t *)v[3].buf, b, m, n, h, w, stride,
+                           threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
     return fused_result(rc);
@@ -397,20 +415,20 @@ static PyObject *fused_wgrad_bf16(PyObject *self, PyObject *args)
     Py_buffer v[count];
     int threads, isa, rc;
     const char *isa_name;
-    long b, m, n, h, w;
+    long b, m, n, h, w, stride = 1;
     (void)self;
     PARSE_BF16("OOOO", &o[0], &o[1], &o[2], &o[3]);
     b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
     n = (long)v[1].shape[1];
-    if (v[1].shape[0] != b || v[1].shape[2] != h || v[1].shape[3] != w)
-        SHAPE_ERROR("dy must be (B, N, H, W) for x of shape (B, M, H, W)");
+    if (!shaped(&v[1], b, n, fxnn_out_size(h, stride), fxnn_out_size(w, stride)))
+        SHAPE_ERROR("dy must be (B, N, Ho, Wo) for x of shape (B, M, H, W), Ho = (H-1)/stride + 1, Wo likewise");
     if (v[2].shape[0] != FXNN_NUM_KERNELS * m || v[2].shape[1] != n)
         SHAPE_ERROR("dw must be (5M, N)");
     if (v[3].obj && v[3].shape[0] != n)
         SHAPE_ERROR("dbias must be (N,)");
     Py_BEGIN_ALLOW_THREADS
     rc = fxb_fused_wgrad(isa, (const uint16_t *)v[0].buf, (const uint16_t *)v[1].buf, (uint16_t *)v[2].buf,
-                         v[3].obj ? (uint16_t *)v[3].buf : NULL, b, m, n, h, w, threads);
+                         v[3].obj ? (uint16_t *)v[3].buf : NULL, b, m, n, h, w, stride, threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
     return fused_result(rc);
@@ -424,18 +442,18 @@ static PyObject *fused_dgrad_bf16(PyObject *self, PyObject *args)
     Py_buffer v[count];
     int threads, isa, rc;
     const char *isa_name;
-    long b, m, n, h, w;
+    long b, m, n, h, w, stride = 1;
     (void)self;
     PARSE_BF16("OOO", &o[0], &o[1], &o[2]);
-    b = (long)v[0].shape[0]; n = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
-    m = (long)v[2].shape[1];
-    if (v[2].shape[0] != b || v[2].shape[2] != h || v[2].shape[3] != w)
-        SHAPE_ERROR("dx must be (B, M, H, W) for dy of shape (B, N, H, W)");
+    b = (long)v[0].shape[0]; n = (long)v[0].shape[1];
+    m = (long)v[2].shape[1]; h = (long)v[2].shape[2]; w = (long)v[2].shape[3];
+    if (v[2].shape[0] != b || v[0].shape[2] != fxnn_out_size(h, stride) || v[0].shape[3] != fxnn_out_size(w, stride))
+        SHAPE_ERROR("dx must be (B, M, H, W) for dy of shape (B, N, Ho, Wo), Ho = (H-1)/stride + 1, Wo likewise");
     if (v[1].shape[0] != FXNN_NUM_KERNELS * m || v[1].shape[1] != n)
         SHAPE_ERROR("w must be (5M, N)");
     Py_BEGIN_ALLOW_THREADS
     rc = fxb_fused_dgrad(isa, (const uint16_t *)v[0].buf, (const uint16_t *)v[1].buf, (uint16_t *)v[2].buf,
-                         b, m, n, h, w, threads);
+                         b, m, n, h, w, stride, threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
     return fused_result(rc);
@@ -549,11 +567,11 @@ static PyMethodDef methods[] = {
     {"forward", forward, METH_VARARGS, "forward(x, out, threads): x (P, H, W) -> out (P, 5, H, W)"},
     {"adjoint", adjoint, METH_VARARGS, "adjoint(g, dx, threads): g (P, 5, H, W) -> dx (P, H, W)"},
     {"fused_forward", fused_forward, METH_VARARGS,
-     "fused_forward(x, w, bias, y, threads, isa): y (B, N, H, W) = bias + W^T fixed(x); bias may be None"},
+     "fused_forward(x, w, bias, y, threads, isa[, stride]): y (B, N, Ho, Wo) = bias + W^T fixed(x); bias may be None"},
     {"fused_wgrad", fused_wgrad, METH_VARARGS,
-     "fused_wgrad(x, dy, dw, dbias, threads, isa): dw (5M, N) and dbias (N,) from x and dy; dbias may be None"},
+     "fused_wgrad(x, dy, dw, dbias, threads, isa[, stride]): dw (5M, N) and dbias (N,) from x and dy; dbias may be None"},
     {"fused_dgrad", fused_dgrad, METH_VARARGS,
-     "fused_dgrad(dy, w, dx, threads, isa): dx (B, M, H, W), the input gradient"},
+     "fused_dgrad(dy, w, dx, threads, isa[, stride]): dx (B, M, H, W), the input gradient"},
     {"isas", isas, METH_NOARGS, "isas(): the instruction sets of the fused kernels this CPU runs, best first"},
     {"block_forward", block_forward, METH_VARARGS,
      "block_forward(y, mask, threshold, scale, out, threads): out = 2x2 max pool of relu(y) * dropout factor"},
@@ -562,11 +580,11 @@ static PyMethodDef methods[] = {
     {"fma_peak", fma_peak, METH_VARARGS,
      "fma_peak(isa, threads, seconds): measured FMA throughput of that many threads, GFLOP/s"},
     {"fused_forward_bf16", fused_forward_bf16, METH_VARARGS,
-     "fused_forward_bf16(x, w, bias, y, threads, isa): y = bias + W^T fixed(x) in bfloat16 (uint16/int16 bits)"},
+     "fused_forward_bf16(x, w, bias, y, threads, isa[, stride]): y = bias + W^T fixed(x) in bfloat16 (uint16/int16 bits)"},
     {"fused_wgrad_bf16", fused_wgrad_bf16, METH_VARARGS,
-     "fused_wgrad_bf16(x, dy, dw, dbias, threads, isa): dw (5M, N) and dbias (N,) in bfloat16; dbias may be None"},
+     "fused_wgrad_bf16(x, dy, dw, dbias, threads, isa[, stride]): dw (5M, N) and dbias (N,) in bfloat16; dbias may be None"},
     {"fused_dgrad_bf16", fused_dgrad_bf16, METH_VARARGS,
-     "fused_dgrad_bf16(dy, w, dx, threads, isa): dx (B, M, H, W) in bfloat16"},
+     "fused_dgrad_bf16(dy, w, dx, threads, isa[, stride]): dx (B, M, H, W) in bfloat16"},
     {"bf16_isas", bf16_isas, METH_NOARGS, "bf16_isas(): the bfloat16 instruction sets this CPU runs, best first"},
     {"matrix_peak", matrix_peak, METH_VARARGS,
      "matrix_peak(isa, threads, seconds): measured bf16 matrix throughput (2 flops per multiply-add), GFLOP/s, "

@@ -2,7 +2,7 @@
  * dW = fixed(x) dY^T, dbias = sum dY, dx = adjoint_fixed(W dY), every tensor
  * bf16 in and out (uint16_t bit patterns), the same layouts as the float32
  * kernel of kernels/fused_cpu.c: x (B, M, H, W), W (5M, N) with row 5m+k,
- * y and dY (B, N, H, W), all C-contiguous.
+ * y and dY (B, N, Ho, Wo), all C-contiguous, at stride s as in fused_cpu.c.
  *
  * The fixed stage is computed in float32 from the bf16 input (exactly) and
  * rounded once to bf16 as it is packed, straight into the operand layout of
@@ -95,7 +95,8 @@ static inline uint16_t fxb_bf16(float f)
 struct fxb_fused {
     const uint16_t *x, *weight, *bias, *dy;
     uint16_t *y, *dw, *dbias, *dx;
-    long b, m, n, h, w, hw, hwp, c5;
+    long b, m, n, h, w, hw, c5;  /* h, w: the input's */
+    long s, oh, ow, ohw, hwp;    /* stride; the output's size; its pixels rounded up to 16 */
     long kpad;        /* forward: pair rows of the packed fixed stage, a multiple of 16 */
     long kchunks;     /* forward: kpad / 16 */
     long npad;        /* N rounded up to 32 */
@@ -226,7 +227,7 @@ static int fxb_isa_find(const char *name)
     return -1;
 }
 
-static int fxb_setup(struct fxb_fused *f, long b, long m, long n, long h, long w)
+static int fxb_setup(struct fxb_fused *f, long b, long m, long n, long h, long w, long s)
 {
     long t;
     int *masks;
@@ -234,7 +235,8 @@ static int fxb_setup(struct fxb_fused *f, long b, long m, long n, long h, long w
     if (h * w > 2147483647L - 64)
         return FXNN_ERR_SIZE;
     f->b = b; f->m = m; f->n = n; f->h = h; f->w = w; f->hw = h * w; f->c5 = FXNN_NUM_KERNELS * m;
-    f->hwp = fxnn_round_up(f->hw, 16);
+    f->s = s; f->oh = fxnn_out_size(h, s); f->ow = fxnn_out_size(w, s); f->ohw = f->oh * f->ow;
+    f->hwp = fxnn_round_up(f->ohw, 16);
     f->kpad = fxnn_round_up(FXNN_NUM_KERNELS * ((m + 1) / 2), 16);
     f->kchunks = f->kpad / 16;
     f->npad = fxnn_round_up(n, 32);
@@ -266,9 +268,9 @@ static void *fxb_alloc(size_t bytes)
     return posix_memalign(&p, 64, bytes ? bytes : 64) == 0 ? p : NULL;
 }
 
-/* y (B, N, H, W) = bias + W^T fixed(x); bias may be NULL. */
+/* y (B, N, Ho, Wo) = bias + W^T fixed(x) at stride s; bias may be NULL. */
 static int fxb_fused_forward(int isa_index, const uint16_t *x, const uint16_t *weight, const uint16_t *bias, uint16_t *y,
-                             long b, long m, long n, long h, long w, int threads)
+                             long b, long m, long n, long h, long w, long s, int threads)
 {
     struct fxb_fused f;
     uint16_t *a;
@@ -277,7 +279,7 @@ static int fxb_fused_forward(int isa_index, const uint16_t *x, const uint16_t *w
         return FXNN_ERR_ISA;
     if (fxnn_empty(b, m, n, h, w))
         return 0;
-    if ((rc = fxb_setup(&f, b, m, n, h, w)) != 0)
+    if ((rc = fxb_setup(&f, b, m, n, h, w, s)) != 0)
         return (int)rc;
     f.x = x; f.weight = weight; f.bias = bias; f.y = y;
     /* W^T: row n, K index 2P + t with pair row P = 5 mp + k and channel m = 2 mp + t;
@@ -302,10 +304,10 @@ static int fxb_fused_forward(int isa_index, const uint16_t *x, const uint16_t *w
     return (int)rc;
 }
 
-/* dw (5M, N) = fixed(x) . dY over batch and pixels; dbias (N,) = sums of dY
- * (skipped when NULL). */
+/* dw (5M, N) = fixed(x) . dY over batch and the output's pixels (stride s);
+ * dbias (N,) = sums of dY (skipped when NULL). */
 static int fxb_fused_wgrad(int isa_index, const uint16_t *x, const uint16_t *dy, uint16_t *dw, uint16_t *dbias,
-                           long b, long m, long n, long h, long w, int threads)
+                           long b, long m, long n, long h, long w, long s, int threads)
 {
     struct fxb_fused f;
     long g, c, j, rc, chunks;
@@ -318,7 +320,7 @@ static int fxb_fused_wgrad(int isa_index, const uint16_t *x, const uint16_t *dy,
         }
         return 0;
     }
-    if ((rc = fxb_setup(&f, b, m, n, h, w)) != 0)
+    if ((rc = fxb_setup(&f, b, m, n, h, w, s)) != 0)
         return (int)rc;
     f.x = x; f.dy = dy;
     chunks = (b * f.hwp + 31) / 32;
@@ -350,13 +352,14 @@ static int fxb_fused_wgrad(int isa_index, const uint16_t *x, const uint16_t *dy,
     return (int)rc;
 }
 
-/* dx (B, M, H, W) = adjoint of the fixed stage applied to W dY. */
+/* dx (B, M, H, W) = adjoint of the fixed stage at stride s applied to W dY
+ * (B, N, Ho, Wo); h, w are the input's. */
 static int fxb_fused_dgrad(int isa_index, const uint16_t *dy, const uint16_t *weight, uint16_t *dx,
-                           long b, long m, long n, long h, long w, int threads)
+                           long b, long m, long n, long h, long w, long s, int threads)
 {
     struct fxb_fused f;
     uint16_t *a;
-    long c, k, blocks, lp, rc, per_row;
+    long c, k, blocks, lp, lu, rc, per_row;
     if (!fxb_isa_supported(isa_index))
         return FXNN_ERR_ISA;
     if (fxnn_empty(b, m, n, h, w)) {
@@ -364,7 +367,7 @@ static int fxb_fused_dgrad(int isa_index, const uint16_t *dy, const uint16_t *we
             memset(dx, 0, (size_t)b * m * h * w * sizeof(uint16_t));
         return 0;
     }
-    if ((rc = fxb_setup(&f, b, m, n, h, w)) != 0)
+    if ((rc = fxb_setup(&f, b, m, n, h, w, s)) != 0)
         return (int)rc;
     f.dy = dy; f.weight = weight; f.dx = dx;
     /* W: row c, K index n; 16-row block cb, chunk ch at (cb * nchunks + ch) * 512 */
@@ -384,9 +387,11 @@ static int fxb_fused_dgrad(int isa_index, const uint16_t *dy, const uint16_t *we
     blocks = (4L * threads + b - 1) / b;
     if (blocks > 1)
         f.rows = fxnn_max(1, fxnn_min(f.rows, (h + blocks - 1) / blocks));
-    lp = fxnn_round_up((f.rows + 2) * w, 32);
+    /* as dgrad_items lays out its scratch */
+    lp = fxnn_round_up((f.rows + 2 + s - 1) / s * f.ow, 32);
+    lu = fxnn_round_up((f.rows + 2) * w, 32);
     rc = fxnn_parallel(fxb_isas[isa_index]->dgrad, &f, b * ((h + f.rows - 1) / f.rows),
-                       ((size_t)FXB_DGRAD_ROWS * lp + 2 * ((size_t)lp + 48)) * sizeof(float)
+                       ((size_t)FXB_DGRAD_ROWS * lp + 2 * ((size_t)lu + 48)) * sizeof(float)
                        + (size_t)lp / 16 * (f.npad / 2) * 32 * sizeof(uint16_t), threads);
     fxb_release(&f);
     return (int)rc;

@@ -26,9 +26,11 @@
  *   wgrad    C (c x n)      A = fixed stage rows (c x pixels),
  *                           B = dY, pair row = (pixel, pixel+1)
  *
- * Pixels: g = b * HWp + p with HWp = H*W rounded up to 16, so no group of 16
- * pixels crosses images; padding lanes are zero in every packed operand and
- * never stored.
+ * Pixels: g = b * HWp + p with HWp = Ho*Wo (the output's pixels) rounded up
+ * to 16, so no group of 16 pixels crosses images; padding lanes are zero in
+ * every packed operand and never stored. With stride s, output pixel (i, j)
+ * is the fixed stage at input pixel (s i, s j) (fused_cpu.c); at stride 1
+ * the two coincide.
  */
 #define FXB_CAT2(a, b) a##_##b
 #define FXB_CAT(a, b) FXB_CAT2(a, b)
@@ -200,6 +202,122 @@ FXB_INLINE void FXB(stencil)(const uint16_t *x, long w, long n, long p, FXB(vi) 
         FXB(vi) keep = (FXB(vi))FXB(lanes_below)(n - p);
         for (t = 0; t < FXNN_NUM_KERNELS; t++) o[t] = FXB(mask)(o[t], keep);
     }
+}
+
+/* Row taps of the strided stencil: t[c] = x[q + c - 1] (c = 0, 1, 2) in the
+ * lanes of `want` (zero elsewhere), for 16 pixels q of a plane of n pixels;
+ * `row`: the q are q0, q0 + 2, ..., q0 + 30 (stride 2, one output row). */
+#if FXB_REAL
+/* In one output row: two loads of 32 bf16 (at q0 - 1 and q0 + 1, masked to
+ * the plane) and three word permutations (as FXB(row3)). Else two gathers
+ * of four bf16 (x[q-1 .. q+2]) a lane, for the lanes whose four lie in the
+ * plane; the others (a plane's first or last pixel) lane by lane. */
+FXB_INLINE void FXB(row_taps)(const uint16_t *x, long n, const int *q_lanes, __mmask16 want, int row, FXB(vf) *t)
+{
+    if (row && want == 0xffff) {
+        static const short idx[2][32] __attribute__((aligned(64))) = {  /* even, odd words to high halves */
+            {0, 0, 0, 2, 0, 4, 0, 6, 0, 8, 0, 10, 0, 12, 0, 14, 0, 16, 0, 18, 0, 20, 0, 22, 0, 24, 0, 26, 0, 28, 0, 30},
+            {0, 1, 0, 3, 0, 5, 0, 7, 0, 9, 0, 11, 0, 13, 0, 15, 0, 17, 0, 19, 0, 21, 0, 23, 0, 25, 0, 27, 0, 29,
+             0, 31}};
+        long q0 = q_lanes[0], lo, hi, k;
+        __m512i v[2];
+        for (k = 0; k < 2; k++) {  /* x[q0 - 1 + 2k ..] within [0, n) */
+            long at = q0 - 1 + 2 * k;
+            lo = at < 0 ? -at : 0;
+            hi = n - at < 32 ? n - at : 32;
+            v[k] = _mm512_maskz_loadu_epi16((__mmask32)((hi >= 32 ? ~0u : (1u << hi) - 1u) & ~((1u << lo) - 1u)),
+                                            x + at);
+        }
+        t[0] = (FXB(vf))_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, _mm512_load_si512(idx[0]), v[0]);
+        t[1] = (FXB(vf))_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, _mm512_load_si512(idx[1]), v[0]);
+        t[2] = (FXB(vf))_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, _mm512_load_si512(idx[0]), v[1]);
+        return;
+    }
+    __m512i q = _mm512_loadu_si512(q_lanes), start = _mm512_sub_epi32(q, _mm512_set1_epi32(1));
+    __mmask16 safe = want & _mm512_cmpge_epi32_mask(q, _mm512_set1_epi32(1))
+                     & _mm512_cmplt_epi32_mask(q, _mm512_set1_epi32((int)n - 2));
+    __m512i lo = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), (__mmask8)safe, _mm512_castsi512_si256(start),
+                                             x, 2);
+    __m512i hi = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), (__mmask8)(safe >> 8),
+                                             _mm512_extracti64x4_epi64(start, 1), x, 2);
+    int c, i;
+    for (c = 0; c < 3; c++) {
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(lo, 16 * c))),
+                                       _mm512_cvtepi64_epi32(_mm512_srli_epi64(hi, 16 * c)), 1);
+        t[c] = (FXB(vf))_mm512_slli_epi32(v, 16);
+    }
+    for (i = 0; i < 16; i++)
+        if ((want & ~safe) >> i & 1)
+            for (c = 0; c < 3; c++) {
+                long at = (long)q_lanes[i] + c - 1;
+                t[c][i] = at >= 0 && at < n ? fxb_float(x[at]) : 0.0f;
+            }
+}
+#else
+FXB_INLINE void FXB(row_taps)(const uint16_t *x, long n, const int *q_lanes, unsigned want, int row, FXB(vf) *t)
+{
+    int c, i;
+    (void)row;
+    for (c = 0; c < 3; c++) {
+        FXB(vh) h = {0};
+        for (i = 0; i < 16; i++) {
+            long at = (long)q_lanes[i] + c - 1;
+            if ((want >> i & 1) && at >= 0 && at < n) h[i] = x[at];
+        }
+        t[c] = FXB(widen)(h);
+    }
+}
+#endif
+
+/* Where the strided stencil of 16 output pixels reads, the same for every
+ * channel, so computed once: per row of taps r (above, at, below), the
+ * pixels q and the lanes `want` where that row lies in the plane; the lanes
+ * whose left and right neighbours do; `row` as FXB(row_taps)'s. */
+struct FXB(sat) {
+    int q[3][16], row;
+    unsigned want[3];
+    FXB(vi) left, right;
+};
+
+/* From fxnn_strided_at's idx and flags of the 16 lanes. */
+FXB_INLINE void FXB(sat_init)(struct FXB(sat) *a, const int *idx, const int *flags, long w, int row)
+{
+    static const int need_row[3] = {FXNN_AT_IN | FXNN_AT_UP, FXNN_AT_IN, FXNN_AT_IN | FXNN_AT_DOWN};
+    FXB(vi) fl = *(const FXB(vi_u) *)flags;
+    int r, i;
+    for (r = 0; r < 3; r++) {
+        a->want[r] = 0;
+        for (i = 0; i < 16; i++) {
+            a->q[r][i] = idx[i] + (r - 1) * (int)w;
+            a->want[r] |= (unsigned)((flags[i] & need_row[r]) == need_row[r]) << i;
+        }
+    }
+    a->row = row;
+    a->left = (fl & (int)FXNN_AT_LEFT) != 0;
+    a->right = (fl & (int)FXNN_AT_RIGHT) != 0;
+}
+
+/* The fixed stage at the 16 input pixels of `at` in one bf16 plane of n
+ * pixels, zero in lanes outside the output: the sums of FXB(stencil), from
+ * the taps of FXB(row_taps). */
+FXB_INLINE void FXB(stencil_strided)(const uint16_t *x, long n, const struct FXB(sat) *at, FXB(vf) *o)
+{
+    FXB(vf) t[3][3], s[3], d[3];
+    int r, c;
+    for (r = 0; r < 3; r++) {
+        FXB(row_taps)(x, n, at->q[r], at->want[r], at->row, t[r]);
+        t[r][0] = FXB(mask)(t[r][0], at->left);
+        t[r][2] = FXB(mask)(t[r][2], at->right);
+    }
+    for (c = 0; c < 3; c++) {
+        s[c] = t[0][c] + t[2][c] + (t[1][c] + t[1][c]);
+        d[c] = t[0][c] - t[2][c];
+    }
+    o[0] = s[0] + s[2] + (s[1] + s[1]);
+    o[1] = d[0] + d[2] + (d[1] + d[1]);
+    o[2] = s[0] - s[2];
+    o[3] = d[0] - d[2];
+    o[4] = t[1][1];
 }
 
 /* ------------------------------------------------------------------------
@@ -443,6 +561,28 @@ FXB_TARGET static double FXB(peak_loop)(long iterations)
  * rows each, padded to whole chunks, in L1/L2), then multiplied by every
  * 32-row block of W^T (f->a: 16-row block nb at a + nb * chunks * 512).
  * ------------------------------------------------------------------------ */
+/* The panel at stride s > 1: the taps of the output pixels' input pixels. */
+FXB_TARGET static void FXB(pack_panel_strided)(const struct fxb_fused *f, long g, uint16_t *dst)
+{
+    long bi = g / f->hwp, mp;
+    const uint16_t *plane = f->x + bi * f->m * f->hw;
+    long p = g % f->hwp;
+    int idx[16], flags[16], k;
+    struct FXB(sat) at;
+    fxnn_strided_at(f->h, f->w, f->s, f->ow, f->ohw, p, 16, idx, flags);
+    FXB(sat_init)(&at, idx, flags, f->w, f->s == 2 && p % f->ow + 16 <= f->ow);
+    for (mp = 0; 2 * mp < f->m; mp++) {
+        FXB(vf) e[FXNN_NUM_KERNELS], o[FXNN_NUM_KERNELS];
+        FXB(stencil_strided)(plane + 2 * mp * f->hw, f->hw, &at, e);
+        if (2 * mp + 1 < f->m)
+            FXB(stencil_strided)(plane + (2 * mp + 1) * f->hw, f->hw, &at, o);
+        else
+            for (k = 0; k < FXNN_NUM_KERNELS; k++) o[k] = (FXB(vf)){0};
+        for (k = 0; k < FXNN_NUM_KERNELS; k++)
+            *(FXB(vu_u) *)(dst + (FXNN_NUM_KERNELS * mp + k) * 32) = FXB(pair)(e[k], o[k]);
+    }
+}
+
 FXB_TARGET static void FXB(pack_panel)(const struct fxb_fused *f, long g, uint16_t *dst)
 {
     long bi = g / f->hwp, p = g % f->hwp, mp;
@@ -497,14 +637,16 @@ FXB_TARGET static void FXB(forward_items)(void *arg, long first, long last, void
         int contiguous;
         for (t = 0; t < 2; t++) {
             g[t] = (2 * q + t) * 16;
-            valid[t] = g[t] < total ? fxnn_min(16, f->hw - g[t] % f->hwp) : 0;
-            if (valid[t] > 0)
+            valid[t] = g[t] < total ? fxnn_min(16, f->ohw - g[t] % f->hwp) : 0;
+            if (valid[t] > 0 && f->s != 1)
+                FXB(pack_panel_strided)(f, g[t], panel + t * kp);
+            else if (valid[t] > 0)
                 FXB(pack_panel)(f, g[t], panel + t * kp);
             else
                 memset(panel + t * kp, 0, kp * sizeof(uint16_t));
         }
         for (t = 0; t < 2; t++)
-            ybase[t] = valid[t] > 0 ? f->y + (g[t] / f->hwp * f->n) * f->hw + g[t] % f->hwp : NULL;
+            ybase[t] = valid[t] > 0 ? f->y + (g[t] / f->hwp * f->n) * f->ohw + g[t] % f->hwp : NULL;
         contiguous = valid[0] == 16 && valid[1] == 16 && ybase[1] == ybase[0] + 16;
         for (nb = 0; nb < f->npad; nb += 32) {
             int r;
@@ -514,12 +656,12 @@ FXB_TARGET static void FXB(forward_items)(void *arg, long first, long last, void
                 long n = nb + r;
                 float bias = f->bias ? fxb_float(f->bias[n]) : 0.0f;
                 if (contiguous) {  /* both panels whole and side by side: one 64-byte store */
-                    FXB(store32)(ybase[0] + n * f->hw, *(const FXB(vf_u) *)(c + r * 32) + bias,
+                    FXB(store32)(ybase[0] + n * f->ohw, *(const FXB(vf_u) *)(c + r * 32) + bias,
                                  *(const FXB(vf_u) *)(c + r * 32 + 16) + bias);
                     continue;
                 }
                 for (t = 0; t < 2; t++) {
-                    uint16_t *dst = ybase[t] + n * f->hw;
+                    uint16_t *dst = ybase[t] + n * f->ohw;
                     FXB(vh) out;
                     if (valid[t] <= 0)
                         continue;
@@ -563,13 +705,19 @@ FXB_TARGET static void FXB(wgrad_items)(void *arg, long first, long last, void *
                 enum { RUN = FXB_WGRAD_SPAN / 16 };
                 long vb[RUN], vp[RUN];
                 struct FXB(at) at[RUN];
+                int idx[16], flags[16];
+                struct FXB(sat) sat[RUN];
                 int nv = (int)(slen / 16), j;
                 for (j = 0; j < nv; j++) {
                     long g = s0 + 16L * j;
                     vb[j] = g < total ? g / f->hwp : -1;
                     vp[j] = g % f->hwp;
-                    if (vb[j] >= 0 && vp[j] >= f->hw) vb[j] = -1;
-                    FXB(at_init)(&at[j], f->w, f->hw, vp[j]);
+                    if (vb[j] >= 0 && vp[j] >= f->ohw) vb[j] = -1;
+                    if (f->s != 1) {
+                        fxnn_strided_at(f->h, f->w, f->s, f->ow, f->ohw, vp[j], 16, idx, flags);
+                        FXB(sat_init)(&sat[j], idx, flags, f->w, f->s == 2 && vp[j] % f->ow + 16 <= f->ow);
+                    } else
+                        FXB(at_init)(&at[j], f->w, f->hw, vp[j]);
                 }
                 for (m = 0; m < f->m; m++) {
                     uint16_t *rows[FXNN_NUM_KERNELS];
@@ -585,9 +733,12 @@ FXB_TARGET static void FXB(wgrad_items)(void *arg, long first, long last, void *
                             for (k = 0; k < FXNN_NUM_KERNELS; k++) memset(rows[k] + off, 0, 32);
                             continue;
                         }
-                        FXB(stencil)(f->x + (vb[j] * f->m + m) * f->hw, f->w, f->hw, vp[j],
-                                     *(const FXB(vi_u) *)(f->mask_left + vp[j] % f->w),
-                                     *(const FXB(vi_u) *)(f->mask_right + vp[j] % f->w), &at[j], o);
+                        if (f->s != 1)
+                            FXB(stencil_strided)(f->x + (vb[j] * f->m + m) * f->hw, f->hw, &sat[j], o);
+                        else
+                            FXB(stencil)(f->x + (vb[j] * f->m + m) * f->hw, f->w, f->hw, vp[j],
+                                         *(const FXB(vi_u) *)(f->mask_left + vp[j] % f->w),
+                                         *(const FXB(vi_u) *)(f->mask_right + vp[j] % f->w), &at[j], o);
                         for (k = 0; k < FXNN_NUM_KERNELS; k++)
                             *(FXB(vh_u) *)(rows[k] + off) = FXB(narrow)(o[k]);
                     }
@@ -599,21 +750,21 @@ FXB_TARGET static void FXB(wgrad_items)(void *arg, long first, long last, void *
             for (nb = 0; nb < f->npad; nb += 16) {
                 FXB(vf) sum = {0};
                 for (l = 0; l < slen; l += 16) {
-                    long g = s0 + l, bi = g / f->hwp, p = g % f->hwp, valid = g < total ? fxnn_min(16, f->hw - p) : 0;
+                    long g = s0 + l, bi = g / f->hwp, p = g % f->hwp, valid = g < total ? fxnn_min(16, f->ohw - p) : 0;
                     uint16_t *dst = bs + (nb / 16 * nch + l / 32) * 512 + (l % 32) / 2 * 32;
-                    const uint16_t *src = f->dy + (bi * f->n + nb) * f->hw + p;
+                    const uint16_t *src = f->dy + (bi * f->n + nb) * f->ohw + p;
                     int j;
 #if FXB_REAL
-                    if (valid == 16 && nb + 16 <= f->n && f->hw < (1L << 25)) {
+                    if (valid == 16 && nb + 16 <= f->n && f->ohw < (1L << 25)) {
                         __m512i offsets = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                             _mm512_set1_epi32((int)(2 * f->hw)));
+                                                             _mm512_set1_epi32((int)(2 * f->ohw)));
                         for (j = 0; j < 8; j++)
                             _mm512_storeu_si512(dst + j * 32, _mm512_i32gather_epi32(offsets, src + 2 * j, 1));
                     } else
 #endif
                     for (n = 0; n < 16; n++)
                         for (j = 0; j < 16; j++)
-                            dst[j / 2 * 32 + 2 * n + j % 2] = nb + n < f->n && j < valid ? src[n * f->hw + j] : 0;
+                            dst[j / 2 * 32 + 2 * n + j % 2] = nb + n < f->n && j < valid ? src[n * f->ohw + j] : 0;
                     for (j = 0; j < 8; j++) {
                         FXB(vu) row = *(const FXB(vu_u) *)(dst + j * 32);
                         sum += (FXB(vf))(row << 16);
@@ -691,21 +842,25 @@ FXB_INLINE FXB(vf) FXB(adjoint_horizontal)(const float *g4, long n, long p, cons
  * and the adjoint stencil above (the one of kernels/fixed_cpu.c, on the
  * flattened rows 16 pixels at a time, vertical passes first into two rows
  * a, b: faster than fxnn_adjoint_rows_f32 on short rows of 14 or 28
- * pixels) turns it into rows [i0, i1) of dx, rounded to bf16.
+ * pixels) turns it into rows [i0, i1) of dx, rounded to bf16. At stride 2,
+ * dY is that of the output rows at input rows [i0-1, i1+1), and
+ * fxnn_adjoint_row_s2 makes dx row by row.
  * ------------------------------------------------------------------------ */
 FXB_TARGET static void FXB(dgrad_items)(void *arg, long first, long last, void *scratch)
 {
     const struct fxb_fused *f = (const struct fxb_fused *)arg;
-    long item, blocks = (f->h + f->rows - 1) / f->rows, lp_max = fxnn_round_up((f->rows + 2) * f->w, 32);
+    long item, blocks = (f->h + f->rows - 1) / f->rows, lu = fxnn_round_up((f->rows + 2) * f->w, 32);
+    long lp_max = fxnn_round_up((f->rows + 2 + f->s - 1) / f->s * f->ow, 32);
     long pr = f->npad / 2 * 32;  /* u16 per B panel */
-    float *s = (float *)scratch, *abuf = s + FXB_DGRAD_ROWS * lp_max, *bbuf = abuf + lp_max + 48;
-    uint16_t *panels = (uint16_t *)(bbuf + lp_max + 48);
+    float *s = (float *)scratch, *abuf = s + FXB_DGRAD_ROWS * lp_max, *bbuf = abuf + lu + 48;
+    uint16_t *panels = (uint16_t *)(bbuf + lu + 48);
     FXB(begin)();
     for (item = first; item < last; item++) {
         long b = item / blocks, i0 = item % blocks * f->rows, i1 = fxnn_min(i0 + f->rows, f->h);
         long ra = i0 > 0 ? i0 - 1 : 0, rb = i1 < f->h ? i1 + 1 : f->h;
-        long len = (rb - ra) * f->w, lp = fxnn_round_up(len, 32), q, np, m0, cb;
-        const uint16_t *dy = f->dy + b * f->n * f->hw + ra * f->w;
+        long oa = (ra + f->s - 1) / f->s, ob = (rb - 1) / f->s + 1;  /* output rows at input rows [ra, rb) */
+        long len = (ob - oa) * f->ow, lp = fxnn_round_up(len, 32), q, np, m0, cb;
+        const uint16_t *dy = f->dy + b * f->n * f->ohw + oa * f->ow;
         /* the next item's dY, fetched a few lines per micro-kernel call while
          * this item computes (its reading is otherwise a phase of its own) */
         const uint16_t *pf_base = NULL;
@@ -713,8 +868,9 @@ FXB_TARGET static void FXB(dgrad_items)(void *arg, long first, long last, void *
         if (item + 1 < last) {
             long bn = (item + 1) / blocks, j0 = (item + 1) % blocks * f->rows, j1 = fxnn_min(j0 + f->rows, f->h);
             long ran = j0 > 0 ? j0 - 1 : 0, rbn = j1 < f->h ? j1 + 1 : f->h;
-            pf_base = f->dy + bn * f->n * f->hw + ran * f->w;
-            pf_row = ((rbn - ran) * f->w + 31) / 32;
+            long oan = (ran + f->s - 1) / f->s, obn = (rbn - 1) / f->s + 1;
+            pf_base = f->dy + bn * f->n * f->ohw + oan * f->ow;
+            pf_row = ((obn - oan) * f->ow + 31) / 32;
             pf_lines = f->n * pf_row;
             pf_step = pf_lines / ((lp / 32) * ((FXNN_NUM_KERNELS * f->m + 31) / 32)) + 1;
         }
@@ -723,16 +879,16 @@ FXB_TARGET static void FXB(dgrad_items)(void *arg, long first, long last, void *
                 uint16_t *dst = panels + q / 16 * pr + np * 32;
                 long n0 = 2 * np;
                 if (n0 < f->n && q + 16 <= len) {
-                    FXB(vu) e = __builtin_convertvector(*(const FXB(vh_u) *)(dy + n0 * f->hw + q), FXB(vu));
+                    FXB(vu) e = __builtin_convertvector(*(const FXB(vh_u) *)(dy + n0 * f->ohw + q), FXB(vu));
                     FXB(vu) o = n0 + 1 < f->n
-                                    ? __builtin_convertvector(*(const FXB(vh_u) *)(dy + (n0 + 1) * f->hw + q), FXB(vu))
+                                    ? __builtin_convertvector(*(const FXB(vh_u) *)(dy + (n0 + 1) * f->ohw + q), FXB(vu))
                                     : (FXB(vu)){0};
                     *(FXB(vu_u) *)dst = e | (o << 16);
                 } else {
                     int j;
                     for (j = 0; j < 16; j++) {
-                        dst[2 * j] = n0 < f->n && q + j < len ? dy[n0 * f->hw + q + j] : 0;
-                        dst[2 * j + 1] = n0 + 1 < f->n && q + j < len ? dy[(n0 + 1) * f->hw + q + j] : 0;
+                        dst[2 * j] = n0 < f->n && q + j < len ? dy[n0 * f->ohw + q + j] : 0;
+                        dst[2 * j + 1] = n0 + 1 < f->n && q + j < len ? dy[(n0 + 1) * f->ohw + q + j] : 0;
                     }
                 }
             }
@@ -743,11 +899,25 @@ FXB_TARGET static void FXB(dgrad_items)(void *arg, long first, long last, void *
                 for (cb = 0; cb < rows; cb += 32) {
                     long blk = (FXNN_NUM_KERNELS * m0 + cb) / 16, e;
                     for (e = 0; e < pf_step && pf_next < pf_lines; e++, pf_next++)
-                        __builtin_prefetch(pf_base + pf_next / pf_row * f->hw + pf_next % pf_row * 32);
+                        __builtin_prefetch(pf_base + pf_next / pf_row * f->ohw + pf_next % pf_row * 32);
                     FXB(kernel)(f->a + blk * f->nchunks * 512, f->a + (blk + 1) * f->nchunks * 512, panels + q / 16 * pr,
                                 panels + (q / 16 + 1) * pr, f->nchunks, s + cb * lp + q, lp, 0);
                 }
-            for (m = 0; m < mc; m++) {
+            for (m = 0; m < mc && f->s != 1; m++) {  /* stride 2: row by row, through abuf */
+                uint16_t *dst = f->dx + (b * f->m + m0 + m) * f->hw;
+                long i;
+                for (i = i0; i < i1; i++) {
+                    fxnn_adjoint_row_s2(s + FXNN_NUM_KERNELS * m * lp, lp, oa, f->oh, f->ow, i, f->w, abuf, bbuf);
+                    for (q = 0; q < f->w; q += 16) {
+                        FXB(vh) v = FXB(narrow)(*(const FXB(vf_u) *)(abuf + q));
+                        if (q + 16 <= f->w)
+                            *(FXB(vh_u) *)(dst + i * f->w + q) = v;
+                        else
+                            FXB(store_partial)(dst + i * f->w + q, v, (int)(f->w - q));
+                    }
+                }
+            }
+            for (m = 0; m < mc && f->s == 1; m++) {
                 uint16_t *dst = f->dx + (b * f->m + m0 + m) * f->hw + i0 * f->w;
                 const float *g = s + FXNN_NUM_KERNELS * m * lp;
                 long q0 = (i0 - ra) * f->w, cnt = (i1 - i0) * f->w;

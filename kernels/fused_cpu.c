@@ -14,8 +14,13 @@
  * special flags) and a portable version in GCC vector extensions (SSE2,
  * NEON or scalar, as the compiler maps it); the caller picks one that the
  * CPU supports (fxnn_isa_supported). Layouts are those of the fixed stage:
- * x (B, M, H, W), W (5M, N) with row 5m+k, y and dY (B, N, H, W), all
- * C-contiguous. The numpy references are in models/fused_reference.py.
+ * x (B, M, H, W), W (5M, N) with row 5m+k, y and dY (B, N, Ho, Wo), all
+ * C-contiguous. Stride s (1 or 2): the layer's output pixel (i, j) is the
+ * fixed stage at input pixel (s i, s j) (zero padding 1), Ho = (H-1)/s + 1,
+ * Wo likewise; the forward and weight gradient compute the fixed stage
+ * there only (their packing runs any s), the input gradient applies the
+ * adjoint from W dY at those pixels (fxnn_adjoint_row_s2).
+ * The numpy references are in models/fused_reference.py.
  *
  * Numbers do not depend on the thread count: every output element is
  * computed by one thread in a fixed order, and the weight gradient's
@@ -62,7 +67,8 @@
 struct fxnn_fused {
     const float *x, *weight, *bias, *dy;
     float *y, *dw, *dbias, *dx;
-    long b, m, n, h, w, hw, hwp, c5;
+    long b, m, n, h, w, hw, c5;     /* h, w: the input's */
+    long s, oh, ow, ohw, hwp;       /* stride; the output's size; its pixels rounded up to VW */
     const float *a;                 /* the weights, packed for the micro-kernel */
     const int *mask_left, *mask_right;
     long mc;                        /* input channels per chunk */
@@ -71,6 +77,65 @@ struct fxnn_fused {
     float *partial, *partial_bias;  /* weight gradient: one sum per group */
     long rows;                      /* input gradient: image rows per item */
 };
+
+/* Flags of an output pixel's lane at stride s: inside the output, and which
+ * neighbours of its input pixel lie inside the input plane. */
+enum { FXNN_AT_IN = 1, FXNN_AT_UP = 2, FXNN_AT_DOWN = 4, FXNN_AT_LEFT = 8, FXNN_AT_RIGHT = 16 };
+
+/* For the `lanes` output pixels p.. of an (oh, ow) plane (ohw pixels) at
+ * stride s: each one's input pixel (s i, s j) as an index into the (h, w)
+ * plane, and its flags (0 past the plane's end). */
+static void fxnn_strided_at(long h, long w, long s, long ow, long ohw, long p, int lanes, int *idx, int *flags)
+{
+    long io = p / ow, jo = p % ow;  /* of lane i, advanced lane by lane (one division a call) */
+    int i;
+    for (i = 0; i < lanes; i++, jo = jo + 1 < ow ? jo + 1 : (io++, 0)) {
+        long r = io * s, c = jo * s;
+        idx[i] = p + i < ohw ? (int)(r * w + c) : 0;
+        flags[i] = p + i >= ohw ? 0 : FXNN_AT_IN | (r > 0 ? FXNN_AT_UP : 0) | (r + 1 < h ? FXNN_AT_DOWN : 0)
+                                      | (c > 0 ? FXNN_AT_LEFT : 0) | (c + 1 < w ? FXNN_AT_RIGHT : 0);
+    }
+}
+
+/* Row i of the adjoint of the fixed stage at stride 2 of one plane into out
+ * (w floats), straight from the gradient at the output's pixels: plane k at
+ * g + k * ks, output row io at (io - oa) * ow, oh rows in all. Row 2io
+ * takes the middle taps of output row io, row 2io+1 the bottom taps of io
+ * and the top taps of io+1; likewise for columns; so with A and B the
+ * vertical adjoints of the kernels sharing a horizontal filter ([1,2,1]:
+ * g0, g1; [1,0,-1]: g2, g3), out[2jo] = 2 A[jo] (+ g4 at even rows) and
+ * out[2jo+1] = A[jo] + A[jo+1] - B[jo] + B[jo+1]. buf: 2 (ow + 1) floats.
+ * Inlined, so that it is compiled for the caller's instruction set. */
+static inline __attribute__((always_inline)) void fxnn_adjoint_row_s2(const float *g, long ks, long oa, long oh, long ow, long i, long w, float *out,
+                                float *buf)
+{
+    long io = i / 2, jo;
+    const float *g0 = g + (io - oa) * ow, *g1 = g0 + ks, *g2 = g1 + ks, *g3 = g2 + ks, *g4 = g3 + ks;
+    float *a = buf, *b = buf + ow + 1;
+    if (i % 2 == 0) {
+        for (jo = 0; jo < ow; jo++) {
+            a[jo] = 2 * g0[jo];
+            b[jo] = 2 * g2[jo];
+        }
+    } else if (io + 1 < oh) {
+        for (jo = 0; jo < ow; jo++) {
+            a[jo] = g0[jo] + g0[ow + jo] - g1[jo] + g1[ow + jo];
+            b[jo] = g2[jo] + g2[ow + jo] - g3[jo] + g3[ow + jo];
+        }
+    } else {
+        for (jo = 0; jo < ow; jo++) {
+            a[jo] = g0[jo] - g1[jo];
+            b[jo] = g2[jo] - g3[jo];
+        }
+    }
+    a[ow] = b[ow] = 0;
+    for (jo = 0; jo < w / 2; jo++) {
+        out[2 * jo] = 2 * a[jo] + (i % 2 == 0 ? g4[jo] : 0.0f);
+        out[2 * jo + 1] = a[jo] + a[jo + 1] - b[jo] + b[jo + 1];
+    }
+    if (w % 2)
+        out[w - 1] = 2 * a[ow - 1] + (i % 2 == 0 ? g4[ow - 1] : 0.0f);
+}
 
 /* What fused_isa.h defines for one instruction set. */
 struct fxnn_isa {
@@ -98,6 +163,12 @@ struct fxnn_isa {
 #define FXNN_FMA(a, b, c) ((FX(vf))_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
 #define FXNN_SPLAT(s) _mm512_set1_ps(s)
 #define FXNN_MASKLOAD(p, m) _mm512_maskz_loadu_ps(_mm512_test_epi32_mask((__m512i)(m), (__m512i)(m)), (p))
+#define FXNN_GATHER(p, i, m) \
+    ((FX(vf))_mm512_mask_i32gather_ps(_mm512_setzero_ps(), _mm512_test_epi32_mask((__m512i)(m), (__m512i)(m)), \
+                                      (__m512i)(i), (p), 4))
+#define FXNN_EVEN(a, b) \
+    ((FX(vf))_mm512_permutex2var_ps((__m512)(a), _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, \
+                                                                  6, 4, 2, 0), (__m512)(b)))
 #include "fused_isa.h"
 
 #define FXNN_ISA avx2
@@ -110,6 +181,7 @@ struct fxnn_isa {
 #define FXNN_FMA(a, b, c) ((FX(vf))_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
 #define FXNN_SPLAT(s) _mm256_set1_ps(s)
 #define FXNN_MASKLOAD(p, m) _mm256_maskload_ps((p), (__m256i)(m))
+#define FXNN_GATHER(p, i, m) ((FX(vf))_mm256_mask_i32gather_ps(_mm256_setzero_ps(), (p), (__m256i)(i), (__m256)(m), 4))
 #include "fused_isa.h"
 #endif
 
@@ -123,6 +195,7 @@ struct fxnn_isa {
 #define FXNN_FMA(a, b, c) ((a) * (b) + (c))
 #define FXNN_SPLAT(s) ((FX(vf)){0} + (s))
 #define FXNN_MASKLOAD(p, m) FX(maskload_scalar)((p), (m))
+#define FXNN_GATHER(p, i, m) FX(gather_scalar)((p), (i), (m))
 #include "fused_isa.h"
 
 #ifdef FXNN_AVX512_STANDIN
@@ -141,6 +214,8 @@ struct fxnn_isa {
 #define FXNN_FMA(a, b, c) ((a) * (b) + (c))
 #define FXNN_SPLAT(s) ((FX(vf)){0} + (s))
 #define FXNN_MASKLOAD(p, m) FX(maskload_scalar)((p), (m))
+#define FXNN_GATHER(p, i, m) FX(gather_scalar)((p), (i), (m))
+#define FXNN_EVEN(a, b) FX(even_scalar)((a), (b))
 #include "fused_isa.h"
 #endif
 
@@ -191,7 +266,8 @@ static long fxnn_max(long a, long b) { return a > b ? a : b; }
 
 /* Sizes and lane masks shared by the three passes; the masks (W + VW ints
  * each) say which pixel of a row has a left / right neighbour. */
-static int fxnn_setup(struct fxnn_fused *f, const struct fxnn_isa *isa, long b, long m, long n, long h, long w)
+static int fxnn_setup(struct fxnn_fused *f, const struct fxnn_isa *isa, long b, long m, long n, long h, long w,
+                      long s)
 {
     long t;
     int *masks;
@@ -199,7 +275,8 @@ static int fxnn_setup(struct fxnn_fused *f, const struct fxnn_isa *isa, long b, 
     if (h * w > 2147483647L - 64)
         return FXNN_ERR_SIZE;
     f->b = b; f->m = m; f->n = n; f->h = h; f->w = w; f->hw = h * w; f->c5 = FXNN_NUM_KERNELS * m;
-    f->hwp = fxnn_round_up(f->hw, isa->vw);
+    f->s = s; f->oh = (h - 1) / s + 1; f->ow = (w - 1) / s + 1; f->ohw = f->oh * f->ow;
+    f->hwp = fxnn_round_up(f->ohw, isa->vw);
     masks = (int *)malloc(2 * (size_t)(w + isa->vw) * sizeof(int));
     if (!masks)
         return FXNN_ERR_MEMORY;
@@ -225,9 +302,12 @@ static int fxnn_empty(long b, long m, long n, long h, long w)
     return b <= 0 || m <= 0 || n <= 0 || h <= 0 || w <= 0;
 }
 
-/* y (B, N, H, W) = bias + W^T fixed(x); bias may be NULL. */
+/* The output's height or width for the input's `size` at stride s. */
+static long fxnn_out_size(long size, long s) { return size > 0 ? (size - 1) / s + 1 : 0; }
+
+/* y (B, N, Ho, Wo) = bias + W^T fixed(x) at stride s (>= 1); bias may be NULL. */
 static int fxnn_fused_forward(int isa_index, const float *x, const float *weight, const float *bias, float *y,
-                              long b, long m, long n, long h, long w, int threads)
+                              long b, long m, long n, long h, long w, long s, int threads)
 {
     const struct fxnn_isa *isa = fxnn_isas[isa_index];
     struct fxnn_fused f;
@@ -237,7 +317,7 @@ static int fxnn_fused_forward(int isa_index, const float *x, const float *weight
         return FXNN_ERR_ISA;
     if (fxnn_empty(b, m, n, h, w))
         return 0;
-    if ((rc = fxnn_setup(&f, isa, b, m, n, h, w)) != 0)
+    if ((rc = fxnn_setup(&f, isa, b, m, n, h, w, s)) != 0)
         return (int)rc;
     f.x = x; f.weight = weight; f.bias = bias; f.y = y;
     /* W^T in blocks of MR output channels: block nb/MR at nb * 5M, row c at c * MR */
@@ -258,10 +338,10 @@ static int fxnn_fused_forward(int isa_index, const float *x, const float *weight
     return (int)rc;
 }
 
-/* dw (5M, N) = fixed(x) . dY over batch and pixels; dbias (N,) = sums of dY
- * (skipped when NULL). */
+/* dw (5M, N) = fixed(x) . dY over batch and the output's pixels (stride s);
+ * dbias (N,) = sums of dY (skipped when NULL). */
 static int fxnn_fused_wgrad(int isa_index, const float *x, const float *dy, float *dw, float *dbias,
-                            long b, long m, long n, long h, long w, int threads)
+                            long b, long m, long n, long h, long w, long s, int threads)
 {
     const struct fxnn_isa *isa = fxnn_isas[isa_index];
     struct fxnn_fused f;
@@ -275,7 +355,7 @@ static int fxnn_fused_wgrad(int isa_index, const float *x, const float *dy, floa
         }
         return 0;
     }
-    if ((rc = fxnn_setup(&f, isa, b, m, n, h, w)) != 0)
+    if ((rc = fxnn_setup(&f, isa, b, m, n, h, w, s)) != 0)
         return (int)rc;
     f.x = x; f.dy = dy; f.dw = dw; f.dbias = dbias;
     kc_rows = FXNN_NUM_KERNELS * isa->wr;
@@ -315,9 +395,10 @@ static int fxnn_fused_wgrad(int isa_index, const float *x, const float *dy, floa
     return (int)rc;
 }
 
-/* dx (B, M, H, W) = adjoint of the fixed stage applied to W dY. */
+/* dx (B, M, H, W) = adjoint of the fixed stage at stride s applied to W dY
+ * (B, N, Ho, Wo); h, w are the input's. */
 static int fxnn_fused_dgrad(int isa_index, const float *dy, const float *weight, float *dx,
-                            long b, long m, long n, long h, long w, int threads)
+                            long b, long m, long n, long h, long w, long s, int threads)
 {
     const struct fxnn_isa *isa = fxnn_isas[isa_index];
     struct fxnn_fused f;
@@ -330,7 +411,7 @@ static int fxnn_fused_dgrad(int isa_index, const float *dy, const float *weight,
             memset(dx, 0, (size_t)b * m * h * w * sizeof(float));
         return 0;
     }
-    if ((rc = fxnn_setup(&f, isa, b, m, n, h, w)) != 0)
+    if ((rc = fxnn_setup(&f, isa, b, m, n, h, w, s)) != 0)
         return (int)rc;
     f.dy = dy; f.weight = weight; f.dx = dx;
     /* W in blocks of MR fixed-stage channels: block c0/MR at c0 * N, row k at k * MR */
@@ -351,9 +432,10 @@ static int fxnn_fused_dgrad(int isa_index, const float *dy, const float *weight,
     blocks = (4L * threads + b - 1) / b;
     if (blocks > 1)
         f.rows = fxnn_max(1, fxnn_min(f.rows, (h + blocks - 1) / blocks));
-    lp = fxnn_round_up((f.rows + 2) * w, isa->nr);
+    /* as dgrad_items lays out its scratch */
+    lp = fxnn_round_up((f.rows + 2 + s - 1) / s * f.ow, isa->nr);
     rc = fxnn_parallel(isa->dgrad, &f, b * ((h + f.rows - 1) / f.rows),
-                       ((size_t)(FXNN_NUM_KERNELS * isa->mr + n) * lp + 6 * (size_t)w) * sizeof(float), threads);
+                       ((size_t)(FXNN_NUM_KERNELS * isa->mr + n) * lp + 6 * (size_t)w + 2) * sizeof(float), threads);
     fxnn_release(&f);
     return (int)rc;
 }

@@ -17,13 +17,20 @@
  *   FXNN_SPLAT(s)   a vector of VW copies of the float s
  *   FXNN_MASKLOAD(p, m)  the lanes of p where the int vector m is -1, zero elsewhere,
  *                   touching no memory in the other lanes
+ *   FXNN_GATHER(p, i, m)  the lanes p[i[l]] where the int vector m is -1, zero
+ *                   elsewhere, touching no memory in the other lanes
+ *   FXNN_EVEN(a, b)  (optional) the even lanes of the 2 VW lanes of a then b:
+ *                   where defined, stride 2 reads a row of taps with loads
  * and with struct fxnn_fused (fused_cpu.c) describing one call; it
  * undefines them all at its end, ready for the next instruction set.
  *
  * Names: g is a pixel in the padded pixel space of the batch, g = b * HWp + p
- * with HWp = H*W rounded up to VW, so no vector of VW pixels crosses images;
- * lanes with p >= H*W are padding, zero in every packed operand and never
- * stored. c = 5m + k is a fixed-stage channel (kernels/fixed_kernels.py).
+ * with HWp = Ho*Wo (the output's pixels) rounded up to VW, so no vector of
+ * VW pixels crosses images; lanes with p >= Ho*Wo are padding, zero in every
+ * packed operand and never stored. c = 5m + k is a fixed-stage channel
+ * (kernels/fixed_kernels.py). With stride s, output pixel (i, j) is the
+ * fixed stage at input pixel (s i, s j); at stride 1 the two coincide and
+ * the packing reads whole vectors of neighbours, else it gathers them.
  */
 #define FXNN_CAT2(a, b) a##_##b
 #define FXNN_CAT(a, b) FXNN_CAT2(a, b)
@@ -132,19 +139,112 @@ FX_INLINE void FX(stencil)(const float *x, long h, long w, long p, FX(vi) left, 
     }
 }
 
+/* FXNN_GATHER in plain C, for instruction sets without gathers. */
+FX_INLINE FX(vf) FX(gather_scalar)(const float *p, FX(vi) idx, FX(vi) m)
+{
+    FX(vf) v;
+    int i;
+    for (i = 0; i < FXNN_VW; i++) v[i] = m[i] ? p[idx[i]] : 0.0f;
+    return v;
+}
+
+/* FXNN_EVEN in plain C (the AVX-512 stand-in's). */
+__attribute__((unused)) FX_INLINE FX(vf) FX(even_scalar)(FX(vf) a, FX(vf) b)
+{
+    FX(vf) v;
+    int i;
+    for (i = 0; i < FXNN_VW / 2; i++) {
+        v[i] = a[2 * i];
+        v[FXNN_VW / 2 + i] = b[2 * i];
+    }
+    return v;
+}
+
+#ifdef FXNN_EVEN
+/* The stencil at input pixels q0, q0 + 2, ..., q0 + 2 (VW - 1) of one input
+ * row (stride 2, one output row; flags of fxnn_strided_at): each row of taps
+ * from contiguous loads, its even lanes (FXNN_EVEN) at q - 1, q and q + 1. */
+FX_INLINE void FX(stencil_row2)(const float *x, long w, long n, long q0, FX(vi) flags, float *out, long ks)
+{
+    FX(vi) left = (flags & (int)FXNN_AT_LEFT) != 0, right = (flags & (int)FXNN_AT_RIGHT) != 0;
+    FX(vf) t[3][3], s[3], d[3];
+    int r, c;
+    for (r = 0; r < 3; r++) {
+        long q = q0 + (r - 1) * w;
+        int want = r == 1 || (flags[0] & (r == 0 ? FXNN_AT_UP : FXNN_AT_DOWN));
+        for (c = 0; c < 3; c++) {
+            long at = q + c - 1;
+            FX(vf) a, b;
+            if (!want) {
+                t[r][c] = FX(splat)(0.0f);
+                continue;
+            }
+            if (at >= 0 && at + 2 * FXNN_VW <= n) {
+                a = FX(load)(x + at);
+                b = FX(load)(x + at + FXNN_VW);
+            } else {
+                a = FX(load_inside)(x, at, n);
+                b = FX(load_inside)(x, at + FXNN_VW, n);
+            }
+            t[r][c] = FXNN_EVEN(a, b);
+        }
+        t[r][0] = FX(mask)(t[r][0], left);
+        t[r][2] = FX(mask)(t[r][2], right);
+    }
+    for (c = 0; c < 3; c++) {
+        s[c] = t[0][c] + t[2][c] + (t[1][c] + t[1][c]);
+        d[c] = t[0][c] - t[2][c];
+    }
+    FX(store)(out, s[0] + s[2] + (s[1] + s[1]));
+    FX(store)(out + ks, d[0] + d[2] + (d[1] + d[1]));
+    FX(store)(out + 2 * ks, s[0] - s[2]);
+    FX(store)(out + 3 * ks, d[0] - d[2]);
+    FX(store)(out + 4 * ks, t[1][1]);
+}
+#endif
+
+/* The stencil at the input pixels idx of one plane (row length w), zero in
+ * lanes without FXNN_AT_IN (flags of fxnn_strided_at); the same sums as
+ * FX(stencil), from gathered taps. */
+FX_INLINE void FX(stencil_strided)(const float *x, long w, FX(vi) idx, FX(vi) flags, float *out, long ks)
+{
+    FX(vi) in = (flags & (int)FXNN_AT_IN) != 0, up = (flags & (int)FXNN_AT_UP) != 0;
+    FX(vi) down = (flags & (int)FXNN_AT_DOWN) != 0;
+    FX(vi) column[3] = {(flags & (int)FXNN_AT_LEFT) != 0, in, (flags & (int)FXNN_AT_RIGHT) != 0};
+    FX(vf) s[3], d[3], mid = FX(splat)(0.0f);
+    int o;
+    for (o = 0; o < 3; o++) {
+        FX(vi) q = idx + (o - 1);
+        FX(vf) u = FXNN_GATHER(x, q - (int)w, column[o] & up), md = FXNN_GATHER(x, q, column[o]);
+        FX(vf) dn = FXNN_GATHER(x, q + (int)w, column[o] & down);
+        s[o] = u + dn + (md + md);
+        d[o] = u - dn;
+        if (o == 1) mid = md;
+    }
+    FX(store)(out, s[0] + s[2] + (s[1] + s[1]));
+    FX(store)(out + ks, d[0] + d[2] + (d[1] + d[1]));
+    FX(store)(out + 2 * ks, s[0] - s[2]);
+    FX(store)(out + 3 * ks, d[0] - d[2]);
+    FX(store)(out + 4 * ks, mid);
+}
+
 /* The fixed stage of channels [m0, m0+mc) at padded pixels [g0, g1) (g0 and
  * g1 - g0 multiples of VW) into dst: channel c = 5(m - m0) + k of local pixel
  * l = g - g0 at dst[(l / grp) * grp_stride + c * c_stride + l % grp]. With
  * grp = NR, grp_stride = 5 mc NR, c_stride = NR these are the GEMM's
  * micro-panels; with grp > g1 - g0 and c_stride = row length, plain rows.
  * Channel by channel over runs of up to 64 vectors, so each input row is
- * read from L1 while it is used. */
+ * read from L1 while it is used (at stride 1; else gathered at the output's
+ * pixels). */
 FXNN_TARGET static void FX(pack_fixed)(const struct fxnn_fused *f, long m0, long mc, long g0, long g1,
                                        float *dst, long grp, long grp_stride, long c_stride)
 {
     enum { RUN = 64 };
     long plane[RUN], pixel[RUN], column[RUN], out[RUN], g, m;
-    int count, j;
+    int idx[RUN][FXNN_VW], flags[RUN][FXNN_VW], count, j;
+#ifdef FXNN_EVEN
+    int row2[RUN];  /* stride 2, the vector in one output row */
+#endif
     for (g = g0; g < g1; g += RUN * FXNN_VW) {
         for (count = 0; count < RUN && g + count * FXNN_VW < g1; count++) {
             long gc = g + count * FXNN_VW, b = gc / f->hwp, l = gc - g0;
@@ -152,6 +252,26 @@ FXNN_TARGET static void FX(pack_fixed)(const struct fxnn_fused *f, long m0, long
             plane[count] = (b * f->m + m0) * f->hw;
             column[count] = pixel[count] % f->w;
             out[count] = (l / grp) * grp_stride + l % grp;
+            if (f->s != 1)
+                fxnn_strided_at(f->h, f->w, f->s, f->ow, f->ohw, pixel[count], FXNN_VW, idx[count], flags[count]);
+#ifdef FXNN_EVEN
+            row2[count] = f->s == 2 && pixel[count] % f->ow + FXNN_VW <= f->ow;
+#endif
+        }
+        if (f->s != 1) {
+            for (m = 0; m < mc; m++)
+                for (j = 0; j < count; j++) {
+                    const float *x = f->x + plane[j] + m * f->hw;
+                    float *o = dst + out[j] + FXNN_NUM_KERNELS * m * c_stride;
+#ifdef FXNN_EVEN
+                    if (row2[j]) {
+                        FX(stencil_row2)(x, f->w, f->hw, idx[j][0], *(const FX(vi_u) *)flags[j], o, c_stride);
+                        continue;
+                    }
+#endif
+                    FX(stencil_strided)(x, f->w, *(const FX(vi_u) *)idx[j], *(const FX(vi_u) *)flags[j], o, c_stride);
+                }
+            continue;
         }
         for (m = 0; m < mc; m++)
             for (j = 0; j < count; j++) {
@@ -260,8 +380,8 @@ static void FX(panel_out)(const struct fxnn_fused *f, float *t, long channels, l
     int v;
     for (v = 0; v < FXNN_NV; v++) {
         long g = g0 + v * FXNN_VW, b = g / f->hwp, p = g % f->hwp;
-        c[v] = t + b * channels * f->hw + p;
-        valid[v] = g >= g_end ? 0 : (int)(f->hw - p < FXNN_VW ? f->hw - p : FXNN_VW);
+        c[v] = t + b * channels * f->ohw + p;
+        valid[v] = g >= g_end ? 0 : (int)(f->ohw - p < FXNN_VW ? f->ohw - p : FXNN_VW);
     }
 }
 
@@ -287,9 +407,9 @@ FXNN_TARGET static void FX(forward_items)(void *arg, long first, long last, void
                 memset(panel, 0, kc * FX_NR * sizeof(float));
             FX(pack_fixed)(f, m0, mc, g0, g1, panel, FX_NR, kc * FX_NR, FX_NR);
             for (nb = 0; nb < f->n; nb += FXNN_MR) {
-                for (v = 0; v < FXNN_NV; v++) cn[v] = c[v] + nb * f->hw;
+                for (v = 0; v < FXNN_NV; v++) cn[v] = c[v] + nb * f->ohw;
                 FX(tile)(kc, f->a + nb * f->c5 + FXNN_NUM_KERNELS * m0 * FXNN_MR, panel,
-                         (int)(f->n - nb < FXNN_MR ? f->n - nb : FXNN_MR), cn, valid, f->hw,
+                         (int)(f->n - nb < FXNN_MR ? f->n - nb : FXNN_MR), cn, valid, f->ohw,
                          f->bias ? f->bias + nb : NULL, m0 > 0);
             }
         }
@@ -327,11 +447,11 @@ FXNN_TARGET static void FX(wgrad_items)(void *arg, long first, long last, void *
             for (l = 0; l < slen; ) {  /* dY rows, image by image, zero in the padding lanes */
                 long g = s0 + l, b = g / f->hwp, p = g % f->hwp, run = f->hwp - p < slen - l ? f->hwp - p : slen - l;
                 for (n = 0; n < f->n; n++) {
-                    const float *src = f->dy + (b * f->n + n) * f->hw;
+                    const float *src = f->dy + (b * f->n + n) * f->ohw;
                     float *dst = ys + n * sp + l - p;
                     long j;
                     for (j = p; j < p + run; j += FXNN_VW)
-                        FX(store)(dst + j, j + FXNN_VW <= f->hw ? FX(load)(src + j) : FX(load_clipped)(src + j, 0, f->hw - j));
+                        FX(store)(dst + j, j + FXNN_VW <= f->ohw ? FX(load)(src + j) : FX(load_clipped)(src + j, 0, f->ohw - j));
                 }
                 l += run;
             }
@@ -368,29 +488,31 @@ FXNN_TARGET static void FX(wgrad_items)(void *arg, long first, long last, void *
 
 /* ------------------------------------------------------------------------
  * Input gradient: dx = adjoint(W dY). Items are (image, block of rows
- * [i0, i1)). dY of rows [i0-1, i1+1) is packed once into micro-panels
- * (N x NR each); then for each chunk of MR input channels (5 MR fixed-stage
- * channels: whole MR-row blocks of W, f->a: block at a + block * N * MR,
- * row n at n * MR) W dY goes into a scratch of 5 MR rows of lp pixels, and
- * the adjoint stencil of kernels/fixed_cpu.c turns it into rows [i0, i1) of dx.
+ * [i0, i1)). dY of the output rows at input rows [i0-1, i1+1) is packed
+ * once into micro-panels (N x NR each); then for each chunk of MR input
+ * channels (5 MR fixed-stage channels: whole MR-row blocks of W, f->a: block
+ * at a + block * N * MR, row n at n * MR) W dY goes into a scratch of 5 MR
+ * rows of lp pixels, and the adjoint stencil of kernels/fixed_cpu.c turns
+ * it into rows [i0, i1) of dx (at stride 2, fxnn_adjoint_row_s2 row by row).
  * ------------------------------------------------------------------------ */
 FXNN_TARGET static void FX(dgrad_items)(void *arg, long first, long last, void *scratch)
 {
     const struct fxnn_fused *f = (const struct fxnn_fused *)arg;
     long item, blocks = (f->h + f->rows - 1) / f->rows;
-    long lp_max = ((f->rows + 2) * f->w + FX_NR - 1) / FX_NR * FX_NR;
+    long lp_max = ((f->rows + 2 + f->s - 1) / f->s * f->ow + FX_NR - 1) / FX_NR * FX_NR;
     float *s = (float *)scratch, *panels = s + FXNN_NUM_KERNELS * FXNN_MR * lp_max,
           *rowbuf = panels + f->n * lp_max;
     for (item = first; item < last; item++) {
         long b = item / blocks, i0 = item % blocks * f->rows, i1 = i0 + f->rows < f->h ? i0 + f->rows : f->h;
         long ra = i0 > 0 ? i0 - 1 : 0, rb = i1 < f->h ? i1 + 1 : f->h;
-        long len = (rb - ra) * f->w, lp = (len + FX_NR - 1) / FX_NR * FX_NR;
-        const float *dy = f->dy + b * f->n * f->hw + ra * f->w;
+        long oa = (ra + f->s - 1) / f->s, ob = (rb - 1) / f->s + 1;  /* output rows at input rows [ra, rb) */
+        long len = (ob - oa) * f->ow, lp = (len + FX_NR - 1) / FX_NR * FX_NR;
+        const float *dy = f->dy + b * f->n * f->ohw + oa * f->ow;
         long m0, q, cb, n, j;
         int v, full[FXNN_NV];
         for (n = 0; n < f->n; n++)  /* dY rows, read in order, into micro-panels [q][n][NR] */
             for (q = 0; q < lp; q += FX_NR) {
-                const float *src = dy + n * f->hw + q;
+                const float *src = dy + n * f->ohw + q;
                 float *dst = panels + q * f->n + n * FX_NR;
                 if (q + FX_NR <= len)
                     for (v = 0; v < FXNN_NV; v++) FX(store)(dst + v * FXNN_VW, FX(load)(src + v * FXNN_VW));
@@ -399,7 +521,7 @@ FXNN_TARGET static void FX(dgrad_items)(void *arg, long first, long last, void *
             }
         for (v = 0; v < FXNN_NV; v++) full[v] = FXNN_VW;
         for (m0 = 0; m0 < f->m; m0 += FXNN_MR) {
-            long mc = f->m - m0 < FXNN_MR ? f->m - m0 : FXNN_MR, kc = FXNN_NUM_KERNELS * mc, m;
+            long mc = f->m - m0 < FXNN_MR ? f->m - m0 : FXNN_MR, kc = FXNN_NUM_KERNELS * mc, m, i;
             for (q = 0; q < lp; q += FX_NR)
                 for (cb = 0; cb < kc; cb += FXNN_MR) {
                     float *c[FXNN_NV];
@@ -407,9 +529,15 @@ FXNN_TARGET static void FX(dgrad_items)(void *arg, long first, long last, void *
                     FX(tile)(f->n, f->a + (FXNN_NUM_KERNELS * m0 + cb) * f->n, panels + q * f->n,
                              (int)(kc - cb < FXNN_MR ? kc - cb : FXNN_MR), c, full, lp, NULL, 0);
                 }
-            for (m = 0; m < mc; m++)
-                fxnn_adjoint_rows_f32(s + FXNN_NUM_KERNELS * m * lp, lp, ra, i0, i1, f->h, f->w,
-                                      f->dx + (b * f->m + m0 + m) * f->hw, rowbuf);
+            for (m = 0; m < mc; m++) {
+                float *dx = f->dx + (b * f->m + m0 + m) * f->hw;
+                if (f->s == 1)
+                    fxnn_adjoint_rows_f32(s + FXNN_NUM_KERNELS * m * lp, lp, ra, i0, i1, f->h, f->w, dx, rowbuf);
+                else
+                    for (i = i0; i < i1; i++)
+                        fxnn_adjoint_row_s2(s + FXNN_NUM_KERNELS * m * lp, lp, oa, f->oh, f->ow, i, f->w,
+                                            dx + i * f->w, rowbuf);
+            }
         }
     }
 }
@@ -450,3 +578,5 @@ static const struct fxnn_isa FX(isa) = {
 #undef FXNN_FMA
 #undef FXNN_SPLAT
 #undef FXNN_MASKLOAD
+#undef FXNN_GATHER
+#undef FXNN_EVEN

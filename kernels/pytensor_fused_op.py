@@ -113,7 +113,7 @@ class FusedConvOp(_FusedOp):
             rc = fxnn_fused_forward(isa, (const float *)PyArray_DATA(c0), (const float *)PyArray_DATA(c1),
                                     (const float *)PyArray_DATA(c2), (float *)PyArray_DATA({y}),
                                     (long){d(x, 0)}, (long){d(x, 1)}, (long){d(w, 1)}, (long){d(x, 2)},
-                                    (long){d(x, 3)}, {self.threads});
+                                    (long){d(x, 3)}, 1, {self.threads});
             {self._result("rc", release, sub)}
         }}"""
 
@@ -160,7 +160,7 @@ class FusedWeightGradOp(_FusedOp):
             rc = fxnn_fused_wgrad(isa, (const float *)PyArray_DATA(c0), (const float *)PyArray_DATA(c1),
                                   (float *)PyArray_DATA({dw}), (float *)PyArray_DATA({db}),
                                   (long){d(x, 0)}, (long){d(x, 1)}, (long){d(dy, 1)}, (long){d(x, 2)},
-                                  (long){d(x, 3)}, {self.threads});
+                                  (long){d(x, 3)}, 1, {self.threads});
             {self._result("rc", release, sub)}
         }}"""
 
@@ -205,7 +205,7 @@ class FusedInputGradOp(_FusedOp):
             {copies}
             rc = fxnn_fused_dgrad(isa, (const float *)PyArray_DATA(c0), (const float *)PyArray_DATA(c1),
                                   (float *)PyArray_DATA({dx}), (long){d(dy, 0)}, (long)({d(w, 0)} / 5),
-                                  (long){d(dy, 1)}, (long){d(dy, 2)}, (long){d(dy, 3)}, {self.threads});
+                                  (long){d(dy, 1)}, (long){d(dy, 2)}, (long){d(dy, 3)}, 1, {self.threads});
             {self._result("rc", release, sub)}
         }}"""
 

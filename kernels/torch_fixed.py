@@ -1,4 +1,6 @@
-"""The fixed stage as a PyTorch operator: (B, M, H, W) -> (B, 5M, H, W).
+"""The fixed stage as a PyTorch operator: (B, M, H, W) -> (B, 5M, Ho, Wo),
+at every ``stride``-th pixel (Ho = (H - 1) // stride + 1, as a 3x3
+convolution with zero padding 1 and that stride).
 
 Three implementations behind :func:`fixed_stage`:
 
@@ -17,9 +19,16 @@ Three implementations behind :func:`fixed_stage`:
 The backward is the adjoint (correlation with the kernels flipped in both
 axes), also separable; it is itself an operator whose backward is the
 forward, so higher derivatives work too. Both are ``torch.library`` custom
-operators (``torch.ops.fxnn.fixed_stage``, ``torch.ops.fxnn.fixed_stage_adjoint``)
-with fake (shape) implementations and autograd formulas, so
-``torch.compile(fullgraph=True)`` traces through them without a graph break.
+operators (``torch.ops.fxnn.fixed_stage(x, stride)``,
+``torch.ops.fxnn.fixed_stage_adjoint(g, stride, height, width)``, the latter
+told the input's size, which stride > 1 does not determine) with fake (shape)
+implementations and autograd formulas, so ``torch.compile(fullgraph=True)``
+traces through them without a graph break.
+
+At stride > 1 the separable torch ops compute only the pixels kept; the C
+and PyCUDA kernels, which work at stride 1, compute the whole stage and keep
+every ``stride``-th pixel, and for the adjoint put the gradient back at those
+pixels of a zero (B, 5M, H, W) before their stride-1 adjoint.
 """
 import logging
 
@@ -32,11 +41,19 @@ log = logging.getLogger("fxnn")
 _announced = set()
 
 
-def _correlate(v, taps, dim, out=None):
-    """Valid 3-tap correlation of ``v`` along ``dim`` (the size shrinks by 2),
-    written into ``out`` when given."""
-    n = v.shape[dim] - 2
-    terms = [(float(t), v.narrow(dim, i, n)) for i, t in enumerate(taps) if t]
+def out_size(size: int, stride: int) -> int:
+    """The output's height or width for an input's ``size``: (size - 1) // stride + 1."""
+    return (size - 1) // stride + 1
+
+
+def _correlate(v, taps, dim, stride=1, out=None):
+    """Valid 3-tap correlation of ``v`` along ``dim`` at every ``stride``-th
+    position (the size goes from n + 2 to out_size(n, stride)), written into
+    ``out`` when given."""
+    n = out_size(v.shape[dim] - 2, stride)
+    span = stride * (n - 1) + 1
+    index = (slice(None),) * dim
+    terms = [(float(t), v[index + (slice(i, i + span, stride),)]) for i, t in enumerate(taps) if t]
     (t0, first), rest = terms[0], terms[1:]
     if out is None:
         out = first * t0 if t0 != 1 else first.clone()
@@ -47,28 +64,55 @@ def _correlate(v, taps, dim, out=None):
     return out
 
 
-def forward_torch(x: torch.Tensor) -> torch.Tensor:
+def forward_torch(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """The separable forward in torch ops; see the module docstring."""
     b, m, h, w = x.shape
     xp = F.pad(x, (1, 1, 1, 1))
-    out = x.new_empty((b, m, NUM_KERNELS, h, w))
+    out = x.new_empty((b, m, NUM_KERNELS, out_size(h, stride), out_size(w, stride)))
     vertical = {}
     for k, sep in enumerate(SEPARABLE):
         if sep is None:
-            out[:, :, k].copy_(x)
+            out[:, :, k].copy_(x[..., ::stride, ::stride])
             continue
         col, row = sep
         if tuple(col) not in vertical:
-            vertical[tuple(col)] = _correlate(xp, col, dim=2)
-        _correlate(vertical[tuple(col)], row, dim=3, out=out[:, :, k])
-    return out.view(b, m * NUM_KERNELS, h, w)
+            vertical[tuple(col)] = _correlate(xp, col, dim=2, stride=stride)
+        _correlate(vertical[tuple(col)], row, dim=3, stride=stride, out=out[:, :, k])
+    return out.view(b, m * NUM_KERNELS, out.shape[3], out.shape[4])
 
 
-def backward_torch(g: torch.Tensor) -> torch.Tensor:
-    """The adjoint of :func:`forward_torch`: (B, 5M, H, W) -> (B, M, H, W).
-    Flipping a separable kernel flips both factors; kernels sharing a flipped
-    column filter are summed after their horizontal pass, so each distinct
-    column filter costs one vertical pass."""
+def _input_size(g, stride, height, width):
+    """The input's (H, W) for the adjoint of gradient ``g``: given, or g's
+    own at stride 1; ValueError unless g is the output of that size."""
+    if height is None or width is None:
+        if stride != 1:
+            raise ValueError(f"the fixed stage's adjoint at stride {stride} needs the input's size "
+                             "(several give one output size): pass height= and width=")
+        height, width = g.shape[2], g.shape[3]
+    if (g.shape[2], g.shape[3]) != (out_size(height, stride), out_size(width, stride)):
+        raise ValueError(f"gradient of {g.shape[2]} x {g.shape[3]} pixels is not the stride-{stride} output "
+                         f"of a {height} x {width} input")
+    return height, width
+
+
+def _upsample(g, stride, height, width):
+    """``g`` at every ``stride``-th pixel of a zero (B, C, height, width): the
+    adjoint of keeping those pixels; ``g`` itself at stride 1."""
+    height, width = _input_size(g, stride, height, width)
+    if stride == 1:
+        return g
+    full = g.new_zeros((g.shape[0], g.shape[1], height, width))
+    full[..., ::stride, ::stride] = g
+    return full
+
+
+def backward_torch(g: torch.Tensor, stride: int = 1, height: int | None = None,
+                   width: int | None = None) -> torch.Tensor:
+    """The adjoint of :func:`forward_torch`: (B, 5M, Ho, Wo) -> (B, M, height,
+    width). Flipping a separable kernel flips both factors; kernels sharing a
+    flipped column filter are summed after their horizontal pass, so each
+    distinct column filter costs one vertical pass."""
+    g = _upsample(g, stride, height, width)
     b, c, h, w = g.shape
     g5 = g.view(b, c // NUM_KERNELS, NUM_KERNELS, h, w)
     gp = F.pad(g5, (1, 1, 1, 1))
@@ -132,14 +176,26 @@ def _announce(x):
         log.info("fixed stage on %s: %s", x.device.type, implementation_name(x.device))
 
 
-def _native_or_torch(native_call, torch_call):
-    """An operator kernel: ``native_call`` of the native kernel module where
-    it runs on the tensor (see :func:`_native_kernel`), else ``torch_call``."""
-    def kernel(t):
-        _announce(t)
-        module = _native_kernel(t)
-        return getattr(module, native_call)(t.contiguous()) if module else torch_call(t)
-    return kernel
+def _forward_kernel(x, stride=1):
+    """The fixed stage's CPU and CUDA kernel: the native kernel where it runs
+    on ``x`` (see :func:`_native_kernel`), every ``stride``-th pixel of its
+    stride-1 result; else the separable torch ops."""
+    _announce(x)
+    module = _native_kernel(x)
+    if module is None:
+        return forward_torch(x, stride)
+    y = module.fixed_forward(x.contiguous())
+    return y if stride == 1 else y[..., ::stride, ::stride].contiguous()
+
+
+def _adjoint_kernel(g, stride=1, height=None, width=None):
+    """The adjoint's CPU and CUDA kernel: the native kernel's stride-1
+    adjoint of the upsampled gradient where it runs, else the torch ops."""
+    _announce(g)
+    module = _native_kernel(g)
+    if module is None:
+        return backward_torch(g, stride, height, width)
+    return module.fixed_backward(_upsample(g, stride, height, width).contiguous())
 
 
 #: The fixed stage and its adjoint as PyTorch operators, opaque to
@@ -147,31 +203,58 @@ def _native_or_torch(native_call, torch_call):
 #: and CUDA dispatch keys the native kernel (C, PyCUDA) where it runs.
 fixed_stage_op = torch.library.custom_op("fxnn::fixed_stage", forward_torch, mutates_args=())
 fixed_stage_adjoint = torch.library.custom_op("fxnn::fixed_stage_adjoint", backward_torch, mutates_args=())
-fixed_stage_op.register_kernel(("cpu", "cuda"))(_native_or_torch("fixed_forward", forward_torch))
-fixed_stage_adjoint.register_kernel(("cpu", "cuda"))(_native_or_torch("fixed_backward", backward_torch))
+fixed_stage_op.register_kernel(("cpu", "cuda"))(_forward_kernel)
+fixed_stage_adjoint.register_kernel(("cpu", "cuda"))(_adjoint_kernel)
 
 
 @fixed_stage_op.register_fake
-def _fixed_stage_fake(x):
+def _fixed_stage_fake(x, stride=1):
     b, m, h, w = x.shape
-    return x.new_empty((b, NUM_KERNELS * m, h, w))
+    return x.new_empty((b, NUM_KERNELS * m, out_size(h, stride), out_size(w, stride)))
 
 
 @fixed_stage_adjoint.register_fake
-def _fixed_stage_adjoint_fake(g):
-    b, c, h, w = g.shape
+def _fixed_stage_adjoint_fake(g, stride=1, height=None, width=None):
+    b, c, ho, wo = g.shape
     torch._check(c % NUM_KERNELS == 0, lambda: f"gradient has {c} channels, not a multiple of {NUM_KERNELS}")
-    return g.new_empty((b, c // NUM_KERNELS, h, w))
+    if height is None or width is None:
+        torch._check(stride == 1, lambda: f"the adjoint at stride {stride} needs the input's height and width")
+        height, width = ho, wo
+    torch._check(ho == out_size(height, stride) and wo == out_size(width, stride),
+                 lambda: f"gradient of {ho} x {wo} pixels is not the stride-{stride} output of {height} x {width}")
+    return g.new_empty((b, c // NUM_KERNELS, height, width))
 
 
-# Each is the other's derivative (both are linear), so derivatives of any order work.
-fixed_stage_op.register_autograd(lambda ctx, g: fixed_stage_adjoint(g))
-fixed_stage_adjoint.register_autograd(lambda ctx, gx: fixed_stage_op(gx))
+# Each is the other's derivative (both are linear), so derivatives of any
+# order work; the int arguments have none.
+def _save_forward(ctx, inputs, output):
+    x, ctx.stride = inputs
+    ctx.size = x.shape[2:]
 
 
-def fixed_stage(x):
-    """The five fixed kernels on each channel of ``x`` (B, M, H, W), zero padded:
-    (B, 5M, H, W) with channel ``5*m + k`` (see :mod:`fxnn.kernels.fixed_kernels`)."""
+def _save_adjoint(ctx, inputs, output):
+    ctx.stride = inputs[1]
+
+
+fixed_stage_op.register_autograd(lambda ctx, g: (fixed_stage_adjoint(g, ctx.stride, *ctx.size), None),
+                                 setup_context=_save_forward)
+fixed_stage_adjoint.register_autograd(lambda ctx, gx: (fixed_stage_op(gx, ctx.stride), None, None, None),
+                                      setup_context=_save_adjoint)
+
+
+def check_stride(stride, where="fixed_stage"):
+    """ValueError unless ``stride`` is an int >= 1 (a bool is not)."""
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"{where}: stride must be an int >= 1, got {stride!r}")
+
+
+def fixed_stage(x, stride=1):
+    """The five fixed kernels on each channel of ``x`` (B, M, H, W), zero
+    padded, at every ``stride``-th pixel: (B, 5M, (H-1)//stride + 1,
+    (W-1)//stride + 1) with channel ``5*m + k`` (see
+    :mod:`fxnn.kernels.fixed_kernels`); the same as a grouped
+    ``F.conv2d(x, kernels, stride=stride, padding=1)``."""
     if x.dim() != 4:
         raise ValueError(f"fixed_stage expects a 4-D (B, M, H, W) tensor, got shape {tuple(x.shape)}")
-    return fixed_stage_op(x)
+    check_stride(stride)
+    return fixed_stage_op(x, stride)

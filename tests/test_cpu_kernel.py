@@ -83,7 +83,7 @@ def test_bad_buffers_are_refused_not_read():
 def test_the_torch_engine_uses_it_and_gets_the_numbers_of_its_torch_ops():
     """kernels.torch_fixed runs this kernel on CPU tensors; the forward makes the
     same additions in the same order as the separable torch ops, so it changes
-    no numbers, and the adjoint agrees to float32 rounding."""
+    no numbers (at strides 1 and 2), and the adjoint agrees to float32 rounding."""
     torch = pytest.importorskip("torch")
     from fxnn.kernels import torch_fixed
     x = torch.randn(3, 7, 19, 12, generator=torch.Generator().manual_seed(5))
@@ -92,3 +92,8 @@ def test_the_torch_engine_uses_it_and_gets_the_numbers_of_its_torch_ops():
     assert torch.equal(torch_fixed.fixed_stage(x), torch_fixed.forward_torch(x))
     np.testing.assert_allclose(torch_fixed.fixed_stage_adjoint(g).numpy(), torch_fixed.backward_torch(g).numpy(),
                                rtol=1e-6, atol=1e-5)
+    # at stride 2 the kernel's stage is subsampled, the torch ops compute only the pixels kept
+    g2 = g[..., ::2, ::2].contiguous()
+    assert torch.equal(torch_fixed.fixed_stage(x, 2), torch_fixed.forward_torch(x, 2))
+    np.testing.assert_allclose(torch_fixed.fixed_stage_adjoint(g2, 2, 19, 12).numpy(),
+                               torch_fixed.backward_torch(g2, 2, 19, 12).numpy(), rtol=1e-6, atol=1e-5)

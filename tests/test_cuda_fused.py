@@ -1,8 +1,10 @@
 """The fused fxnn layer's Triton kernels and the CUDA paths of the torch
 operators on a GPU (skipped without a CUDA GPU and triton): the kernels
-against the numpy references in every precision, FixedConv2d on CUDA
-against the CPU, torch.compile on the CUDA paths (PyCUDA stage, Triton
-layer) with no graph break, and ``auto`` measuring among the three paths.
+against the numpy references in every precision, and at stride 2 against
+a dense strided conv2d with the folded kernel (tests/strided_conv.py), the
+layer on CUDA against the CPU at strides 1 and 2, torch.compile on the CUDA
+paths (PyCUDA stage, Triton layer) with no graph break, and ``auto``
+measuring among the three paths.
 
 GPU tests: ``python -m pytest tests/test_cuda_fused.py tests/test_cuda_kernel.py tests/test_cuda_engine.py -rs``.
 """
@@ -10,6 +12,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from strided_conv import dense_conv_reference  # noqa: E402
 
 from fxnn.kernels import cuda_fixed, cuda_fused  # noqa: E402
 from fxnn.kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
@@ -60,38 +64,66 @@ def test_the_triton_kernels_match_the_references(shape, precision):
     assert_matches(cuda_fused.input_grad(dy, w), dx, precision)
 
 
-def test_fixed_conv2d_fused_on_cuda_equals_the_cpu():
-    from fxnn.models.torch_layers import fixed_conv2d
+#: (B, M, N, H, W) at stride 2: odd sizes with a remainder, even ones, single
+#: pixels, more channels than any tile, several tiles of dY's grid. Full
+#: float32 and bfloat16 only: each precision and shape is compiled and tuned
+#: anew, and the stride changes nothing in how a precision's products are made.
+STRIDED_SHAPES = [(2, 3, 5, 7, 9), (1, 2, 3, 8, 8), (2, 1, 2, 1, 1), (1, 2, 3, 2, 3), (5, 130, 70, 13, 31),
+                  (2, 32, 48, 57, 33)]
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"], indirect=True)
+@pytest.mark.parametrize("shape", STRIDED_SHAPES)
+def test_the_triton_kernels_at_stride_2_match_a_strided_dense_conv2d(shape, precision):
+    x, w, b, _ = tensors(shape, DTYPES[precision])
+    bsz, _, n, h, wd = shape
+    dy = torch.randn(bsz, n, (h - 1) // 2 + 1, (wd - 1) // 2 + 1, generator=torch.Generator().manual_seed(1))
+    dy = dy.to("cuda", DTYPES[precision])
+    y, dx, dw, db = dense_conv_reference(x, w, b, dy, 2)
+    assert_matches(cuda_fused.forward(x, w, b, stride=2), y, precision)
+    got_dw, got_db = cuda_fused.weight_grad(x, dy, stride=2)
+    assert_matches(got_dw, dw, precision)
+    assert_matches(got_db, db, precision)
+    assert_matches(cuda_fused.input_grad(dy, w, stride=2, size=(h, wd)), dx, precision)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_fixed_conv2d_fused_on_cuda_equals_the_cpu(stride):
+    from fxnn.models.torch_layers import fixed_conv2d_record
     cpu = [t.requires_grad_(True) for t in tensors((3, 6, 10, 9, 11), torch.float32, "cpu")[:3]]
-    dy = torch.randn(3, 10, 9, 11)
+    dy = torch.randn(3, 10, (9 - 1) // stride + 1, (11 - 1) // stride + 1)
     gpu = [t.detach().cuda().requires_grad_(True) for t in cpu]
-    y_cpu, y_gpu = fixed_conv2d(*cpu, "fused"), fixed_conv2d(*gpu, "fused")
+    y_cpu, y_gpu = fixed_conv2d_record(*cpu, "fused", stride), fixed_conv2d_record(*gpu, "fused", stride)
     y_cpu.backward(dy)
     y_gpu.backward(dy.cuda())
     for got, want in zip([y_gpu] + [t.grad for t in gpu], [y_cpu] + [t.grad for t in cpu]):
         np.testing.assert_allclose(got.detach().cpu().numpy(), want.detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_second_derivatives_on_cuda_equal_the_fixed_path():
-    from fxnn.models.torch_layers import fixed_conv2d
+@pytest.mark.parametrize("stride", [1, 2])
+def test_second_derivatives_on_cuda_equal_the_fixed_path(stride):
+    from fxnn.models.torch_layers import fixed_conv2d_record
     x, w, b, dy = tensors((2, 3, 4, 6, 5), torch.float32, seed=2)
+    dy = dy[..., ::stride, ::stride].contiguous()
     results = {}
     for path in ("fused", "fixed"):
         args = [t.clone().requires_grad_(True) for t in (x, w, b)]
-        gx, gw = torch.autograd.grad(fixed_conv2d(*args, path), args[:2], dy, create_graph=True)
+        gx, gw = torch.autograd.grad(fixed_conv2d_record(*args, path, stride), args[:2], dy, create_graph=True)
         results[path] = torch.autograd.grad((gx ** 2).sum() + (gw ** 2).sum(), args[:2])
     for got, want in zip(results["fused"], results["fixed"]):
         np.testing.assert_allclose(got.cpu().numpy(), want.cpu().numpy(), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("path", ["fused", "fixed", "folded"])
-def test_torch_compile_on_cuda_has_no_graph_break_and_the_eager_numbers(path):
+def test_torch_compile_on_cuda_has_no_graph_break_and_the_eager_numbers(path, stride):
     if path == "fixed" and not cuda_fixed.available()[0]:
         pytest.skip(f"the PyCUDA stage is unavailable: {cuda_fixed.available()[1]}")
     from fxnn.models.torch_layers import FixedConv2d
     torch._dynamo.reset()
     torch.manual_seed(0)
-    net = torch.nn.Sequential(FixedConv2d(3, 16, path=path), torch.nn.ReLU(), FixedConv2d(16, 8, path=path)).cuda()
+    net = torch.nn.Sequential(FixedConv2d(3, 16, stride=stride, path=path), torch.nn.ReLU(),
+                              FixedConv2d(16, 8, path=path)).cuda()
     x = torch.randn(4, 3, 17, 13, device="cuda", requires_grad=True)
     explained = torch._dynamo.explain(net)(x)
     assert explained.graph_break_count == 0, explained.break_reasons
@@ -105,11 +137,15 @@ def test_torch_compile_on_cuda_has_no_graph_break_and_the_eager_numbers(path):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_opcheck_on_cuda():
+@pytest.mark.parametrize("stride", [1, 2])
+def test_opcheck_on_cuda(stride):
     from fxnn.kernels import torch_fixed, torch_fused
     x, w, b, dy = [t.requires_grad_(True) for t in tensors((2, 3, 4, 5, 7), torch.float32)]
-    for op, args in ((torch_fused.fused_forward, (x, w, b)), (torch_fused.fused_weight_grad, (x, dy)),
-                     (torch_fused.fused_input_grad, (dy, w)), (torch_fixed.fixed_stage_op, (x,))):
+    dy = dy[..., ::stride, ::stride].detach().contiguous().requires_grad_(True)
+    g = torch.randn(2, 15, dy.shape[2], dy.shape[3], device="cuda", requires_grad=True)
+    for op, args in ((torch_fused.fused_forward, (x, w, b, stride)), (torch_fused.fused_weight_grad, (x, dy, stride)),
+                     (torch_fused.fused_input_grad, (dy, w, stride, 5, 7)),
+                     (torch_fixed.fixed_stage_op, (x, stride)), (torch_fixed.fixed_stage_adjoint, (g, stride, 5, 7))):
         torch.library.opcheck(op, args)
 
 

@@ -12,7 +12,8 @@ Three groups:
   checked without a GPU;
 * everywhere: argument checks that fail before any GPU work;
 * where a CUDA GPU, PyCUDA and the compiled kernel are available: the real
-  thing, skipped elsewhere with the reason.
+  thing (and the fixed stage of kernels/torch_fixed.py at stride 2 on it),
+  skipped elsewhere with the reason.
 
 GPU tests: ``python -m pytest tests/test_cuda_kernel.py -q -rs``.
 """
@@ -423,6 +424,29 @@ def test_backward_from_the_autograd_thread():
     g = _random(_grad_shape(shape), seed=15)
     Fixed.apply(x).backward(_cuda(g))
     _assert_matches(x.grad.cpu().numpy(), "backward", g)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 1, 2, 3), (2, 3, 7, 9), (1, 2, 8, 8), (3, 2, 33, 17)])
+def test_the_stage_at_stride_2_keeps_every_other_pixel_of_the_kernel(shape, dtype):
+    """kernels/torch_fixed.py at stride 2 on CUDA: this kernel's stride-1
+    stage subsampled, its adjoint of the zero-upsampled gradient; against a
+    strided grouped conv2d and its autograd."""
+    from fxnn.kernels import torch_fixed
+    assert torch_fixed.implementation_name("cuda").startswith("PyCUDA")
+    rtol, atol = TOLERANCE[dtype]
+    b, m, h, w = shape
+    x = _cuda(_random(shape, seed=16), getattr(torch, dtype))
+    xd = x.double().requires_grad_(True)
+    expected = torch.nn.functional.conv2d(xd, _weights().repeat(m, 1, 1, 1), stride=2, padding=1, groups=m)
+    got = torch_fixed.fixed_stage(x, 2)
+    assert got.shape == expected.shape == (b, 5 * m, (h - 1) // 2 + 1, (w - 1) // 2 + 1)
+    torch.testing.assert_close(got.double(), expected.detach(), rtol=rtol, atol=atol)
+    g = _cuda(_random(expected.shape, seed=17), getattr(torch, dtype))
+    (expected_dx,) = torch.autograd.grad(expected, xd, g.double())
+    torch.testing.assert_close(torch_fixed.fixed_stage_adjoint(g, 2, h, w).double(), expected_dx,
+                               rtol=rtol, atol=atol)
 
 
 @needs_gpu

@@ -1,7 +1,9 @@
 """The bfloat16 fused layer of kernels/fused_bf16_cpu.c (through
 fxnn.kernels._fixed_cpu) against the float64 numpy references of
 kernels/fixed_kernels.py, computed from the bf16-rounded inputs: forward,
-weight and bias gradient, input gradient, on odd shapes, in every bf16
+weight and bias gradient, input gradient, on odd shapes, at strides 1 and 2
+(the stride-2 references: the stride-1 ones at the pixels (2i, 2j), dY
+placed there in zeros), in every bf16
 instruction set this CPU runs (amx and avx512bf16 where it has them, and the
 portable stand-ins everywhere), with any thread count; the stand-ins'
 emulation of one instruction against its definition; and the refusal of bad
@@ -60,14 +62,15 @@ def layer(shape, seed=0):
     return bf(b, m, h, w), bf(NUM_KERNELS * m, n), bf(n), bf(b, n, h, w)
 
 
-def run(x, w, bias, dy, isa, threads=2):
-    """(y, dx, dw, db) as bf16 bits, outputs pre-filled with NaN."""
-    y = np.full((x.shape[0], w.shape[1]) + x.shape[2:], NAN)
+def run(x, w, bias, dy, isa, threads=2, stride=1):
+    """(y, dx, dw, db) as bf16 bits, outputs pre-filled with NaN; dy is the
+    output's (B, N, Ho, Wo)."""
+    y = np.full(dy.shape, NAN)
     dx = np.full(x.shape, NAN)
     dw, db = np.full(w.shape, NAN), np.full(w.shape[1], NAN)
-    _fixed_cpu.fused_forward_bf16(x, w, bias, y, threads, isa)
-    _fixed_cpu.fused_dgrad_bf16(dy, w, dx, threads, isa)
-    _fixed_cpu.fused_wgrad_bf16(x, dy, dw, db, threads, isa)
+    _fixed_cpu.fused_forward_bf16(x, w, bias, y, threads, isa, stride)
+    _fixed_cpu.fused_dgrad_bf16(dy, w, dx, threads, isa, stride)
+    _fixed_cpu.fused_wgrad_bf16(x, dy, dw, db, threads, isa, stride)
     return y, dx, dw, db
 
 
@@ -81,14 +84,16 @@ def within(got, want, magnitude, terms):
                            f"{np.max(np.abs(got - want) - bound):.3g}")
 
 
-def check(x, w, bias, dy, y, dx, dw, db):
-    x64, w64, dy64 = to_f64(x), to_f64(w), to_f64(dy)
-    c5 = w.shape[0]
+def check(x, w, bias, dy, y, dx, dw, db, stride=1):
+    x64, w64, c5 = to_f64(x), to_f64(w), w.shape[0]
+    dy64 = np.zeros(dy.shape[:2] + x.shape[2:])  # dY at the pixels (s i, s j), zeros elsewhere
+    dy64[:, :, ::stride, ::stride] = to_f64(dy)
     b64 = None if bias is None else to_f64(bias)
     absx5 = np.abs(fixed_stage_reference(x64))
-    within(y, fixed_conv_reference(x64, w64, b64),
-           np.einsum("bchw,cn->bnhw", absx5, np.abs(w64)) + (0 if b64 is None else np.abs(b64)[None, :, None, None]),
-           c5 + 1)
+    sub = (slice(None), slice(None), slice(None, None, stride), slice(None, None, stride))
+    within(y, fixed_conv_reference(x64, w64, b64)[sub],
+           np.einsum("bchw,cn->bnhw", absx5, np.abs(w64))[sub]
+           + (0 if b64 is None else np.abs(b64)[None, :, None, None]), c5 + 1)
     want_dx, want_dw, want_db = fixed_conv_grad_reference(x64, w64, dy64)
     pixels = dy.shape[0] * dy.shape[2] * dy.shape[3]
     within(dw, want_dw, np.einsum("bchw,bnhw->cn", absx5, np.abs(dy64)), pixels)
@@ -101,7 +106,7 @@ def check(x, w, bias, dy, y, dx, dw, db):
     # the input gradient: W dY in float32 (N terms), the adjoint stencil (at most 16 of
     # those, with weights summing to 36 in magnitude), one rounding
     gmag = np.einsum("cn,bnhw->bchw", np.abs(w64), np.abs(dy64)).reshape(
-        dy.shape[0], c5 // NUM_KERNELS, NUM_KERNELS, *dy.shape[2:]).sum(axis=2).max()
+        dy.shape[0], c5 // NUM_KERNELS, NUM_KERNELS, *dy64.shape[2:]).sum(axis=2).max()
     got = to_f64(dx)
     assert not np.isnan(got).any(), "an input gradient element was left unwritten"
     bound = U * 1.01 * np.abs(want_dx) + 36 * (w.shape[1] + 16) * 2.0 ** -24 * gmag + 1e-30
@@ -128,6 +133,24 @@ def test_the_isas_are_listed_best_first_with_the_standins_last():
 def test_forward_and_gradients_match_the_references(shape, isa):
     x, w, bias, dy = layer(shape)
     check(x, w, bias, dy, *run(x, w, bias, dy, isa))
+
+
+#: (B, M, N, H, W) at stride 2: H, W odd and even (a remainder row and
+#: column, or none), 1 and 2 pixels, rows shorter and longer than a panel,
+#: M odd (a channel pair of one), N no multiple of 32, M over one pass,
+#: output rows of exactly one panel (16 pixels) ending at the plane's end.
+STRIDED_SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 2, 17, 7, 8), (3, 1, 4, 9, 15), (2, 5, 33, 28, 28),
+                  (1, 3, 7, 15, 9), (2, 70, 13, 8, 7), (1, 2, 5, 1, 28), (4, 3, 16, 3, 7), (1, 4, 9, 40, 33),
+                  (2, 3, 5, 32, 31), (1, 2, 3, 33, 32)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", STRIDED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_strided_forward_and_gradients_match_the_references(shape, isa):
+    b, m, n, h, w = shape
+    x, wt, bias, _ = layer(shape)
+    dy = to_bf16(np.random.default_rng(1).standard_normal((b, n, (h - 1) // 2 + 1, (w - 1) // 2 + 1)))
+    check(x, wt, bias, dy, *run(x, wt, bias, dy, isa, stride=2), stride=2)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -242,7 +265,7 @@ def test_bad_buffers_are_refused_not_read():
         _fixed_cpu.fused_forward_bf16(x, w[:-1], bias, y, 1, isa)
     with pytest.raises(ValueError, match=r"\(N,\)"):
         _fixed_cpu.fused_forward_bf16(x, w, bias[:-1], y, 1, isa)
-    with pytest.raises(ValueError, match=r"\(B, N, H, W\)"):
+    with pytest.raises(ValueError, match=r"\(B, N, Ho, Wo\)"):
         _fixed_cpu.fused_forward_bf16(x, w, bias, np.zeros((2, 4, 5, 5), np.uint16), 1, isa)
     with pytest.raises(ValueError, match="dimensions"):
         _fixed_cpu.fused_forward_bf16(x[0], w, bias, y, 1, isa)

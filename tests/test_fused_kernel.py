@@ -1,7 +1,8 @@
 """The fused layer of kernels/fused_cpu.c (through fxnn.kernels._fixed_cpu) against
 the float64 numpy references of kernels/fixed_kernels.py: forward, weight and
-bias gradient, input gradient, on odd shapes, in every instruction set this
-CPU runs, with any thread count; and its refusal of bad buffers (skipped
+bias gradient, input gradient, on odd shapes, at strides 1 and 2, in
+every instruction set this CPU runs, with any thread count; and its refusal
+of bad buffers (skipped
 where the extension is not built: conftest.native_module)."""
 import os
 
@@ -29,17 +30,42 @@ def layer(shape, seed=0):
     return f32(b, m, h, w), f32(NUM_KERNELS * m, n), f32(n), f32(b, n, h, w)
 
 
-def run(x, w, bias, dy, isa, threads=2, kernels=_fixed_cpu):
+def run(x, w, bias, dy, isa, threads=2, kernels=_fixed_cpu, stride=1):
     """(y, dx, dw, db) from the three kernels of module ``kernels``, outputs
     pre-filled with NaN so that any element a kernel leaves unwritten fails
-    the comparison."""
-    y = np.full((x.shape[0], w.shape[1]) + x.shape[2:], np.nan, np.float32)
+    the comparison; dy is the output's (B, N, Ho, Wo)."""
+    y = np.full(dy.shape, np.nan, np.float32)
     dx = np.full(x.shape, np.nan, np.float32)
     dw, db = np.full(w.shape, np.nan, np.float32), np.full(w.shape[1], np.nan, np.float32)
-    kernels.fused_forward(x, w, bias, y, threads, isa)
-    kernels.fused_dgrad(dy, w, dx, threads, isa)
-    kernels.fused_wgrad(x, dy, dw, db, threads, isa)
+    kernels.fused_forward(x, w, bias, y, threads, isa, *([stride] if stride != 1 else []))
+    kernels.fused_dgrad(dy, w, dx, threads, isa, *([stride] if stride != 1 else []))
+    kernels.fused_wgrad(x, dy, dw, db, threads, isa, *([stride] if stride != 1 else []))
     return y, dx, dw, db
+
+
+#: (B, M, N, H, W) at stride 2: H, W odd and even (stride 2 leaves a
+#: remainder row and column, or none), 1 and 2 pixels, rows shorter and
+#: longer than a vector, N no multiple of a tile, M over one chunk, output
+#: rows of 16 pixels ending at the plane's end.
+STRIDED_SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 2, 17, 7, 8), (3, 1, 4, 9, 15), (2, 5, 33, 28, 28),
+                  (1, 3, 7, 15, 9), (2, 70, 13, 8, 7), (1, 2, 5, 1, 28), (4, 3, 16, 3, 7), (1, 4, 9, 40, 33),
+                  (2, 3, 5, 32, 31), (1, 2, 3, 33, 32)]
+
+
+def strided_layer(shape, stride, seed=0):
+    """x, w, bias and the output's dy (B, N, Ho, Wo) at ``stride``."""
+    b, m, n, h, w = shape
+    x, wt, bias, _ = layer(shape, seed)
+    dy = np.random.default_rng(seed + 1).standard_normal((b, n, (h - 1) // stride + 1, (w - 1) // stride + 1))
+    return x, wt, bias, dy.astype(np.float32)
+
+
+def strided_references(x, w, bias, dy, stride):
+    """(y, dx, dw, db) at ``stride`` from the stride-1 float64 references:
+    y at the pixels (s i, s j); the gradients of dY placed there in zeros."""
+    full = np.zeros(dy.shape[:2] + x.shape[2:])
+    full[:, :, ::stride, ::stride] = dy
+    return (fixed_conv_reference(x, w, bias)[:, :, ::stride, ::stride],) + fixed_conv_grad_reference(x, w, full)
 
 
 def close(got, want):
@@ -58,6 +84,35 @@ def test_forward_and_gradients_match_the_references(shape, isa):
     close(dx, want_dx)
     close(dw, want_dw)
     close(db, want_db)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", STRIDED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_strided_forward_and_gradients_match_the_references(shape, isa):
+    x, w, bias, dy = strided_layer(shape, 2)
+    for got, want in zip(run(x, w, bias, dy, isa, stride=2), strided_references(x, w, bias, dy, 2)):
+        close(got, want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_strided_numbers_do_not_depend_on_the_thread_count(isa):
+    x, w, bias, dy = strided_layer((5, 13, 11, 17, 19), 2, seed=4)
+    for got, want in zip(run(x, w, bias, dy, isa, 7, stride=2), run(x, w, bias, dy, isa, 1, stride=2)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_bad_stride_or_a_shape_of_another_stride_is_refused():
+    x, w, bias, dy = strided_layer((1, 2, 3, 7, 8), 2)
+    y = np.zeros(dy.shape, np.float32)
+    for stride in (0, 3):
+        with pytest.raises(ValueError, match=f"the fused kernels run stride 1 or 2, got {stride}"):
+            _fixed_cpu.fused_forward(x, w, bias, y, 1, ISAS[0], stride)
+    with pytest.raises(ValueError, match=r"y must be \(B, N, Ho, Wo\)"):
+        _fixed_cpu.fused_forward(x, w, bias, y, 1, ISAS[0])
+    with pytest.raises(ValueError, match=r"dy must be \(B, N, Ho, Wo\)"):
+        _fixed_cpu.fused_wgrad(x, dy, np.zeros(w.shape, np.float32), None, 1, ISAS[0])
+    with pytest.raises(ValueError, match=r"dx must be \(B, M, H, W\) for dy of shape \(B, N, Ho, Wo\)"):
+        _fixed_cpu.fused_dgrad(dy, w, np.zeros((1, 2, 9, 8), np.float32), 1, ISAS[0], 2)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -120,7 +175,7 @@ def test_bad_buffers_are_refused_not_read():
         _fixed_cpu.fused_forward(x, w[:-1], bias, y, 1, isa)
     with pytest.raises(ValueError, match=r"\(N,\)"):
         _fixed_cpu.fused_forward(x, w, bias[:-1], y, 1, isa)
-    with pytest.raises(ValueError, match=r"\(B, N, H, W\)"):
+    with pytest.raises(ValueError, match=r"\(B, N, Ho, Wo\)"):
         _fixed_cpu.fused_forward(x, w, bias, np.zeros((2, 4, 5, 5), np.float32), 1, isa)
     with pytest.raises(ValueError, match="dy must be"):
         _fixed_cpu.fused_wgrad(x, dy[:1], dw, db, 1, isa)
@@ -185,4 +240,12 @@ def test_the_avx512_geometry_matches_the_references(avx512_standin, shape):
     y, dx, dw, db = run(x, w, bias, dy, "avx512_standin", kernels=avx512_standin)
     close(y, fixed_conv_reference(x, w, bias))
     for got, want in zip((dx, dw, db), fixed_conv_grad_reference(x, w, dy)):
+        close(got, want)
+
+
+@pytest.mark.parametrize("shape", STRIDED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_the_avx512_geometry_matches_the_references_at_stride_2(avx512_standin, shape):
+    x, w, bias, dy = strided_layer(shape, 2)
+    for got, want in zip(run(x, w, bias, dy, "avx512_standin", kernels=avx512_standin, stride=2),
+                         strided_references(x, w, bias, dy, 2)):
         close(got, want)

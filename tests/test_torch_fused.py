@@ -1,7 +1,8 @@
 """The fused path in PyTorch (kernels/torch_fused.py): FixedConv2d and the
 torch engine on it, against the numpy references and the other paths,
 gradients of every input, higher derivatives, and the fallback where the
-fused kernels cannot run."""
+fused kernels cannot run; stride 2 against the folded dense convolution in
+float32 and bfloat16, gradcheck and torch.compile."""
 import os
 
 import numpy as np
@@ -9,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fxnn.kernels import native  # noqa: E402
+from fxnn.kernels import native, torch_fused  # noqa: E402
 from fxnn.kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
-from fxnn.models.torch_layers import FixedConv2d, available_paths, fixed_conv2d  # noqa: E402
+from fxnn.models.torch_layers import FixedConv2d, available_paths, fixed_conv2d_record  # noqa: E402
 
 if not native.fused_available()[0]:
     if os.environ.get("FXNN_REQUIRE_NATIVE") == "1":
@@ -30,7 +31,7 @@ def test_forward_and_every_gradient_match_the_references(shape, isa, monkeypatch
     monkeypatch.setenv("FXNN_ISA", isa)
     x, w, b, dy = tensors(*shape)
     x.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True)
-    y = fixed_conv2d(x, w, b, "fused")
+    y = fixed_conv2d_record(x, w, b, "fused")
     y.backward(dy)
     scale = lambda a: 2e-5 * max(1.0, float(np.abs(a).max()))  # noqa: E731
     want = fixed_conv_reference(x.detach().numpy(), w.detach().numpy(), b.detach().numpy())
@@ -43,7 +44,7 @@ def test_forward_and_every_gradient_match_the_references(shape, isa, monkeypatch
 def test_only_the_gradients_asked_for_are_computed():
     x, w, b, dy = tensors(2, 3, 4, 5, 6)
     w.requires_grad_(True)
-    y = fixed_conv2d(x, w, b, "fused")
+    y = fixed_conv2d_record(x, w, b, "fused")
     dw, = torch.autograd.grad(y, [w], dy)
     np.testing.assert_allclose(dw.numpy(), fixed_conv_grad_reference(x.numpy(), w.detach().numpy(), dy.numpy())[1],
                                rtol=2e-5, atol=1e-4)
@@ -55,7 +56,7 @@ def test_agrees_with_the_fixed_and_folded_paths():
     results = {}
     for path in ("fused", "fixed", "folded"):
         args = [t.clone().requires_grad_(True) for t in (x, w, b)]
-        y = fixed_conv2d(*args, path)
+        y = fixed_conv2d_record(*args, path)
         results[path] = [y] + list(torch.autograd.grad(y, args, dy))
     for path in ("fixed", "folded"):
         for got, want in zip(results["fused"], results[path]):
@@ -68,7 +69,7 @@ def test_second_derivatives_equal_those_of_the_fixed_path():
     results = {}
     for path in ("fused", "fixed"):
         args = [t.clone().requires_grad_(True) for t in (x, w, b)]
-        gx, gw = torch.autograd.grad(fixed_conv2d(*args, path), args[:2], dy, create_graph=True)
+        gx, gw = torch.autograd.grad(fixed_conv2d_record(*args, path), args[:2], dy, create_graph=True)
         results[path] = torch.autograd.grad((gx ** 2).sum() + (gw ** 2).sum(), args[:2])
     for got, want in zip(results["fused"], results["fixed"]):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-3)
@@ -79,8 +80,8 @@ def test_float64_and_its_gradcheck_run_the_fixed_path():
     x, w, b, _ = tensors(2, 2, 3, 5, 4, seed=3, dtype=torch.float64)
     args = [t.requires_grad_(True) for t in (x, w, b)]
     assert "fused" not in available_paths(x)
-    assert torch.autograd.gradcheck(lambda *a: fixed_conv2d(*a, path="fused"), args)
-    assert torch.equal(fixed_conv2d(*args, path="fused"), fixed_conv2d(*args, path="fixed"))
+    assert torch.autograd.gradcheck(lambda *a: fixed_conv2d_record(*a, path="fused"), args)
+    assert torch.equal(fixed_conv2d_record(*args, path="fused"), fixed_conv2d_record(*args, path="fixed"))
 
 
 def test_a_module_on_the_fused_path_trains_and_works_without_grad():
@@ -90,7 +91,7 @@ def test_a_module_on_the_fused_path_trains_and_works_without_grad():
     with torch.no_grad():
         y = layer(x)
     assert not y.requires_grad
-    np.testing.assert_allclose(y.numpy(), fixed_conv_reference(x.numpy(), layer.weight.detach().numpy(),
+    np.testing.assert_allclose(y.numpy(), fixed_conv_reference(x.numpy(), layer.record_weight().detach().numpy(),
                                                                layer.bias.detach().numpy()), rtol=1e-5, atol=1e-5)
     opt = torch.optim.SGD(layer.parameters(), 0.1)
     target = torch.randn(4, 5, 8, 8)
@@ -149,3 +150,86 @@ def test_a_bad_fxnn_isa_stops_the_run_before_training_with_one_line(engine, monk
     assert code == 2 and not out.exists()
     assert err == ["fxnn: error: FXNN_ISA=sse9: this CPU runs the fused kernels as "
                    f"{', '.join(native.isas())}; unset FXNN_ISA or name one of those"]
+
+
+# ---- stride 2 ---------------------------------------------------------------
+
+def folded_conv(x, w, b, dy, stride):
+    """(y, dx, dw, db) of F.conv2d(x, fold(w), b, stride, padding=1) in
+    float64: the dense convolution the layer equals, an independent reference."""
+    from fxnn.models.torch_layers import fold
+    args = [t.detach().double().requires_grad_(True) for t in (x, w, b)]
+    y = torch.nn.functional.conv2d(args[0], fold(args[1]), args[2], stride=stride, padding=1)
+    return [y] + list(torch.autograd.grad(y, args, dy.double()))
+
+
+def strided_tensors(b, m, n, h, w, stride, seed=0):
+    x, wt, bias, _ = tensors(b, m, n, h, w, seed)
+    dy = torch.randn(b, n, (h - 1) // stride + 1, (w - 1) // stride + 1, generator=torch.Generator().manual_seed(seed))
+    return x, wt, bias, dy
+
+
+STRIDED = [(1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 2, 17, 7, 8), (3, 4, 9, 9, 15), (2, 6, 33, 28, 28), (1, 3, 7, 15, 1)]
+
+
+@pytest.mark.parametrize("isa", native.isas())
+@pytest.mark.parametrize("shape", STRIDED, ids=lambda s: "x".join(map(str, s)))
+def test_stride_2_matches_the_folded_dense_convolution(shape, isa, monkeypatch):
+    monkeypatch.setenv("FXNN_ISA", isa)
+    x, w, b, dy = strided_tensors(*shape, stride=2)
+    args = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    y = torch_fused.fused_conv2d(*args, stride=2)
+    got = [y] + list(torch.autograd.grad(y, args, dy))
+    for g, want in zip(got, folded_conv(x, w, b, dy, 2)):
+        assert g.shape == want.shape
+        np.testing.assert_allclose(g.detach().numpy(), want.detach().numpy(), rtol=2e-5,
+                                   atol=2e-5 * max(1.0, float(want.abs().max())))
+
+
+@pytest.mark.parametrize("isa", native.bf16_isas() if native.bf16_available()[0] else [])
+@pytest.mark.parametrize("shape", STRIDED, ids=lambda s: "x".join(map(str, s)))
+def test_stride_2_in_bfloat16_matches_the_reference_on_the_same_inputs(shape, isa, monkeypatch):
+    """The bf16 kernels against the float64 dense convolution of the same
+    bf16-rounded inputs, to bf16's precision (the kernels' element-wise
+    bounds are tests/test_fused_bf16_kernel.py's)."""
+    monkeypatch.setenv("FXNN_BF16_ISA", isa)
+    x, w, b, dy = [t.bfloat16() for t in strided_tensors(*shape, stride=2)]
+    args = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    y = torch_fused.fused_conv2d(*args, stride=2)
+    assert y.dtype == torch.bfloat16
+    got = [y] + list(torch.autograd.grad(y, args, dy))
+    for g, want in zip(got, folded_conv(x, w, b, dy, 2)):
+        scale = float(want.abs().max()) + 1e-30
+        assert g.shape == want.shape
+        assert float((g.double() - want).abs().max()) <= 2 ** -6 * scale
+
+
+def test_stride_2_operators_pass_gradcheck_in_float64():
+    """The torch-ops reference (float64) with its autograd formulas, odd sizes."""
+    x, w, b, dy = [t.double() for t in strided_tensors(2, 2, 3, 5, 4, 2, seed=5)]
+    x, w, b, dy = [t.requires_grad_(True) for t in (x, w, b, dy)]
+    forward = lambda x, w, b: torch_fused.fused_forward(x, w, b, 2)  # noqa: E731
+    weight_grad = lambda x, dy: torch_fused.fused_weight_grad(x, dy, 2)  # noqa: E731
+    input_grad = lambda dy, w: torch_fused.fused_input_grad(dy, w, 2, 5, 4)  # noqa: E731
+    assert torch.autograd.gradcheck(forward, (x, w, b)) and torch.autograd.gradgradcheck(forward, (x, w, b))
+    assert torch.autograd.gradcheck(weight_grad, (x, dy)) and torch.autograd.gradgradcheck(weight_grad, (x, dy))
+    assert torch.autograd.gradcheck(input_grad, (dy, w)) and torch.autograd.gradgradcheck(input_grad, (dy, w))
+
+
+def test_stride_2_compiles_with_fullgraph_to_the_eager_numbers():
+    x, w, b, dy = strided_tensors(2, 3, 4, 9, 8, 2, seed=6)
+    results = []
+    for fn in (torch_fused.fused_conv2d, torch.compile(torch_fused.fused_conv2d, fullgraph=True)):
+        args = [t.clone().requires_grad_(True) for t in (x, w, b)]
+        y = fn(*args, stride=2)
+        results.append([y] + list(torch.autograd.grad(y, args, dy)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_bad_stride_or_a_missing_input_size_is_refused():
+    x, w, b, dy = strided_tensors(1, 2, 3, 7, 8, 2)
+    with pytest.raises(ValueError, match="stride must be an int >= 1, got 0"):
+        torch_fused.fused_conv2d(x, w, b, stride=0)
+    with pytest.raises(ValueError, match="needs the input's height and width"):
+        torch_fused.fused_input_grad(dy, w, 2)

@@ -10,8 +10,9 @@ GPU, two ways:
 * compiled ahead of time to a cubin for sm_80 and sm_90 by Triton's own
   compiler and ptxas (no GPU needed), so that what the interpreter accepts
   also lowers for the GPU: one configuration of each kernel in each dtype
-  by default (bfloat16 for sm_90, float32 and float16 for sm_80), every
-  autotune configuration (bfloat16, sm_90) as a slow test.
+  at strides 1 and 2 by default (bfloat16 for sm_90, float32 and float16
+  for sm_80), every autotune configuration (bfloat16, sm_90, both strides)
+  as a slow test.
 """
 import os
 import subprocess
@@ -41,15 +42,15 @@ def test_the_kernels_match_the_references_under_the_interpreter():
 POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 
 
-def compile_for_gpu(kernel, config, dtype, arch):
+def compile_for_gpu(kernel, config, dtype, arch, stride=1):
     """Compile ``kernel`` (an autotuned Triton kernel) with ``config`` for
-    sm_``arch`` to a cubin; its scalar arguments are int32, its pointers of
-    ``dtype`` except the float32 scratch and partial sums."""
+    sm_``arch`` and ``stride`` to a cubin; its scalar arguments are int32,
+    its pointers of ``dtype`` except the float32 scratch and partial sums."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     fn = kernel.fn
-    constexprs = dict(config.kwargs, PRECISION="ieee" if dtype != torch.float32 else "tf32")
+    constexprs = dict(config.kwargs, STRIDE=stride, PRECISION="ieee" if dtype != torch.float32 else "tf32")
     if "HAS_BIAS" in fn.arg_names:
         constexprs["HAS_BIAS"] = True
     signature = {}
@@ -78,23 +79,26 @@ def test_the_gpu_tunes_among_several_configurations(gpu_module):
         assert len(kernel.configs) > 4
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("kernel", ["_forward_kernel", "_weight_grad_kernel", "_input_grad_kernel"])
-def test_each_kernel_compiles_for_the_gpu(gpu_module, kernel):
+def test_each_kernel_compiles_for_the_gpu(gpu_module, kernel, stride):
     tuned = getattr(gpu_module, kernel)
-    compiled = compile_for_gpu(tuned, tuned.configs[0], torch.bfloat16, 90)
+    compiled = compile_for_gpu(tuned, tuned.configs[0], torch.bfloat16, 90, stride)
     assert "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_the_other_dtypes_compile_for_an_older_gpu(gpu_module, dtype):
+def test_the_other_dtypes_compile_for_an_older_gpu(gpu_module, dtype, stride):
     for kernel in (gpu_module._forward_kernel, gpu_module._weight_grad_kernel, gpu_module._input_grad_kernel):
-        assert "cubin" in compile_for_gpu(kernel, kernel.configs[0], dtype, 80).asm
+        assert "cubin" in compile_for_gpu(kernel, kernel.configs[0], dtype, 80, stride).asm
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("kernel", ["_forward_kernel", "_weight_grad_kernel", "_input_grad_kernel"])
-def test_every_autotune_configuration_compiles_for_the_gpu(gpu_module, kernel):
+def test_every_autotune_configuration_compiles_for_the_gpu(gpu_module, kernel, stride):
     """bfloat16 for sm_90: a few minutes here."""
     tuned = getattr(gpu_module, kernel)
     for config in tuned.configs:
-        assert "cubin" in compile_for_gpu(tuned, config, torch.bfloat16, 90).asm, config
+        assert "cubin" in compile_for_gpu(tuned, config, torch.bfloat16, 90, stride).asm, config

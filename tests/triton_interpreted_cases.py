@@ -10,6 +10,10 @@ more channels than a chunk, several shares of the weight gradient's sum and
 several tiles of the input gradient) against the float64 numpy references
 of kernels/fixed_kernels.py, with torch.empty handing out NaN-filled tensors so
 that an unwritten output element or an unwritten scratch value read fails.
+At strides 2 and 3 (odd and even sizes, so that striding leaves a remainder
+or not) the forward and all three gradients against a dense strided
+``F.conv2d`` with the folded kernel and its autograd, in float64
+(tests/strided_conv.py), directly and through kernels/cuda_fused.py.
 """
 import os
 
@@ -18,6 +22,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
+
+from strided_conv import dense_conv_reference  # noqa: E402
 
 from fxnn.kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
 
@@ -90,6 +96,54 @@ def test_half_precisions_match_the_references(ft, shape, dtype, nan_filled):
     check_layer(ft, shape, dtype)
 
 
+#: (stride, (B, M, N, H, W)): odd sizes with a remainder, even ones without,
+#: single pixels, more channels than a chunk, several tiles of dY's grid.
+STRIDED = [(2, (2, 3, 5, 7, 9)), (2, (1, 2, 3, 8, 8)), (2, (2, 1, 2, 1, 1)), (2, (1, 2, 3, 2, 3)),
+           (2, (3, 17, 4, 9, 6)), (2, (1, 2, 3, 15, 17)), (3, (2, 3, 5, 7, 8))]
+
+
+@pytest.mark.parametrize("stride,shape", STRIDED)
+def test_strided_forward_and_gradients_match_a_strided_dense_conv2d(ft, stride, shape, nan_filled):
+    b, m, n, h, w = shape
+    x, weight, bias, _ = tensors(shape, torch.float32)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    dy = torch.randn(b, n, ho, wo, generator=torch.Generator().manual_seed(1))
+    y, dx, dw, db = dense_conv_reference(x, weight, bias, dy, stride)
+    assert ft.forward(x, weight, bias, stride=stride).shape == (b, n, ho, wo)
+    assert_matches(ft.forward(x, weight, bias, stride=stride), y, torch.float32)
+    got_dw, got_db = ft.weight_grad(x, dy, stride=stride)
+    assert_matches(got_dw, dw, torch.float32)
+    assert_matches(got_db, db, torch.float32)
+    assert_matches(ft.input_grad(dy, weight, stride=stride, size=(h, w)), dx, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_strided_half_precisions_match_the_reference(ft, dtype, nan_filled):
+    x, weight, bias, _ = tensors((2, 3, 5, 7, 9), dtype)
+    dy = torch.randn(2, 5, 4, 5, generator=torch.Generator().manual_seed(1)).to(dtype)
+    y, dx, dw, db = dense_conv_reference(x, weight, bias, dy, 2)
+    assert_matches(ft.forward(x, weight, bias, stride=2), y, dtype)
+    got_dw, got_db = ft.weight_grad(x, dy, stride=2)
+    assert_matches(got_dw, dw, dtype)
+    assert_matches(ft.input_grad(dy, weight, stride=2, size=(7, 9)), dx, dtype)
+
+
+def test_cuda_fused_passes_the_stride_and_size_on(ft, monkeypatch):
+    """kernels/cuda_fused.py's three calls (those of kernels/torch_fused.py)
+    on the interpreted kernels, its CUDA device guard made a no-op for CPU tensors."""
+    import contextlib
+    from fxnn.kernels import cuda_fused
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    x, weight, bias, _ = tensors((2, 3, 5, 7, 8), torch.float32)
+    dy = torch.randn(2, 5, 4, 4, generator=torch.Generator().manual_seed(1))
+    y, dx, dw, db = dense_conv_reference(x, weight, bias, dy, 2)
+    assert_matches(cuda_fused.forward(x, weight, bias, stride=2), y, torch.float32)
+    got_dw, got_db = cuda_fused.weight_grad(x, dy, stride=2)
+    assert_matches(got_dw, dw, torch.float32)
+    assert_matches(got_db, db, torch.float32)
+    assert_matches(cuda_fused.input_grad(dy, weight, stride=2, size=(7, 8)), dx, torch.float32)
+
+
 def test_the_shapes_exercise_what_they_claim(ft):
     """Several shares of the weight gradient, several input-gradient tiles
     per image and more channels than a chunk, with the interpreter's tiles."""
@@ -98,6 +152,7 @@ def test_the_shapes_exercise_what_they_claim(ft):
     assert ft.shares(3 * 19 * 19, 2, 3) == 2
     assert 19 > dgrad.kwargs["TILE_H"] - 2 and 19 > dgrad.kwargs["TILE_W"] - 2
     assert 17 > forward.kwargs["BLOCK_M"] and 17 > wgrad.kwargs["BLOCK_M"] and 20 > forward.kwargs["BLOCK_N"]
+    assert (15 - 1) // 2 + 1 > dgrad.kwargs["TILE_H"] - 2 and (17 - 1) // 2 + 1 > dgrad.kwargs["TILE_W"] - 2
 
 
 def test_the_interpreter_tunes_nothing(ft):
@@ -117,6 +172,15 @@ def test_bad_arguments_are_refused_clearly(ft):
         ft.weight_grad(x, dy[:, :, :3])
     with pytest.raises(ValueError, match="must be 4-D"):
         ft.forward(x[0], w)
+    for stride in (0, 2.0, True):
+        with pytest.raises(ValueError, match="stride must be an int >= 1"):
+            ft.forward(x, w, stride=stride)
+    with pytest.raises(ValueError, match="does not match x"):
+        ft.weight_grad(x, dy, stride=2)
+    with pytest.raises(ValueError, match="needs the input's size"):
+        ft.input_grad(dy[..., ::2, ::2], w, stride=2)
+    with pytest.raises(ValueError, match="not the stride-2 output of a 5 x 4 input"):
+        ft.input_grad(dy[..., ::2, ::2], w, stride=2, size=(5, 4))
 
 
 def test_empty_batches_give_empty_results(ft):
