@@ -10,9 +10,11 @@ is appended to this package's search path below, so ``fxnn.models`` is
 ``models/`` and nothing is imported under a bare name like ``models``.
 
 The public names load on first use, so ``import fxnn`` needs neither numpy
-nor torch: ``FixedConv2d`` (the PyTorch layer; needs torch) and, from the
-command line (``fxnn.cli``), ``main(argv)``, which returns the exit code,
-and ``build_parser()``.
+nor torch: ``FixedConv2d`` (the PyTorch layer; needs torch), ``functional``
+(its functional form, ``fxnn.functional.fixed_conv2d``), ``convert`` (swaps
+a model's 3x3 ``nn.Conv2d`` layers for it) and ``conversion`` (``convert``
+and the report of what it does) and, from the command line (``fxnn.cli``),
+``main(argv)``, which returns the exit code, and ``build_parser()``.
 """
 import os
 
@@ -24,19 +26,23 @@ if not os.path.isdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), "m
         and os.path.isfile(os.path.join(_ROOT, "pyproject.toml")):
     __path__.append(_ROOT)  # a source checkout: fxnn.models is <root>/models
 
-_LAZY = {"FixedConv2d": "fxnn.models.torch_layers", "main": "fxnn.cli", "build_parser": "fxnn.cli"}
-__all__ = ["__version__", *_LAZY]
+_LAZY = {"FixedConv2d": "fxnn.models.torch_layers", "convert": "fxnn.conversion", "main": "fxnn.cli",
+         "build_parser": "fxnn.cli"}
+#: Modules of this package that are public names, imported when first asked for too.
+_MODULES = ("functional", "conversion")
+__all__ = ["__version__", *_LAZY, *_MODULES]
 
 
 def __getattr__(name):
     """The public names, imported when first asked for (PEP 562)."""
-    if name not in _LAZY:
+    if name not in _LAZY and name not in _MODULES:
         raise AttributeError(f"module 'fxnn' has no attribute {name!r}")
     import importlib
-    value = getattr(importlib.import_module(_LAZY[name]), name)
+    value = importlib.import_module(f"fxnn.{name}") if name in _MODULES \
+        else getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_MODULES))

@@ -29,20 +29,24 @@ def zero_pad(x, pad):
     return pt.set_subtensor(padded[:, :, pad:-pad, pad:-pad], x)
 
 
-def fixed_stage(x):
-    """(B, M, H, W) -> (B, 5M, H, W): the five fixed kernels, channel ``5m+k``:
+def fixed_stage(x, stride=1):
+    """(B, M, H, W) -> (B, 5M, Ho, Wo): the five fixed kernels, channel ``5m+k``:
     the op of :mod:`fxnn.kernels.pytensor_fixed_op` (its C code, or the numpy
-    reference where PyTensor has no C compiler)."""
-    return fixed_stage_op(x)
+    reference where PyTensor has no C compiler), every ``stride``-th pixel
+    kept (the op computes them all)."""
+    y = fixed_stage_op(x)
+    return y if stride == 1 else y[:, :, ::stride, ::stride]
 
 
-def conv2d_same(x, w, bias, k):
-    """Dense cross-correlation, zero padded to 'same' size: (B, M, H, W) with
-    weight (N, M, k, k), k odd -> (B, N, H, W)."""
+def conv2d_same(x, w, bias, k, stride=1):
+    """Dense cross-correlation, zero padded by ``k // 2`` ('same' size at
+    stride 1): (B, M, H, W) with weight (N, M, k, k), k odd -> (B, N, Ho, Wo),
+    Ho = (H - 1) // stride + 1."""
     b, _, h, width = x.shape
     xp = zero_pad(x, k // 2)
-    patches = pt.stack([xp[:, :, a:a + h, c:c + width] for a in range(k) for c in range(k)], axis=2)
-    patches = patches.reshape((b, -1, h, width))          # channel index m*k*k + a*k + c
+    patches = pt.stack([xp[:, :, a:a + h:stride, c:c + width:stride] for a in range(k) for c in range(k)], axis=2)
+    ho, wo = (h - 1) // stride + 1, (width - 1) // stride + 1
+    patches = patches.reshape((b, -1, ho, wo))          # channel index m*k*k + a*k + c
     return network.pointwise(BACKEND, patches, w.reshape((w.shape[0], -1)).T, bias)
 
 
@@ -51,12 +55,12 @@ def fused_available(dtype):
     return bool(pytensor.config.cxx) and dtype == "float32"
 
 
-def fxnn_conv(x, w, bias, path="fixed"):
+def fxnn_conv(x, w, bias, path="fixed", stride=1):
     """An fxnn conv layer on ``path`` (see :mod:`fxnn.models.fxnn_paths`); "fused"
     where it cannot run (float64, no C compiler) computes the fixed path."""
     if path == "fused" and not fused_available(x.dtype):
         path = "fixed"
-    return network.factored_conv(BACKEND, x, w, bias, path, KERNELS)
+    return network.factored_conv(BACKEND, x, w, bias, path, KERNELS, stride)
 
 
 def pointwise(x, w, bias):
@@ -115,13 +119,16 @@ class PyTensorBackend:
             return np.asarray(value, dtype=like.dtype)
         return pt.cast(value, like.dtype)
 
-    def conv(self, x, w, bias, size):
-        return conv2d_same(x, w, bias, size)
+    def conv(self, x, w, bias, size, stride=1):
+        return conv2d_same(x, w, bias, size, stride)
 
-    def fixed_stage(self, x):
-        return fixed_stage(x)
+    def fixed_stage(self, x, stride=1):
+        return fixed_stage(x, stride)
 
-    def fused_conv(self, x, w, bias):
+    def fused_conv(self, x, w, bias, stride=1):
+        if stride != 1:
+            raise ValueError(f"the PyTensor fused op computes stride 1 only, not {stride}: "
+                             f"a strided fused layer needs the torch engine (or the fixed or folded path)")
         return fused_conv(x, w, bias)
 
     def channel_matmul(self, x, w, bias):

@@ -152,7 +152,8 @@ def measured(monkeypatch, tmp_path):
     monkeypatch.setattr(fxnn_paths, "_default", tuner(tmp_path, clock))
     monkeypatch.setattr(torch_layers, "_auto", {})
 
-    def contenders(shape, dtype, device, train, input_grad, bias=True, autocast=None, channels_last=False):
+    def contenders(shape, dtype, device, train, input_grad, bias=True, autocast=None, channels_last=False,
+                   stride=1):
         paths = torch_layers.available_paths(torch.empty(0, dtype=dtype, device=device), autocast or dtype)
         return clock.contenders({p: 0.001 if p == fastest["path"] else 0.002 for p in paths}, calls)
     monkeypatch.setattr(torch_layers, "path_contenders", contenders)
@@ -162,13 +163,14 @@ def measured(monkeypatch, tmp_path):
 @pytest.mark.parametrize("path", ["fixed", "folded"])
 def test_auto_runs_the_path_that_was_measured_fastest(measured, path):
     import torch
-    from fxnn.models.torch_layers import fixed_conv2d
+    from fxnn.models.torch_layers import fixed_conv2d_record
     measured["path"] = path
     g = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(4, 6, 12, 12, generator=g), torch.randn(30, 8, generator=g), torch.randn(8, generator=g)
     with torch.no_grad():
-        assert torch.equal(fixed_conv2d(x, w, b, "auto"), fixed_conv2d(x, w, b, path))
-    assert not torch.equal(fixed_conv2d(x, w, b, "fixed"), fixed_conv2d(x, w, b, "folded"))  # tells them apart
+        assert torch.equal(fixed_conv2d_record(x, w, b, "auto"), fixed_conv2d_record(x, w, b, path))
+    # tells them apart
+    assert not torch.equal(fixed_conv2d_record(x, w, b, "fixed"), fixed_conv2d_record(x, w, b, "folded"))
 
 
 def test_each_layer_and_pass_gets_its_own_choice_in_the_record(measured, tmp_path, small_mnist):
@@ -201,13 +203,13 @@ def test_the_contenders_compute_the_same_layer(monkeypatch):
     equal outputs, every contender forward and backward."""
     torch = pytest.importorskip("torch")
     from fxnn.models import torch_layers
-    seen, real = {}, torch_layers.fixed_conv2d
+    seen, real = {}, torch_layers.fixed_conv2d_record
 
-    def recording(x, weight, bias, path):
-        y = real(x, weight, bias, path)
+    def recording(x, weight, bias, path, stride=1):
+        y = real(x, weight, bias, path, stride)
         seen[path] = y.detach().clone()
         return y
-    monkeypatch.setattr(torch_layers, "fixed_conv2d", recording)
+    monkeypatch.setattr(torch_layers, "fixed_conv2d_record", recording)
     runs = torch_layers.path_contenders([3, 2, 4, 6, 5], torch.float32, torch.device("cpu"), train=True,
                                         input_grad=True)
     assert tuple(runs) == torch_layers.available_paths(torch.empty(0))

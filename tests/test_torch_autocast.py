@@ -1,4 +1,4 @@
-"""FixedConv2d and ``fixed_conv2d`` under bfloat16 autocast and with
+"""FixedConv2d and ``fixed_conv2d_record`` under bfloat16 autocast and with
 channels_last inputs: the dtype that comes out, the values against the
 float64 numpy references (bfloat16 tolerances), gradients reaching float32
 parameters as float32, the memory format kept, the fused path running the
@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from fxnn.kernels import cpu_fused, torch_fused  # noqa: E402
 from fxnn.kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
 from fxnn.models import torch_layers  # noqa: E402
-from fxnn.models.torch_layers import FixedConv2d, available_paths, fixed_conv2d  # noqa: E402
+from fxnn.models.torch_layers import FixedConv2d, available_paths, fixed_conv2d_record  # noqa: E402
 
 BF16 = torch.bfloat16
 
@@ -57,7 +57,7 @@ def test_every_path_computes_in_bf16_and_matches_the_references(path, shape):
     x, w, b = (bf16_exact(t).requires_grad_(True) for t in (x, w, b))
     dy = bf16_exact(dy)
     with torch.autocast("cpu", dtype=BF16):
-        y = fixed_conv2d(x, w, b, path)
+        y = fixed_conv2d_record(x, w, b, path)
     assert y.dtype == BF16
     y.backward(dy.to(BF16))
     m = shape[1]
@@ -75,7 +75,7 @@ def test_a_channels_last_input_gives_a_channels_last_result(path):
     x, w, b, _ = tensors(2, 4, 6, 5, 7, seed=2)
     xc = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=BF16), torch.no_grad():
-        y, yc = fixed_conv2d(x, w, b, path), fixed_conv2d(xc, w, b, path)
+        y, yc = fixed_conv2d_record(x, w, b, path), fixed_conv2d_record(xc, w, b, path)
     assert yc.is_contiguous(memory_format=torch.channels_last) and not yc.is_contiguous()
     torch.testing.assert_close(yc, y, rtol=0, atol=0)
 
@@ -95,7 +95,7 @@ def test_the_fused_path_runs_the_bf16_kernels_without_a_float32_round_trip(monke
     x, w, b, dy = tensors(2, 3, 4, 6, 6, seed=3)
     x, w, b = (t.requires_grad_(True) for t in (x, w, b))
     with torch.autocast("cpu", dtype=BF16):
-        y = fixed_conv2d(x, w, b, "fused")
+        y = fixed_conv2d_record(x, w, b, "fused")
     y.backward(dy.to(BF16))
     assert sorted(name for name, _ in seen) == ["forward", "input_grad", "weight_grad"]
     assert all(dtypes == {BF16} for _, dtypes in seen), seen
@@ -114,13 +114,13 @@ def test_fixed_conv2d_module_under_autocast_trains_float32_parameters():
 
 def test_the_contenders_under_autocast_include_folded_and_run_in_bf16(monkeypatch):
     seen = {}
-    real = torch_layers.fixed_conv2d
+    real = torch_layers.fixed_conv2d_record
 
-    def recording(x, weight, bias, path):
-        y = real(x, weight, bias, path)
+    def recording(x, weight, bias, path, stride=1):
+        y = real(x, weight, bias, path, stride)
         seen[path] = (y.dtype, y.is_contiguous(memory_format=torch.channels_last))
         return y
-    monkeypatch.setattr(torch_layers, "fixed_conv2d", recording)
+    monkeypatch.setattr(torch_layers, "fixed_conv2d_record", recording)
     runs = torch_layers.path_contenders([3, 2, 4, 6, 5], torch.float32, torch.device("cpu"), train=True,
                                         input_grad=True, autocast=BF16, channels_last=True)
     assert "folded" in runs
@@ -164,11 +164,11 @@ def test_auto_under_autocast_is_measured_and_cached_apart_from_float32(monkeypat
     x, w, b, _ = tensors(2, 3, 4, 6, 6, seed=4)
     with torch.no_grad():
         with torch.autocast("cpu", dtype=BF16):
-            y = fixed_conv2d(x, w, b, "auto")
-            want = fixed_conv2d(x, w, b, "folded")
+            y = fixed_conv2d_record(x, w, b, "auto")
+            want = fixed_conv2d_record(x, w, b, "folded")
         torch.testing.assert_close(y, want, rtol=0, atol=0)
         clock.fastest = "fixed"
-        fixed_conv2d(x, w, b, "auto")  # float32: its own measurement
+        fixed_conv2d_record(x, w, b, "auto")  # float32: its own measurement
     assert len(timed) == 2
     keys = [json.loads(k) for k in json.loads((tmp_path / "paths.json").read_text())["entries"]]
     assert sorted(k.get("autocast", "-") for k in keys) == ["-", "torch.bfloat16"]

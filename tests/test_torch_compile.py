@@ -42,9 +42,11 @@ def require_native():
         pytest.skip(native.fused_available()[1])
 
 
-def network(path, seed=0):
+def network(path, seed=0, stride=1):
+    """Two FixedConv2d layers on ``path``, the second of ``stride``."""
     torch.manual_seed(seed)
-    net = torch.nn.Sequential(FixedConv2d(3, 6, path=path), torch.nn.ReLU(), FixedConv2d(6, 4, path=path))
+    net = torch.nn.Sequential(FixedConv2d(3, 6, path=path), torch.nn.ReLU(),
+                              FixedConv2d(6, 4, stride=stride, path=path))
     with torch.no_grad():
         for layer in (net[0], net[2]):
             layer.bias.normal_()
@@ -60,19 +62,21 @@ def loss_and_grads(net, x):
     return [y.detach(), *grads]
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("path", PATHS)
-def test_a_network_traces_with_no_graph_break(path):
+def test_a_network_traces_with_no_graph_break(path, stride):
     require_native()
     x = torch.randn(2, 3, 7, 5, requires_grad=True)
-    explained = torch._dynamo.explain(network(path))(x)
+    explained = torch._dynamo.explain(network(path, stride=stride))(x)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("path", PATHS)
-def test_compiled_outputs_and_gradients_equal_eager(path):
+def test_compiled_outputs_and_gradients_equal_eager(path, stride):
     require_native()
-    net = network(path)
+    net = network(path, stride=stride)
     x = torch.randn(2, 3, 7, 5, generator=torch.Generator().manual_seed(1))
     compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
     for got, want in zip(loss_and_grads(compiled, x), loss_and_grads(net, x)):
@@ -81,13 +85,14 @@ def test_compiled_outputs_and_gradients_equal_eager(path):
         torch.testing.assert_close(compiled(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("path", PATHS)
-def test_dynamic_shapes_compile_and_agree_with_eager(path):
+def test_dynamic_shapes_compile_and_agree_with_eager(path, stride):
     """A second input shape makes Dynamo recompile with symbolic sizes (as
     dynamic=True does from the start); auto's choice, made per shape,
     specializes them."""
     require_native()
-    net = network(path)
+    net = network(path, stride=stride)
     compiled = torch.compile(net, fullgraph=True, backend="aot_eager", dynamic=True)
     for seed, shape in enumerate([(2, 3, 7, 5), (3, 3, 9, 6)]):
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
@@ -141,7 +146,8 @@ def test_the_compiled_fused_path_runs_the_c_kernels(monkeypatch):
     y = torch.compile(net, fullgraph=True, backend="aot_eager")(x)
     y.sum().backward()
     assert sorted(set(calls)) == ["forward", "input_grad", "weight_grad"]
-    (w0, b0), (w1, b1) = [(layer.weight.detach().numpy(), layer.bias.detach().numpy()) for layer in (net[0], net[2])]
+    (w0, b0), (w1, b1) = [(layer.record_weight().detach().numpy(), layer.bias.detach().numpy())
+                          for layer in (net[0], net[2])]
     want = fixed_conv_reference(np.maximum(fixed_conv_reference(x.detach().numpy(), w0, b0), 0), w1, b1)
     np.testing.assert_allclose(y.detach().numpy(), want, rtol=1e-5, atol=1e-5)
 
