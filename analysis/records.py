@@ -48,7 +48,7 @@ class Run:
         data and every flag a resumed run must keep (training/checkpoint.py)
         bar the seed and which parameters are recorded."""
         return (("model", self.model), ("engine", self.engine), ("data", self.data_source)) + tuple(
-            (k, _plain(self.flags.get(k))) for k in EXPERIMENT_FLAGS)
+            (k, _plain(self.flags.get(k, ADDED_FLAGS.get(k)))) for k in EXPERIMENT_FLAGS)
 
 
 #: The variables of a record the analysis reads (the parameter snapshots are never read).
@@ -241,12 +241,13 @@ def group_by_label(runs):
 
 
 def _experiment_flags():
-    from fxnn.training.checkpoint import MUST_MATCH
-    return tuple(k for k in MUST_MATCH if k not in ("model", "engine", "seed", "record_params"))
+    from fxnn.training.checkpoint import ADDED_FLAGS, MUST_MATCH
+    return tuple(k for k in MUST_MATCH if k not in ("model", "engine", "seed", "record_params")), ADDED_FLAGS
 
 
-#: The flags besides model and engine that make runs different experiments.
-EXPERIMENT_FLAGS = _experiment_flags()
+#: The flags besides model and engine that make runs different experiments, and the value of
+#: those added later in records written before them.
+EXPERIMENT_FLAGS, ADDED_FLAGS = _experiment_flags()
 
 
 def _plain(value):

@@ -13,10 +13,13 @@ engines, so parameters move between engines and every ``.mat`` reads the same:
 * fxnn (and fxnn-ortho, fxnn-iso) conv layer ``conv{i}_w``: (5*M, N), rows in the 5M layout of
   :mod:`fxnn.kernels.fixed_kernels`; ``conv{i}_b``: (N,); over another basis of K
   kernels (:data:`BASIS_MODELS`) (K*M, N) in the same layout
-* cnn (and cnn-sub, cnn-fxinit) conv layer ``conv{i}_w``: (N, M, k, k)
+* cnn (and cnn-sub, cnn-fxinit, cnn-x13, cnn-precond*) conv layer ``conv{i}_w``: (N, M, k, k)
   (cross-correlation); ``conv{i}_b``: (N,)
 * dense ``mlp{i}_w``: (fan_in, fan_out); ``mlp{i}_b``: (fan_out,)
 * baseline ``m_w``: (C*H*W, K); ``m_b``: (K,)
+
+The residual network of ``--arch resnet`` (:mod:`fxnn.models.resnet`) is made
+of the same :class:`ConvLayer` s, so every model's conv layers are what they are here.
 """
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ import numpy as np
 
 from fxnn.kernels.fixed_kernels import fold_weights
 
-from .fixed_bases import BASES, mean_squared_norm, span_projector
+from .fixed_bases import BASES, kernel_preconditioner, mean_squared_norm, span_projector
 
 #: The ablations: each changes one thing about fxnn or cnn (README "Ablations").
 ABLATIONS = {
@@ -37,6 +40,11 @@ ABLATIONS = {
     "cnn-fxinit": "cnn whose initial kernels are drawn as fxnn's effective kernels (fxnn's init, folded)",
     "cnn-x13": "cnn whose conv weights are trained as W = sqrt(13) V, from cnn's initial kernels: with SGD, "
                "a 13x learn rate on them, fxnn's mean preconditioning without its basis or subspace",
+    "cnn-precond": "cnn whose conv gradients are multiplied by P = B^T B of fxnn's five kernels before each "
+                   "update, from fxnn's initial effective kernels: fxnn's exact trajectory (SGD, momentum) "
+                   "in dense weights",
+    "cnn-precond-full": "cnn-precond with P = B^T B + (I - projector): the four directions outside fxnn's span "
+                        "also stepped, at cnn's rate",
 }
 #: fxnn over another fixed basis of :mod:`fxnn.models.fixed_bases` (README "Other fixed bases").
 BASIS_MODELS = {
@@ -68,11 +76,15 @@ class ConvKind:
     are projected after every update (None: no projection); ``init``,
     "own" (uniform in +-init_bound) or "fxnn" (drawn as fxnn's 1x1 weights
     and expressed in this layer's weights, so it starts from fxnn's
-    effective kernels)."""
+    effective kernels); ``preconditioner``, the name of a basis whose (9, 9)
+    B^T B multiplies a dense 3x3 layer's gradients before every update
+    (``complete_preconditioner``: plus the complement of its span), None: none."""
     basis: str = None
     weight_scale: float = 1.0
     projection: str = None
     init: str = "own"
+    preconditioner: str = None
+    complete_preconditioner: bool = False
 
 
 #: {model: ConvKind} of every model with conv layers: a new ablation or basis is one entry.
@@ -84,6 +96,8 @@ CONV_KINDS = {
     "cnn-sub": ConvKind(projection="fxnn"),
     "cnn-fxinit": ConvKind(init="fxnn"),
     "cnn-x13": ConvKind(weight_scale=float(np.sqrt(MEAN_GRAM))),
+    "cnn-precond": ConvKind(preconditioner="fxnn", init="fxnn"),
+    "cnn-precond-full": ConvKind(preconditioner="fxnn", complete_preconditioner=True, init="fxnn"),
     **{model: ConvKind(basis=model[len("fxnn-"):]) for model in BASIS_MODELS},
 }
 #: {model: name in models.fixed_bases.BASES} of the models whose conv layers
@@ -99,6 +113,7 @@ class ConvLayer:
     out_channels: int
     size: int        # kernel size (3 for all but cnn)
     kind: ConvKind = ConvKind()
+    stride: int = 1  # every stride-th output pixel (2 in the residual network's downsampling blocks)
 
     @property
     def basis(self):
@@ -134,6 +149,14 @@ class ConvLayer:
     def projector(self):
         """(9, 9) projector onto the span of the projection's basis."""
         return span_projector(self.projection)
+
+    @property
+    def preconditioner(self):
+        """(9, 9) matrix the dense weights' gradients are multiplied by before
+        each update (:func:`fxnn.models.fixed_bases.kernel_preconditioner`), or None."""
+        kind = self.kind
+        return kernel_preconditioner(kind.preconditioner, kind.complete_preconditioner) if kind.preconditioner \
+            else None
 
     def bias_shape(self):
         return (self.out_channels,)
@@ -192,17 +215,48 @@ class DenseLayer:
         return rng.uniform(-self.init_bound(), self.init_bound(), size=self.weight_shape()).astype(dtype)
 
 
-@dataclass(frozen=True)
-class Network:
-    model: str
-    input_shape: tuple   # (C, H, W)
-    convs: tuple         # ConvLayer, each followed by ReLU, dropout, 2x2 max pool
-    denses: tuple        # DenseLayer
+class Layout:
+    """What every network description shares (``--arch``: this module's
+    :class:`Network`, :class:`fxnn.models.resnet.ResNet`); a subclass has
+    ``convs`` and supplies ``param_shapes`` and ``buffer_shapes``."""
 
     def basis(self):
         """The name of the fixed basis of its factored conv layers (for
         records), or "none" when its conv layers are dense or absent."""
         return next((layer.basis for layer in self.convs if layer.factored), "none")
+
+    def snapshot_shapes(self):
+        """Ordered {name: shape} of what a record stores of the network: the
+        parameters, then the buffers (state that is not trained, as
+        BatchNorm's running statistics)."""
+        return OrderedDict(self.param_shapes(), **self.buffer_shapes())
+
+
+@dataclass(frozen=True)
+class Network(Layout):
+    model: str
+    input_shape: tuple   # (C, H, W)
+    convs: tuple         # ConvLayer, each followed by ReLU, dropout, 2x2 max pool
+    denses: tuple        # DenseLayer
+    conv_lr_scale: float = 1.0  # the conv layers' learn rate is this times the others'
+    arch = "original"    # the --arch it is (a class attribute, not a field)
+
+    def buffer_shapes(self):
+        """Ordered {name: shape} of its buffers: none."""
+        return OrderedDict()
+
+    def init_buffers(self, dtype=np.float32):
+        return OrderedDict()
+
+    def activations_per_sample(self):
+        """Floats the backward pass keeps per image: the input and every
+        layer's output (for the memory preflight)."""
+        c, h, w = self.input_shape
+        total = c * h * w
+        for conv in self.convs:
+            total += conv.out_channels * h * w
+            h, w = pooled_size(h), pooled_size(w)
+        return total + sum(d.out_features for d in self.denses)
 
     def param_shapes(self):
         """Ordered {name: shape} of all trainable parameters."""
@@ -228,13 +282,18 @@ def pooled_size(size):
     return size // 2
 
 
-def build_network(model, input_shape, num_classes=10, filter_size=3):
+def build_network(model, input_shape, num_classes=10, filter_size=3, conv_lr_scale=1.0):
     """The :class:`Network` for ``model`` on images of ``input_shape`` (C, H, W)
-    in ``num_classes`` classes (the last layer's outputs)."""
+    in ``num_classes`` classes (the last layer's outputs); its conv layers
+    train at ``conv_lr_scale`` times the learn rate of the others."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    if not (np.isfinite(conv_lr_scale) and conv_lr_scale > 0):
+        raise ValueError(f"the conv layers' learn-rate scale must be a positive number, got {conv_lr_scale}")
     c, h, w = input_shape
     if model == "baseline":
+        if conv_lr_scale != 1:
+            raise ValueError("baseline has no conv layers: leave out the conv learn-rate scale")
         return Network(model, tuple(input_shape), (), (DenseLayer("m", c * h * w, num_classes, False),))
     if filter_size < 1 or filter_size % 2 == 0:
         raise ValueError(f"filter size must be a positive odd number, got {filter_size}")
@@ -249,4 +308,4 @@ def build_network(model, input_shape, num_classes=10, filter_size=3):
     widths = (channels * h * w,) + HIDDEN_UNITS + (num_classes,)
     denses = tuple(DenseLayer(f"mlp{i}", widths[i], widths[i + 1], i + 1 < len(widths) - 1)
                    for i in range(len(widths) - 1))
-    return Network(model, tuple(input_shape), tuple(convs), denses)
+    return Network(model, tuple(input_shape), tuple(convs), denses, conv_lr_scale)

@@ -166,6 +166,18 @@ def mean_squared_norm(basis):
 
 
 @functools.lru_cache(maxsize=None)
+def kernel_preconditioner(basis, complete=False):
+    """(9, 9) matrix P = B^T B of the basis named ``basis`` (B: its kernels
+    as rows of 9): SGD on the coefficients of a 1x1 over the basis moves the
+    effective 3x3 kernel by -lr P g, so a dense layer whose gradients are
+    multiplied by P follows that layer's trajectory. ``complete``: P + (I -
+    projector), the directions outside the span stepped at the dense rate."""
+    flat = BASES[basis].reshape(len(BASES[basis]), 9)
+    p = flat.T @ flat
+    return _frozen(p + np.eye(9) - span_projector(basis) if complete else p)
+
+
+@functools.lru_cache(maxsize=None)
 def span_projector(basis):
     """(9, 9) orthogonal projector onto the span of the kernels of the basis
     named ``basis``, acting on flattened 3x3 kernels from the right (for

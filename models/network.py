@@ -36,13 +36,16 @@ class Backend(Protocol):
     def scalar(self, value, like):
         """A python number as a scalar of ``like``'s dtype."""
 
-    def conv(self, x, w, bias, size):
-        """Dense cross-correlation, zero padded to 'same' size (``size`` odd)."""
+    def conv(self, x, w, bias, size, stride=1):
+        """Dense cross-correlation, zero padded by ``size // 2`` (``size``
+        odd: 'same' size at stride 1), every ``stride``-th output: (H - 1) //
+        stride + 1 rows."""
 
-    def fixed_stage(self, x):
-        """(B, M, H, W) -> (B, 5M, H, W): fxnn's five kernels, channel 5m+k."""
+    def fixed_stage(self, x, stride=1):
+        """(B, M, H, W) -> (B, 5M, Ho, Wo): fxnn's five kernels, channel 5m+k,
+        at every ``stride``-th pixel (Ho = (H - 1) // stride + 1)."""
 
-    def fused_conv(self, x, w, bias):
+    def fused_conv(self, x, w, bias, stride=1):
         """The fixed stage then the 1x1 ``w`` (5M, N), without the 5M channels in memory."""
 
     def channel_matmul(self, x, w, bias):
@@ -83,6 +86,19 @@ class Backend(Protocol):
     def sqrt(self, h):
         """Square root, elementwise."""
 
+    def batch_norm(self, x, gamma, beta, mean, var, train, momentum, eps):
+        """(B, C, H, W) normalised per channel, times ``gamma`` plus ``beta``
+        (C,): by the batch's mean and biased variance when ``train``, and then
+        the running ``mean`` and ``var`` (None: none) moved in place by
+        ``momentum`` towards the batch's mean and unbiased variance (an eager
+        backend's); else by ``mean`` and ``var``; ``eps`` added to the variance."""
+
+    def pad_channels(self, x, extra):
+        """(B, C, H, W) -> (B, C + extra, H, W), the new channels zero."""
+
+    def spatial_mean(self, h):
+        """(B, C, H, W) -> (B, C): the mean over the pixels."""
+
 
 # ---- layers, written once over a backend -----------------------------------
 
@@ -97,7 +113,8 @@ def fold(be, w, kernels):
 
 def project(be, w, projector):
     """Dense (N, M, 3, 3) weights ``w`` projected by the (9, 9) ``projector``
-    acting on flattened kernels; the numpy reference is
+    acting on flattened kernels (any symmetric (9, 9) matrix: a
+    preconditioner on gradients too); the numpy reference is
     :func:`fxnn.models.fixed_bases.project_kernels`."""
     return be.matmul(w.reshape((-1, 9)), be.constant(projector, w)).reshape(w.shape)
 
@@ -125,24 +142,26 @@ def relu_dropout_pool(be, h, mask, p):
     return pool(be, h)
 
 
-def factored_conv(be, x, w, bias, path, kernels):
+def factored_conv(be, x, w, bias, path, kernels, stride=1):
     """A 1x1 over a fixed basis ``kernels`` on ``path`` (see
-    :mod:`fxnn.models.fxnn_paths`; fixed and fused compute fxnn's five kernels)."""
+    :mod:`fxnn.models.fxnn_paths`; fixed and fused compute fxnn's five
+    kernels), every ``stride``-th output pixel (padding 1)."""
     if path == "folded":
-        return be.conv(x, fold(be, w, kernels), bias, 3)
+        return be.conv(x, fold(be, w, kernels), bias, 3, stride)
     if path == "fused":
-        return be.fused_conv(x, w, bias)
-    return pointwise(be, be.fixed_stage(x), w, bias)
+        return be.fused_conv(x, w, bias, stride)
+    return pointwise(be, be.fixed_stage(x, stride), w, bias)
 
 
 def conv_layer(be, layer, x, w, bias, path):
     """One conv layer of :mod:`fxnn.models.architecture` as its data says: the
-    weight scale, then the 1x1 over its basis on ``path``, or a dense conv."""
+    weight scale, then the 1x1 over its basis on ``path``, or a dense conv,
+    at the layer's stride."""
     if layer.weight_scale != 1:
         w = w * be.scalar(layer.weight_scale, w)
     if layer.factored:
-        return factored_conv(be, x, w, bias, path, layer.kernels)
-    return be.conv(x, w, bias, layer.size)
+        return factored_conv(be, x, w, bias, path, layer.kernels, layer.stride)
+    return be.conv(x, w, bias, layer.size, layer.stride)
 
 
 def forward(be, network, params, x, masks=(), dropout=0.0, paths=None):
@@ -190,12 +209,20 @@ def update(be, optimizer, p, g, slots, lr, corrections):
 
 def updates(be, network, optimizer, params, grads, state, lr, corrections):
     """[(variable, new value)] of one optimizer step on every parameter and
-    its state, the projection of each layer that has one applied after it."""
+    its state: the gradient of each layer that has a preconditioner
+    multiplied by it first, the rate of the conv layers' parameters scaled
+    by ``network.conv_lr_scale``, and the projection of each layer that has
+    one applied after it."""
+    convs = {layer.name + suffix for layer in network.convs for suffix in ("_w", "_b")}
     projectors = {layer.name + "_w": layer.projector for layer in network.convs if layer.projection}
+    preconditioners = {layer.name + "_w": layer.preconditioner for layer in network.convs
+                       if layer.kind.preconditioner}
+    conv_lr = lr * be.scalar(network.conv_lr_scale, lr) if network.conv_lr_scale != 1 else lr
     pairs = []
     for name, p in params.items():
-        new_p, new_slots = update(be, optimizer, p, grads[name], {s: state[s][name] for s in state}, lr,
-                                  corrections)
+        g = project(be, grads[name], preconditioners[name]) if name in preconditioners else grads[name]
+        new_p, new_slots = update(be, optimizer, p, g, {s: state[s][name] for s in state},
+                                  conv_lr if name in convs else lr, corrections)
         pairs += [(state[s][name], new_slots[s]) for s in state]
         pairs.append((p, project(be, new_p, projectors[name]) if name in projectors else new_p))
     return pairs
@@ -251,6 +278,16 @@ class Engine:
 
     def get_params(self):
         return OrderedDict((n, self._read(p)) for n, p in self._params.items())
+
+    def get_buffers(self):
+        """{name: array} of the state the forward pass keeps beside the
+        parameters (BatchNorm's running statistics); an engine that has some overrides it."""
+        return OrderedDict()
+
+    def snapshot(self):
+        """What a record stores of the network (``network.snapshot_shapes()``):
+        the parameters, then the buffers."""
+        return OrderedDict(self.get_params(), **self.get_buffers())
 
     def set_params(self, params):
         for n, p in self._params.items():

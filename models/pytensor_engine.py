@@ -60,6 +60,9 @@ class PyTensorEngine(net.Engine):
                  dtype=FLOAT, fxnn_path="auto", batch_sizes=None):
         """``batch_sizes`` {pass: B}: the batches ``auto`` chooses paths for
         (default: the training batch 64 and the validation batch 100)."""
+        if network.arch != "original":  # BatchNorm's running statistics would be graph updates: not written
+            raise ValueError(f"the pytensor engine runs --arch original only: use --engine torch for --arch "
+                             f"{network.arch}")
         super().__init__(network, params, optimizer, dropout, seed, fxnn_path)
         if fxnn_path == "fused" and not fused_available(dtype):
             raise ValueError("--fxnn-path fused needs float32 and a C compiler for PyTensor; use --fxnn-path auto")

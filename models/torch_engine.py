@@ -6,7 +6,11 @@ Parameters are plain tensors keyed by the project-wide names of
 (in, out)), so they move between engines unchanged. Each fxnn conv layer's
 path (:mod:`fxnn.models.fxnn_paths`: fixed, fused or folded) is chosen per layer
 and pass on its first call when the path is ``auto``; the updates of
-:func:`fxnn.models.network.updates` are copied into the tensors in place.
+:func:`fxnn.models.network.updates` are copied into the tensors in place. The
+residual network of ``--arch resnet`` (:mod:`fxnn.models.resnet`) runs the same
+way; its BatchNorm running statistics are the engine's buffers, which
+training steps update in place and which go with the parameters into the
+state (checkpoints) and the snapshots (records).
 
 ``precision="bf16"`` runs every forward pass (training and validation) under
 ``torch.autocast`` with bfloat16: convolutions, the fxnn layers and the
@@ -20,8 +24,12 @@ layers on MNIST, one thread: 2.9 against 4.6 ms, 3.3 against 4.1 ms), and a
 whole training step never lost by it (2 threads: even on MNIST and
 CIFAR-10 shapes, faster with ``-fsize 5``), though the copies into and out
 of that format, and the block's C kernel, which takes NCHW, eat most of the
-gain. The fused and fixed paths of fxnn layers take NCHW. Each conv layer's
-memory format as it ran is recorded (:meth:`TorchEngine.describe_memory_formats`).
+gain. The fused and fixed paths of fxnn layers take NCHW: an engine whose
+fxnn layers are held to one of them (``fxnn_path`` fused or fixed) stays
+NCHW, and under ``auto`` the residual network's BatchNorms put such a
+layer's output into channels_last. Folded kernels are folded in float32,
+then cast once. Each conv layer's memory format as it ran is recorded
+(:meth:`TorchEngine.describe_memory_formats`).
 """
 import contextlib
 from collections import OrderedDict
@@ -32,7 +40,7 @@ import torch
 from fxnn.kernels import torch_fused
 
 from . import network as net
-from . import optimizers
+from . import optimizers, resnet
 from .torch_layers import BACKEND, TorchBackend, auto_path, implementation
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -67,27 +75,40 @@ class PrecisionBackend(TorchBackend):
         self.autocast_dtype, self.channels_last = autocast_dtype, channels_last
         self.formats = []
 
-    def conv(self, x, w, bias, size):
+    def conv(self, x, w, bias, size, stride=1):
         if self.channels_last:
             x = to_channels_last(x if self.autocast_dtype is None else x.to(self.autocast_dtype))
-        return super().conv(x, w, bias, size)
+        return super().conv(x, w, bias, size, stride)
 
     def _low(self, *tensors):
         """The tensors in the autocast dtype (None kept); autograd carries the
         gradients back to float32 through the casts."""
         return [t if t is None else t.to(self.autocast_dtype) for t in tensors]
 
-    def fixed_stage(self, x):
-        return super().fixed_stage(*(self._low(x) if self.autocast_dtype else (x,)))
+    def fixed_stage(self, x, stride=1):
+        return super().fixed_stage(self._low(x)[0] if self.autocast_dtype else x, stride)
 
-    def fused_conv(self, x, w, bias):
-        """The fused layer in the autocast dtype, all three arguments (a
-        bfloat16 input from the layer before with float32 weights would mix)."""
-        return super().fused_conv(*(self._low(x, w, bias) if self.autocast_dtype else (x, w, bias)))
+    def combine(self, w, kernels):
+        """The folded kernels in float32 with autocast off: one rounding, by
+        the convolution's own cast, instead of a bfloat16 einsum of the
+        weights and kernels cast apart (slower, and rounded twice)."""
+        with torch.autocast(w.device.type, enabled=False):
+            return super().combine(w, kernels)
 
     def block(self, h, mask, p):
         self.formats.append(memory_format(h))
         return super().block(h, mask, p)
+
+    def batch_norm(self, x, gamma, beta, mean, var, train, momentum, eps):
+        """BatchNorm (which follows every conv layer of the residual network),
+        its input's memory format noted; with ``channels_last`` it takes (and
+        so the ReLUs and residual adds after it see) channels_last, whatever
+        the conv gave (an fxnn layer on the fixed or fused path gives NCHW):
+        elementwise ops on mixed formats run slowly."""
+        self.formats.append(memory_format(x))
+        if self.channels_last:
+            x = to_channels_last(x)
+        return super().batch_norm(x, gamma, beta, mean, var, train, momentum, eps)
 
     def softmax(self, h):
         return super().softmax(h if self.autocast_dtype is None else h.float())
@@ -102,6 +123,8 @@ class TorchEngine(net.Engine):
     def __init__(self, network, params, optimizer=optimizers.DEFAULT_OPTIMIZER, dropout=0.0, seed=0,
                  device="cpu", dtype="float32", fxnn_path="auto", precision="fp32", channels_last=None):
         super().__init__(network, params, optimizer, dropout, seed, fxnn_path)
+        if network.arch == "resnet" and dropout:
+            raise ValueError("the resnet has no dropout (BatchNorm follows its convs): give it dropout 0")
         if precision not in AUTOCAST:
             raise ValueError(f"unknown precision {precision!r}; one of {', '.join(AUTOCAST)}")
         self.device, self.dtype = torch.device(device), DTYPES[dtype]
@@ -116,23 +139,33 @@ class TorchEngine(net.Engine):
                              f"({torch_fused.implementation_name(self.device, self.compute_dtype)}); "
                              f"use --fxnn-path auto")
         if channels_last is None:  # channels_last under bf16: see the module's notes
-            channels_last = self.autocast_dtype is not None
+            channels_last = self.autocast_dtype is not None and not (
+                fxnn_path in ("fused", "fixed") and any(layer.fxnn_paths for layer in network.convs))
         self.backend = PrecisionBackend(self.autocast_dtype, channels_last)
         #: {(conv layer name, pass): memory format of its output} as it ran
         self.layer_formats = {}
         self._make_variables(params)
+        #: the network's buffers (BatchNorm's running statistics), updated in place by training steps
+        self._buffers = OrderedDict((n, self._variable(v, n)) for n, v in network.init_buffers().items())
 
     def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _forward(self, x, masks, pass_):
-        """Class probabilities (float32) of ``x`` under the engine's precision."""
+    def _forward(self, x, masks, pass_, update_buffers=True):
+        """Class probabilities (float32) of ``x`` under the engine's precision;
+        a training pass of the residual network updates its running
+        statistics when ``update_buffers``."""
         self.backend.formats = []
         with self._autocast():
-            probs = net.forward(self.backend, self.network, self._params, x, masks, self.dropout if masks else 0.0,
-                                self._paths(pass_))
+            if self.network.arch == "resnet":
+                buffers = self._buffers if pass_ == "valid" or update_buffers else None
+                probs = resnet.forward(self.backend, self.network, self._params, x, buffers, pass_ == "train",
+                                       self._paths(pass_))
+            else:
+                probs = net.forward(self.backend, self.network, self._params, x, masks,
+                                    self.dropout if masks else 0.0, self._paths(pass_))
         for layer, fmt in zip(self.network.convs, self.backend.formats):
             self.layer_formats.setdefault((layer.name, pass_), fmt)
         return probs
@@ -161,7 +194,8 @@ class TorchEngine(net.Engine):
                 if not layer.fxnn_paths:
                     self.layer_paths[key] = "folded"
                 else:
-                    self.layer_paths[key] = auto_path(h, w, b) if self.fxnn_path == "auto" else self.fxnn_path
+                    self.layer_paths[key] = (auto_path(h, w, b, layer.stride) if self.fxnn_path == "auto"
+                                             else self.fxnn_path)
             return self.layer_paths[key]
         return path
 
@@ -169,6 +203,26 @@ class TorchEngine(net.Engine):
         # copies: the updates are in place and must not reach the caller's arrays
         tensor = torch.as_tensor(np.asarray(array), device=self.device).to(self.dtype).clone()
         return tensor.requires_grad_(True) if name in self.network.param_shapes() else tensor
+
+    def get_buffers(self):
+        return OrderedDict((n, self._read(b)) for n, b in self._buffers.items())
+
+    def set_params(self, params):
+        """The parameters, and the buffers when ``params`` holds them (a
+        record's snapshot, :meth:`snapshot`)."""
+        super().set_params(params)
+        for n, b in self._buffers.items():
+            if n in params:
+                self._write(b, params[n])
+
+    def get_state(self):
+        """:meth:`fxnn.models.network.Engine.get_state` and the buffers (``buffer/{name}``)."""
+        return dict(super().get_state(), **{f"buffer/{n}": v for n, v in self.get_buffers().items()})
+
+    def set_state(self, state):
+        super().set_state(state)
+        for n, b in self._buffers.items():
+            self._write(b, state[f"buffer/{n}"])
 
     def _read(self, variable):
         return variable.detach().cpu().numpy().copy()
@@ -186,8 +240,8 @@ class TorchEngine(net.Engine):
         return (torch.as_tensor(np.asarray(x), device=self.device).to(self.dtype),
                 torch.as_tensor(np.asarray(y), device=self.device).long())
 
-    def _loss_and_grads(self, x, y, masks=()):
-        probs = self._forward(x, masks, "train")
+    def _loss_and_grads(self, x, y, masks=(), update_buffers=True):
+        probs = self._forward(x, masks, "train", update_buffers)
         loss, erate = net.objective(BACKEND, probs, y)
         grads = torch.autograd.grad(loss, list(self._params.values()))
         return loss, erate, OrderedDict(zip(self._params, grads))
@@ -209,6 +263,7 @@ class TorchEngine(net.Engine):
         return float(loss), float(erate), probs.cpu().numpy()
 
     def gradients(self, x, y):
-        """{name: d loss / d param} on a batch with dropout off (for tests)."""
-        _, _, grads = self._loss_and_grads(*self._batch(x, y))
+        """{name: d loss / d param} on a batch with dropout off, BatchNorm in
+        training mode without moving its running statistics (for tests)."""
+        _, _, grads = self._loss_and_grads(*self._batch(x, y), update_buffers=False)
         return OrderedDict((n, g.cpu().numpy()) for n, g in grads.items())

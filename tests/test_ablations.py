@@ -140,3 +140,78 @@ def test_the_runner_trains_each_ablation_model(model, tmp_path, capsys, small_mn
                       "--seed", "1"])
     assert code == 0 and out.exists()
     assert f'Building model "{model}"' in capsys.readouterr().out
+
+
+def test_preconditioners_are_the_gram_matrix_in_kernel_space_and_its_completion():
+    from fxnn.models.fixed_bases import kernel_preconditioner
+    p, full = kernel_preconditioner("fxnn"), kernel_preconditioner("fxnn", complete=True)
+    # on the span, P acts as the Gram matrix does on coefficients: P B^T c = B^T (G c)
+    b = KERNELS.reshape(5, 9)
+    c = np.random.default_rng(0).normal(size=5)
+    np.testing.assert_allclose(p @ (b.T @ c), b.T @ (GRAM @ c), atol=1e-12)
+    np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(p))[:4], 0, atol=1e-12)  # nothing outside the span
+    outside = np.eye(9) - PROJECTOR
+    np.testing.assert_allclose(full @ outside, outside, atol=1e-12)                 # the rest at rate 1
+    np.testing.assert_allclose(full @ PROJECTOR, p, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_cnn_precond_follows_fxnns_trajectory_to_float_rounding(optimizer):
+    """The theory's test: SGD on fxnn's 1x1 weights w moves the effective
+    kernels B^T w by -lr B^T B g; a dense layer whose gradients are multiplied
+    by B^T B, from the same effective kernels, follows the same trajectory."""
+    rng = np.random.default_rng(11)
+    x, y = rng.random((8, 1, 12, 10)), rng.integers(0, 10, 8).astype(np.int32)
+    nets = {m: build_network(m, (1, 12, 10)) for m in ("fxnn", "cnn-precond")}
+    params = {m: n.init_params(np.random.default_rng(3), dtype=np.float64) for m, n in nets.items()}
+    for engine_class in _engine_classes():
+        engines = {m: engine_class(nets[m], params[m], optimizer=optimizer, dropout=0.25, seed=4, dtype="float64")
+                   for m in nets}
+        for _ in range(4):
+            losses = {m: e.train_step(x, y, 0.05) for m, e in engines.items()}
+            assert losses["cnn-precond"][0] == pytest.approx(losses["fxnn"][0], rel=1e-10)
+        after = {m: e.get_params() for m, e in engines.items()}
+        for name in ("conv0_w", "conv1_w"):
+            moved = fold_weights(after["fxnn"][name]) - fold_weights(params["fxnn"][name])
+            assert np.abs(moved).max() > 1e-4, engine_class.__name__     # it trains
+            np.testing.assert_allclose(after["cnn-precond"][name], fold_weights(after["fxnn"][name]),
+                                       rtol=1e-9, atol=1e-12, err_msg=engine_class.__name__)
+        np.testing.assert_allclose(after["cnn-precond"]["mlp0_w"], after["fxnn"]["mlp0_w"], rtol=1e-9, atol=1e-12)
+
+
+def test_cnn_precond_full_also_steps_outside_the_span():
+    rng = np.random.default_rng(12)
+    x, y = rng.random((8, 1, 12, 10)), rng.integers(0, 10, 8).astype(np.int32)
+    net = build_network("cnn-precond-full", (1, 12, 10))
+    start = net.init_params(np.random.default_rng(3), dtype=np.float64)
+    for engine_class in _engine_classes():
+        engine = engine_class(net, start, dtype="float64")
+        engine.train_step(x, y, 0.05)
+        step = engine.get_params()["conv0_w"] - start["conv0_w"]
+        outside = step.reshape(-1, 9) @ (np.eye(9) - PROJECTOR)
+        assert np.abs(outside).max() > 1e-6, engine_class.__name__
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_conv_lr_scale_scales_the_conv_layers_rate_only(optimizer):
+    rng = np.random.default_rng(13)
+    x, y = rng.random((8, 1, 12, 10)), rng.integers(0, 10, 8).astype(np.int32)
+    plain, scaled = build_network("fxnn", (1, 12, 10)), build_network("fxnn", (1, 12, 10), conv_lr_scale=4.0)
+    start = plain.init_params(np.random.default_rng(3), dtype=np.float64)
+    for engine_class in _engine_classes():
+        runs = {}
+        for tag, net, lr in (("plain", plain, 0.01), ("scaled", scaled, 0.01), ("fast", plain, 0.04)):
+            engine = engine_class(net, start, optimizer=optimizer, dtype="float64")
+            engine.train_step(x, y, lr)
+            runs[tag] = engine.get_params()
+        for name in start:  # one step: conv layers as at 4x the rate, the rest as at 1x
+            want = runs["fast" if name.startswith("conv") else "plain"][name]
+            np.testing.assert_allclose(runs["scaled"][name], want, rtol=1e-10, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.parametrize("scale, message", [(0.0, "positive"), (float("nan"), "positive")])
+def test_conv_lr_scale_refuses_what_is_not_a_rate(scale, message):
+    with pytest.raises(ValueError, match=message):
+        build_network("fxnn", (1, 12, 10), conv_lr_scale=scale)
+    with pytest.raises(ValueError, match="baseline has no conv layers"):
+        build_network("baseline", (1, 12, 10), conv_lr_scale=2.0)

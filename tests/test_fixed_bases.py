@@ -105,8 +105,8 @@ def test_stated_mean_squared_norms():
         assert mean_squared_norm(name) == pytest.approx(1)
 
 
-def test_readme_table_of_bases_states_each_basis_kernels_and_mean_squared_norm():
-    readme = (Path(ROOT) / "README.md").read_text()
+def test_manual_table_of_bases_states_each_basis_kernels_and_mean_squared_norm():
+    readme = (Path(ROOT) / "docs" / "network.md").read_text()
     rows = {m.group(1): (int(m.group(2)), float(m.group(3)))
             for m in re.finditer(r"^\| `(fxnn-[a-z0-9-]+|fxnn)` \|[^|]*\|[^|]*\| (\d+) \| ([\d.]+) \|", readme, re.M)}
     for model in ("fxnn",) + tuple(BASIS_MODELS):
@@ -206,7 +206,8 @@ def test_help_lists_the_basis_models():
     for model in BASIS_MODELS:
         assert model in MODELS
         assert re.search(rf"(?<![\w-]){re.escape(model)}(?![\w-])", help_text.replace("- ", "-")), model
-    assert "Other fixed bases" in help_text
+    assert "or fxnn over another fixed basis (docs/network.md)" in help_text
+    assert "\n## Other fixed bases\n" in (Path(ROOT) / "docs" / "network.md").read_text(encoding="utf-8")
 
 
 def test_the_record_names_the_basis(tmp_path, small_mnist):
@@ -227,7 +228,7 @@ def _dense_twin(layer, basis):
     import torch
     dense = torch.nn.Conv2d(layer.in_channels, layer.out_channels, 3, padding=1).double()
     with torch.no_grad():
-        dense.weight.copy_(torch.from_numpy(fold_weights(layer.weight.detach().numpy(), basis)))
+        dense.weight.copy_(torch.from_numpy(fold_weights(layer.record_weight().detach().numpy(), basis)))
         dense.bias.copy_(layer.bias.detach())
     return dense
 
@@ -239,7 +240,7 @@ def test_fixed_conv2d_over_a_basis_forward_and_gradients_match_a_dense_conv(basi
     kernels = np.random.default_rng(5).normal(size=(4, 3, 3)) if basis == "array" else BASES[basis]
     k = len(kernels)
     layer = FixedConv2d(3, 5, basis=kernels if basis == "array" else basis).double()
-    assert layer.weight.shape == (k * 3, 5) and layer.path == "folded"
+    assert layer.weight.shape == (5, 3, k) and layer.path == "folded"
     torch.nn.init.normal_(layer.bias)
     dense = _dense_twin(layer, kernels)
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
@@ -252,7 +253,7 @@ def test_fixed_conv2d_over_a_basis_forward_and_gradients_match_a_dense_conv(basi
     dense(x2).backward(g)
     np.testing.assert_allclose(x.grad.numpy(), x2.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(layer.bias.grad.numpy(), dense.bias.grad.numpy(), rtol=1e-12)
-    want = np.einsum("nmab,kab->mkn", dense.weight.grad.numpy(), kernels).reshape(k * 3, 5)  # chain rule
+    want = np.einsum("nmab,kab->nmk", dense.weight.grad.numpy(), kernels)  # chain rule
     np.testing.assert_allclose(layer.weight.grad.numpy(), want, rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(lambda inp: layer(inp), (x.detach()[:1, :, :4, :3].requires_grad_(True),))
 
@@ -264,10 +265,10 @@ def test_fixed_conv2d_basis_conventions():
     assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
     assert list(layer.state_dict()) == ["weight", "bias"]  # the basis is the constructor's, not state
     assert layer.weight.abs().max().item() <= 0.3 / np.sqrt(36 + 6)
-    assert "x9 (dct basis)" in repr(layer) and "path=folded" in repr(layer)
+    assert "basis=dct, path=folded" in repr(layer)
     assert layer(torch.randn(1, 4, 5, 5)).dtype == torch.float32
     assert layer.double()(torch.randn(1, 4, 5, 5).double()).dtype == torch.float64
-    assert FixedConv2d(4, 6, basis="fxnn").weight.shape == (20, 6)  # fxnn's kernels keep their fast paths
+    assert FixedConv2d(4, 6, basis="fxnn").weight.shape == (6, 4, 5)  # fxnn's kernels keep their fast paths
     assert FixedConv2d(4, 6, path="fixed").path == "fixed"
     with pytest.raises(ValueError, match="path 'fused' computes fxnn's five kernels only.*'folded' or 'auto'"):
         FixedConv2d(4, 6, basis="gauss", path="fused")

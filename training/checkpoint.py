@@ -8,7 +8,8 @@ match on resume and the identity of the data it trained on. It is one
 ``.npz`` written to a temporary file and renamed, so a kill at any moment
 leaves either the previous checkpoint or the new one; the zip format
 carries each array's size and CRC-32, so damage after the fact is found when
-it is read. Damaged state is refused with :class:`DamagedState` (one line:
+it is read. Its folder and file are never reached through a link
+(:mod:`fxnn.files.nofollow`). Damaged state is refused with :class:`DamagedState` (one line:
 what is damaged and how to recover), never patched up.
 """
 import hashlib
@@ -21,13 +22,17 @@ from collections import namedtuple
 import numpy as np
 
 from fxnn.files.atomic import atomic_path
+from fxnn.files.nofollow import UnsafePath, make_folder, open_stream
 from fxnn.data.dataset import one_line
 
 FILE = "checkpoint.npz"
 #: Flags a resumed run must share with the run it continues.
 MUST_MATCH = ("model", "dataset", "filter_size", "batch_size", "dropout_prob", "num_records",
               "iters_per_record", "learn_rate", "learn_decay", "optimizer", "engine", "seed",
-              "record_params", "valid_split")
+              "record_params", "valid_split", "conv_lr_scale", "arch", "width", "depth")
+#: The value a flag added later had before it existed, for checkpoints saved without it
+#: (--width and --depth: none in runs of --arch original).
+ADDED_FLAGS = {"conv_lr_scale": 1.0, "arch": "original", "width": None, "depth": None}
 CURVES = ("tloss", "terate", "vloss", "verate", "yprob", "sec_per_record")
 RECOVER = "start the run over with --force instead of --resume (its progress is lost)"
 
@@ -43,7 +48,7 @@ def save(run_dir, record, engine_state, sampler, recorder_state, flags):
     arrays["sampler"] = np.asarray(json.dumps(sampler.bit_generator.state))
     arrays["flags"] = np.asarray(json.dumps(flags))
     needed = sum(np.asarray(a).nbytes for a in arrays.values())
-    os.makedirs(run_dir, exist_ok=True)
+    make_folder(run_dir, "the run's folder")
     with atomic_path(os.path.join(run_dir, FILE), needed) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
@@ -61,7 +66,7 @@ def load(run_dir):
     :class:`DamagedState` if it is unreadable, truncated or incomplete."""
     path = os.path.join(run_dir, FILE)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_stream(path, "rb", "the run's checkpoint") as f, np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}  # reads every member: checks each one's CRC-32
         engine_state = {k[len("engine/"):]: v for k, v in arrays.items() if k.startswith("engine/")}
         curves = {k[len("curves/"):]: v for k, v in arrays.items() if k.startswith("curves/")}
@@ -74,6 +79,8 @@ def load(run_dir):
         record, flags = int(arrays["record"]), json.loads(str(arrays["flags"]))
         if len(curves["vloss"]) != record + 1 or len(curves["tloss"]) != record * flags["iters_per_record"]:
             raise ValueError(f"its curves do not have {record} records")
+    except UnsafePath:
+        raise
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DamagedState(f"cannot resume: {path} is damaged ({type(e).__name__}: {one_line(e)}); "
                            f"{RECOVER}") from None
@@ -88,12 +95,12 @@ def restore(resumed, engine, recorder):
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise DamagedState(f"cannot resume: the engine state in the checkpoint does not fit the network "
                            f"({type(e).__name__}: {one_line(e)}); {RECOVER}") from None
-    recorder.restore(resumed.curves, engine.get_params())
+    recorder.restore(resumed.curves, engine.snapshot())
 
 
 def mismatches(saved_flags, flags):
     """Names of the flags that differ between a checkpoint and this run."""
-    return [k for k in MUST_MATCH if saved_flags.get(k) != flags.get(k)]
+    return [k for k in MUST_MATCH if saved_flags.get(k, ADDED_FLAGS.get(k)) != flags.get(k)]
 
 
 def precision_mismatch(saved_flags, precision, out, run_dir):

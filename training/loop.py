@@ -7,31 +7,22 @@ after each record the whole validation set (the test set, or a split held out
 of the training set) is evaluated in batches of 100.
 
 :func:`train` returns how the run ended: "complete", "interrupted" (Ctrl-C),
-"terminated" (SIGTERM, see :func:`raise_on_sigterm`) or "diverged" (a
-non-finite training loss). Whatever happened, the recorder holds everything
+"terminated" (SIGTERM or SIGHUP, see :mod:`fxnn.files.signals`) or
+"diverged" (a non-finite training loss). Whatever happened, the recorder holds everything
 recorded so far.
 """
 import math
-import signal
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from fxnn.files.signals import Terminated
+
 from .console import Progress, record_line
 
 VALID_BATCH = 100
 NUM_SAMPLES = 10  # test images whose predictions are recorded each record
-
-
-class Terminated(BaseException):
-    """Raised in the main thread by SIGTERM, so a run stops as on Ctrl-C."""
-
-
-def raise_on_sigterm():
-    def handler(signum, frame):
-        raise Terminated()
-    signal.signal(signal.SIGTERM, handler)
 
 
 @dataclass
@@ -80,7 +71,7 @@ def train(engine, dataset, schedule, recorder, sampler, start_record=0, on_recor
     def record(done, tloss, terate, seconds):
         vloss, verate = validate(engine, *dataset.validation(), progress=progress)
         _, _, probs = engine.evaluate(recorder.sample_x, recorder.sample_y)
-        recorder.add_record(vloss, verate, engine.get_params(), probs, seconds)
+        recorder.add_record(vloss, verate, engine.snapshot(), probs, seconds)
         progress.clear()
         print_line(record_line(done * schedule.iters_per_record, total, tloss, terate, vloss, verate))
         on_record(done)

@@ -12,7 +12,8 @@ folder beside the output; the ``.mat`` is written from it at the end
 (:mod:`fxnn.training.matfile`). Curves are small and stay in memory; they travel in
 the checkpoint through :meth:`Recorder.state` / :meth:`Recorder.restore`, with
 the CRC-32 of every snapshot in the spool, so that a resumed run checks the
-spool's size and contents instead of trusting them.
+spool's size and contents instead of trusting them. The run folder and the
+spools are never reached through a link (:mod:`fxnn.files.nofollow`).
 """
 import os
 import zlib
@@ -20,11 +21,13 @@ import zlib
 import numpy as np
 
 from fxnn.files.atomic import room_for
+from fxnn.files.nofollow import make_folder, open_stream
 
 from .checkpoint import RECOVER, DamagedState
 from .matfile import SnapshotSource, write_mat
 
 RECORD_PARAMS = ("all", "last", "none")
+ROLE_FOLDER, ROLE_SPOOL = "the run's folder", "a snapshot spool of the run"
 
 
 class Recorder:
@@ -58,11 +61,12 @@ class Recorder:
         curves, so a run stopped in between (a signal, a full disk) counts
         only whole records."""
         if self.record_params == "all":
-            os.makedirs(self.run_dir, exist_ok=True)
+            make_folder(self.run_dir, ROLE_FOLDER)
             crcs = []
             for name in self.param_shapes:
                 raw = np.asarray(params[name], dtype=np.float32).tobytes(order="F")
-                with room_for(self._spool_path(name), len(raw)), open(self._spool_path(name), "ab") as f:
+                with room_for(self._spool_path(name), len(raw)), open_stream(self._spool_path(name), "ab",
+                                                                             ROLE_SPOOL) as f:
                     f.write(raw)
                 crcs.append(zlib.crc32(raw))
             self.spool_crc.append(crcs)
@@ -108,12 +112,13 @@ class Recorder:
             for i, (name, size) in enumerate(zip(self.param_shapes, sizes)):  # all checked before any is cut
                 self._check_spool(name, size, None if crc is None else crc[:, i])
             for name, size in zip(self.param_shapes, sizes):
-                os.truncate(self._spool_path(name), self.records * size)
+                with open_stream(self._spool_path(name), "r+b", ROLE_SPOOL) as f:
+                    f.truncate(self.records * size)
 
     def _check_spool(self, name, size, crcs):
         path = self._spool_path(name)
         try:
-            with open(path, "rb") as f:
+            with open_stream(path, "rb", ROLE_SPOOL) as f:
                 found = os.fstat(f.fileno()).st_size
                 if found < self.records * size:
                     raise DamagedState(f"cannot resume: {path} is truncated ({found:,} bytes, {self.records} "
@@ -129,10 +134,11 @@ class Recorder:
         if self.record_params == "none" or self.last_params is None:
             return []
         if self.record_params == "last":
-            os.makedirs(self.run_dir, exist_ok=True)
+            make_folder(self.run_dir, ROLE_FOLDER)
             for name, value in self.last_params.items():
                 raw = np.asarray(value, dtype=np.float32).tobytes(order="F")
-                with room_for(self._spool_path(name), len(raw)), open(self._spool_path(name), "wb") as f:
+                with room_for(self._spool_path(name), len(raw)), open_stream(self._spool_path(name), "wb",
+                                                                             ROLE_SPOOL) as f:
                     f.write(raw)
         records = self.records if self.record_params == "all" else 1
         return [SnapshotSource(name, shape, np.float32, records, self._spool_path(name))
