@@ -91,7 +91,8 @@ def main(argv=None):
 
 
 def cli():
-    sys.exit(main())
+    from fxnn.files.signals import stoppable
+    sys.exit(stoppable("to_csv", main)())  # SIGTERM or SIGHUP: no temporary left, one line
 
 
 if __name__ == "__main__":

@@ -107,6 +107,8 @@ def plot_grids(groups, at, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from .plot import save_figure
     fig, axes = plt.subplots(1, len(at), figsize=(3.6 * len(at), 3.8), dpi=100, sharey=True, squeeze=False)
     for ax, it in zip(axes[0], at):
         for label, by_rate in groups.items():
@@ -120,7 +122,7 @@ def plot_grids(groups, at, path):
     axes[0][0].set_ylabel("validation error (%)")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -175,7 +177,8 @@ def main(argv=None, out=None):
 
 
 def cli():
-    sys.exit(main())
+    from fxnn.files.signals import stoppable
+    sys.exit(stoppable("tune", main)())  # SIGTERM or SIGHUP: no temporary left, one line
 
 
 if __name__ == "__main__":

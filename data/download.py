@@ -26,6 +26,7 @@ TIMEOUT = 10        # seconds a connection or a read may stall
 GRACE = 15          # seconds before the average rate is checked
 MIN_RATE = 20_000   # bytes/s, on average after GRACE
 DEADLINE = 1800     # seconds per file, overridden by FXNN_DOWNLOAD_TIMEOUT
+DEADLINE_ENV = "FXNN_DOWNLOAD_TIMEOUT"
 CHUNK = 1 << 16
 #: Set to 1 for the full reasons of a failed download in the offline notice.
 DETAIL_ENV = "FXNN_DOWNLOAD_DETAIL"
@@ -58,12 +59,19 @@ def mirrors(env, default):
 
 
 def deadline_seconds():
-    text = os.environ.get("FXNN_DOWNLOAD_TIMEOUT")
+    """Seconds from FXNN_DOWNLOAD_TIMEOUT (a positive number; unset or
+    empty: :data:`DEADLINE`); DataError on any other value."""
+    text = os.environ.get(DEADLINE_ENV, "").strip()
+    if not text:
+        return DEADLINE
     try:
-        value = float(text) if text else DEADLINE
+        value = float(text)
     except ValueError:
-        value = DEADLINE
-    return value if value > 0 else DEADLINE
+        value = float("nan")
+    if not 0 < value < 1e9:
+        raise DataError(f"{DEADLINE_ENV}={text[:40]!r} is not a number of seconds; set it to a positive number "
+                        f"such as {DEADLINE} (the default), or unset it")
+    return value
 
 
 def file_md5(path):
@@ -117,11 +125,11 @@ class Progress:
             sys.stderr.flush()
 
 
-def fetch(url, path, remote, log=print):
-    """Download ``url`` to ``path`` if it is ``remote`` (a RemoteFile);
-    returns an error string, or None on success. Never leaves a partial file."""
+def fetch(url, path, remote, log=print, limit=DEADLINE):
+    """Download ``url`` to ``path`` if it is ``remote`` (a RemoteFile) within
+    ``limit`` seconds; returns an error string, or None on success. Never
+    leaves a partial file."""
     start = time.monotonic()
-    limit = deadline_seconds()
     try:
         with atomic_path(path) as tmp:
             digest, size = hashlib.md5(), 0
@@ -154,21 +162,46 @@ def fetch(url, path, remote, log=print):
         return f"{url}: {one_line(getattr(e, 'reason', None) or e)}"
 
 
+def missing_folders(folder):
+    """``folder`` and those above it that do not exist, deepest first."""
+    missing = []
+    while folder and not os.path.lexists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing
+
+
 def download_files(folder, files, bases, log=print):
     """Put each RemoteFile of ``files`` that ``folder`` lacks there, trying
-    each base URL in turn; DownloadError when one cannot be had."""
+    each base URL in turn; DownloadError when one cannot be had, after
+    removing the folders this call created if they are still empty (a
+    failed download offline leaves no empty data/image/mnist behind);
+    DataError for a bad FXNN_DOWNLOAD_TIMEOUT."""
+    limit = deadline_seconds()
+    created = missing_folders(os.path.abspath(folder))
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise DownloadError(f"cannot create {folder} ({e.strerror})") from None
-    for remote in files:
-        if os.path.exists(os.path.join(folder, remote.name)):
-            continue
-        errors = []
-        for base in bases:
-            error = fetch(base + remote.name, os.path.join(folder, remote.name), remote, log)
-            if error is None:
+    try:
+        for remote in files:
+            if os.path.exists(os.path.join(folder, remote.name)):
+                continue
+            errors = []
+            for base in bases:
+                error = fetch(base + remote.name, os.path.join(folder, remote.name), remote, log, limit)
+                if error is None:
+                    break
+                errors.append(error)
+            else:
+                raise DownloadError(f"could not download {remote.name}: " + "; ".join(errors))
+    except BaseException:  # Ctrl-C included
+        for made in created:
+            try:
+                os.rmdir(made)  # only an empty folder: whatever is in it stays
+            except OSError:
                 break
-            errors.append(error)
-        else:
-            raise DownloadError(f"could not download {remote.name}: " + "; ".join(errors))
+        raise

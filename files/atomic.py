@@ -6,7 +6,10 @@ moment leaves either the old file or the new one, never a part.
 A temporary is named ``.tmp-<pid>@<host>-<random><suffix>``, so that one left
 by a process killed with SIGKILL can be told from one still being written:
 :func:`remove_stale_temporaries` deletes those whose process on this host is
-gone, and every :func:`atomic_path` does so in its folder first.
+gone, and every :func:`atomic_path` does so in its folder first. A
+temporary is created with ``O_EXCL | O_NOFOLLOW`` (never through a link
+planted under its name) and renamed only if its name still holds the file
+created, so another user of a shared folder cannot redirect it.
 
 A full disk (or a quota, or a file-size limit) while writing becomes a
 :class:`WriteError` whose message is one line naming the file, the space it
@@ -106,9 +109,9 @@ def atomic_path(path, needed=None):
     folder = os.path.dirname(os.path.abspath(path))
     remove_stale_temporaries(folder)
     tmp = None
+    fd = None
     with room_for(path, needed):
         try:
-            fd = None
             while fd is None:
                 # named before it is created, so that an exception at any moment after (a Ctrl-C
                 # included, which blocking signals cannot hold off: another thread may take it)
@@ -116,15 +119,20 @@ def atomic_path(path, needed=None):
                 tmp = os.path.join(folder, f".tmp-{os.getpid()}@{_host()}-{secrets.token_hex(4)}"
                                            f"{os.path.splitext(path)[1]}")
                 try:
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                 except FileExistsError:
                     tmp = None
-            os.close(fd)
             yield tmp
+            if not os.path.samestat(os.fstat(fd), os.lstat(tmp)):  # replaced meanwhile: not ours to rename
+                raise FileExistsError(errno.EEXIST, f"the temporary {tmp} of {path} was replaced while "
+                                                    f"it was written")
             umask = os.umask(0)
             os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
+            os.fchmod(fd, 0o666 & ~umask)
             os.replace(tmp, path)
+            tmp = None
         finally:
-            if tmp is not None and os.path.exists(tmp):
+            if fd is not None:
+                os.close(fd)
+            if tmp is not None and os.path.lexists(tmp):
                 os.unlink(tmp)

@@ -273,8 +273,8 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_space(tmp_path):
     assert str(e.value).count("\n") == 0
     assert "cannot write /dev/full: no space left on device (it needs about 1.0 MiB, " in str(e.value)
     recorder = Recorder(str(tmp_path), {"w": (3, 4)}, None, None)
-    os.symlink("/dev/full", tmp_path / "spool-w.f32")
-    with pytest.raises(WriteError, match=r"spool-w\.f32: no space left on device \(it needs about 48 bytes"):
+    with file_size_limit(16), pytest.raises(WriteError, match=r"spool-w\.f32: file too large for this process's "
+                                                              r"file-size limit \(it needs about 48 bytes"):
         recorder.add_record(1.0, 0.5, {"w": np.ones((3, 4), np.float32)}, np.zeros((10, 10)), 0.1)
 
 
@@ -450,20 +450,34 @@ cp -a "$DISK/." "$SAVED/disk"
 """
 
 
+#: fxnn.py without its disk preflight, as when the disk fills up after the run started
+WITHOUT_DISK_CHECK = ("import sys; from fxnn.training import preflight; preflight.check_disk = lambda *a, **k: None; "
+                      "import fxnn; sys.exit(fxnn.main(sys.argv[1:]))")
+
+
+def on_a_small_disk(size, disk, saved, cmd):
+    subprocess.run(["unshare", "-m", "sh", "-c", ON_A_SMALL_DISK, "sh", *cmd],
+                   env=dict(os.environ, SIZE=size, DISK=str(disk), SAVED=str(saved)), check=True, timeout=300)
+    return int((saved / "code").read_text()), one_line((saved / "stderr").read_text())
+
+
 @pytest.mark.skipif(not can_mount_tmpfs(), reason="needs root to mount a small tmpfs in a private mount namespace")
 @pytest.mark.parametrize("size,fails", [("160k", "during the run"), ("400k", "the record")])
 def test_a_really_full_disk_stops_in_one_line_and_resumes(tmp_path, small_mnist, whole, size, fails):
     """The kernel's ENOSPC on a tmpfs of ``size`` (mounted in a private mount
-    namespace, gone with the process): the run stops in one line, the earlier
-    record on that disk is intact, and a copy of what the disk held resumes."""
+    namespace, gone with the process): the disk preflight refuses the run up
+    front; past it (the disk filled after the start), the run stops in one
+    line, the earlier record on that disk is intact, and a copy of what the
+    disk held resumes."""
     disk, saved = tmp_path / "disk", tmp_path / "saved"
     disk.mkdir()
     (saved / "disk").mkdir(parents=True)
-    subprocess.run(["unshare", "-m", "sh", "-c", ON_A_SMALL_DISK, "sh",
-                    *command(small_mnist, disk / "rec.mat", "--force")],
-                   env=dict(os.environ, SIZE=size, DISK=str(disk), SAVED=str(saved)), check=True, timeout=300)
-    line = one_line((saved / "stderr").read_text())
-    assert (saved / "code").read_text().strip() == "4", line
+    cmd = command(small_mnist, disk / "rec.mat", "--force")
+    code, line = on_a_small_disk(size, disk, saved, cmd)
+    assert code == 2 and "is free there; use --record-params last" in line, line
+    assert (saved / "disk" / "rec.mat").read_bytes() == EARLIER
+    code, line = on_a_small_disk(size, disk, saved, [cmd[0], "-c", WITHOUT_DISK_CHECK] + cmd[2:])
+    assert code == 4, line
     assert ": no space left on device (it needs about " in line and "free some space" in line, line
     named = line.split("cannot write ")[1].split(":")[0]
     if fails == "the record":

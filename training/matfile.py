@@ -25,6 +25,7 @@ import numpy as np
 import scipy.io
 
 from fxnn.files.atomic import atomic_path
+from fxnn.files.nofollow import open_file
 
 V5_MAX_VARIABLE_BYTES = 2**31 - 1
 SLAB_BYTES = 8 * 2**20
@@ -63,7 +64,7 @@ class SnapshotSource:
         unit = size // self.shape[-1] if self.shape else 1
         step = unit * max(1, SLAB_BYTES // (self.records * self.dtype.itemsize * unit))
         buffer = np.empty((self.records, min(step, size)), dtype=self.dtype)
-        with open(self.path, "rb", buffering=0) as f:
+        with os.fdopen(open_file(self.path, os.O_RDONLY, "a snapshot spool"), "rb", buffering=0) as f:  # no link
             for start in range(0, size, step):
                 n = min(step, size - start)
                 for r in range(self.records):

@@ -3,9 +3,12 @@ one line saying what is wrong and the fix, or None.
 
 * :func:`claim_output`: the record's folder, the lock on the record
   (:mod:`fxnn.training.runlock`), an earlier record or checkpoint, paths that are
-  folders where files go or files where folders go.
+  folders where files go or files where folders go, and links or special
+  files (FIFOs, devices, sockets) where the run would write
+  (:mod:`fxnn.files.nofollow`).
 * :func:`check_resources`: a batch or filter size the network cannot have:
   taps that never reach the image, or more memory than the machine has.
+* :func:`check_disk`: more records than the output folder's disk can hold.
 """
 import os
 import sys
@@ -13,8 +16,11 @@ import sys
 import numpy as np
 
 from fxnn.files.atomic import remove_stale_temporaries
+from fxnn.files.nofollow import UnsafePath, check, target_kind
 
 from . import checkpoint, runlock
+from .record_size import megabytes, snapshot_bytes
+from .recorder import ROLE_FOLDER
 
 
 def claim_output(out, run_dir, resume, force):
@@ -25,13 +31,14 @@ def claim_output(out, run_dir, resume, force):
         return f"cannot write the record {out}: folder {directory} does not exist"
     if not os.access(directory, os.W_OK):
         return f"cannot write the record {out}: folder {directory} is not writable"
-    if os.path.isdir(out):
-        return f"cannot write the record {out}: it is a folder; name a file with -o"
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        return f"{run_dir} is a file, where this record keeps its run state: move it away, or use -o"
+    found = target_kind(out)
+    if found:
+        return (f"cannot write the record {out}: it is {found}, not a regular file, which fxnn never replaces "
+                f"(--force or not); name a file with -o")
     try:
+        check_run_folder(run_dir)
         runlock.acquire(out)
-    except runlock.LockHeld as e:
+    except (runlock.LockHeld, UnsafePath) as e:
         return str(e)
     except OSError as e:
         if e.errno not in runlock.UNSUPPORTED:
@@ -50,6 +57,14 @@ def claim_output(out, run_dir, resume, force):
         if os.path.exists(out):
             return f"{out} exists: add --force to overwrite it, or -o to write elsewhere"
     return None
+
+
+def check_run_folder(run_dir):
+    """:class:`UnsafePath` unless ``run_dir`` is absent or a plain folder
+    whose entries are plain files (a link planted there is refused)."""
+    check(run_dir, ROLE_FOLDER, "folder")
+    for name in os.listdir(run_dir) if os.path.lexists(run_dir) else []:
+        check(os.path.join(run_dir, name), "a file of the run's state")
 
 
 #: (limit, usage) files of the process's cgroup, v2 then v1.
@@ -82,15 +97,9 @@ def step_memory(network, batch_size, device="cpu"):
     parameters and their gradients, and the batch's input and (on the CPU)
     every layer's output, which the backward pass keeps (float32)."""
     params = sum(int(np.prod(s)) for s in network.param_shapes().values())
-    c, h, w = network.input_shape
-    per_sample = c * h * w
     if device == "cuda":  # the activations live on the GPU
-        return 4 * (2 * params + batch_size * per_sample)
-    for conv in network.convs:
-        per_sample += conv.out_channels * h * w
-        h, w = h // 2, w // 2
-    per_sample += sum(d.out_features for d in network.denses)
-    return 4 * (2 * params + batch_size * per_sample)
+        return 4 * (2 * params + batch_size * int(np.prod(network.input_shape)))
+    return 4 * (2 * params + batch_size * network.activations_per_sample())
 
 
 def check_resources(network, batch_size, filter_size, model, device="cpu", available=None):
@@ -108,3 +117,43 @@ def check_resources(network, batch_size, filter_size, model, device="cpu", avail
                 f"memory for one training step, and this machine has {available / 2**30:,.1f} GiB available; "
                 f"use a smaller -bsize" + (" or -fsize" if model == "cnn" else ""))
     return None
+
+
+#: Bytes per training iteration in the record and in the checkpoint: tloss and terate, float64 each.
+CURVE_BYTES = 16
+
+
+def disk_needed(param_shapes, num_records, iters_per_record, record_params, done=0):
+    """A lower bound on the bytes a run still writes to its output folder's
+    disk, with (first) and without (second) its parameter snapshots: the
+    record (curves and snapshots), the spool of the snapshots not yet taken
+    (``done`` records were), and one checkpoint (curves and parameters)."""
+    curves = CURVE_BYTES * num_records * iters_per_record
+    kept = {"all": num_records + 1, "last": 1, "none": 0}[record_params]
+    spooled = max(0, num_records + 1 - done) if record_params == "all" else kept
+    snapshots = snapshot_bytes(param_shapes, kept + spooled)
+    without = 2 * curves + snapshot_bytes(param_shapes, 1)
+    return without + snapshots, without
+
+
+def check_disk(out, param_shapes, num_records, iters_per_record, record_params, done=0, free=None):
+    """The run must fit in the free space of the disk ``out`` is on (a
+    filesystem that does not say what is free is not checked)."""
+    folder = os.path.dirname(os.path.abspath(out))
+    if free is None:
+        try:
+            stats = os.statvfs(folder)
+        except OSError:
+            return None
+        free = stats.f_bavail * stats.f_frsize
+    needed, without = disk_needed(param_shapes, num_records, iters_per_record, record_params, done)
+    if needed <= free:
+        return None
+    if without <= free:
+        fix = ("use --record-params last (the final parameters only) or none, or fewer -nrec"
+               if record_params == "all" else "use --record-params none")
+    else:
+        fix = "use a smaller -nrec or -ipr"
+    return (f"-nrec {num_records} -ipr {iters_per_record} with --record-params {record_params} needs at least "
+            f"{megabytes(needed)} on the disk of {folder} (the record, its snapshot spool and checkpoint), and "
+            f"{megabytes(free)} is free there; {fix}, or free some space")

@@ -6,7 +6,9 @@ A run (fresh or ``--resume``) takes an exclusive ``flock`` on the file
 lock when the process dies, however it dies, so a lock left by a dead
 process never blocks; the file itself holds the holder's pid, host, start
 time and command line, only to name it in the refusal. On release the file
-is removed; a run that finds the file it locked unlinked or replaced by
+is removed; it is opened without following links
+(:mod:`fxnn.files.nofollow`), so a link or a FIFO planted under its name is
+refused, never written through; a run that finds the file it locked unlinked or replaced by
 then locks again, so two runs never hold different files of one name.
 
 Across machines the lock holds where the shared filesystem supports locks
@@ -22,6 +24,8 @@ import socket
 import sys
 import time
 
+from fxnn.files.nofollow import UnsafePath, open_file
+
 _held = []
 #: errno values of flock on a filesystem without locks.
 UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
@@ -33,9 +37,9 @@ class LockHeld(Exception):
 
 def _describe(path):
     try:
-        with open(path) as f:
-            holder = json.loads(f.read() or "{}")
-    except (OSError, ValueError):
+        with os.fdopen(open_file(path, os.O_RDONLY, "a lock"), errors="replace") as f:
+            holder = json.loads(f.read(1 << 16) or "{}")
+    except (OSError, ValueError, UnsafePath):
         holder = {}
     if not isinstance(holder, dict) or "pid" not in holder:
         return "a process that has not said which yet"
@@ -46,22 +50,29 @@ def _describe(path):
 def acquire(record):
     """Lock ``record`` for this process (released by :func:`release_all` or
     at exit); :class:`LockHeld` naming the holder if another process has it;
-    OSError where the lock file cannot be written or the filesystem has no
-    locks (errno in :data:`UNSUPPORTED`)."""
-    path = os.path.abspath(record) + ".lock"
+    :class:`~fxnn.files.nofollow.UnsafePath` if the lock's name is a link or
+    no plain file; OSError where the lock file cannot be written or the
+    filesystem has no locks (errno in :data:`UNSUPPORTED`)."""
+    return lock(os.path.abspath(record) + ".lock", "the record's lock",
+                lambda holder: f"{record} is being written by another fxnn run ({holder}); wait for it to end, "
+                               f"or write elsewhere with -o")
+
+
+def lock(path, role, busy):
+    """Lock the file ``path`` as :func:`acquire` does; ``busy(holder)`` is
+    the message of the :class:`LockHeld` (``holder``: who holds it)."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = open_file(path, os.O_RDWR | os.O_CREAT, role)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LockHeld(f"{record} is being written by another fxnn run ({_describe(path)}); wait for "
-                           f"it to end, or write elsewhere with -o") from None
+            raise LockHeld(busy(_describe(path))) from None
         except OSError:
             os.close(fd)
             raise
         try:
-            same = os.path.samestat(os.fstat(fd), os.stat(path))
+            same = os.path.samestat(os.fstat(fd), os.lstat(path))
         except FileNotFoundError:
             same = False
         if same:
