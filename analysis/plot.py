@@ -136,9 +136,11 @@ def _figure():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, sharex=True)
     for ax in (loss_ax, err_ax):
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no tick at iteration 2.5 of a short run
         ax.grid(True, alpha=0.3, which="both")
     return fig, Panel(loss_ax, "loss"), Panel(err_ax, "error rate", "%")
 
@@ -151,10 +153,18 @@ def _finish(fig, loss, error, path, scales, title, log_iter, say):
     error.ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     import matplotlib.pyplot as plt
     plt.close(fig)
     return fig
+
+
+def save_figure(fig, path):
+    """Write ``fig`` to ``path`` atomically (its format from the extension),
+    so a stopped or failed write leaves an earlier file whole."""
+    from fxnn.files.atomic import atomic_path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or None)
 
 
 def _title(runs, common, extra=""):
@@ -245,7 +255,8 @@ def main(argv=None):
 
 
 def cli():
-    sys.exit(main())
+    from fxnn.files.signals import stoppable
+    sys.exit(stoppable("plot", main)())  # SIGTERM or SIGHUP: no temporary left, one line
 
 
 if __name__ == "__main__":

@@ -20,11 +20,21 @@ def error_at(run, iteration):
     return float(run.verate[hit[0]])
 
 
-def iterations_to(run, target):
+def iterations_to(run, target, interpolate=False):
     """The first record iteration at which the validation error is at most
-    ``target``, or NaN if the run never got there."""
+    ``target``, or NaN if the run never got there. ``interpolate``: the
+    iteration where the straight line between that record and the one before
+    it crosses ``target`` (validation is only seen at the records, so the
+    record count alone moves in steps of -ipr and gives ties)."""
     reached = np.flatnonzero(run.verate <= target)
-    return float(run.record_iterations[reached[0]]) if reached.size else math.nan
+    if not reached.size:
+        return math.nan
+    i = reached[0]
+    iters = run.record_iterations
+    if not interpolate or i == 0:
+        return float(iters[i])
+    before, after = float(run.verate[i - 1]), float(run.verate[i])
+    return float(iters[i - 1] + (iters[i] - iters[i - 1]) * (before - target) / (before - after))
 
 
 @dataclass
@@ -86,10 +96,75 @@ def welch_difference(a, b, level=0.95):
     diff = float(np.mean(a) - np.mean(b)) if a.size and b.size else math.nan
     if a.size < 2 or b.size < 2:
         return Difference(diff, math.nan, math.nan, level)
-    va, vb = np.var(a, ddof=1) / a.size, np.var(b, ddof=1) / b.size
-    se = math.sqrt(va + vb)
+    se, dof = _welch_se_dof(a, b)
     if se == 0:
         return Difference(diff, diff, diff, level)
-    dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
     half = stats.t.ppf(0.5 + level / 2, dof) * se
     return Difference(diff, diff - half, diff + half, level)
+
+
+def welch_p(a, b):
+    """Two-sided p-value of Welch's t test of mean(a) = mean(b); NaN with
+    fewer than two values on a side."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size < 2 or b.size < 2:
+        return math.nan
+    se, dof = _welch_se_dof(a, b)
+    diff = float(np.mean(a) - np.mean(b))
+    if se == 0:
+        return 1.0 if diff == 0 else 0.0
+    return float(2 * stats.t.sf(abs(diff) / se, dof))
+
+
+def _welch_se_dof(a, b):
+    va, vb = np.var(a, ddof=1) / a.size, np.var(b, ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)) if se else math.inf
+    return se, dof
+
+
+@dataclass
+class Equivalence:
+    """Two one-sided Welch tests (TOST) of |mean(a) - mean(b)| < ``margin``:
+    ``p`` is the larger of the two one-sided p-values; the difference is
+    shown equivalent at level ``alpha`` when p < alpha, which is when the
+    (1 - 2 alpha) Welch interval lies inside (-margin, margin)."""
+    diff: float
+    margin: float
+    p: float
+
+    def equivalent(self, alpha=0.05):
+        return self.p < alpha
+
+
+def equivalence(a, b, margin):
+    """:class:`Equivalence` of the means of ``a`` and ``b`` within
+    ``margin`` > 0 (NaN p with fewer than two values on a side: nothing can
+    be shown)."""
+    if not margin > 0:
+        raise ValueError(f"an equivalence margin must be positive, got {margin}")
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    diff = float(np.mean(a) - np.mean(b)) if a.size and b.size else math.nan
+    if a.size < 2 or b.size < 2:
+        return Equivalence(diff, margin, math.nan)
+    se, dof = _welch_se_dof(a, b)
+    if se == 0:
+        return Equivalence(diff, margin, 0.0 if abs(diff) < margin else 1.0)
+    p_above = stats.t.sf((diff + margin) / se, dof)    # H0: diff <= -margin
+    p_below = stats.t.cdf((diff - margin) / se, dof)   # H0: diff >= margin
+    return Equivalence(diff, margin, float(max(p_above, p_below)))
+
+
+def holm(pvalues):
+    """Holm's step-down adjustment of a family of p-values (NaNs left out of
+    the family and returned as NaN): reject hypothesis i at level alpha when
+    its adjusted p-value is below alpha; controls the family-wise error rate."""
+    p = np.asarray(pvalues, dtype=float)
+    adjusted = np.full(p.shape, math.nan)
+    present = np.flatnonzero(~np.isnan(p))
+    order = present[np.argsort(p[present], kind="stable")]
+    m, running = len(order), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted

@@ -17,10 +17,14 @@ import math
 import re
 import sys
 
-from .records import RecordError, distinct_runs, group_by_label, load_run, tag_experiments
-from .stats import Spread, clipped, error_at, iterations_to, mean_interval, t_factor, welch_difference
+import numpy as np
 
-CSV_COLUMNS = ("measure", "label", "versus", "at", "mean", "std", "n", "missing", "ci_low", "ci_high")
+from .records import RecordError, distinct_runs, group_by_label, load_run, tag_experiments
+from .stats import (Spread, clipped, equivalence, error_at, holm, iterations_to, mean_interval, t_factor,
+                    welch_difference, welch_p)
+
+CSV_COLUMNS = ("measure", "label", "versus", "at", "mean", "std", "n", "missing", "ci_low", "ci_high", "p", "p_holm",
+               "p_equiv")
 
 
 #: The test-set errors of a --valid-split run (``at`` in the CSV): with the
@@ -45,6 +49,16 @@ def default_at(runs):
     return at + [last]
 
 
+def shared_default_at(groups):
+    """Per label, the iterations of every label's :func:`default_at` at which
+    all of that label's runs have a record: the table's columns are the union
+    of the defaults, and a label is summarised in each column it has a record
+    for, so that "-" means no record there, not another label's spacing."""
+    union = sorted(set().union(*(default_at(group) for group in groups.values())))
+    return {label: [it for it in union if all(np.any(r.record_iterations == it) for r in group)]
+            for label, group in groups.items()}
+
+
 def reference(group, groups, versus):
     """The label of the ``versus`` group ``group`` is compared with: the one
     with the same settings (the same tag), else the only ``versus`` group."""
@@ -53,14 +67,27 @@ def reference(group, groups, versus):
     return (same or (refs if len(refs) == 1 else [None]))[0]
 
 
-def summarize(runs, at, target, versus, level=0.95):
+def _difference(measure, label, ref, at, a, b, level, margin, bound):
+    """A difference row: mean(a) - mean(b), its Welch interval (clipped to
+    +-``bound`` when given), Welch's p and, with a ``margin``, the p of the
+    two one-sided tests of equivalence within it."""
+    d = welch_difference(a, b, level)
+    d = clipped(d, -bound, bound) if bound else d
+    return dict(measure=measure, label=label, versus=ref, at=at, mean=d.diff, ci_low=d.low, ci_high=d.high,
+                p=welch_p(a, b), p_equiv=equivalence(a, b, margin).p if margin else "")
+
+
+def summarize(runs, at, target, versus, level=0.95, margin=None):
     """Rows (dicts with CSV_COLUMNS) of the summary of runs labelled by
     :func:`~fxnn.analysis.records.tag_experiments`: per label the error at each
-    iteration in ``at`` (default: :func:`default_at` of that label's runs)
-    with the interval of its mean, and the iterations to ``target``; per
-    label other than ``versus`` the differences from its reference."""
+    iteration in ``at`` (default: :func:`shared_default_at`) with the
+    interval of its mean, and the iterations to ``target`` (interpolated
+    between records); per label other than ``versus`` the differences from
+    its reference, each with Welch's p, Holm-adjusted over all the
+    differences of the summary (``p_holm``), and with a ``margin`` (of error
+    rate) the p of equivalence within it (two one-sided tests)."""
     groups = group_by_label(runs)
-    at_of = {label: at or default_at(group) for label, group in groups.items()}
+    at_of = {label: list(at) for label in groups} if at else shared_default_at(groups)
     rows = []
     for label, group in groups.items():
         for it in at_of[label]:
@@ -68,7 +95,7 @@ def summarize(runs, at, target, versus, level=0.95):
             s, ci = Spread.of(values), clipped(mean_interval(values, level), 0.0, 1.0)
             rows.append(dict(measure="verate", label=label, at=it, mean=s.mean, std=s.std, n=s.n, missing=s.missing,
                              ci_low=ci.low, ci_high=ci.high))
-        s = Spread.of([iterations_to(r, target) for r in group])
+        s = Spread.of([iterations_to(r, target, interpolate=True) for r in group])
         rows.append(dict(measure="iters_to", label=label, at=target, mean=s.mean, std=s.std, n=s.n,
                          missing=s.missing))
         if has_test(group):
@@ -82,21 +109,18 @@ def summarize(runs, at, target, versus, level=0.95):
         if ref is None or label == ref or group[0].model == versus:
             continue
         for it in [it for it in at_of[label] if it in at_of[ref]]:
-            d = welch_difference([error_at(r, it) for r in group], [error_at(r, it) for r in groups[ref]], level)
-            d = clipped(d, -1.0, 1.0)
-            rows.append(dict(measure="verate_diff", label=label, versus=ref, at=it, mean=d.diff,
-                             ci_low=d.low, ci_high=d.high))
+            rows.append(_difference("verate_diff", label, ref, it, [error_at(r, it) for r in group],
+                                    [error_at(r, it) for r in groups[ref]], level, margin, 1.0))
         if has_test(group) and has_test(groups[ref]):
             for at, i in TEST_AT.items():
-                d = welch_difference([r.test_erate[i] for r in group], [r.test_erate[i] for r in groups[ref]], level)
-                d = clipped(d, -1.0, 1.0)
-                rows.append(dict(measure="test_erate_diff", label=label, versus=ref, at=at, mean=d.diff,
-                                 ci_low=d.low, ci_high=d.high))
-        a, b = ([iterations_to(r, target) for r in g] for g in (group, groups[ref]))
+                rows.append(_difference("test_erate_diff", label, ref, at, [r.test_erate[i] for r in group],
+                                        [r.test_erate[i] for r in groups[ref]], level, margin, 1.0))
+        a, b = ([iterations_to(r, target, interpolate=True) for r in g] for g in (group, groups[ref]))
         if not any(map(math.isnan, a + b)):
-            d = welch_difference(a, b, level)
-            rows.append(dict(measure="iters_to_diff", label=label, versus=ref, at=target, mean=d.diff,
-                             ci_low=d.low, ci_high=d.high))
+            rows.append(_difference("iters_to_diff", label, ref, target, a, b, level, None, None))
+    diffs = [row for row in rows if "p" in row]
+    for row, adjusted in zip(diffs, holm([row["p"] for row in diffs])):
+        row["p_holm"] = adjusted
     return [{c: row.get(c, "") for c in CSV_COLUMNS} for row in rows]
 
 
@@ -114,7 +138,9 @@ def _cell(row):
     m, measure = row["mean"], row["measure"]
     fmt = _pct if measure.startswith(("verate", "test")) else (lambda x: "n/a" if math.isnan(x) else f"{x:.0f}")
     if measure.endswith("_diff"):
-        return f"{fmt(m)} {_interval(fmt, row)}"
+        equiv = f" eq={row['p_equiv']:.2g}" if row["p_equiv"] != "" and not math.isnan(row["p_equiv"]) else ""
+        p = "" if math.isnan(row["p_holm"]) else f" p={row['p_holm']:.2g}"
+        return f"{fmt(m)} {_interval(fmt, row)}{p}{equiv}"
     text = fmt(m) + ("" if math.isnan(row["std"]) else f" ± {fmt(row['std'])}")
     if measure in ("verate", "test_erate") and not math.isnan(row["ci_low"]):
         text += f" {_interval(fmt, row)}"
@@ -183,14 +209,18 @@ def write_csv(rows, path):
         writer.writerows(rows)
 
 
-def report(runs, at=None, target=0.05, versus="cnn", csv_path=None, png_path=None, out=None):
+def report(runs, at=None, target=0.05, versus="cnn", csv_path=None, png_path=None, out=None, margin=None):
     """Print the summary of ``runs``; write the CSV and band plot if asked."""
     out = out or sys.stdout
     runs, differ = tag_experiments(runs)
-    rows = summarize(runs, at, target, versus)
+    rows = summarize(runs, at, target, versus, margin=margin)
     print(describe(runs, differ), file=out)
     print("validation error, mean ± std over seeds [95% t interval of the mean]; differences with 95% Welch "
-          "intervals; intervals clipped to what an error rate can be", file=out)
+          "intervals; intervals clipped to what an error rate can be; iterations to the target interpolated "
+          "between records", file=out)
+    print("p: Welch's test of no difference, Holm-adjusted over the table's differences"
+          + (f"; eq: p of equivalence within ±{_pct(margin)} (two one-sided tests; below 0.05: shown "
+             "equivalent)" if margin else "; add --margin to test equivalence"), file=out)
     if any(row["measure"] == "test_erate" for row in rows):
         print("test: the test-set error once at the end (--valid-split), with the final parameters and with "
               "those of the record of lowest validation error", file=out)
@@ -217,6 +247,13 @@ def build_parser():
     return p
 
 
+def _margin(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a margin is an error rate in (0, 1), e.g. 0.01 for 1 point; got {text}")
+    return value
+
+
 def add_summary_flags(p):
     p.add_argument("--at", type=int, nargs="+", default=None,
                    help="iterations at which to report the validation error (default, for each setting: "
@@ -225,6 +262,9 @@ def add_summary_flags(p):
     p.add_argument("--versus", default="cnn", help="model the others are compared with")
     p.add_argument("--csv", default=None, help="write the summary as CSV here")
     p.add_argument("--png", default=None, help="write validation curves with one-std bands here")
+    p.add_argument("--margin", type=_margin, default=None, metavar="M",
+                   help="equivalence margin of error rate (0.01 = 1 point): each difference gets the p of two "
+                        "one-sided tests that it lies within +-M; say 'level' only where that p is below 0.05")
 
 
 def main(argv=None):
@@ -233,7 +273,7 @@ def main(argv=None):
         runs, notes = distinct_runs([load_run(path) for path in args.records])
         for note in notes:
             print(note)
-        report(runs, args.at, args.target, args.versus, args.csv, args.png)
+        report(runs, args.at, args.target, args.versus, args.csv, args.png, margin=args.margin)
     except (RecordError, ValueError, OSError) as e:
         print(f"summary: error: {e}", file=sys.stderr)
         return 2
@@ -241,7 +281,8 @@ def main(argv=None):
 
 
 def cli():
-    sys.exit(main())
+    from fxnn.files.signals import stoppable
+    sys.exit(stoppable("summary", main)())  # SIGTERM or SIGHUP: no temporary left, one line
 
 
 if __name__ == "__main__":

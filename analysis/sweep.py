@@ -14,7 +14,10 @@ record (``.log``). Rerunning
 the same command skips the finished runs and resumes interrupted ones, so a
 sweep stopped by Ctrl-C, a crash, a reboot or a lost worker goes on where it
 was. At the end it prints the summary and writes ``summary.csv`` and
-``summary.png`` in the output folder.
+``summary.png`` in the output folder. Every run's flags are checked by
+fxnn's own parser before any starts; a repeated seed or model runs once;
+the output folder is locked (``sweep.lock``), so a second sweep into it is
+refused while the first runs.
 
 How the runs are spread is :mod:`fxnn.analysis.cluster`'s (Dask, the ``cluster``
 extra); what is printed and when is this module's.
@@ -27,6 +30,9 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+
+from fxnn.files.nofollow import UnsafePath
+from fxnn.training import runlock
 
 from . import slurm
 from .cluster import SweepError, cores, fxnn_program
@@ -258,6 +264,46 @@ def run_on_slurm(args, head, todo, fxnn_flags, say):
         workers.close()
 
 
+def once(values, what):
+    """``values`` with repeats dropped (a repeated seed is the same run, which
+    must not count twice in the summary), said in a line when there were."""
+    unique = list(dict.fromkeys(values))
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        print(f"sweep: note: {what} {', '.join(repeated)} given more than once; each runs once", file=sys.stderr)
+    return unique
+
+
+def check_runs(jobs, fxnn_flags):
+    """A SweepError (one line) unless fxnn's own parser accepts the command
+    of every run: the runner's rules, not a copy of them."""
+    import fxnn
+    parser = fxnn.build_parser()
+    for job in jobs:
+        def refuse(message, job=job):
+            raise SweepError(f"{job.name} would be refused by fxnn: {message}")
+        parser.error = refuse
+        parser.parse_args(job.command(fxnn_flags)[len(fxnn_program()):])
+
+
+def lock_folder(out_dir):
+    """Lock ``out_dir`` for this sweep (as a run locks its record, on
+    ``sweep.lock``), so that two sweeps never run the same runs; one line
+    if another holds it or the lock cannot be taken, else None."""
+    try:
+        runlock.lock(os.path.join(os.path.abspath(out_dir), "sweep.lock"), "the sweep's lock",
+                     lambda holder: f"{out_dir} is in use by another fxnn-sweep ({holder}); wait for it to "
+                                    f"end, or sweep into another folder with -o")
+    except (runlock.LockHeld, UnsafePath) as e:
+        return str(e)
+    except OSError as e:
+        if e.errno not in runlock.UNSUPPORTED:
+            return f"cannot lock {out_dir}: {e.strerror or e}"
+        print(f"sweep: warning: the filesystem of {out_dir} has no locks; make sure no other sweep writes there",
+              file=sys.stderr)
+    return None
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="fxnn-sweep",
                                 description=__doc__.split("\n\n")[1].replace("``", ""),
@@ -297,9 +343,13 @@ def main(argv=None):
     if args.scheduler and args.jobs is not None:
         p.error("--jobs is for this machine; on a cluster each worker's --nthreads says how many runs it takes")
     slurm.check_flags(p, args)
-    import fxnn
-    for model in args.models:  # refuse bad flags before starting anything
-        fxnn.build_parser().parse_args(["-m", model] + fxnn_flags)
+    models, seeds = once(args.models, "model"), once(args.seeds, "seed")
+    jobs = plan(models, seeds, os.path.abspath(args.out_dir))
+    try:
+        check_runs(jobs, fxnn_flags)  # refuse bad flags before starting anything
+    except SweepError as e:
+        print(f"sweep: error: {e}", file=sys.stderr)
+        return 2
 
     if args.print_job_script:
         try:
@@ -309,10 +359,23 @@ def main(argv=None):
             return 2
         return 0
     os.makedirs(args.out_dir, exist_ok=True)
-    jobs = plan(args.models, args.seeds, os.path.abspath(args.out_dir))
+    problem = lock_folder(args.out_dir)
+    if problem:
+        print(f"sweep: error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        return sweep(args, jobs, fxnn_flags)
+    finally:
+        runlock.release_all()
+
+
+def sweep(args, jobs, fxnn_flags):
+    """Run the ``jobs`` left and summarise them all; returns the exit code."""
     todo = [job for job in jobs if job.state != "done"]
     say = lambda line: print(line, flush=True)  # noqa: E731
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the sweep as Ctrl-C does
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # they stop the sweep as Ctrl-C does (a nohup's SIGHUP stays ignored)
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, signal.default_int_handler)
     try:
         head = f"{len(jobs)} runs in {args.out_dir}: {len(jobs) - len(todo)} already done, {len(todo)} to run"
         failed = run_sweep(args, head, todo, fxnn_flags, say) if todo else say(head) or []
@@ -326,7 +389,7 @@ def main(argv=None):
         runs = [load_run(job.record) for job in jobs if os.path.exists(job.record)]
         if runs:
             report(runs, args.at, args.target, args.versus, os.path.join(args.out_dir, "summary.csv"),
-                   os.path.join(args.out_dir, "summary.png"))
+                   os.path.join(args.out_dir, "summary.png"), margin=args.margin)
     except (RecordError, ValueError, OSError) as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2

@@ -100,15 +100,22 @@ def test_summary_rows_are_right_on_constructed_records(records, tmp_path):
     row = get["verate", "fxnn (torch)", 100]
     assert row["mean"] == pytest.approx(np.mean(fx100)) and row["std"] == pytest.approx(np.std(fx100, ddof=1))
     assert row["n"] == 3
-    # iterations to 5%: fxnn seeds reach it at 300, 300, 300; cnn at 400, 400
-    assert get["iters_to", "fxnn (torch)", 0.05]["mean"] == 300
-    assert get["iters_to", "cnn (torch)", 0.05]["mean"] == 400
+    # iterations to 5%, interpolated between the records around the crossing: fxnn's seeds
+    # 200 + 100 * 3/4, 300 (reached exactly), 200 + 100 * 4/4.5; cnn's 300 + 100 * 2/2.5, 300 + 100 * 1/1.9
+    assert get["iters_to", "fxnn (torch)", 0.05]["mean"] == pytest.approx(np.mean([275, 300, 200 + 400 / 4.5]))
+    assert get["iters_to", "cnn (torch)", 0.05]["mean"] == pytest.approx(np.mean([380, 300 + 100 / 1.9]))
     diff = get["verate_diff", "fxnn (torch)", 100]
     ref = stats.ttest_ind(fx100, cnn100, equal_var=False).confidence_interval(0.95)
     assert diff["versus"] == "cnn (torch)"
     assert diff["mean"] == pytest.approx(np.mean(fx100) - np.mean(cnn100))
     assert (diff["ci_low"], diff["ci_high"]) == pytest.approx((ref.low, ref.high))
     assert ("verate_diff", "cnn (torch)", 100) not in get
+    # Welch's p, Holm-adjusted over every difference of the table (the family)
+    assert diff["p"] == pytest.approx(stats.ttest_ind(fx100, cnn100, equal_var=False).pvalue)
+    family = sorted(r["p"] for r in rows if r["measure"].endswith("_diff"))
+    assert diff["p_holm"] == pytest.approx(max(min(1, (len(family) - i) * p) for i, p in enumerate(family)
+                                               if p <= diff["p"]))
+    assert diff["p_equiv"] == ""   # no margin asked for
 
     # the CSV holds the same rows, readable by a real CSV parser
     out = tmp_path / "s.csv"
@@ -123,7 +130,7 @@ def test_never_reached_targets_are_counted_not_averaged(records):
     runs = [load_run(p) for p in records]
     rows = summary.summarize(runs, at=[400], target=0.029, versus="cnn")
     (fx,) = [r for r in rows if r["measure"] == "iters_to" and r["label"] == "fxnn (torch)"]
-    assert (fx["mean"], fx["n"], fx["missing"]) == (400, 1, 2)
+    assert (fx["mean"], fx["n"], fx["missing"]) == (pytest.approx(300 + 100 * 16 / 17), 1, 2)  # 4.5% -> 2.8%
     assert not [r for r in rows if r["measure"] == "iters_to_diff"]  # undefined when some never reach it
     table = summary.format_table(rows, [400], 0.029)
     assert "(2 never)" in table
@@ -166,7 +173,7 @@ def test_runs_on_different_data_are_separate_rows_named_by_their_data(tmp_path, 
     assert f"{100 * np.mean([FXNN[1][4], FXNN[2][4]]):.2f}%" in a and a.split()[4] == "2"
 
 
-def test_runs_with_different_record_spacing_summarise_at_their_own_iterations(tmp_path, capsys):
+def test_runs_with_different_record_spacing_summarise_at_every_default_iteration_they_have(tmp_path, capsys):
     coarse = [make_record(tmp_path / f"c{s}.mat", "fxnn", s, FXNN[s], ipr=100) for s in (1, 2, 3)]
     fine = [make_record(tmp_path / f"f{s}.mat", "fxnn", s, np.repeat(FXNN[s], 2)[1:], ipr=50) for s in (1, 2, 3)]
     cnn = [make_record(tmp_path / f"cnn{s}.mat", "cnn", s, CNN[s], ipr=100) for s in (1, 2)]
@@ -176,8 +183,10 @@ def test_runs_with_different_record_spacing_summarise_at_their_own_iterations(tm
     rows = summary.summarize(runs, None, 0.05, "cnn")
     at = {label: [r["at"] for r in rows if r["measure"] == "verate" and r["label"] == label]
           for label in {r["label"] for r in rows}}
-    assert at == {"fxnn (torch) -nrec 4 -ipr 100": [100, 400], "fxnn (torch) -nrec 8 -ipr 50": [50, 200, 400],
-                  "cnn (torch) -nrec 4 -ipr 100": [100, 400]}
+    # the columns are the union of each setting's defaults (100, 400; 50, 200, 400); each row has
+    # every one it has a record at, so the fine runs are summarised at 100 too
+    assert at == {"fxnn (torch) -nrec 4 -ipr 100": [100, 200, 400], "fxnn (torch) -nrec 8 -ipr 50": [50, 100, 200, 400],
+                  "cnn (torch) -nrec 4 -ipr 100": [100, 200, 400]}
     fine_400 = next(r for r in rows if r["label"] == "fxnn (torch) -nrec 8 -ipr 50" and r["at"] == 400)
     assert fine_400["mean"] == pytest.approx(np.mean([FXNN[s][4] for s in (1, 2, 3)]))
     lines = out.splitlines()
@@ -186,11 +195,13 @@ def test_runs_with_different_record_spacing_summarise_at_their_own_iterations(tm
     table = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in lines[head + 1:])}
     assert table["fxnn (torch) -nrec 4 -ipr 100"][:3] == ["3", "-", "21.00% ± 3.61% [12.04%, 29.96%]"]
     assert table["fxnn (torch) -nrec 8 -ipr 50"][4].startswith("3.10% ± 0.36%")
-    assert table["fxnn (torch) -nrec 8 -ipr 50"][2] == "-"  # no record at iteration 100 in that row's table
+    at_100 = np.mean([FXNN[s][1] for s in (1, 2, 3)])  # the fine runs' record at 100
+    assert table["fxnn (torch) -nrec 8 -ipr 50"][2].startswith(f"{100 * at_100:.2f}% ± ")
+    assert "-" not in table["fxnn (torch) -nrec 8 -ipr 50"][1:5]  # it has a record at every column
     # the only cnn is the reference of both, at the iterations each shares with it
     diffs = {(r["label"], r["at"]) for r in rows if r["measure"] == "verate_diff"}
-    assert diffs == {("fxnn (torch) -nrec 4 -ipr 100", 100), ("fxnn (torch) -nrec 4 -ipr 100", 400),
-                     ("fxnn (torch) -nrec 8 -ipr 50", 400)}
+    assert diffs == {("fxnn (torch) -nrec 4 -ipr 100", it) for it in (100, 200, 400)} | {
+        ("fxnn (torch) -nrec 8 -ipr 50", it) for it in (100, 200, 400)}
 
 
 def test_intervals_are_clipped_to_what_an_error_rate_can_be(tmp_path):
@@ -344,3 +355,17 @@ def test_a_sweep_started_with_sigint_ignored_still_stops_its_runs(tmp_path, smal
     assert proc.returncode == 130, stderr
     run = load_run(str(out / "fxnn-seed1.mat"))
     assert run.status == "interrupted" and 2 <= len(run.verate) < 401
+
+
+def test_a_margin_adds_the_equivalence_test_to_every_error_difference(records, capsys):
+    runs = [load_run(p) for p in records]
+    rows = summary.summarize(runs, at=[400], target=0.05, versus="cnn", margin=0.05)
+    (diff,) = [r for r in rows if r["measure"] == "verate_diff"]
+    fx, cnn = [v[4] for v in FXNN.values()], [v[4] for v in CNN.values()]
+    ci90 = stats.ttest_ind(fx, cnn, equal_var=False).confidence_interval(0.90)
+    assert (diff["p_equiv"] < 0.05) == (-0.05 < ci90.low and ci90.high < 0.05)
+    assert summary.main([*records, "--margin", "0.05", "--at", "400"]) == 0
+    out = capsys.readouterr().out
+    assert "eq=" in out and "p of equivalence within ±5.00%" in out
+    with pytest.raises(SystemExit):
+        summary.build_parser().parse_args(["--margin", "5", "x.mat"])

@@ -130,6 +130,16 @@ def test_bands_group_the_seeds_of_each_setting(tmp_path):
     assert err_ax.get_yscale() == "log"
 
 
+@pytest.mark.parametrize("draw", [plot.plot_runs, plot.plot_bands])
+def test_a_short_runs_iteration_ticks_are_whole_iterations(tmp_path, draw):
+    runs = [make_record(tmp_path / f"s{s}.mat", [0.9, 0.5, 0.4, 0.35, 0.3], seed=s, ipr=5) for s in (1, 2)]  # 0..20
+    fig = draw(runs, str(tmp_path / "short.png"))
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert len(ticks) >= 3 and all(t == int(t) for t in ticks), ticks  # matplotlib's default: 0, 2.5, 5, 7.5, ...
+
+
 def test_bands_never_pool_runs_that_differ_in_a_flag_the_labels_do_not_show(tmp_path):
     runs = [make_record(tmp_path / f"b{b}s{s}.mat", v, seed=s, batch_size=b)
             for b, s, v in ((64, 1, [0.9, 0.2]), (64, 2, [0.9, 0.4]), (32, 1, [0.9, 0.1]))]
