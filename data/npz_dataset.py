@@ -19,7 +19,7 @@ KEYS = ("x_train", "y_train", "x_test", "y_test")
 MAX_CLASSES = 10000
 LIMIT_ENV = "FXNN_NPZ_LIMIT_MB"
 DEFAULT_LIMIT_MB = 8192
-FORMAT = "an .npz with x_train, y_train, x_test, y_test (README 'Data')"
+FORMAT = "an .npz with x_train, y_train, x_test, y_test (docs/data.md)"
 
 
 def limit_bytes():

@@ -1,4 +1,4 @@
-"""The README's Octave example, run as it stands in a real octave-cli with no
+"""The manual's Octave example (docs/records.md), run as it stands in a real octave-cli with no
 display, on a record in each layout."""
 import os
 import re
@@ -15,7 +15,7 @@ from fxnn.training.matfile import SnapshotSource, write_mat
 
 
 def readme_example():
-    with open(os.path.join(ROOT, "README.md")) as f:
+    with open(os.path.join(ROOT, "docs", "records.md")) as f:
         (code,) = re.findall(r"```matlab\n(.*?)```", f.read(), re.S)
     return code
 

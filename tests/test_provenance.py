@@ -17,7 +17,7 @@ from fxnn.training.matfile import read_mat
 
 
 def fxnn_reference_counts(c, h, w, conv_channels=(32, 64), hidden=(384, 192), classes=10, k=None):
-    """(trainable, fixed) counted from the README's description of the
+    """(trainable, fixed) counted from the manual's description of the
     network: per conv layer a (5M, N) 1x1 or an (N, M, k, k) kernel plus N
     biases (fixed: five 3x3 kernels per input channel), two 2x2 poolings,
     then dense layers with biases."""
@@ -43,8 +43,8 @@ def test_parameter_counts_follow_the_network_description(shape):
     assert provenance.parameter_counts(build_network("baseline", shape)) == (np.prod(shape) * 10 + 10, 0)
 
 
-def test_readme_lists_the_computed_parameter_counts():
-    with open(os.path.join(ROOT, "README.md")) as f:
+def test_manual_lists_the_computed_parameter_counts():
+    with open(os.path.join(ROOT, "docs", "network.md")) as f:
         readme = f.read()
     for model in ("fxnn", "cnn"):
         for dataset, shape in (("MNIST", (1, 28, 28)), ("CIFAR-10", (3, 32, 32))):
@@ -80,8 +80,8 @@ def test_record_size_warning_only_above_the_limit():
     assert line == (f"Note: rec-MNIST-fxnn.mat will hold 101 snapshots of the parameters, about "
                     f"{101 * n * 4 / 1e6:,.0f} MB; --record-params last keeps only the final ones "
                     f"({n * 4 / 1e6:.1f} MB).")
-    with open(os.path.join(ROOT, "README.md")) as f:
-        assert f"\n{line}\n" in f.read()  # the README shows the default run's line as it is
+    with open(os.path.join(ROOT, "docs", "running.md")) as f:
+        assert f"\n{line}\n" in f.read()  # the manual shows the default run's line as it is
     cifar = record_size.warning("r.mat", build_network("fxnn", (3, 32, 32)).param_shapes(), 1000, "all")
     assert "1001 snapshots of the parameters, about 6.6 GB;" in cifar
     assert record_size.warning("r.mat", shapes, 100, "last") is None
