@@ -194,6 +194,50 @@ static int shaped(const Py_buffer *v, long b, long c, long h, long w)
     return v->shape[0] == b && v->shape[1] == c && v->shape[2] == h && v->shape[3] == w;
 }
 
+/* The sizes of a fused call, read from its buffers. */
+struct fused_dims { long b, m, n, h, w; };
+
+/* Reads and checks the buffers (x, w, bias, y) of a fused forward: NULL, or what is wrong. */
+static const char *forward_shapes(const Py_buffer *v, long stride, struct fused_dims *d)
+{
+    d->b = (long)v[0].shape[0]; d->m = (long)v[0].shape[1]; d->h = (long)v[0].shape[2]; d->w = (long)v[0].shape[3];
+    d->n = (long)v[1].shape[1];
+    if (v[1].shape[0] != FXNN_NUM_KERNELS * d->m)
+        return "w must be (5M, N) for x of M channels";
+    if (v[2].obj && v[2].shape[0] != d->n)
+        return "bias must be (N,)";
+    if (!shaped(&v[3], d->b, d->n, fxnn_out_size(d->h, stride), fxnn_out_size(d->w, stride)))
+        return "y must be (B, N, Ho, Wo), Ho = (H-1)/stride + 1, Wo likewise";
+    return NULL;
+}
+
+/* The same for (x, dy, dw, dbias) of a fused weight gradient. */
+static const char *wgrad_shapes(const Py_buffer *v, long stride, struct fused_dims *d)
+{
+    d->b = (long)v[0].shape[0]; d->m = (long)v[0].shape[1]; d->h = (long)v[0].shape[2]; d->w = (long)v[0].shape[3];
+    d->n = (long)v[1].shape[1];
+    if (!shaped(&v[1], d->b, d->n, fxnn_out_size(d->h, stride), fxnn_out_size(d->w, stride)))
+        return "dy must be (B, N, Ho, Wo) for x of shape (B, M, H, W), Ho = (H-1)/stride + 1, Wo likewise";
+    if (v[2].shape[0] != FXNN_NUM_KERNELS * d->m || v[2].shape[1] != d->n)
+        return "dw must be (5M, N)";
+    if (v[3].obj && v[3].shape[0] != d->n)
+        return "dbias must be (N,)";
+    return NULL;
+}
+
+/* The same for (dy, w, dx) of a fused input gradient. */
+static const char *dgrad_shapes(const Py_buffer *v, long stride, struct fused_dims *d)
+{
+    d->b = (long)v[0].shape[0]; d->n = (long)v[0].shape[1];
+    d->m = (long)v[2].shape[1]; d->h = (long)v[2].shape[2]; d->w = (long)v[2].shape[3];
+    if (v[2].shape[0] != d->b || v[0].shape[2] != fxnn_out_size(d->h, stride)
+        || v[0].shape[3] != fxnn_out_size(d->w, stride))
+        return "dx must be (B, M, H, W) for dy of shape (B, N, Ho, Wo), Ho = (H-1)/stride + 1, Wo likewise";
+    if (v[1].shape[0] != FXNN_NUM_KERNELS * d->m || v[1].shape[1] != d->n)
+        return "w must be (5M, N)";
+    return NULL;
+}
+
 static PyObject *fused_forward(PyObject *self, PyObject *args)
 {
     static const struct f32_arg spec[] = {{"x", 4, 0, 0}, {"w", 2, 0, 0}, {"bias", 1, 0, 1}, {"y", 4, 1, 0}};
@@ -201,21 +245,16 @@ static PyObject *fused_forward(PyObject *self, PyObject *args)
     PyObject *o[count];
     Py_buffer v[count];
     int threads, isa, rc;
-    const char *isa_name;
-    long b, m, n, h, w, stride = 1;
+    const char *isa_name, *problem;
+    long stride = 1;
+    struct fused_dims d;
     (void)self;
     PARSE_FUSED("OOOO", &o[0], &o[1], &o[2], &o[3]);
-    b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
-    n = (long)v[1].shape[1];
-    if (v[1].shape[0] != FXNN_NUM_KERNELS * m)
-        SHAPE_ERROR("w must be (5M, N) for x of M channels");
-    if (v[2].obj && v[2].shape[0] != n)
-        SHAPE_ERROR("bias must be (N,)");
-    if (!shaped(&v[3], b, n, fxnn_out_size(h, stride), fxnn_out_size(w, stride)))
-        SHAPE_ERROR("y must be (B, N, Ho, Wo), Ho = (H-1)/stride + 1, Wo likewise");
+    if ((problem = forward_shapes(v, stride, &d)) != NULL)
+        SHAPE_ERROR(problem);
     Py_BEGIN_ALLOW_THREADS
     rc = fxnn_fused_forward(isa, (const float *)v[0].buf, (const float *)v[1].buf,
-                            v[2].obj ? (const float *)v[2].buf : NULL, (float *)v[3].buf, b, m, n, h, w, stride,
+                            v[2].obj ? (const float *)v[2].buf : NULL, (float *)v[3].buf, d.b, d.m, d.n, d.h, d.w, stride,
                             threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
@@ -229,21 +268,16 @@ static PyObject *fused_wgrad(PyObject *self, PyObject *args)
     PyObject *o[count];
     Py_buffer v[count];
     int threads, isa, rc;
-    const char *isa_name;
-    long b, m, n, h, w, stride = 1;
+    const char *isa_name, *problem;
+    long stride = 1;
+    struct fused_dims d;
     (void)self;
     PARSE_FUSED("OOOO", &o[0], &o[1], &o[2], &o[3]);
-    b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
-    n = (long)v[1].shape[1];
-    if (!shaped(&v[1], b, n, fxnn_out_size(h, stride), fxnn_out_size(w, stride)))
-        SHAPE_ERROR("dy must be (B, N, Ho, Wo) for x of shape (B, M, H, W), Ho = (H-1)/stride + 1, Wo likewise");
-    if (v[2].shape[0] != FXNN_NUM_KERNELS * m || v[2].shape[1] != n)
-        SHAPE_ERROR("dw must be (5M, N)");
-    if (v[3].obj && v[3].shape[0] != n)
-        SHAPE_ERROR("dbias must be (N,)");
+    if ((problem = wgrad_shapes(v, stride, &d)) != NULL)
+        SHAPE_ERROR(problem);
     Py_BEGIN_ALLOW_THREADS
     rc = fxnn_fused_wgrad(isa, (const float *)v[0].buf, (const float *)v[1].buf, (float *)v[2].buf,
-                          v[3].obj ? (float *)v[3].buf : NULL, b, m, n, h, w, stride, threads);
+                          v[3].obj ? (float *)v[3].buf : NULL, d.b, d.m, d.n, d.h, d.w, stride, threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
     return fused_result(rc);
@@ -256,18 +290,15 @@ static PyObject *fused_dgrad(PyObject *self, PyObject *args)
     PyObject *o[count];
     Py_buffer v[count];
     int threads, isa, rc;
-    const char *isa_name;
-    long b, m, n, h, w, stride = 1;
+    const char *isa_name, *problem;
+    long stride = 1;
+    struct fused_dims d;
     (void)self;
     PARSE_FUSED("OOO", &o[0], &o[1], &o[2]);
-    b = (long)v[0].shape[0]; n = (long)v[0].shape[1];
-    m = (long)v[2].shape[1]; h = (long)v[2].shape[2]; w = (long)v[2].shape[3];
-    if (v[2].shape[0] != b || v[0].shape[2] != fxnn_out_size(h, stride) || v[0].shape[3] != fxnn_out_size(w, stride))
-        SHAPE_ERROR("dx must be (B, M, H, W) for dy of shape (B, N, Ho, Wo), Ho = (H-1)/stride + 1, Wo likewise");
-    if (v[1].shape[0] != FXNN_NUM_KERNELS * m || v[1].shape[1] != n)
-        SHAPE_ERROR("w must be (5M, N)");
+    if ((problem = dgrad_shapes(v, stride, &d)) != NULL)
+        SHAPE_ERROR(problem);
     Py_BEGIN_ALLOW_THREADS
-    rc = fxnn_fused_dgrad(isa, (const float *)v[0].buf, (const float *)v[1].buf, (float *)v[2].buf, b, m, n, h, w,
+    rc = fxnn_fused_dgrad(isa, (const float *)v[0].buf, (const float *)v[1].buf, (float *)v[2].buf, d.b, d.m, d.n, d.h, d.w,
                           stride, threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
@@ -386,21 +417,16 @@ static PyObject *fused_forward_bf16(PyObject *self, PyObject *args)
     PyObject *o[count];
     Py_buffer v[count];
     int threads, isa, rc;
-    const char *isa_name;
-    long b, m, n, h, w, stride = 1;
+    const char *isa_name, *problem;
+    long stride = 1;
+    struct fused_dims d;
     (void)self;
     PARSE_BF16("OOOO", &o[0], &o[1], &o[2], &o[3]);
-    b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
-    n = (long)v[1].shape[1];
-    if (v[1].shape[0] != FXNN_NUM_KERNELS * m)
-        SHAPE_ERROR("w must be (5M, N) for x of M channels");
-    if (v[2].obj && v[2].shape[0] != n)
-        SHAPE_ERROR("bias must be (N,)");
-    if (!shaped(&v[3], b, n, fxnn_out_size(h, stride), fxnn_out_size(w, stride)))
-        SHAPE_ERROR("y must be (B, N, Ho, Wo), Ho = (H-1)/stride + 1, Wo likewise");
+    if ((problem = forward_shapes(v, stride, &d)) != NULL)
+        SHAPE_ERROR(problem);
     Py_BEGIN_ALLOW_THREADS
     rc = fxb_fused_forward(isa, (const uint16_t *)v[0].buf, (const uint16_t *)v[1].buf,
-                           v[2].obj ? (const uint16_t *)v[2].buf : NULL, (uint16_t *)v[3].buf, b, m, n, h, w, stride,
+                           v[2].obj ? (const uint16_t *)v[2].buf : NULL, (uint16_t *)v[3].buf, d.b, d.m, d.n, d.h, d.w, stride,
                            threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
@@ -414,21 +440,16 @@ static PyObject *fused_wgrad_bf16(PyObject *self, PyObject *args)
     PyObject *o[count];
     Py_buffer v[count];
     int threads, isa, rc;
-    const char *isa_name;
-    long b, m, n, h, w, stride = 1;
+    const char *isa_name, *problem;
+    long stride = 1;
+    struct fused_dims d;
     (void)self;
     PARSE_BF16("OOOO", &o[0], &o[1], &o[2], &o[3]);
-    b = (long)v[0].shape[0]; m = (long)v[0].shape[1]; h = (long)v[0].shape[2]; w = (long)v[0].shape[3];
-    n = (long)v[1].shape[1];
-    if (!shaped(&v[1], b, n, fxnn_out_size(h, stride), fxnn_out_size(w, stride)))
-        SHAPE_ERROR("dy must be (B, N, Ho, Wo) for x of shape (B, M, H, W), Ho = (H-1)/stride + 1, Wo likewise");
-    if (v[2].shape[0] != FXNN_NUM_KERNELS * m || v[2].shape[1] != n)
-        SHAPE_ERROR("dw must be (5M, N)");
-    if (v[3].obj && v[3].shape[0] != n)
-        SHAPE_ERROR("dbias must be (N,)");
+    if ((problem = wgrad_shapes(v, stride, &d)) != NULL)
+        SHAPE_ERROR(problem);
     Py_BEGIN_ALLOW_THREADS
     rc = fxb_fused_wgrad(isa, (const uint16_t *)v[0].buf, (const uint16_t *)v[1].buf, (uint16_t *)v[2].buf,
-                         v[3].obj ? (uint16_t *)v[3].buf : NULL, b, m, n, h, w, stride, threads);
+                         v[3].obj ? (uint16_t *)v[3].buf : NULL, d.b, d.m, d.n, d.h, d.w, stride, threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
     return fused_result(rc);
@@ -441,19 +462,16 @@ static PyObject *fused_dgrad_bf16(PyObject *self, PyObject *args)
     PyObject *o[count];
     Py_buffer v[count];
     int threads, isa, rc;
-    const char *isa_name;
-    long b, m, n, h, w, stride = 1;
+    const char *isa_name, *problem;
+    long stride = 1;
+    struct fused_dims d;
     (void)self;
     PARSE_BF16("OOO", &o[0], &o[1], &o[2]);
-    b = (long)v[0].shape[0]; n = (long)v[0].shape[1];
-    m = (long)v[2].shape[1]; h = (long)v[2].shape[2]; w = (long)v[2].shape[3];
-    if (v[2].shape[0] != b || v[0].shape[2] != fxnn_out_size(h, stride) || v[0].shape[3] != fxnn_out_size(w, stride))
-        SHAPE_ERROR("dx must be (B, M, H, W) for dy of shape (B, N, Ho, Wo), Ho = (H-1)/stride + 1, Wo likewise");
-    if (v[1].shape[0] != FXNN_NUM_KERNELS * m || v[1].shape[1] != n)
-        SHAPE_ERROR("w must be (5M, N)");
+    if ((problem = dgrad_shapes(v, stride, &d)) != NULL)
+        SHAPE_ERROR(problem);
     Py_BEGIN_ALLOW_THREADS
     rc = fxb_fused_dgrad(isa, (const uint16_t *)v[0].buf, (const uint16_t *)v[1].buf, (uint16_t *)v[2].buf,
-                         b, m, n, h, w, stride, threads);
+                         d.b, d.m, d.n, d.h, d.w, stride, threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
     return fused_result(rc);
