@@ -13,7 +13,7 @@ contender of one pass alternated in the same rounds:
     dense bf16 cl         under torch.autocast("cpu", torch.bfloat16), channels_last (bf16 input,
                           as a layer after another autocast layer gets); marked "(no bf16 unit)"
                           and never the baseline where the CPU has neither AMX-BF16 nor AVX512-BF16
-  fxnn contenders   fxnn.models.torch_layers.fixed_conv2d_record on a path:
+  fxnn contenders   fxnn.models.torch_paths.fixed_conv2d_record on a path:
     fp32 fused|fixed|folded|auto    float32, NCHW (fused: kernels/fused_cpu.c)
     bf16 fused|fixed|folded|auto    under bf16 autocast, bf16 input (fused: the bf16 C kernel
                                     where built; folded: channels_last input, as oneDNN likes it)
@@ -90,8 +90,8 @@ def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=Fal
     import torch
     import torch.nn.functional as F
     from fxnn.kernels.fixed_kernels import KERNELS
-    from fxnn.models import torch_layers
-    from fxnn.models.torch_layers import fixed_conv2d_record
+    from fxnn.models.torch import paths as torch_paths
+    from fxnn.models.torch.paths import fixed_conv2d_record
 
     cl = torch.channels_last
     g = torch.Generator().manual_seed(0)
@@ -146,13 +146,13 @@ def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=Fal
                 try:
                     with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"), \
                             torch.set_grad_enabled(train):
-                        notes[f"{precision} auto"] = "took " + torch_layers.auto_path(x, weight, bias, stride)
+                        notes[f"{precision} auto"] = "took " + torch_paths.auto_path(x, weight, bias, stride)
                 except Exception as e:  # noqa: BLE001  (reported with the contender)
                     notes[f"{precision} auto"] = f"auto_path failed: {type(e).__name__}: {e}"
             elif path == "fused" and precision == "bf16":
                 try:
                     with torch.autocast("cpu", torch.bfloat16):
-                        if "fused" not in torch_layers.available_paths(inputs["bf16", False][0]):
+                        if "fused" not in torch_paths.available_paths(inputs["bf16", False][0]):
                             notes["bf16 fused"] = "no bf16 fused kernel here: runs the fixed path"
                 except Exception as e:  # noqa: BLE001
                     notes["bf16 fused"] = f"available_paths failed: {type(e).__name__}: {e}"
@@ -185,9 +185,9 @@ def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=Fal
 def pytensor_contenders(b, m, n, hw, train, precisions=("fp32",), extras=False):
     import pytensor
     import pytensor.tensor as pt
-    from fxnn.models.pytensor_engine import compile_mode
-    from fxnn.models.pytensor_layers import conv2d_same, fxnn_conv
-    from fxnn.models.pytensor_paths import available_paths
+    from fxnn.models.pytensor.engine import compile_mode
+    from fxnn.models.pytensor.backend import conv2d_same, fxnn_conv
+    from fxnn.models.pytensor.paths import available_paths
 
     rng = np.random.default_rng(0)
     x = pytensor.shared(rng.random((b, m, hw, hw), dtype=np.float32))

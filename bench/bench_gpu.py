@@ -52,7 +52,7 @@ import torch  # noqa: E402
 
 from fxnn.kernels import cuda_fixed, cuda_fused  # noqa: E402
 from fxnn.kernels.fixed_kernels import NUM_KERNELS  # noqa: E402
-from fxnn.models.torch_layers import fixed_conv2d_record  # noqa: E402
+from fxnn.models.torch.paths import fixed_conv2d_record  # noqa: E402
 
 FULL = {"batch": [64, 256], "channels": [32, 64, 128, 256], "sizes": [14, 28, 56],
         "precisions": ["float32", "tf32", "bfloat16"], "layouts": ["nchw", "channels_last"], "warmup": 10, "reps": 50}

@@ -86,7 +86,7 @@ def peer_step(shape, batch, precision, width, depth, rng):
 def runner_step(model, shape, batch, precision, width, depth, rng):
     """A training step of the runner's resnet (TorchEngine, SGD, paths auto)."""
     from fxnn.models.resnet import build_resnet
-    from fxnn.models.torch_engine import TorchEngine
+    from fxnn.models.torch.engine import TorchEngine
     network = build_resnet(model, shape, 10, width, depth)
     engine = TorchEngine(network, network.init_params(rng), "sgd", precision=precision)
     x = rng.random((batch,) + shape, dtype=np.float32)

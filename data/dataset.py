@@ -32,7 +32,7 @@ class Dataset:
         return self.valid_x, self.valid_y
 
     def meta(self):
-        """The record's description of this data (README "The record file")."""
+        """The record's description of this data (docs/records.md)."""
         return {"data_source": self.source, "data_files": "; ".join(self.files),
                 "num_classes": self.num_classes, "image_shape": np.asarray(self.train_x.shape[1:], dtype=np.float64),
                 "train_images": len(self.train_x), "valid_images": len(self.validation()[0]),

@@ -26,7 +26,7 @@ if not os.path.isdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), "m
         and os.path.isfile(os.path.join(_ROOT, "pyproject.toml")):
     __path__.append(_ROOT)  # a source checkout: fxnn.models is <root>/models
 
-_LAZY = {"FixedConv2d": "fxnn.models.torch_layers", "convert": "fxnn.conversion", "main": "fxnn.cli",
+_LAZY = {"FixedConv2d": "fxnn.models.torch.layer", "convert": "fxnn.conversion", "main": "fxnn.cli",
          "build_parser": "fxnn.cli"}
 #: Modules of this package that are public names, imported when first asked for too.
 _MODULES = ("functional", "conversion")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fxnn.models.fixed_bases import basis_kernels, gram
-from fxnn.models.torch_layers import FixedConv2d, refusal
+from fxnn.models.torch.layer import FixedConv2d, refusal
 
 INITS = ("project", "fresh")
 

@@ -9,6 +9,6 @@
 move it to and from the (K*M, N) layout of fxnn's engines and ``.mat``
 records. Needs torch.
 """
-from fxnn.models.torch_layers import dense_weight, fixed_conv2d, pytorch_layout, record_layout
+from fxnn.models.torch.layer import dense_weight, fixed_conv2d, pytorch_layout, record_layout
 
 __all__ = ["fixed_conv2d", "dense_weight", "record_layout", "pytorch_layout"]

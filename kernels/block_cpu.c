@@ -9,7 +9,7 @@
  * where it is below (models/dropout.py), or s = 1 without a mask. Every
  * element equal to its window's maximum gets the window's gradient, as in
  * PyTensor and Theano. The reference, in torch ops, is in
- * models/torch_block.py, the caller; the Python binding is in
+ * models/torch/block.py, the caller; the Python binding is in
  * kernels/fixed_cpu_module.c. Threads over planes (fxnn_parallel).
  */
 #ifndef FXNN_BLOCK_CPU_C

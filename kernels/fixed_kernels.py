@@ -50,11 +50,6 @@ KERNELS = np.stack([np.outer(*sep) if sep else _identity_3x3() for sep in SEPARA
 KERNELS.setflags(write=False)
 
 
-def channel_index(m, k):
-    """Index in the 5M output of kernel ``k`` applied to input channel ``m``."""
-    return NUM_KERNELS * m + k
-
-
 def fixed_stage_reference(x):
     """Dense reference: correlate each channel of ``x`` (B, M, H, W) with the five
     kernels, zero padded, and return (B, 5*M, H, W) in ``x``'s dtype.

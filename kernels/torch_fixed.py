@@ -8,7 +8,7 @@ Three implementations behind :func:`fixed_stage`:
   PyCUDA and a GPU are there (``kernels.cuda_fixed.available()``);
 * the C kernel of ``kernels/fixed_cpu.c`` for float32/float64 CPU tensors,
   when ``pip install`` built it (``kernels.cpu_fixed.available()``): one pass
-  over memory each way (README Performance has how it compares);
+  over memory each way (docs/performance.md has how it compares);
 * otherwise (and as the reference the two are tested against beside the
   numpy one) a separable one in plain torch ops, for any device: the input is
   padded once, the two vertical passes ([1,2,1] and [1,0,-1]) are computed

@@ -1,14 +1,27 @@
-"""Choosing and constructing an engine by name.
+"""The engines: what every engine does the same way (:class:`Engine`), and
+choosing and constructing one by name.
 
-Every engine offers the same interface (see :class:`models.pytensor_engine.
-PyTensorEngine`): ``train_step``, ``evaluate``, ``gradients``, ``get_params``,
-``set_params``. Engines are imported lazily so that one missing framework does
-not break the other.
+Every engine offers the same interface: ``train_step``, ``evaluate``,
+``gradients``, ``get_params``, ``set_params``, ``get_state``/``set_state``.
+The engines themselves (:mod:`fxnn.models.torch.engine`,
+:mod:`fxnn.models.pytensor.engine`) are imported lazily so that one missing
+framework does not break the other.
 """
+import json
+from collections import OrderedDict
+
+import numpy as np
+
+from fxnn.kernels import native
+
+from . import dropout as dropout_masks
+from . import optimizers
+from .fxnn_paths import check_path, describe_paths
+
 ENGINES = ("auto", "pytensor", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 #: fp32: float32 throughout; bf16: bfloat16 autocast in the torch engine
-#: (:class:`fxnn.models.torch_engine.TorchEngine`), float32 weights and loss.
+#: (:class:`fxnn.models.torch.engine.TorchEngine`), float32 weights and loss.
 PRECISIONS = ("fp32", "bf16")
 #: The oldest CUDA GPUs with bfloat16 arithmetic (Ampere, compute capability 8.0).
 CUDA_BF16_CAPABILITY = (8, 0)
@@ -32,18 +45,18 @@ def cuda_available():
 def resolve(engine, device, precision="fp32"):
     """(engine, device) with 'auto' replaced by a concrete choice: torch on a
     CUDA GPU; on the CPU also torch when installed, which bench/bench_network.py
-    shows faster than pytensor for every model (README "Engines"); else pytensor.
+    shows faster than pytensor for every model (docs/engines.md); else pytensor.
     ``precision`` bf16 needs the torch engine (PyTensor computes in float32)
     and, on CUDA, a GPU with bfloat16 arithmetic; ValueError (one line) otherwise."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
     if engine == "torch" and not torch_available():
-        raise ValueError("--engine torch needs PyTorch: pip install torch (see README Quick start)")
+        raise ValueError("--engine torch needs PyTorch: pip install torch (see the README's Quick start)")
     if precision == "bf16" and engine == "pytensor":
         raise ValueError("the pytensor engine computes in float32 only; use --engine torch for --precision bf16")
     if precision == "bf16" and not torch_available():
         raise ValueError("--precision bf16 needs the torch engine, and PyTorch is not installed: pip install torch "
-                         "(see README Quick start), or use --precision fp32")
+                         "(see the README's Quick start), or use --precision fp32")
     if device == "auto":
         device = "cuda" if engine in ("auto", "torch") and cuda_available() else "cpu"
     if engine == "auto":
@@ -81,8 +94,89 @@ def make_engine(engine, device, network, params, optimizer, dropout, seed, fxnn_
         if precision != "fp32":
             raise ValueError("the pytensor engine computes in float32 only; use --engine torch for "
                              f"--precision {precision}")
-        from .pytensor_engine import PyTensorEngine
+        from .pytensor.engine import PyTensorEngine
         return PyTensorEngine(network, params, optimizer, dropout, seed, fxnn_path=fxnn_path,
                               batch_sizes=batch_sizes)
-    from .torch_engine import TorchEngine
+    from .torch.engine import TorchEngine
     return TorchEngine(network, params, optimizer, dropout, seed, device, fxnn_path=fxnn_path, precision=precision)
+
+
+class Engine:
+    """What every engine does the same way: parameters and optimizer state
+    under the project-wide names, the dropout masks, the step count, the
+    state save/restore and the record of each layer's path. A subclass sets
+    ``backend`` and supplies ``_train(x, y, lr, masks, corrections)``,
+    ``evaluate``, ``gradients``, ``implementation(path)`` and the variable
+    primitives ``_variable(array, name)``, ``_read(variable)`` and
+    ``_write(variable, array)``."""
+
+    name = None
+    backend = None
+
+    def __init__(self, network, params, optimizer, dropout, seed, fxnn_path):
+        if optimizer not in optimizers.OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}")
+        self.fxnn_path = check_path(fxnn_path)
+        native.check_isa()
+        self.network, self.optimizer, self.dropout = network, optimizer, dropout
+        self._rng = np.random.default_rng(seed)
+        self._step = 0
+        #: {(layer name, pass): path} each factored layer really ran
+        self.layer_paths = {}
+
+    def _make_variables(self, params):
+        """Parameters and zero optimizer state as the engine's variables."""
+        self._params = OrderedDict((n, self._variable(v, n)) for n, v in params.items())
+        self._state = {slot: OrderedDict((n, self._variable(np.zeros_like(self._read(p)), f"{slot}/{n}"))
+                                         for n, p in self._params.items())
+                       for slot in optimizers.state_slots(self.optimizer)}
+
+    def describe_paths(self):
+        """(paths, implementations) of the factored layers in words, for records."""
+        return describe_paths(self.network, self.layer_paths, self.implementation)
+
+    def describe_memory_formats(self):
+        """Each conv layer's memory format, for records ("conv0: NCHW; conv1:
+        NCHW"); an engine that may run another one says what ran."""
+        return "; ".join(f"{layer.name}: NCHW" for layer in self.network.convs) or "none (no conv layers)"
+
+    def train_step(self, x, y, lr):
+        """One optimizer step on a batch; returns (loss, error rate) before the step."""
+        masks = dropout_masks.draw(self._rng, self.network, len(x), self.dropout)
+        self._step += 1
+        loss, erate = self._train(x, y, lr, masks, optimizers.bias_corrections(self._step))
+        return float(loss), float(erate)
+
+    def get_params(self):
+        return OrderedDict((n, self._read(p)) for n, p in self._params.items())
+
+    def get_buffers(self):
+        """{name: array} of the state the forward pass keeps beside the
+        parameters (BatchNorm's running statistics); an engine that has some overrides it."""
+        return OrderedDict()
+
+    def snapshot(self):
+        """What a record stores of the network (``network.snapshot_shapes()``):
+        the parameters, then the buffers."""
+        return OrderedDict(self.get_params(), **self.get_buffers())
+
+    def set_params(self, params):
+        for n, p in self._params.items():
+            self._write(p, params[n])
+
+    def get_state(self):
+        """Parameters, optimizer state and dropout generator as numpy arrays."""
+        state = {f"param/{n}": v for n, v in self.get_params().items()}
+        for slot, variables in self._state.items():
+            state.update({f"{slot}/{n}": self._read(v) for n, v in variables.items()})
+        state["step"] = np.asarray(self._step)
+        state["rng"] = np.asarray(json.dumps(self._rng.bit_generator.state))
+        return state
+
+    def set_state(self, state):
+        self.set_params({n: state[f"param/{n}"] for n in self._params})
+        for slot, variables in self._state.items():
+            for n, v in variables.items():
+                self._write(v, state[f"{slot}/{n}"])
+        self._step = int(state["step"])
+        self._rng.bit_generator.state = json.loads(str(state["rng"]))

@@ -11,7 +11,7 @@ The span of fxnn's five kernels is here too: their Gram matrix, the
 orthonormal and isotropic bases of the ablations and the projector of
 ``cnn-sub`` onto it.
 
-The published bases besides fxnn's (README "Other fixed bases"), each raw
+The published bases besides fxnn's (docs/network.md, "Other fixed bases"), each raw
 and normalised to unit kernel norm (``-unit``):
 
 * ``dct``: the 3x3 DCT-II basis functions ``cos(pi u (a+1/2)/3) cos(pi v (c+1/2)/3)``

@@ -1,28 +1,22 @@
-"""The network of fxnn computed once for every engine: its layers, loss,
-update rules and state, over a small :class:`Backend` of primitives.
+"""The network of fxnn computed once for every engine: its layers, loss and
+update rules, over a small :class:`Backend` of primitives.
 
 Each engine is a backend (the primitives on its framework's tensors) plus
 what it must do differently: the PyTensor engine builds one graph from these
-functions and compiles it (:mod:`fxnn.models.pytensor_engine`), the PyTorch
-engine runs them eagerly (:mod:`fxnn.models.torch_engine`). What a layer is made
+functions and compiles it (:mod:`fxnn.models.pytensor.engine`), the PyTorch
+engine runs them eagerly (:mod:`fxnn.models.torch.engine`). What every engine keeps the same way
+(parameters, optimizer state, dropout draws) is :class:`fxnn.models.engines.Engine`. What a layer is made
 of (a fixed basis, a weight scale, a projection after each update) is data
 of :mod:`fxnn.models.architecture`, read here, so the engines agree by
 construction. The numpy references the primitives and the whole are tested
 against stay apart: :mod:`fxnn.kernels.fixed_kernels` (the fixed stage, folding),
 :mod:`fxnn.models.fixed_bases` (the projection) and :func:`fxnn.models.optimizers.reference_step`.
 """
-import json
-from collections import OrderedDict
 from typing import Protocol
-
-import numpy as np
-
-from fxnn.kernels import native
 
 from . import dropout as dropout_masks
 from . import optimizers
 from .architecture import LOG_EPS
-from .fxnn_paths import check_path, describe_paths
 
 
 class Backend(Protocol):
@@ -226,86 +220,3 @@ def updates(be, network, optimizer, params, grads, state, lr, corrections):
         pairs += [(state[s][name], new_slots[s]) for s in state]
         pairs.append((p, project(be, new_p, projectors[name]) if name in projectors else new_p))
     return pairs
-
-
-# ---- the engine around it ---------------------------------------------------
-
-class Engine:
-    """What every engine does the same way: parameters and optimizer state
-    under the project-wide names, the dropout masks, the step count, the
-    state save/restore and the record of each layer's path. A subclass sets
-    ``backend`` and supplies ``_train(x, y, lr, masks, corrections)``,
-    ``evaluate``, ``gradients``, ``implementation(path)`` and the variable
-    primitives ``_variable(array, name)``, ``_read(variable)`` and
-    ``_write(variable, array)``."""
-
-    name = None
-    backend = None
-
-    def __init__(self, network, params, optimizer, dropout, seed, fxnn_path):
-        if optimizer not in optimizers.OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}")
-        self.fxnn_path = check_path(fxnn_path)
-        native.check_isa()
-        self.network, self.optimizer, self.dropout = network, optimizer, dropout
-        self._rng = np.random.default_rng(seed)
-        self._step = 0
-        #: {(layer name, pass): path} each factored layer really ran
-        self.layer_paths = {}
-
-    def _make_variables(self, params):
-        """Parameters and zero optimizer state as the engine's variables."""
-        self._params = OrderedDict((n, self._variable(v, n)) for n, v in params.items())
-        self._state = {slot: OrderedDict((n, self._variable(np.zeros_like(self._read(p)), f"{slot}/{n}"))
-                                         for n, p in self._params.items())
-                       for slot in optimizers.state_slots(self.optimizer)}
-
-    def describe_paths(self):
-        """(paths, implementations) of the factored layers in words, for records."""
-        return describe_paths(self.network, self.layer_paths, self.implementation)
-
-    def describe_memory_formats(self):
-        """Each conv layer's memory format, for records ("conv0: NCHW; conv1:
-        NCHW"); an engine that may run another one says what ran."""
-        return "; ".join(f"{layer.name}: NCHW" for layer in self.network.convs) or "none (no conv layers)"
-
-    def train_step(self, x, y, lr):
-        """One optimizer step on a batch; returns (loss, error rate) before the step."""
-        masks = dropout_masks.draw(self._rng, self.network, len(x), self.dropout)
-        self._step += 1
-        loss, erate = self._train(x, y, lr, masks, optimizers.bias_corrections(self._step))
-        return float(loss), float(erate)
-
-    def get_params(self):
-        return OrderedDict((n, self._read(p)) for n, p in self._params.items())
-
-    def get_buffers(self):
-        """{name: array} of the state the forward pass keeps beside the
-        parameters (BatchNorm's running statistics); an engine that has some overrides it."""
-        return OrderedDict()
-
-    def snapshot(self):
-        """What a record stores of the network (``network.snapshot_shapes()``):
-        the parameters, then the buffers."""
-        return OrderedDict(self.get_params(), **self.get_buffers())
-
-    def set_params(self, params):
-        for n, p in self._params.items():
-            self._write(p, params[n])
-
-    def get_state(self):
-        """Parameters, optimizer state and dropout generator as numpy arrays."""
-        state = {f"param/{n}": v for n, v in self.get_params().items()}
-        for slot, variables in self._state.items():
-            state.update({f"{slot}/{n}": self._read(v) for n, v in variables.items()})
-        state["step"] = np.asarray(self._step)
-        state["rng"] = np.asarray(json.dumps(self._rng.bit_generator.state))
-        return state
-
-    def set_state(self, state):
-        self.set_params({n: state[f"param/{n}"] for n in self._params})
-        for slot, variables in self._state.items():
-            for n, v in variables.items():
-                self._write(v, state[f"{slot}/{n}"])
-        self._step = int(state["step"])
-        self._rng.bit_generator.state = json.loads(str(state["rng"]))

@@ -14,7 +14,7 @@ oracle they are tested against.
 import numpy as np
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
-#: See README "Optimizer": plain SGD at 0.2 on the mean loss reproduces the
+#: See docs/network.md, "Optimizer": plain SGD at 0.2 on the mean loss reproduces the
 #: original's published fxnn and cnn curves best of the candidates measured.
 DEFAULT_OPTIMIZER = "sgd"
 DEFAULT_LEARN_RATE = 0.2

@@ -9,7 +9,7 @@ import fxnn
 from fxnn.kernels.fixed_kernels import KERNELS, fold_weights
 from fxnn.models.architecture import ABLATIONS, build_network
 from fxnn.models.fixed_bases import GRAM, GRAM_SQRT, ISOTROPIC, ORTHONORMAL, PROJECTOR, project_kernels
-from fxnn.models.pytensor_engine import PyTensorEngine
+from fxnn.models.pytensor.engine import PyTensorEngine
 
 
 def test_orthonormal_basis_is_orthonormal_and_spans_the_five_kernels():
@@ -111,7 +111,7 @@ def test_cnn_x13_starts_as_cnn_and_takes_13x_sgd_steps_on_its_conv_kernels():
 def _engine_classes():
     classes = [PyTensorEngine]
     try:
-        from fxnn.models.torch_engine import TorchEngine
+        from fxnn.models.torch.engine import TorchEngine
         classes.append(TorchEngine)
     except ImportError:
         pass
@@ -123,7 +123,7 @@ def test_fxnn_ortho_layer_is_the_dense_conv_with_the_orthonormal_kernels():
     import pytensor.tensor as pt
     from scipy.signal import correlate2d
 
-    from fxnn.models.pytensor_layers import conv2d_same, fold
+    from fxnn.models.pytensor.backend import conv2d_same, fold
     rng = np.random.default_rng(4)
     x, w = rng.random((1, 2, 8, 7)), rng.normal(size=(10, 3))
     xs, ws = pt.tensor4(dtype="float64"), pt.matrix(dtype="float64")

@@ -13,7 +13,7 @@ from torch import nn  # noqa: E402
 
 import fxnn  # noqa: E402
 from fxnn.models.fixed_bases import BASES, project_kernels  # noqa: E402
-from fxnn.models.torch_layers import FixedConv2d  # noqa: E402
+from fxnn.models.torch.layer import FixedConv2d  # noqa: E402
 
 
 class Block(nn.Module):

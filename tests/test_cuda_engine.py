@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fxnn  # noqa: E402
-from fxnn.models.torch_layers import FixedConv2d  # noqa: E402
+from fxnn.models.torch.layer import FixedConv2d  # noqa: E402
 from fxnn.training.matfile import read_mat  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")

@@ -89,7 +89,7 @@ def test_the_triton_kernels_at_stride_2_match_a_strided_dense_conv2d(shape, prec
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_fixed_conv2d_fused_on_cuda_equals_the_cpu(stride):
-    from fxnn.models.torch_layers import fixed_conv2d_record
+    from fxnn.models.torch.paths import fixed_conv2d_record
     cpu = [t.requires_grad_(True) for t in tensors((3, 6, 10, 9, 11), torch.float32, "cpu")[:3]]
     dy = torch.randn(3, 10, (9 - 1) // stride + 1, (11 - 1) // stride + 1)
     gpu = [t.detach().cuda().requires_grad_(True) for t in cpu]
@@ -102,7 +102,7 @@ def test_fixed_conv2d_fused_on_cuda_equals_the_cpu(stride):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_second_derivatives_on_cuda_equal_the_fixed_path(stride):
-    from fxnn.models.torch_layers import fixed_conv2d_record
+    from fxnn.models.torch.paths import fixed_conv2d_record
     x, w, b, dy = tensors((2, 3, 4, 6, 5), torch.float32, seed=2)
     dy = dy[..., ::stride, ::stride].contiguous()
     results = {}
@@ -119,7 +119,7 @@ def test_second_derivatives_on_cuda_equal_the_fixed_path(stride):
 def test_torch_compile_on_cuda_has_no_graph_break_and_the_eager_numbers(path, stride):
     if path == "fixed" and not cuda_fixed.available()[0]:
         pytest.skip(f"the PyCUDA stage is unavailable: {cuda_fixed.available()[1]}")
-    from fxnn.models.torch_layers import FixedConv2d
+    from fxnn.models.torch.layer import FixedConv2d
     torch._dynamo.reset()
     torch.manual_seed(0)
     net = torch.nn.Sequential(FixedConv2d(3, 16, stride=stride, path=path), torch.nn.ReLU(),
@@ -151,14 +151,15 @@ def test_opcheck_on_cuda(stride):
 
 def test_auto_on_cuda_measures_among_the_three_paths(monkeypatch, tmp_path):
     import json
-    from fxnn.models import fxnn_paths, torch_layers
+    from fxnn.models import fxnn_paths
+    from fxnn.models.torch import paths as torch_paths
     monkeypatch.setenv("FXNN_AUTOTUNE", "1")
     monkeypatch.setattr(fxnn_paths, "_default", fxnn_paths.PathTuner(str(tmp_path / "paths.json")))
-    monkeypatch.setattr(torch_layers, "_auto", {})
+    monkeypatch.setattr(torch_paths, "_auto", {})
     x, w, b, _ = tensors((8, 32, 32, 28, 28), torch.float32)
-    assert torch_layers.available_paths(x) == ("fused", "fixed", "folded")
+    assert torch_paths.available_paths(x) == ("fused", "fixed", "folded")
     with torch.no_grad():
-        chosen = torch_layers.auto_path(x, w, b)
+        chosen = torch_paths.auto_path(x, w, b)
     assert chosen in ("fused", "fixed", "folded")
     (key, entry), = json.loads((tmp_path / "paths.json").read_text())["entries"].items()
     assert json.loads(key)["gpu"] == torch.cuda.get_device_name() and set(entry["ms"]) == {"fused", "fixed", "folded"}

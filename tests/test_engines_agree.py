@@ -10,8 +10,8 @@ pytest.importorskip("torch")
 import fxnn  # noqa: E402
 from fxnn.models import optimizers  # noqa: E402
 from fxnn.models.architecture import build_network  # noqa: E402
-from fxnn.models.pytensor_engine import PyTensorEngine  # noqa: E402
-from fxnn.models.torch_engine import TorchEngine  # noqa: E402
+from fxnn.models.pytensor.engine import PyTensorEngine  # noqa: E402
+from fxnn.models.torch.engine import TorchEngine  # noqa: E402
 from fxnn.training.matfile import read_mat  # noqa: E402
 
 SHAPE = (1, 12, 12)

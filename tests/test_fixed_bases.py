@@ -136,7 +136,7 @@ def test_folding_equals_the_grouped_conv_then_1x1_and_the_numpy_reference(name):
     torch = pytest.importorskip("torch")
     import torch.nn.functional as F
 
-    from fxnn.models.torch_layers import fold
+    from fxnn.models.torch.backend import fold
     basis = BASES[name]
     k, m, n = len(basis), 3, 4
     rng = np.random.default_rng(1)
@@ -161,7 +161,7 @@ def test_pytensor_fold_is_the_dense_reference(name):
     import pytensor
     import pytensor.tensor as pt
 
-    from fxnn.models.pytensor_layers import conv2d_same, fold
+    from fxnn.models.pytensor.backend import conv2d_same, fold
     basis = BASES[name]
     rng = np.random.default_rng(2)
     x, w = rng.normal(size=(2, 2, 5, 7)), rng.normal(size=(2 * len(basis), 3))
@@ -184,8 +184,8 @@ def test_basis_model_shapes_and_init(model):
 @pytest.mark.parametrize("model", sorted(BASIS_MODELS))
 def test_engines_agree_on_a_short_run_of_each_basis_model(model):
     pytest.importorskip("torch")
-    from fxnn.models.pytensor_engine import PyTensorEngine
-    from fxnn.models.torch_engine import TorchEngine
+    from fxnn.models.pytensor.engine import PyTensorEngine
+    from fxnn.models.torch.engine import TorchEngine
     net = build_network(model, (1, 12, 10))
     params = net.init_params(np.random.default_rng(1), dtype=np.float64)
     rng = np.random.default_rng(3)
@@ -236,7 +236,7 @@ def _dense_twin(layer, basis):
 @pytest.mark.parametrize("basis", ["dct", "gauss-unit", "random", "array"])
 def test_fixed_conv2d_over_a_basis_forward_and_gradients_match_a_dense_conv(basis):
     torch = pytest.importorskip("torch")
-    from fxnn.models.torch_layers import FixedConv2d
+    from fxnn.models.torch.layer import FixedConv2d
     kernels = np.random.default_rng(5).normal(size=(4, 3, 3)) if basis == "array" else BASES[basis]
     k = len(kernels)
     layer = FixedConv2d(3, 5, basis=kernels if basis == "array" else basis).double()
@@ -260,7 +260,7 @@ def test_fixed_conv2d_over_a_basis_forward_and_gradients_match_a_dense_conv(basi
 
 def test_fixed_conv2d_basis_conventions():
     torch = pytest.importorskip("torch")
-    from fxnn.models.torch_layers import FixedConv2d
+    from fxnn.models.torch.layer import FixedConv2d
     layer = FixedConv2d(4, 6, basis="dct")
     assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
     assert list(layer.state_dict()) == ["weight", "bias"]  # the basis is the constructor's, not state
@@ -279,7 +279,7 @@ def test_fixed_conv2d_basis_conventions():
 
 def test_fixed_conv2d_over_other_bases_compiles_without_a_graph_break():
     torch = pytest.importorskip("torch")
-    from fxnn.models.torch_layers import FixedConv2d
+    from fxnn.models.torch.layer import FixedConv2d
     net = torch.nn.Sequential(FixedConv2d(2, 3, basis="gauss"), torch.nn.ReLU(), FixedConv2d(3, 4, basis="dct"))
     x = torch.randn(2, 2, 6, 5)
     np.testing.assert_allclose(torch.compile(net, fullgraph=True)(x).detach().numpy(), net(x).detach().numpy(),

@@ -10,8 +10,8 @@ from scipy.signal import correlate2d
 
 from fxnn.models.architecture import build_network
 from fxnn.kernels.fixed_kernels import KERNELS, fixed_stage_reference, fold_weights
-from fxnn.models.pytensor_engine import PyTensorEngine, compile_mode
-from fxnn.models.pytensor_layers import fxnn_conv
+from fxnn.models.pytensor.engine import PyTensorEngine, compile_mode
+from fxnn.models.pytensor.backend import fxnn_conv
 
 SHAPES = [(2, 3, 7, 5, 4), (1, 1, 1, 1, 2), (3, 2, 4, 9, 1)]  # B, M, H, W, N
 
@@ -63,7 +63,7 @@ def test_engines_give_the_same_gradients_on_either_path():
     x, y = rng.random((6, 1, 12, 10)).astype(np.float64), rng.integers(0, 10, 6).astype(np.int32)
     engines = [PyTensorEngine(network, params, dtype="float64", fxnn_path=p) for p in ("fixed", "folded")]
     pytest.importorskip("torch")
-    from fxnn.models.torch_engine import TorchEngine
+    from fxnn.models.torch.engine import TorchEngine
     engines += [TorchEngine(network, params, dtype="float64", fxnn_path=p) for p in ("fixed", "folded")]
     grads = [e.gradients(x, y) for e in engines]
     for other in grads[1:]:
@@ -76,8 +76,8 @@ def test_the_path_an_engine_reports_is_the_one_it_computes(monkeypatch):
     trains and the one that says "fixed" cannot: the description follows the
     computation, not the flag."""
     pytest.importorskip("torch")
-    from fxnn.models import torch_layers
-    from fxnn.models.torch_engine import TorchEngine
+    from fxnn.models.torch import backend as torch_backend
+    from fxnn.models.torch.engine import TorchEngine
     network = build_network("fxnn", (1, 12, 10))
     params = network.init_params(np.random.default_rng(2))
     rng = np.random.default_rng(3)
@@ -86,7 +86,7 @@ def test_the_path_an_engine_reports_is_the_one_it_computes(monkeypatch):
 
     def no_fixed_stage(*args, **kwargs):
         raise AssertionError("the fixed stage ran")
-    monkeypatch.setattr(torch_layers, "fixed_stage", no_fixed_stage)
+    monkeypatch.setattr(torch_backend, "fixed_stage", no_fixed_stage)
     assert set(engines["folded"].gradients(x, y)) == set(params)
     assert engines["folded"].describe_paths()[0] == "conv0: train folded, valid -; conv1: train folded, valid -"
     with pytest.raises(AssertionError, match="the fixed stage ran"):

@@ -1,4 +1,4 @@
-"""Fuzzing the readers of outside files (README "Bad data"): genuine small
+"""Fuzzing the readers of outside files (docs/bad-data.md): genuine small
 files made here by the project's own writers (and numpy, pickle, tarfile),
 mutated by Hypothesis (bit flips, bytes set to boundary values, 32-bit
 fields set to 0, -1, 2**31..., slices inserted, deleted, duplicated,

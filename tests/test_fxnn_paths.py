@@ -145,25 +145,25 @@ def measured(monkeypatch, tmp_path):
     """fxnn_paths.choose measuring with a fake clock, and a hook to say which
     path the fake contenders make fastest."""
     torch = pytest.importorskip("torch")
-    from fxnn.models import torch_layers
+    from fxnn.models.torch import paths as torch_paths
     clock, calls = FakeClock(), {}
     fastest = {"path": "folded"}
     monkeypatch.setenv("FXNN_AUTOTUNE", "1")
     monkeypatch.setattr(fxnn_paths, "_default", tuner(tmp_path, clock))
-    monkeypatch.setattr(torch_layers, "_auto", {})
+    monkeypatch.setattr(torch_paths, "_auto", {})
 
     def contenders(shape, dtype, device, train, input_grad, bias=True, autocast=None, channels_last=False,
                    stride=1):
-        paths = torch_layers.available_paths(torch.empty(0, dtype=dtype, device=device), autocast or dtype)
+        paths = torch_paths.available_paths(torch.empty(0, dtype=dtype, device=device), autocast or dtype)
         return clock.contenders({p: 0.001 if p == fastest["path"] else 0.002 for p in paths}, calls)
-    monkeypatch.setattr(torch_layers, "path_contenders", contenders)
+    monkeypatch.setattr(torch_paths, "path_contenders", contenders)
     return fastest
 
 
 @pytest.mark.parametrize("path", ["fixed", "folded"])
 def test_auto_runs_the_path_that_was_measured_fastest(measured, path):
     import torch
-    from fxnn.models.torch_layers import fixed_conv2d_record
+    from fxnn.models.torch.paths import fixed_conv2d_record
     measured["path"] = path
     g = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(4, 6, 12, 12, generator=g), torch.randn(30, 8, generator=g), torch.randn(8, generator=g)
@@ -202,17 +202,17 @@ def test_the_contenders_compute_the_same_layer(monkeypatch):
     """What is timed is the layer itself, once on each path that runs here:
     equal outputs, every contender forward and backward."""
     torch = pytest.importorskip("torch")
-    from fxnn.models import torch_layers
-    seen, real = {}, torch_layers.fixed_conv2d_record
+    from fxnn.models.torch import paths as torch_paths
+    seen, real = {}, torch_paths.fixed_conv2d_record
 
     def recording(x, weight, bias, path, stride=1):
         y = real(x, weight, bias, path, stride)
         seen[path] = y.detach().clone()
         return y
-    monkeypatch.setattr(torch_layers, "fixed_conv2d_record", recording)
-    runs = torch_layers.path_contenders([3, 2, 4, 6, 5], torch.float32, torch.device("cpu"), train=True,
+    monkeypatch.setattr(torch_paths, "fixed_conv2d_record", recording)
+    runs = torch_paths.path_contenders([3, 2, 4, 6, 5], torch.float32, torch.device("cpu"), train=True,
                                         input_grad=True)
-    assert tuple(runs) == torch_layers.available_paths(torch.empty(0))
+    assert tuple(runs) == torch_paths.available_paths(torch.empty(0))
     for path, run in runs.items():
         run()
         assert path in seen
@@ -222,7 +222,7 @@ def test_the_contenders_compute_the_same_layer(monkeypatch):
 
 def test_the_pytensor_engine_measures_its_layers(monkeypatch, tmp_path):
     """PyTensor chooses at build time for the batches it is told."""
-    from fxnn.models import pytensor_paths
+    from fxnn.models.pytensor import paths as pytensor_paths
     from fxnn.models.architecture import build_network
     net = build_network("fxnn", (1, 8, 8))
     assert pytensor_paths.layer_shapes(net, 5) == {"conv0": (5, 1, 32, 8, 8), "conv1": (5, 32, 64, 4, 4)}
@@ -235,7 +235,7 @@ def test_the_pytensor_engine_measures_its_layers(monkeypatch, tmp_path):
         return clock.contenders({"fixed": 0.002, "folded": 0.001 if train else 0.003}, {})
     monkeypatch.setattr(pytensor_paths, "path_contenders", contenders)
     monkeypatch.setattr(pytensor_paths, "available_paths", lambda dtype: ("fixed", "folded"))
-    from fxnn.models.pytensor_engine import PyTensorEngine
+    from fxnn.models.pytensor.engine import PyTensorEngine
     engine = PyTensorEngine(net, net.init_params(np.random.default_rng(0)), batch_sizes={"train": 4, "valid": 6})
     assert sorted(seen) == [((4, 1, 32, 8, 8), True, False), ((4, 32, 64, 4, 4), True, True),
                             ((6, 1, 32, 8, 8), False, False), ((6, 32, 64, 4, 4), False, False)]

@@ -1,4 +1,4 @@
-"""Hostile data files, tarballs and path caches (README "Bad data"), round
+"""Hostile data files, tarballs and path caches (docs/bad-data.md), round
 two: npy headers with negative, boolean, fractional or overflowing
 dimensions, encrypted zip members, zip directories of 5,000 entries, bad
 limit variables; idx headers and CIFAR arrays with impossible shapes;

@@ -68,7 +68,7 @@ def test_the_install_holds_one_package_and_every_console_script_runs(tmp_path):
             "tuple(layer(torch.zeros(1, 2, 6, 6)).shape))")
     done = run(sys.executable, "-c", code)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == [str(package / "__init__.py"), "fxnn.models.torch_layers", "(1,", "3,", "6,", "6)"]
+    assert done.stdout.split() == [str(package / "__init__.py"), "fxnn.models.torch.layer", "(1,", "3,", "6,", "6)"]
 
     for script in SCRIPTS:
         done = run(str(site / "bin" / script), "--help")

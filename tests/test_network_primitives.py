@@ -19,14 +19,14 @@ def run(backend, fn, *arrays):
     """``fn(be, *tensors)`` on ``backend`` for float64 numpy ``arrays`` (int32 kept), as numpy."""
     if backend == "torch":
         torch = pytest.importorskip("torch")
-        from fxnn.models.torch_layers import BACKEND
+        from fxnn.models.torch.backend import BACKEND
         out = fn(BACKEND, *(torch.from_numpy(a) for a in arrays))
         return [o.detach().numpy() for o in out] if isinstance(out, (tuple, list)) else out.detach().numpy()
     import pytensor
     import pytensor.tensor as pt
 
-    from fxnn.models.pytensor_engine import compile_mode
-    from fxnn.models.pytensor_layers import BACKEND
+    from fxnn.models.pytensor.engine import compile_mode
+    from fxnn.models.pytensor.backend import BACKEND
     symbols = [pt.tensor(dtype=a.dtype, shape=(None,) * a.ndim) for a in arrays]
     out = fn(BACKEND, *symbols)
     return pytensor.function(symbols, out, mode=compile_mode(), on_unused_input="ignore")(*arrays)
@@ -58,7 +58,7 @@ def pool_gradient(backend, h, g):
     """The gradient of sum(pool(h) * g) with respect to ``h``, by the backend's autodiff."""
     if backend == "torch":
         torch = pytest.importorskip("torch")
-        from fxnn.models.torch_layers import BACKEND
+        from fxnn.models.torch.backend import BACKEND
         t = torch.from_numpy(h).requires_grad_()
         (network.pool(BACKEND, t) * torch.from_numpy(g)).sum().backward()
         return t.grad.numpy()

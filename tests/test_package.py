@@ -1,4 +1,4 @@
-"""The package arrangement in a checkout (README "Layout of the code"):
+"""The package arrangement in a checkout (docs/layout.md):
 ``fxnn`` is the folder fxnn/ with the checkout's models/, kernels/, ... as
 its subpackages; nothing imports them under their bare names; the scripts
 fxnn.py and ``python3 -m fxnn`` are the same command line; a sweep's runs
@@ -60,7 +60,8 @@ def test_importing_every_module_loads_nothing_under_a_bare_name():
     code = """if True:
         import pkgutil, sys
         import fxnn, fxnn.cli, fxnn.mnist_pickler
-        from fxnn.models import pytensor_engine, torch_engine
+        from fxnn.models.pytensor import engine as pytensor_engine
+        from fxnn.models.torch import engine as torch_engine
         for sub in %r:
             package = __import__("fxnn." + sub, fromlist=["_"])
             for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):

@@ -13,9 +13,10 @@ import scipy.io
 torch = pytest.importorskip("torch")
 
 import fxnn  # noqa: E402
-from fxnn.models import dropout, engines, torch_block  # noqa: E402
+from fxnn.models import dropout, engines  # noqa: E402
+from fxnn.models.torch import block as torch_block  # noqa: E402
 from fxnn.models.architecture import build_network  # noqa: E402
-from fxnn.models.torch_engine import TorchEngine  # noqa: E402
+from fxnn.models.torch.engine import TorchEngine  # noqa: E402
 from fxnn.training import checkpoint  # noqa: E402
 from fxnn.training.matfile import read_mat  # noqa: E402
 
@@ -307,7 +308,7 @@ def test_auto_picks_torch_for_bf16_or_refuses_without_it(monkeypatch):
     with pytest.raises(ValueError) as e:
         engines.resolve("auto", "cpu", "bf16")
     assert str(e.value) == ("--precision bf16 needs the torch engine, and PyTorch is not installed: pip install "
-                            "torch (see README Quick start), or use --precision fp32")
+                            "torch (see the README's Quick start), or use --precision fp32")
 
 
 def test_a_gpu_without_bf16_is_refused_in_one_line(monkeypatch):

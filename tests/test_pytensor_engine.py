@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fxnn.models.architecture import build_network
-from fxnn.models.pytensor_engine import PyTensorEngine
+from fxnn.models.pytensor.engine import PyTensorEngine
 
 SHAPE = (1, 8, 8)
 

@@ -6,9 +6,9 @@ import pytensor.tensor as pt
 import pytest
 
 from fxnn.kernels.fixed_kernels import fixed_stage_grad_reference, fixed_stage_reference
-from fxnn.models.pytensor_engine import compile_mode
+from fxnn.models.pytensor.engine import compile_mode
 from fxnn.kernels.pytensor_fixed_op import FixedAdjointOp, FixedStageOp
-from fxnn.models.pytensor_layers import fixed_stage
+from fxnn.models.pytensor.backend import fixed_stage
 
 pytestmark = pytest.mark.skipif(not pytensor.config.cxx, reason="PyTensor has no C compiler (config.cxx)")
 

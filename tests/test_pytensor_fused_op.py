@@ -9,9 +9,9 @@ import pytest
 
 from fxnn.models.architecture import build_network
 from fxnn.kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference
-from fxnn.models.pytensor_engine import PyTensorEngine, compile_mode
+from fxnn.models.pytensor.engine import PyTensorEngine, compile_mode
 from fxnn.kernels.pytensor_fused_op import FusedConvOp, FusedInputGradOp, FusedWeightGradOp
-from fxnn.models.pytensor_layers import fxnn_conv
+from fxnn.models.pytensor.backend import fxnn_conv
 
 pytestmark = pytest.mark.skipif(not pytensor.config.cxx, reason="PyTensor has no C compiler (config.cxx)")
 

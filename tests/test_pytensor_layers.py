@@ -6,8 +6,8 @@ import pytest
 from scipy.signal import correlate2d
 
 from fxnn.kernels.fixed_kernels import fixed_stage_grad_reference, fixed_stage_reference
-from fxnn.models.pytensor_engine import compile_mode
-from fxnn.models.pytensor_layers import conv2d_same, fixed_stage, max_pool_2x2, pointwise
+from fxnn.models.pytensor.engine import compile_mode
+from fxnn.models.pytensor.backend import conv2d_same, fixed_stage, max_pool_2x2, pointwise
 
 X = pt.tensor4("x", dtype="float64")
 G = pt.tensor4("g", dtype="float64")

@@ -24,8 +24,8 @@ from fxnn.kernels.fixed_kernels import fold_weights
 from fxnn.models import network as net
 from fxnn.models import resnet
 from fxnn.models.architecture import LOG_EPS
-from fxnn.models.torch_engine import TorchEngine
-from fxnn.models.torch_layers import BACKEND
+from fxnn.models.torch.engine import TorchEngine
+from fxnn.models.torch.backend import BACKEND
 from fxnn.training.matfile import read_mat
 
 SHARED_FASHION = os.path.join(ROOT, "..", "shared", "data", "fashion-mnist")

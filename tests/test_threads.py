@@ -43,7 +43,7 @@ KERNEL_CALLS = ("forward", "adjoint", "fused_forward", "fused_wgrad", "fused_dgr
 def test_every_c_kernel_of_a_torch_training_step_gets_the_thread_count(one_thread, monkeypatch):
     from conftest import native_module
     from fxnn.models.architecture import build_network
-    from fxnn.models.torch_engine import TorchEngine
+    from fxnn.models.torch.engine import TorchEngine
     module = native_module()
     counts = {}
 
@@ -69,7 +69,7 @@ def test_pytensor_ops_take_the_thread_count_when_the_graph_is_built(one_thread):
     from pytensor.graph.traversal import io_toposort
 
     from fxnn.kernels.pytensor_kernels import KernelsOp
-    from fxnn.models.pytensor_layers import fxnn_conv
+    from fxnn.models.pytensor.backend import fxnn_conv
     if not pytensor.config.cxx:
         pytest.skip("PyTensor has no C compiler here: its C kernels do not run")
     x, w, b = pt.tensor4("x", dtype="float32"), pt.matrix("w", dtype="float32"), pt.vector("b", dtype="float32")

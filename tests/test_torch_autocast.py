@@ -13,8 +13,9 @@ torch = pytest.importorskip("torch")
 
 from fxnn.kernels import cpu_fused, torch_fused  # noqa: E402
 from fxnn.kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
-from fxnn.models import torch_layers  # noqa: E402
-from fxnn.models.torch_layers import FixedConv2d, available_paths, fixed_conv2d_record  # noqa: E402
+from fxnn.models.torch import paths as torch_paths  # noqa: E402
+from fxnn.models.torch.layer import FixedConv2d  # noqa: E402
+from fxnn.models.torch.paths import available_paths, fixed_conv2d_record  # noqa: E402
 
 BF16 = torch.bfloat16
 
@@ -114,14 +115,14 @@ def test_fixed_conv2d_module_under_autocast_trains_float32_parameters():
 
 def test_the_contenders_under_autocast_include_folded_and_run_in_bf16(monkeypatch):
     seen = {}
-    real = torch_layers.fixed_conv2d_record
+    real = torch_paths.fixed_conv2d_record
 
     def recording(x, weight, bias, path, stride=1):
         y = real(x, weight, bias, path, stride)
         seen[path] = (y.dtype, y.is_contiguous(memory_format=torch.channels_last))
         return y
-    monkeypatch.setattr(torch_layers, "fixed_conv2d_record", recording)
-    runs = torch_layers.path_contenders([3, 2, 4, 6, 5], torch.float32, torch.device("cpu"), train=True,
+    monkeypatch.setattr(torch_paths, "fixed_conv2d_record", recording)
+    runs = torch_paths.path_contenders([3, 2, 4, 6, 5], torch.float32, torch.device("cpu"), train=True,
                                         input_grad=True, autocast=BF16, channels_last=True)
     assert "folded" in runs
     assert tuple(runs) == available_paths(torch.empty(0), BF16)
@@ -147,9 +148,9 @@ def test_auto_under_autocast_is_measured_and_cached_apart_from_float32(monkeypat
     monkeypatch.setenv("FXNN_AUTOTUNE", "1")
     monkeypatch.setattr(fxnn_paths, "_default", fxnn_paths.PathTuner(str(tmp_path / "paths.json"), clock=clock,
                                                                      budget=0.0))
-    monkeypatch.setattr(torch_layers, "_auto", {})
+    monkeypatch.setattr(torch_paths, "_auto", {})
     timed = []
-    real_contenders = torch_layers.path_contenders
+    real_contenders = torch_paths.path_contenders
 
     def contenders(*args, **kwargs):
         def timed_run(path, run):
@@ -160,7 +161,7 @@ def test_auto_under_autocast_is_measured_and_cached_apart_from_float32(monkeypat
         runs = real_contenders(*args, **kwargs)
         timed.append((args, kwargs, tuple(runs)))
         return {path: timed_run(path, run) for path, run in runs.items()}
-    monkeypatch.setattr(torch_layers, "path_contenders", contenders)
+    monkeypatch.setattr(torch_paths, "path_contenders", contenders)
     x, w, b, _ = tensors(2, 3, 4, 6, 6, seed=4)
     with torch.no_grad():
         with torch.autocast("cpu", dtype=BF16):

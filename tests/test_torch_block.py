@@ -1,5 +1,5 @@
 """ReLU, dropout and 2x2 max pooling after each conv layer of the torch engine
-(models/torch_block.py): the C kernel of kernels/block_cpu.c against the
+(models/torch/block.py): the C kernel of kernels/block_cpu.c against the
 torch-ops reference (bitwise, forward and gradient, NaN and odd sizes
 included), the reference against F.max_pool2d, and the pooling gradient at
 ties against PyTensor's."""
@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from fxnn.models import dropout  # noqa: E402
-from fxnn.models.torch_block import native_available, reference, relu_dropout_pool  # noqa: E402
+from fxnn.models.torch.block import native_available, reference, relu_dropout_pool  # noqa: E402
 
 SHAPES = [(2, 3, 28, 28), (1, 2, 7, 5), (3, 1, 3, 4), (2, 2, 2, 2), (1, 1, 1, 1), (2, 4, 9, 17)]
 
@@ -70,7 +70,7 @@ def test_without_ties_the_gradient_is_max_pool2ds():
 def test_at_ties_every_maximum_gets_the_gradient_as_in_pytensor():
     import pytensor
     import pytensor.tensor as pt
-    from fxnn.models.pytensor_layers import max_pool_2x2, relu
+    from fxnn.models.pytensor.backend import max_pool_2x2, relu
     y = np.array([[[[1.0, 1.0, 0.0, -1.0], [0.5, 1.0, -2.0, -3.0]]]], np.float32)
     g = np.array([[[[2.0, 3.0]]]], np.float32)
     t = torch.from_numpy(y).requires_grad_(True)

@@ -22,7 +22,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 from fxnn.kernels import native  # noqa: E402
 from fxnn.kernels import torch_fixed, torch_fused  # noqa: E402
 from fxnn.kernels.fixed_kernels import fixed_conv_reference  # noqa: E402
-from fxnn.models.torch_layers import FixedConv2d  # noqa: E402
+from fxnn.models.torch.layer import FixedConv2d  # noqa: E402
 
 OPS = ("fixed_stage", "fixed_stage_adjoint", "fused_forward", "fused_weight_grad", "fused_input_grad")
 PATHS = ("fixed", "fused", "folded", "auto")
@@ -106,13 +106,14 @@ def test_auto_measures_on_real_tensors_when_the_graph_is_traced(monkeypatch, tmp
     the graph runs the path its (injected) clock says is fastest."""
     require_native()
     from torch._subclasses.fake_tensor import FakeTensor
-    from fxnn.models import fxnn_paths, torch_layers
+    from fxnn.models import fxnn_paths
+    from fxnn.models.torch import paths as torch_paths
     clock, real_tensors = [0.0], []
     monkeypatch.setenv("FXNN_AUTOTUNE", "1")
     monkeypatch.setattr(fxnn_paths, "_default", fxnn_paths.PathTuner(str(tmp_path / "paths.json"),
                                                                      clock=lambda: clock[0], budget=0.0))
-    monkeypatch.setattr(torch_layers, "_auto", {})
-    real_contenders = torch_layers.path_contenders
+    monkeypatch.setattr(torch_paths, "_auto", {})
+    real_contenders = torch_paths.path_contenders
 
     def contenders(*args, **kwargs):
         def timed(path, run):
@@ -122,7 +123,7 @@ def test_auto_measures_on_real_tensors_when_the_graph_is_traced(monkeypatch, tmp
                 clock[0] += 0.001 if path == "folded" else 0.002
             return one_pass
         return {path: timed(path, run) for path, run in real_contenders(*args, **kwargs).items()}
-    monkeypatch.setattr(torch_layers, "path_contenders", contenders)
+    monkeypatch.setattr(torch_paths, "path_contenders", contenders)
     x = torch.randn(2, 3, 7, 5, generator=torch.Generator().manual_seed(4))
     compiled = torch.compile(network("auto"), fullgraph=True, backend="aot_eager")
     got = loss_and_grads(compiled, x)
@@ -187,10 +188,11 @@ def test_opcheck_accepts_every_operator(index, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32 (C kernel)", "float64 (torch ops)"])
 def test_the_relu_dropout_pool_operators_pass_opcheck_and_equal_the_reference(dtype):
-    """The engine's block (models/torch_block.py): both directions are
+    """The engine's block (models/torch/block.py): both directions are
     operators; their torch-ops kernels equal the reference bitwise."""
     require_native()
-    from fxnn.models import dropout, torch_block
+    from fxnn.models import dropout
+    from fxnn.models.torch import block as torch_block
     rng = np.random.default_rng(5)
     y = torch.from_numpy(rng.standard_normal((2, 3, 7, 6))).to(dtype).requires_grad_(True)
     draws = rng.integers(0, dropout.LEVELS, size=y.shape, dtype=np.uint16)
@@ -209,7 +211,7 @@ def test_the_relu_dropout_pool_operators_pass_opcheck_and_equal_the_reference(dt
 
 def test_a_network_with_the_engines_block_compiles_with_no_graph_break():
     require_native()
-    from fxnn.models import torch_block
+    from fxnn.models.torch import block as torch_block
     draws = np.random.default_rng(6).integers(0, 65536, size=(2, 6, 7, 5), dtype=np.uint16)
 
     def step(x, layer):

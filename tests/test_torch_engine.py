@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fxnn.models import dropout  # noqa: E402
-from fxnn.models.torch_layers import BACKEND  # noqa: E402
+from fxnn.models.torch.backend import BACKEND  # noqa: E402
 
 
 @pytest.mark.parametrize("p", [0.1, 0.25, 0.5])

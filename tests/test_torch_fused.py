@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 
 from fxnn.kernels import native, torch_fused  # noqa: E402
 from fxnn.kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
-from fxnn.models.torch_layers import FixedConv2d, available_paths, fixed_conv2d_record  # noqa: E402
+from fxnn.models.torch.layer import FixedConv2d  # noqa: E402
+from fxnn.models.torch.paths import available_paths, fixed_conv2d_record  # noqa: E402
 
 if not native.fused_available()[0]:
     if os.environ.get("FXNN_REQUIRE_NATIVE") == "1":
@@ -126,7 +127,7 @@ def test_the_engine_on_the_fused_path_matches_the_fixed_path():
 
 def test_the_engine_refuses_the_fused_path_where_it_cannot_run():
     from fxnn.models.architecture import build_network
-    from fxnn.models.torch_engine import TorchEngine
+    from fxnn.models.torch.engine import TorchEngine
     net = build_network("fxnn", (1, 8, 8))
     with pytest.raises(ValueError, match="fused cannot run on cpu here: it needs the C kernels built \\(CPU, float32\\)"):
         TorchEngine(net, net.init_params(np.random.default_rng(0)), dtype="float64", fxnn_path="fused")
@@ -157,7 +158,7 @@ def test_a_bad_fxnn_isa_stops_the_run_before_training_with_one_line(engine, monk
 def folded_conv(x, w, b, dy, stride):
     """(y, dx, dw, db) of F.conv2d(x, fold(w), b, stride, padding=1) in
     float64: the dense convolution the layer equals, an independent reference."""
-    from fxnn.models.torch_layers import fold
+    from fxnn.models.torch.backend import fold
     args = [t.detach().double().requires_grad_(True) for t in (x, w, b)]
     y = torch.nn.functional.conv2d(args[0], fold(args[1]), args[2], stride=stride, padding=1)
     return [y] + list(torch.autograd.grad(y, args, dy.double()))

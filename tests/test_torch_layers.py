@@ -12,8 +12,11 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fxnn.kernels.fixed_kernels import KERNELS, fixed_stage_reference, fold_weights  # noqa: E402
-from fxnn.models import fxnn_paths, torch_layers  # noqa: E402
-from fxnn.models.torch_layers import FixedConv2d, fixed_conv2d_record  # noqa: E402
+from fxnn.models import fxnn_paths  # noqa: E402
+from fxnn.models.torch import layer as torch_layer  # noqa: E402
+from fxnn.models.torch import paths as torch_paths  # noqa: E402
+from fxnn.models.torch.layer import FixedConv2d  # noqa: E402
+from fxnn.models.torch.paths import fixed_conv2d_record  # noqa: E402
 
 PATHS = ("fixed", "fused", "folded", "auto")
 SIZES = ((7, 9), (8, 8), (5, 1))
@@ -76,7 +79,7 @@ def test_gradcheck_at_stride_2(path):
     layer = FixedConv2d(2, 3, stride=2, path=path).double()
     nn.init.normal_(layer.bias)
     x = torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda inp, w, b: torch_layers.fixed_conv2d(inp, w, b, 2, path=path),
+    assert torch.autograd.gradcheck(lambda inp, w, b: torch_layer.fixed_conv2d(inp, w, b, 2, path=path),
                                     (x, layer.weight, layer.bias))
 
 
@@ -121,10 +124,10 @@ def test_each_refused_argument_gives_one_line_naming_what_is_supported(kwargs, g
         FixedConv2d(4, 4, **kwargs)
     message = str(raised.value)
     assert "\n" not in message
-    assert message == f"FixedConv2d supports {torch_layers.SUPPORTED}; got {got}"
+    assert message == f"FixedConv2d supports {torch_layer.SUPPORTED}; got {got}"
     if set(kwargs) <= {"stride", "padding"}:
         with pytest.raises(ValueError, match="FixedConv2d supports kernel_size=3, stride 1 or 2"):
-            torch_layers.fixed_conv2d(torch.zeros(1, 4, 5, 5), torch.zeros(4, 4, 5), **kwargs)
+            torch_layer.fixed_conv2d(torch.zeros(1, 4, 5, 5), torch.zeros(4, 4, 5), **kwargs)
 
 
 def test_conv2d_attributes_match_nn_conv2d():
@@ -234,13 +237,13 @@ def test_auto_measures_each_stride_on_its_own(monkeypatch, tmp_path):
     and what is timed runs at that stride."""
     monkeypatch.setenv("FXNN_AUTOTUNE", "1")
     monkeypatch.setattr(fxnn_paths, "_default", fxnn_paths.PathTuner(str(tmp_path / "paths.json"), budget=0.0))
-    monkeypatch.setattr(torch_layers, "_auto", {})
-    seen, real = [], torch_layers.path_contenders
+    monkeypatch.setattr(torch_paths, "_auto", {})
+    seen, real = [], torch_paths.path_contenders
 
     def contenders(*args, **kwargs):
         seen.append(args[-1])
         return real(*args, **kwargs)
-    monkeypatch.setattr(torch_layers, "path_contenders", contenders)
+    monkeypatch.setattr(torch_paths, "path_contenders", contenders)
     x = torch.randn(2, 3, 7, 6)
     for stride in (1, 2):
         layer = FixedConv2d(3, 4, stride=stride)
@@ -258,11 +261,11 @@ def test_the_pytensor_backend_strides_as_the_torch_one(path):
     7x9 input leaving a remainder, against F.conv2d with the folded kernels."""
     pytensor = pytest.importorskip("pytensor")
     import pytensor.tensor as pt
-    from fxnn.models import pytensor_layers
+    from fxnn.models.pytensor import backend as pytensor_backend
     g = torch.Generator().manual_seed(7)
     x, w, b = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((2, 3, 7, 9), (15, 4), (4,)))
     xs, ws, bs = pt.tensor4(dtype="float64"), pt.matrix(dtype="float64"), pt.vector(dtype="float64")
-    y = pytensor.function([xs, ws, bs], pytensor_layers.fxnn_conv(xs, ws, bs, path, stride=2))(
+    y = pytensor.function([xs, ws, bs], pytensor_backend.fxnn_conv(xs, ws, bs, path, stride=2))(
         x.numpy(), w.numpy(), b.numpy())
     want = F.conv2d(x, torch.from_numpy(fold_weights(w.numpy())), b, stride=2, padding=1)
     np.testing.assert_allclose(y, want.numpy(), rtol=1e-10, atol=1e-12)
@@ -271,8 +274,9 @@ def test_the_pytensor_backend_strides_as_the_torch_one(path):
 def test_the_pytensor_fused_op_refuses_stride_2_in_one_line():
     pytest.importorskip("pytensor")
     import pytensor.tensor as pt
-    from fxnn.models import network, pytensor_layers
+    from fxnn.models import network
+    from fxnn.models.pytensor import backend as pytensor_backend
     with pytest.raises(ValueError, match="PyTensor fused op computes stride 1 only, not 2: a strided fused layer "
                                          "needs the torch engine"):
-        network.factored_conv(pytensor_layers.BACKEND, pt.tensor4(dtype="float32"), pt.matrix(dtype="float32"),
+        network.factored_conv(pytensor_backend.BACKEND, pt.tensor4(dtype="float32"), pt.matrix(dtype="float32"),
                               pt.vector(dtype="float32"), "fused", KERNELS, 2)

@@ -8,7 +8,7 @@ tests, a gradient function. Parameters and optimizer state live in shared
 variables; :class:`fxnn.models.network.Engine` moves them in and out as numpy
 arrays with the project-wide names of :mod:`fxnn.models.architecture`. PyTensor
 compiles before it runs, so ``auto`` chooses each fxnn layer's path for the
-known batch sizes when the engine is built (:mod:`fxnn.models.pytensor_paths`).
+known batch sizes when the engine is built (:mod:`fxnn.models.pytensor.paths`).
 """
 import warnings
 from collections import OrderedDict
@@ -16,16 +16,18 @@ from collections import OrderedDict
 import numpy as np
 
 # Without a linkable BLAS, PyTensor's C code calls numpy's own (OpenBLAS) through
-# the numpy C API; it warns at length about that on every run. See README "Engines".
+# the numpy C API; it warns at length about that on every run. See docs/engines.md.
 warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", category=UserWarning)
 import pytensor  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 
 from fxnn.kernels import native  # noqa: E402
 
-from . import network as net  # noqa: E402
-from . import optimizers, pytensor_paths  # noqa: E402
-from .pytensor_layers import BACKEND, fused_available  # noqa: E402
+from .. import network as net  # noqa: E402
+from .. import optimizers  # noqa: E402
+from ..engines import Engine  # noqa: E402
+from . import paths as pytensor_paths  # noqa: E402
+from .backend import BACKEND, fused_available  # noqa: E402
 
 
 def compile_mode():
@@ -50,7 +52,7 @@ def implementation(path):
     return "im2col in PyTensor graph ops with folded kernels"
 
 
-class PyTensorEngine(net.Engine):
+class PyTensorEngine(Engine):
     """Trains and evaluates one network with PyTensor on the CPU."""
 
     name = "pytensor"

@@ -15,7 +15,7 @@ state (checkpoints) and the snapshots (records).
 ``precision="bf16"`` runs every forward pass (training and validation) under
 ``torch.autocast`` with bfloat16: convolutions, the fxnn layers and the
 matmuls compute in bfloat16 (float32 accumulation), as does the block after
-each conv layer (:mod:`fxnn.models.torch_block`); the parameters, their
+each conv layer (:mod:`fxnn.models.torch.block`); the parameters, their
 gradients, the optimizer state and the updates stay float32, and the softmax
 and the loss compute in float32. The dense convolutions (``cnn``'s layers,
 the folded path of an fxnn layer) then take channels_last inputs: oneDNN's
@@ -39,9 +39,11 @@ import torch
 
 from fxnn.kernels import torch_fused
 
-from . import network as net
-from . import optimizers, resnet
-from .torch_layers import BACKEND, TorchBackend, auto_path, implementation
+from .. import network as net
+from .. import optimizers, resnet
+from ..engines import Engine
+from .backend import BACKEND, TorchBackend
+from .paths import auto_path, implementation
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: The autocast dtype of each ``precision`` (None: no autocast).
@@ -114,7 +116,7 @@ class PrecisionBackend(TorchBackend):
         return super().softmax(h if self.autocast_dtype is None else h.float())
 
 
-class TorchEngine(net.Engine):
+class TorchEngine(Engine):
     """Trains and evaluates one network with PyTorch."""
 
     name = "torch"

@@ -17,7 +17,7 @@ from fxnn.kernels.fixed_kernels import KERNELS
 from fxnn.kernels.pytensor_fixed_op import fixed_stage_op
 from fxnn.kernels.pytensor_fused_op import fused_conv
 
-from . import network
+from .. import network
 
 
 def zero_pad(x, pad):
@@ -102,7 +102,7 @@ def relu(x):
 
 def softmax(h):
     """Row-wise softmax from elementwise ops (see
-    :func:`fxnn.models.pytensor_engine.compile_mode`)."""
+    :func:`fxnn.models.pytensor.engine.compile_mode`)."""
     e = pt.exp(h - pytensor.gradient.disconnected_grad(h.max(axis=1, keepdims=True)))
     return e / e.sum(axis=1, keepdims=True)
 

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 
 from fxnn.kernels import native
 
-from . import dropout as dropout_masks
-from . import network
+from .. import dropout as dropout_masks
+from .. import network
 
 #: Float dtypes too coarse to hold 1/(1-p) exactly: the block scales after pooling.
 LOW_PRECISION = (torch.bfloat16, torch.float16)

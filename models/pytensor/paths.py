@@ -11,8 +11,8 @@ import pytensor.tensor as pt
 from fxnn.kernels import native
 from fxnn.kernels.pytensor_kernels import default_threads
 
-from . import fxnn_paths
-from .pytensor_layers import fused_available, fxnn_conv
+from .. import fxnn_paths
+from .backend import fused_available, fxnn_conv
 
 
 def available_paths(dtype):
