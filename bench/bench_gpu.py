@@ -50,7 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
-from fxnn.kernels import cuda_fixed, cuda_fused  # noqa: E402
+from fxnn.kernels import cuda_fixed  # noqa: E402
+from fxnn.kernels.capabilities import capability  # noqa: E402
 from fxnn.kernels.fixed_kernels import NUM_KERNELS  # noqa: E402
 from fxnn.models.torch.paths import fixed_conv2d_record  # noqa: E402
 
@@ -263,10 +264,10 @@ def main(argv=None):
     args = parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_gpu: no CUDA GPU available (torch.cuda.is_available() is False); nothing to measure")
-    ok, reason = cuda_fused.available()
-    if not ok:
-        sys.exit(f"bench_gpu: the fused Triton kernel is unavailable: {reason}")
-    fixed_ok, fixed_reason = cuda_fixed.available()
+    fused, stage = (capability(part, "torch", "cuda") for part in ("fused", "fixed"))
+    if not fused:
+        sys.exit(f"bench_gpu: the fused Triton kernel is unavailable: {fused.reason}")
+    fixed_ok, fixed_reason = bool(stage), stage.reason
     if not fixed_ok:
         print(f"bench_gpu: no PyCUDA fixed stage ({fixed_reason}): the fixed path runs its torch fallback, "
               f"and the fixed stage's bandwidth is skipped")

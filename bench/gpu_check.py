@@ -163,7 +163,7 @@ for name in ("triton", "pycuda", "pytest"):
 try:  # the installed package (the checkout's fxnn/ folder alone imports without its subpackages)
     import fxnn
     from fxnn.kernels import native
-    info.update(fxnn=fxnn.__version__, fxnn_c_extension=native.available()[0])
+    info.update(fxnn=fxnn.__version__, fxnn_c_extension=native.module is not None)
 except Exception as e:
     info["fxnn_error"] = repr(e)[:300]
 print("PROBE " + json.dumps(info))

@@ -138,7 +138,7 @@ def describe(threads, peaks=True):
         info["numpy"] = numpy.__version__
     except ImportError:
         pass
-    if native.fused_available()[0]:
+    if hasattr(native.module, "fused_forward"):
         isa = native.isa()
         info["fused_isa"] = isa
         if peaks:
@@ -155,10 +155,8 @@ def describe(threads, peaks=True):
         if peaks and not bf16.endswith("_standin"):
             info["bf16_peak_gflops"] = best_of(lambda: native.module.matrix_peak(bf16, threads, PEAK_SECONDS))
     try:
-        from fxnn.kernels import cpu_fused
-        if hasattr(cpu_fused, "available_bf16"):
-            ok = cpu_fused.available_bf16()
-            info["fused_bf16"] = bool(ok[0] if isinstance(ok, tuple) else ok)
+        from fxnn.kernels.capabilities import capability
+        info["fused_bf16"] = bool(capability("fused", "torch", "cpu", "bfloat16"))
     except ImportError:
         pass
     if peaks and "bf16_peak_gflops" not in info and info["matrix_engine"] != "none":

@@ -3,20 +3,14 @@
 The same two calls as :mod:`fxnn.kernels.cuda_fixed`: :func:`fixed_forward` and
 :func:`fixed_backward` (the adjoint), on float32 or float64 tensors, using
 ``torch.get_num_threads()`` threads. The extension ``fxnn.kernels._fixed_cpu`` is
-built by ``pip install``; where it could not be built, :func:`available` says
-why and ``kernels.torch_fixed`` runs its separable torch ops instead.
+built by ``pip install``; where it could not be built,
+:func:`fxnn.kernels.capabilities.capability` says why and
+``kernels.torch_fixed`` runs its separable torch ops instead.
 """
 import torch
 
-from . import native
 from .fixed_kernels import NUM_KERNELS
 from .native import module as _fixed_cpu
-
-
-def available():
-    """(True, description) when the extension is built, else (False, why)."""
-    ok, why = native.available()
-    return ok, "C fixed stage (kernels/fixed_cpu.c)" if ok else why
 
 
 def fixed_forward(x):

@@ -9,16 +9,17 @@ pixels only) and use
 The instruction set is :func:`fxnn.kernels.native.isa`: the best this CPU runs,
 or the one named by the environment variable ``FXNN_ISA`` (``avx512``,
 ``avx2`` or ``portable``), which tests use to run every path the machine
-supports. Where the extension could not be built, :func:`available` says why
-and the fused path is not offered.
+supports. Where the extension could not be built, the fused path is not
+offered (:func:`fxnn.kernels.capabilities.capability` says why).
 
 The same three functions take bfloat16 tensors (every argument bf16; the
 outputs bf16, of the same shapes) and then run the bfloat16 kernels of
 ``kernels/fused_bf16_cpu.c`` (fixed stage in float32, rounded once to bf16,
 products accumulated in float32, outputs rounded to nearest even), in the
 instruction set :func:`fxnn.kernels.native.bf16_isa`: ``amx`` or
-``avx512bf16`` where the CPU has them, or the one ``FXNN_BF16_ISA`` names;
-:func:`available_bf16` says whether that path is worth offering.
+``avx512bf16`` where the CPU has them, or the one ``FXNN_BF16_ISA`` names
+(the capability of "fused" in bfloat16 says whether that path is worth
+offering: not on the portable stand-ins alone, which are exact but slow).
 """
 import torch
 
@@ -27,27 +28,6 @@ from .fixed_kernels import NUM_KERNELS
 from .native import isa
 from .native import module as _fixed_cpu
 from .torch_fixed import out_size
-
-
-def available():
-    """(True, description) when the fused kernels can run, else (False, why)."""
-    ok, why = native.fused_available()
-    return (True, f"C fused kernel (kernels/fused_cpu.c), {isa()}") if ok else (False, why)
-
-
-def available_bf16():
-    """(True, description) when the bfloat16 fused kernels run on this CPU's
-    matrix instructions (AMX or AVX512-BF16), or on a stand-in that
-    ``FXNN_BF16_ISA`` names; else (False, why). The stand-ins alone (a CPU
-    without either) are exact but slow, so not offered by default."""
-    ok, why = native.bf16_available()
-    if not ok:
-        return False, why
-    chosen = native.bf16_isa()
-    if chosen.endswith("_standin") and not native.requested_bf16_isa():
-        return False, ("this CPU has neither AMX-BF16 nor AVX512-BF16: the bfloat16 fused kernels would run "
-                       f"only as portable stand-ins (set {native.BF16_ISA_VARIABLE}={chosen} to use them anyway)")
-    return True, f"C fused bf16 kernel (kernels/fused_bf16_cpu.c), {chosen}"
 
 
 def _array(t):

@@ -27,8 +27,9 @@ How it runs:
   on torch's stream, and torch's stream waits for it, which also keeps the
   caching allocator's reuse of the tensors' memory in order.
 
-Importing this module needs neither pycuda nor a GPU; ``available()`` says
-whether the kernels can run here, and why not.
+Importing this module needs neither pycuda nor a GPU;
+:func:`fxnn.kernels.capabilities.capability` ("fixed" on "cuda") says whether
+the kernels can run here, and why not.
 """
 import atexit
 import os
@@ -37,6 +38,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from .capabilities import capability
 from .fixed_kernels import NUM_KERNELS
 
 SOURCE = Path(__file__).with_name("simple_conv.cu")
@@ -60,7 +62,6 @@ _ARG_FORMAT = "PPqii"
 _INT32_MAX = 2**31 - 1
 
 _lock = threading.Lock()
-_status = None    # (ok, reason), decided by the first available()
 _devices = {}     # device index -> _DeviceKernels
 
 
@@ -98,7 +99,8 @@ def _check(t, name, layout, channel_multiple=1):
                          f"(height <= {TILE_H * MAX_GRID_YZ}, width < 2**31)")
 
 
-def _nvcc():
+def nvcc():
+    """The nvcc PyCUDA compiles with: on PATH, else in $CUDA_HOME/bin; None where neither."""
     found = shutil.which("nvcc")
     if found:
         return found
@@ -119,7 +121,7 @@ class _DeviceKernels:
         self.context = drv.Device(index).retain_primary_context()
         self._side = None
         with self.active():
-            self.module = SourceModule(SOURCE.read_text(), nvcc=_nvcc(), options=list(NVCC_DEFINES),
+            self.module = SourceModule(SOURCE.read_text(), nvcc=nvcc(), options=list(NVCC_DEFINES),
                                        no_extern_c=True)
             self.functions = {}
             for direction in ("forward", "backward"):
@@ -148,7 +150,8 @@ class _DeviceKernels:
             return self._side
 
 
-def _kernels(index):
+def device_kernels(index):
+    """The kernels of CUDA device ``index``, compiled and loaded on first use."""
     with _lock:
         if index not in _devices:
             _devices[index] = _DeviceKernels(index)
@@ -162,44 +165,12 @@ def _release():
         _devices.clear()
 
 
-def _probe():
-    try:
-        import torch
-    except ImportError:
-        return False, "torch is not installed"
-    if not torch.cuda.is_available():
-        return False, "no CUDA GPU visible to PyTorch (torch.cuda.is_available() is False)"
-    try:
-        import pycuda.driver  # noqa: F401
-    except ImportError as e:
-        return False, f"pycuda is not installed ({e}); install the extra: pip install -e .[cuda]"
-    if _nvcc() is None:
-        return False, "nvcc not found on PATH nor in $CUDA_HOME/bin; PyCUDA needs it to compile the kernel"
-    try:
-        _kernels(torch.cuda.current_device())
-    except Exception as e:  # any failure to initialise, compile or load means "not available"
-        return False, f"could not compile or load {SOURCE.name}: {type(e).__name__}: {e}"
-    return True, "PyCUDA kernel kernels/simple_conv.cu"
-
-
-def available():
-    """(True, description) when the kernels can run on the current CUDA device,
-    else (False, reason). Never raises; decided once per process."""
-    global _status
-    if _status is None:
-        status = _probe()
-        with _lock:
-            if _status is None:
-                _status = status
-    return _status
-
-
 def _launch(direction, src, dst, planes, height, width):
     import torch
-    ok, reason = available()
-    if not ok:
-        raise RuntimeError(f"fxnn CUDA kernel unavailable: {reason}")
-    kernels = _kernels(src.device.index)
+    kernel = capability("fixed", "torch", "cuda", src.dtype)
+    if not kernel:
+        raise RuntimeError(f"fxnn CUDA kernel unavailable: {kernel.reason}")
+    kernels = device_kernels(src.device.index)
     function = kernels.functions[direction, _dtype_suffixes()[src.dtype]]
     grid, block = launch_geometry(planes, height, width)
     args = (src.data_ptr(), dst.data_ptr(), planes, height, width)

@@ -3,51 +3,10 @@ PyTorch CUDA tensors: the same three calls as :mod:`fxnn.kernels.cpu_fused`,
 each at stride 1 or more.
 
 Importing this module needs neither triton nor a GPU (the kernels' module is
-imported on first use); :func:`available` says whether they can run here,
-and why not.
+imported on first use); :func:`fxnn.kernels.capabilities.capability`
+("fused" on "cuda") says whether they can run here, and why not.
 """
-import importlib.util
-
 import torch
-
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-_status = None
-
-
-#: The oldest GPUs the kernels run on (Triton's floor), and the oldest whose
-#: tensor cores take bfloat16.
-MIN_CAPABILITY = (7, 5)
-BFLOAT16_CAPABILITY = (8, 0)
-
-
-def _probe():
-    if importlib.util.find_spec("triton") is None:
-        return False, "triton is not installed; install the extra: pip install -e .[cuda]"
-    if not torch.cuda.is_available():
-        return False, "no CUDA GPU visible to PyTorch (torch.cuda.is_available() is False)"
-    capability = torch.cuda.get_device_capability()
-    if capability < MIN_CAPABILITY:
-        return False, (f"{torch.cuda.get_device_name()} is sm_{capability[0]}{capability[1]}; the Triton kernels "
-                       f"need sm_{MIN_CAPABILITY[0]}{MIN_CAPABILITY[1]} or newer")
-    return True, "Triton fused kernel (kernels/fused_triton.py)"
-
-
-def available():
-    """(True, description) when the Triton kernels can run on CUDA tensors
-    here, else (False, why). Decided once per process."""
-    global _status
-    if _status is None:
-        _status = _probe()
-    return _status
-
-
-def runs(dtype):
-    """Whether the kernels run on CUDA tensors of ``dtype`` here."""
-    if dtype not in DTYPES or not available()[0]:
-        return False
-    return dtype != torch.bfloat16 or torch.cuda.get_device_capability() >= BFLOAT16_CAPABILITY
-
 
 def _kernels():
     from . import fused_triton

@@ -3,7 +3,8 @@
 built it, and the instruction set its fused kernels use.
 
 No framework here: the PyTorch launchers (:mod:`fxnn.kernels.cpu_fixed`,
-:mod:`fxnn.kernels.cpu_fused`) and the PyTensor engine both ask this module.
+:mod:`fxnn.kernels.cpu_fused`) call it, and :mod:`fxnn.kernels.capabilities`
+says from it what runs where, and why not.
 """
 import os
 
@@ -20,20 +21,6 @@ ISA_VARIABLE = "FXNN_ISA"
 #: Names the instruction set of the bfloat16 fused kernels (amx, avx512bf16,
 #: amx_standin, avx512bf16_standin).
 BF16_ISA_VARIABLE = "FXNN_BF16_ISA"
-
-
-def available():
-    """(True, None) when the extension is built, else (False, why)."""
-    return module is not None, WHY
-
-
-def fused_available():
-    """(True, None) when the fused kernels are built, else (False, why)."""
-    if module is None:
-        return False, WHY
-    if not hasattr(module, "fused_forward"):
-        return False, "fxnn.kernels._fixed_cpu predates the fused kernels; rebuild it: pip install -e ."
-    return True, None
 
 
 def isas():
@@ -60,17 +47,8 @@ def isa():
 def check_isa():
     """RuntimeError with the fix when ``$FXNN_ISA`` names an instruction set
     this CPU does not run (checked where the extension is built)."""
-    if requested_isa() and fused_available()[0]:
+    if requested_isa() and hasattr(module, "fused_forward"):
         isa()
-
-
-def bf16_available():
-    """(True, None) when the bfloat16 fused kernels are built, else (False, why)."""
-    if module is None:
-        return False, WHY
-    if not hasattr(module, "fused_forward_bf16"):
-        return False, "fxnn.kernels._fixed_cpu predates the bfloat16 fused kernels; rebuild it: pip install -e ."
-    return True, None
 
 
 def bf16_isas():
@@ -100,5 +78,5 @@ def bf16_isa():
 def check_bf16_isa():
     """RuntimeError with the fix when ``$FXNN_BF16_ISA`` names an instruction
     set this CPU does not run (checked where the extension is built)."""
-    if requested_bf16_isa() and bf16_available()[0]:
+    if requested_bf16_isa() and hasattr(module, "fused_forward_bf16"):
         bf16_isa()

@@ -11,12 +11,11 @@ fused. float32 only; without a C compiler PyTensor runs :meth:`perform`,
 the numpy references of :mod:`fxnn.kernels.fixed_kernels`. The instruction set is
 ``$FXNN_ISA`` when set (read when an op is made), else the best this CPU runs.
 """
-import os
-
 import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
 
+from . import native
 from .fixed_kernels import NUM_KERNELS, fixed_conv_grad_reference, fixed_conv_reference
 from .pytensor_kernels import KernelsOp
 
@@ -26,7 +25,7 @@ class _FusedOp(KernelsOp):
 
     def __init__(self, threads=None, isa=None):
         super().__init__(threads)
-        self.isa = os.environ.get("FXNN_ISA", "").strip().lower() if isa is None else isa
+        self.isa = native.requested_isa() if isa is None else isa
 
     def _isa_code(self, sub):
         """C that looks the ISA up into ``isa`` or fails with a clear error."""

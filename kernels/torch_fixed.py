@@ -5,16 +5,18 @@ convolution with zero padding 1 and that stride).
 Three implementations behind :func:`fixed_stage`:
 
 * the PyCUDA kernel of ``kernels/simple_conv.cu`` for CUDA tensors, when
-  PyCUDA and a GPU are there (``kernels.cuda_fixed.available()``);
+  PyCUDA and a GPU are there;
 * the C kernel of ``kernels/fixed_cpu.c`` for float32/float64 CPU tensors,
-  when ``pip install`` built it (``kernels.cpu_fixed.available()``): one pass
-  over memory each way (docs/performance.md has how it compares);
+  when ``pip install`` built it: one pass over memory each way
+  (docs/performance.md has how it compares);
 * otherwise (and as the reference the two are tested against beside the
   numpy one) a separable one in plain torch ops, for any device: the input is
   padded once, the two vertical passes ([1,2,1] and [1,0,-1]) are computed
   once and shared by the four non-identity kernels, and each horizontal pass
   writes straight into its slot of a preallocated (B, M, 5, H, W) output,
   which is the 5M layout of :mod:`fxnn.kernels.fixed_kernels` without a copy.
+
+Which runs, or why a kernel cannot, is :mod:`fxnn.kernels.capabilities`' answer.
 
 The backward is the adjoint (correlation with the kernels flipped in both
 axes), also separable; it is itself an operator whose backward is the
@@ -35,6 +37,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from .capabilities import capability
+from .capabilities import fixed_stage as fixed_stage_name
 from .fixed_kernels import NUM_KERNELS, SEPARABLE
 
 log = logging.getLogger("fxnn")
@@ -134,53 +138,28 @@ def backward_torch(g: torch.Tensor, stride: int = 1, height: int | None = None,
     return dx.add_(g5[:, :, identity])
 
 
-CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-CPU_DTYPES = (torch.float32, torch.float64)
-
-
-def _kernel_module(device_type):
-    """(module, description): kernels.cuda_fixed or kernels.cpu_fixed for
-    ``device_type`` when it can run, else (None, why not)."""
-    try:
-        if device_type == "cuda":
-            from . import cuda_fixed as module
-        elif device_type == "cpu":
-            from . import cpu_fixed as module
-        else:
-            return None, f"no native kernel for {device_type}"
-    except ImportError as e:
-        return None, str(e)
-    ok, why = module.available()
-    return (module if ok else None), why
-
-
 def _native_kernel(x):
-    """The native kernel module that can run on ``x``, else None (e.g. float64
-    CUDA tensors, for gradcheck, take the torch path)."""
-    if x.dtype not in (CUDA_DTYPES if x.is_cuda else CPU_DTYPES):
+    """kernels.cuda_fixed or kernels.cpu_fixed where it runs on ``x``
+    (:mod:`fxnn.kernels.capabilities`), else None (e.g. float64 CUDA tensors,
+    for gradcheck, take the torch ops); says once per device and dtype
+    which runs."""
+    kernel = capability("fixed", "torch", x.device, x.dtype)
+    if (x.device.type, x.dtype) not in _announced:
+        _announced.add((x.device.type, x.dtype))
+        log.info("fixed stage on %s %s: %s", x.device.type, x.dtype, fixed_stage_name("torch", x.device, x.dtype))
+    if not kernel:
         return None
-    return _kernel_module(x.device.type)[0]
-
-
-def implementation_name(device):
-    """Which implementation runs the fixed stage on ``device``, in words."""
-    module, why = _kernel_module(torch.device(device).type)
-    if module is not None:
-        return why
-    return f"separable torch ops (native kernel unavailable: {why})"
-
-
-def _announce(x):
-    if x.device.type not in _announced:
-        _announced.add(x.device.type)
-        log.info("fixed stage on %s: %s", x.device.type, implementation_name(x.device))
+    if x.device.type == "cuda":
+        from . import cuda_fixed
+        return cuda_fixed
+    from . import cpu_fixed
+    return cpu_fixed
 
 
 def _forward_kernel(x, stride=1):
     """The fixed stage's CPU and CUDA kernel: the native kernel where it runs
     on ``x`` (see :func:`_native_kernel`), every ``stride``-th pixel of its
     stride-1 result; else the separable torch ops."""
-    _announce(x)
     module = _native_kernel(x)
     if module is None:
         return forward_torch(x, stride)
@@ -191,7 +170,6 @@ def _forward_kernel(x, stride=1):
 def _adjoint_kernel(g, stride=1, height=None, width=None):
     """The adjoint's CPU and CUDA kernel: the native kernel's stride-1
     adjoint of the upsampled gradient where it runs, else the torch ops."""
-    _announce(g)
     module = _native_kernel(g)
     if module is None:
         return backward_torch(g, stride, height, width)

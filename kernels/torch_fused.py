@@ -29,40 +29,20 @@ devices) computes the same in torch ops (the fixed stage of
 import torch
 
 from . import cpu_fused, cuda_fused, native
+from .capabilities import capability
 from .fixed_kernels import NUM_KERNELS
 from .torch_fixed import backward_torch, check_stride, forward_torch, out_size
-
-_runs = {}
 
 
 @torch.compiler.assume_constant_result
 def runs_fast(device_type: str, dtype: torch.dtype) -> bool:
     """Whether a fused kernel (not the torch-ops reference) runs on tensors
-    of ``device_type`` and ``dtype``; decided once per pair, and a constant
-    to ``torch.compile``."""
-    if (device_type, dtype) not in _runs:
-        if device_type == "cpu":
-            ok = ((dtype == torch.float32 and native.fused_available()[0])
-                  or (dtype == torch.bfloat16 and cpu_fused.available_bf16()[0]))
-        elif device_type == "cuda":
-            ok = cuda_fused.runs(dtype)
-        else:
-            ok = False
-        _runs[device_type, dtype] = ok
-    return _runs[device_type, dtype]
-
-
-def available(x):
-    """Whether the fused kernels can run on tensor ``x``."""
-    return runs_fast(x.device.type, x.dtype)
-
-
-def implementation_name(device="cpu", dtype=torch.float32):
-    """The fused kernels of ``device`` for ``dtype`` in words (ISA included),
-    or why they cannot run."""
-    if torch.device(device).type == "cuda":
-        return cuda_fused.available()[1]
-    return (cpu_fused.available_bf16() if dtype == torch.bfloat16 else cpu_fused.available())[1]
+    of ``device_type`` and ``dtype`` (:mod:`fxnn.kernels.capabilities`); a
+    constant to ``torch.compile``. An ``$FXNN_ISA`` (``$FXNN_BF16_ISA`` for
+    bfloat16) this CPU does not run is an error, not a reason to fall back."""
+    if device_type == "cpu":
+        (native.check_bf16_isa if dtype == torch.bfloat16 else native.check_isa)()
+    return bool(capability("fused", "torch", device_type, dtype))
 
 
 def autocast_dtype(x):
@@ -221,7 +201,7 @@ fused_input_grad.register_autograd(_input_grad_backward, setup_context=_save(2))
 
 def fused_conv2d(x, weight, bias=None, stride=1):
     """The fxnn layer (fixed stage, then 1x1 ``weight`` (5M, N) and ``bias``)
-    by the fused kernels where they run (:func:`available`), else the same in
+    by the fused kernels where they run (:func:`runs_fast`), else the same in
     torch ops. ``stride`` (an int >= 1) keeps the output pixels (s*i, s*j) of
     the stride-1 layer only, as ``F.conv2d(..., stride=s, padding=1)`` does:
     (B, M, H, W) -> (B, N, (H-1)//s + 1, (W-1)//s + 1); the kernels compute

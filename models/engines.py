@@ -13,6 +13,7 @@ from collections import OrderedDict
 import numpy as np
 
 from fxnn.kernels import native
+from fxnn.kernels.capabilities import BFLOAT16_CAPABILITY as CUDA_BF16_CAPABILITY
 
 from . import dropout as dropout_masks
 from . import optimizers
@@ -23,8 +24,6 @@ DEVICES = ("auto", "cpu", "cuda")
 #: fp32: float32 throughout; bf16: bfloat16 autocast in the torch engine
 #: (:class:`fxnn.models.torch.engine.TorchEngine`), float32 weights and loss.
 PRECISIONS = ("fp32", "bf16")
-#: The oldest CUDA GPUs with bfloat16 arithmetic (Ampere, compute capability 8.0).
-CUDA_BF16_CAPABILITY = (8, 0)
 
 
 def torch_available():

@@ -85,10 +85,10 @@ def test_the_torch_engine_uses_it_and_gets_the_numbers_of_its_torch_ops():
     same additions in the same order as the separable torch ops, so it changes
     no numbers (at strides 1 and 2), and the adjoint agrees to float32 rounding."""
     torch = pytest.importorskip("torch")
-    from fxnn.kernels import torch_fixed
+    from fxnn.kernels import capabilities, torch_fixed
     x = torch.randn(3, 7, 19, 12, generator=torch.Generator().manual_seed(5))
     g = torch.randn(3, 35, 19, 12, generator=torch.Generator().manual_seed(6))
-    assert torch_fixed.implementation_name("cpu").startswith("C fixed stage")
+    assert capabilities.fixed_stage("torch", "cpu").startswith("C fixed stage")
     assert torch.equal(torch_fixed.fixed_stage(x), torch_fixed.forward_torch(x))
     np.testing.assert_allclose(torch_fixed.fixed_stage_adjoint(g).numpy(), torch_fixed.backward_torch(g).numpy(),
                                rtol=1e-6, atol=1e-5)

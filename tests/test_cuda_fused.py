@@ -15,10 +15,12 @@ torch = pytest.importorskip("torch")
 
 from strided_conv import dense_conv_reference  # noqa: E402
 
-from fxnn.kernels import cuda_fixed, cuda_fused  # noqa: E402
+from fxnn.kernels import cuda_fused  # noqa: E402
+from fxnn.kernels.capabilities import capability  # noqa: E402
 from fxnn.kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
 
-FUSED_OK, FUSED_WHY = cuda_fused.available()
+FUSED = capability("fused", "torch", "cuda")
+FUSED_OK, FUSED_WHY = bool(FUSED), FUSED.reason
 pytestmark = pytest.mark.skipif(not FUSED_OK, reason=f"needs a CUDA GPU and triton: {FUSED_WHY}")
 
 #: (rtol, atol as a fraction of the largest reference value)
@@ -117,8 +119,9 @@ def test_second_derivatives_on_cuda_equal_the_fixed_path(stride):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("path", ["fused", "fixed", "folded"])
 def test_torch_compile_on_cuda_has_no_graph_break_and_the_eager_numbers(path, stride):
-    if path == "fixed" and not cuda_fixed.available()[0]:
-        pytest.skip(f"the PyCUDA stage is unavailable: {cuda_fixed.available()[1]}")
+    stage = capability("fixed", "torch", "cuda")
+    if path == "fixed" and not stage:
+        pytest.skip(f"the PyCUDA stage is unavailable: {stage.reason}")
     from fxnn.models.torch.layer import FixedConv2d
     torch._dynamo.reset()
     torch.manual_seed(0)

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from fxnn.kernels import cuda_fixed
+from fxnn.kernels.capabilities import capability
 from fxnn.kernels import fixed_kernels as fk
 
 try:
@@ -36,7 +37,8 @@ NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
-GPU_OK, GPU_REASON = cuda_fixed.available()
+GPU = capability("fixed", "torch", "cuda")
+GPU_OK, GPU_REASON = bool(GPU), GPU.reason
 needs_gpu = pytest.mark.skipif(not GPU_OK, reason=f"needs a CUDA GPU with PyCUDA: {GPU_REASON}")
 
 #: (rtol, atol) against the float64 reference: float32 accumulation, then the
@@ -279,9 +281,9 @@ def test_emulated_half_precision(emulator, direction, dtype):
 # --------------------------------------------------------------------------- argument checks
 
 def test_available_reports_a_reason():
-    ok, reason = cuda_fixed.available()
-    assert isinstance(ok, bool) and isinstance(reason, str) and reason
-    assert cuda_fixed.available() == (ok, reason)
+    answer = capability("fixed", "torch", "cuda")
+    assert bool(answer.name) != bool(answer.reason) and isinstance(answer.name or answer.reason, str)
+    assert capability("fixed", "torch", "cuda") == answer
 
 
 @needs_torch
@@ -433,8 +435,8 @@ def test_the_stage_at_stride_2_keeps_every_other_pixel_of_the_kernel(shape, dtyp
     """kernels/torch_fixed.py at stride 2 on CUDA: this kernel's stride-1
     stage subsampled, its adjoint of the zero-upsampled gradient; against a
     strided grouped conv2d and its autograd."""
-    from fxnn.kernels import torch_fixed
-    assert torch_fixed.implementation_name("cuda").startswith("PyCUDA")
+    from fxnn.kernels import capabilities, torch_fixed
+    assert capabilities.fixed_stage("torch", "cuda", getattr(torch, dtype)).startswith("PyCUDA")
     rtol, atol = TOLERANCE[dtype]
     b, m, h, w = shape
     x = _cuda(_random(shape, seed=16), getattr(torch, dtype))

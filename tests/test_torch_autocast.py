@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fxnn.kernels import cpu_fused, torch_fused  # noqa: E402
+from fxnn.kernels.capabilities import capability  # noqa: E402
 from fxnn.kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
 from fxnn.models.torch import paths as torch_paths  # noqa: E402
 from fxnn.models.torch.layer import FixedConv2d  # noqa: E402
@@ -82,9 +83,9 @@ def test_a_channels_last_input_gives_a_channels_last_result(path):
 
 
 def test_the_fused_path_runs_the_bf16_kernels_without_a_float32_round_trip(monkeypatch):
-    ok, why = cpu_fused.available_bf16()
-    if not ok:
-        pytest.skip(why)
+    bf16 = capability("fused", "torch", "cpu", BF16)
+    if not bf16:
+        pytest.skip(bf16.reason)
     seen = []
     for name in ("forward", "weight_grad", "input_grad"):
         real = getattr(cpu_fused, name)

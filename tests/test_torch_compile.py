@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 
-from fxnn.kernels import native  # noqa: E402
+from fxnn.kernels.capabilities import capability  # noqa: E402
 from fxnn.kernels import torch_fixed, torch_fused  # noqa: E402
 from fxnn.kernels.fixed_kernels import fixed_conv_reference  # noqa: E402
 from fxnn.models.torch.layer import FixedConv2d  # noqa: E402
@@ -36,10 +36,11 @@ def fresh_dynamo():
 
 
 def require_native():
-    if not native.fused_available()[0]:
+    fused = capability("fused")
+    if not fused:
         if os.environ.get("FXNN_REQUIRE_NATIVE") == "1":
-            raise AssertionError(native.fused_available()[1])
-        pytest.skip(native.fused_available()[1])
+            raise AssertionError(fused.reason)
+        pytest.skip(fused.reason)
 
 
 def network(path, seed=0, stride=1):
@@ -153,9 +154,8 @@ def test_the_compiled_fused_path_runs_the_c_kernels(monkeypatch):
     np.testing.assert_allclose(y.detach().numpy(), want, rtol=1e-5, atol=1e-5)
 
 
-def test_the_fixed_path_without_the_c_build_compiles_too(monkeypatch):
+def test_the_fixed_path_without_the_c_build_compiles_too(without_c_build):
     """Where the extension is missing, the operators run their torch ops."""
-    monkeypatch.setattr(torch_fixed, "_kernel_module", lambda device_type: (None, "disabled by the test"))
     net = network("fixed")
     x = torch.randn(1, 3, 5, 4)
     compiled = torch.compile(net, fullgraph=True, backend="aot_eager")

@@ -12,7 +12,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from fxnn.kernels.fixed_kernels import KERNELS, fixed_stage_grad_reference, fixed_stage_reference  # noqa: E402
 from fxnn.kernels import torch_fixed  # noqa: E402
-from fxnn.kernels.torch_fixed import backward_torch, fixed_stage, fixed_stage_adjoint, implementation_name  # noqa: E402
+from fxnn.kernels.capabilities import capability, fixed_stage as fixed_stage_name  # noqa: E402
+from fxnn.kernels.torch_fixed import backward_torch, fixed_stage, fixed_stage_adjoint  # noqa: E402
 
 SHAPES = [(1, 1, 1, 1), (1, 1, 1, 5), (2, 3, 2, 3), (3, 17, 28, 28), (5, 2, 33, 17), (1, 64, 6, 7)]
 
@@ -21,8 +22,8 @@ SHAPES = [(1, 1, 1, 1), (1, 1, 1, 5), (2, 3, 2, 3), (3, 17, 28, 28), (5, 2, 33, 
 def implementation(request, monkeypatch):
     """Every test runs on both CPU implementations behind fixed_stage."""
     if request.param == "torch ops":
-        monkeypatch.setattr(torch_fixed, "_kernel_module", lambda device_type: (None, "disabled by the test"))
-    elif not torch_fixed._kernel_module("cpu")[0] and os.environ.get("FXNN_REQUIRE_NATIVE") != "1":
+        request.getfixturevalue("without_c_build")
+    elif not capability("fixed") and os.environ.get("FXNN_REQUIRE_NATIVE") != "1":
         pytest.skip("fxnn.kernels._fixed_cpu not built; build it with: pip install -e .")
     return request.param
 
@@ -127,5 +128,5 @@ def test_bad_input_is_refused_clearly():
 
 def test_cpu_implementation_is_named(implementation):
     want = "C fixed stage" if implementation == "C kernel" else "separable torch ops"
-    assert implementation_name("cpu").startswith(want)
+    assert fixed_stage_name("torch", "cpu").startswith(want)
 

@@ -11,14 +11,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fxnn.kernels import native, torch_fused  # noqa: E402
+from fxnn.kernels.capabilities import capability  # noqa: E402
 from fxnn.kernels.fixed_kernels import fixed_conv_grad_reference, fixed_conv_reference  # noqa: E402
 from fxnn.models.torch.layer import FixedConv2d  # noqa: E402
 from fxnn.models.torch.paths import available_paths, fixed_conv2d_record  # noqa: E402
 
-if not native.fused_available()[0]:
+FUSED = capability("fused")
+if not FUSED:
     if os.environ.get("FXNN_REQUIRE_NATIVE") == "1":
-        raise ImportError(native.fused_available()[1])
-    pytest.skip(native.fused_available()[1], allow_module_level=True)
+        raise ImportError(FUSED.reason)
+    pytest.skip(FUSED.reason, allow_module_level=True)
 
 
 def tensors(b, m, n, h, w, seed=0, dtype=torch.float32):
@@ -187,7 +189,7 @@ def test_stride_2_matches_the_folded_dense_convolution(shape, isa, monkeypatch):
                                    atol=2e-5 * max(1.0, float(want.abs().max())))
 
 
-@pytest.mark.parametrize("isa", native.bf16_isas() if native.bf16_available()[0] else [])
+@pytest.mark.parametrize("isa", native.bf16_isas() if hasattr(native.module, "fused_forward_bf16") else [])
 @pytest.mark.parametrize("shape", STRIDED, ids=lambda s: "x".join(map(str, s)))
 def test_stride_2_in_bfloat16_matches_the_reference_on_the_same_inputs(shape, isa, monkeypatch):
     """The bf16 kernels against the float64 dense convolution of the same

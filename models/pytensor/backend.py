@@ -13,6 +13,7 @@ import pytensor.scalar as ps
 import pytensor.tensor as pt
 from pytensor.tensor.elemwise import Elemwise
 
+from fxnn.kernels.capabilities import capability
 from fxnn.kernels.fixed_kernels import KERNELS
 from fxnn.kernels.pytensor_fixed_op import fixed_stage_op
 from fxnn.kernels.pytensor_fused_op import fused_conv
@@ -50,15 +51,10 @@ def conv2d_same(x, w, bias, k, stride=1):
     return network.pointwise(BACKEND, patches, w.reshape((w.shape[0], -1)).T, bias)
 
 
-def fused_available(dtype):
-    """Whether the fused C ops can compute a layer of ``dtype``."""
-    return bool(pytensor.config.cxx) and dtype == "float32"
-
-
 def fxnn_conv(x, w, bias, path="fixed", stride=1):
     """An fxnn conv layer on ``path`` (see :mod:`fxnn.models.fxnn_paths`); "fused"
     where it cannot run (float64, no C compiler) computes the fixed path."""
-    if path == "fused" and not fused_available(x.dtype):
+    if path == "fused" and not capability("fused", "pytensor", "cpu", x.dtype):
         path = "fixed"
     return network.factored_conv(BACKEND, x, w, bias, path, KERNELS, stride)
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from fxnn.kernels import native
+from fxnn.kernels.capabilities import capability
 
 from .. import dropout as dropout_masks
 from .. import network
@@ -226,17 +227,23 @@ def _block_grad(ctx, g):
 block_forward.register_autograd(_block_grad, setup_context=_block_setup)
 
 
+@torch.compiler.assume_constant_result
+def _kernel_runs(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether the C kernel runs the block of ``dtype`` tensors on
+    ``device_type`` (:mod:`fxnn.kernels.capabilities`); a constant to ``torch.compile``."""
+    return bool(capability("block", "torch", device_type, dtype))
+
+
 def native_available(y):
-    """Whether the C kernel can run the block on tensor ``y``."""
-    return (y.device.type == "cpu" and y.dtype == torch.float32 and native.available()[0]
-            and hasattr(native.module, "block_forward"))
+    """Whether the C kernel can run the block on tensor ``y`` itself (float32)."""
+    return y.dtype == torch.float32 and _kernel_runs(y.device.type, y.dtype)
 
 
 def casts_to_native(y):
     """Whether the block of bfloat16 tensor ``y`` runs the float32 C kernel on
     an exact float32 copy (the CPU with the C build): the same numbers as
     the bfloat16 torch ops (see the module's notes), in a quarter of their time."""
-    return y.dtype == torch.bfloat16 and native_available(torch.empty(0, dtype=torch.float32, device=y.device))
+    return y.dtype == torch.bfloat16 and _kernel_runs(y.device.type, y.dtype)
 
 
 def relu_dropout_pool(y, mask=None, p=0.0):

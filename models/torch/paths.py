@@ -1,6 +1,6 @@
 """``auto`` for the PyTorch engine and :class:`~fxnn.models.torch.layer.FixedConv2d`:
 which paths of :mod:`fxnn.models.fxnn_paths` (fixed, fused, folded) can run an
-fxnn layer on a tensor, what each runs in words, and the one measured
+fxnn layer on a tensor (:mod:`fxnn.kernels.capabilities` answers), and the one measured
 fastest per shape, stride, dtype, memory format, device, thread count and
 pass; and :func:`fixed_conv2d_record`, the layer on the record layout (5M, N)
 computed on a path (the engines' and benchmarks' form)."""
@@ -9,9 +9,8 @@ import operator
 
 import torch
 
-from fxnn.kernels import torch_fused
+from fxnn.kernels import capabilities, torch_fused
 from fxnn.kernels.fixed_kernels import NUM_KERNELS
-from fxnn.kernels.torch_fixed import implementation_name as fixed_stage_name
 from fxnn.kernels.torch_fixed import out_size
 
 from .. import fxnn_paths, network
@@ -27,17 +26,7 @@ def available_paths(x, dtype=None):
     :func:`fxnn.kernels.torch_fused.autocast_dtype`), fastest first by
     default (:func:`fxnn.models.fxnn_paths.default_path`)."""
     dtype = torch_fused.autocast_dtype(x) if dtype is None else dtype
-    fused = torch_fused.runs_fast(x.device.type, dtype)
-    return (("fused",) if fused else ()) + ("fixed", "folded")
-
-
-def implementation(path, device, dtype=torch.float32):
-    """What runs ``path`` on ``device`` in ``dtype``, in words (for records and logs)."""
-    if path == "fused":
-        return torch_fused.implementation_name(device, dtype)
-    if path == "folded":
-        return "torch conv2d with folded kernels"
-    return f"{fixed_stage_name(device)}, then torch bmm"
+    return capabilities.paths("torch", x.device, dtype)
 
 
 def path_contenders(shape, dtype, device, train, input_grad, bias=True, autocast=None, channels_last=False,
@@ -98,7 +87,7 @@ def _measured_path(call):
         key = {"engine": "torch", "torch": torch.__version__, "device": device.type, "dtype": str(dtype),
                "threads": threads, "shape": [b, m, n, h, w], "pass": "train" if train else "valid",
                "input_grad": input_grad, "bias": bias,
-               "fused": implementation("fused", device, compute) if "fused" in paths else None}
+               "fused": capabilities.implementation("fused", "torch", device, compute) if "fused" in paths else None}
         if stride != 1:  # keys of stride-1 layers stay as they were
             key["stride"] = stride
         if autocast is not None:  # keys of float32 layers stay as they were
@@ -139,7 +128,7 @@ def _say_fused_falls_back(x, dtype):
     if (x.device.type, dtype) not in _fallbacks:
         _fallbacks.add((x.device.type, dtype))
         log.info("fused fxnn path unavailable for %s %s tensors (%s): running the fixed path",
-                 x.device.type, dtype, torch_fused.implementation_name(x.device, dtype))
+                 x.device.type, dtype, capabilities.capability("fused", "torch", x.device, dtype).reason)
 
 
 def fixed_conv2d_record(x, weight, bias=None, path="fixed", stride=1):
