@@ -1,14 +1,13 @@
 """The command line (``fxnn``, ``python3 -m fxnn``, ``python3 fxnn.py``):
 train CNNs whose conv layers are fixed 3x3 kernels plus a trainable 1x1.
 
-Parses the flags and wires the parts together: data (``fxnn.data``), the
-network and its engine (``fxnn.models``), the training loop and recording
-(``fxnn.training``). ``main(argv)`` returns the process exit code.
+The flags (:func:`build_parser`, each checked as it is parsed) and the
+process around a run (:func:`main`: Ctrl-C, SIGTERM, the exit code); the
+run itself, from its configuration to its last line, is :mod:`fxnn.run`.
 """
 import argparse
 import os
 import sys
-import time
 
 # numpy's OpenBLAS (PyTensor's dense layers use it) keeps its threads spinning for a
 # while after each call, which takes the cores from the C kernels that run next
@@ -18,12 +17,8 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np  # noqa: E402
 
-from fxnn import __version__  # noqa: E402
+from fxnn.run import EXIT_CODES, run  # noqa: E402
 
-EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3
-EXIT_WRITE_FAILED = 4
-EXIT_CODES = {"complete": 0, "diverged": EXIT_DIVERGED, "interrupted": 130, "terminated": 143}
 MAX_SEED = 2**32 - 1
 
 
@@ -90,28 +85,6 @@ def resnet_depth(text):
 
 #: The networks of --arch (docs/resnet.md).
 ARCHS = ("original", "resnet")
-DEFAULT_DROPOUT = 0.25
-
-
-def arch_problem(args, engine):
-    """Fills in the flags whose default depends on --arch (-pdpo, --width,
-    --depth); one line if a flag does not fit the architecture, else None."""
-    from fxnn.models.resnet import DEFAULT_DEPTH, DEFAULT_WIDTH
-    if args.arch == "original":
-        given = [f"--{f}" for f in ("width", "depth") if hasattr(args, f)]
-        if given:
-            return f"{' and '.join(given)} size the residual network: add --arch resnet, or leave them out"
-        args.dropout_prob = DEFAULT_DROPOUT if args.dropout_prob is None else args.dropout_prob
-        return None
-    if args.dropout_prob:
-        return "--arch resnet has no dropout (BatchNorm follows each conv): leave out -pdpo, or give -pdpo 0"
-    if args.filter_size != 3:
-        return "--arch resnet's convolutions are 3x3: leave out -fsize"
-    if engine == "pytensor":
-        return "--arch resnet runs on the torch engine only: use --engine torch (pip install torch)"
-    args.dropout_prob = 0.0
-    args.width, args.depth = getattr(args, "width", DEFAULT_WIDTH), getattr(args, "depth", DEFAULT_DEPTH)
-    return None
 
 
 def odd_size(text):
@@ -150,11 +123,11 @@ def program_name():
 
 
 def build_parser():
-    from fxnn.models.architecture import ABLATIONS, BASIS_MODELS, MODELS
+    from fxnn.models.architecture import ABLATIONS, BASIS_MODELS, KERNEL_INITS, MODELS
     from fxnn.models.engines import DEVICES, ENGINES, PRECISIONS
     from fxnn.models.fxnn_paths import PATHS
-    from fxnn.models.resnet import DEFAULT_DEPTH, DEFAULT_WIDTH
-    from fxnn.models.optimizers import DEFAULT_LEARN_RATE, DEFAULT_OPTIMIZER, OPTIMIZERS
+    from fxnn.models.hyperparameters import HYP
+    from fxnn.models.optimizers import OPTIMIZERS
     from fxnn.training.recorder import RECORD_PARAMS
 
     p = argparse.ArgumentParser(
@@ -172,32 +145,36 @@ def build_parser():
                         "CIFAR ResNet (He et al.) whose 3x3 convs are the model's, with BatchNorm (torch engine; "
                         "docs/resnet.md)")
     p.add_argument("--width", type=positive_int, default=argparse.SUPPRESS,
-                   help=f"--arch resnet: channels of its first stage (then 2x, 4x) (default {DEFAULT_WIDTH})")
+                   help=f"--arch resnet: channels of its first stage (then 2x, 4x) (default {HYP.resnet_width})")
     p.add_argument("--depth", type=resnet_depth, default=argparse.SUPPRESS,
-                   help=f"--arch resnet: layers, 6n+2 (default {DEFAULT_DEPTH}: ResNet-20)")
+                   help=f"--arch resnet: layers, 6n+2 (default {HYP.resnet_depth}: ResNet-20)")
     p.add_argument("-d", "--dataset", default="MNIST", type=dataset_name, metavar="DATASET",
                    help="MNIST, FashionMNIST, CIFAR10, CIFAR100 (any case; downloaded into --data-dir when "
                         "missing) or your own data.npz (docs/data.md)")
     p.add_argument("--valid-split", type=probability, default=0.0, metavar="F",
                    help="validate on a fraction F of the training set held out (stratified, chosen by the "
                         "seed) and evaluate the test set once at the end; 0: validate on the test set")
-    p.add_argument("-fsize", "--filter-size", type=odd_size, default=3, help="conv kernel size (cnn only)")
-    p.add_argument("-bsize", "--batch-size", type=positive_int, default=64, help="training batch size")
+    p.add_argument("-fsize", "--filter-size", type=odd_size, default=HYP.filter_size, help="conv kernel size (cnn only)")
+    p.add_argument("-bsize", "--batch-size", type=positive_int, default=HYP.batch_size, help="training batch size")
     p.add_argument("-pdpo", "--dropout-prob", type=probability, default=None,
-                   help=f"dropout probability after each conv layer (training only; default {DEFAULT_DROPOUT}; "
+                   help=f"dropout probability after each conv layer (training only; default {HYP.dropout}; "
                         f"--arch resnet has none)")
-    p.add_argument("-nrec", "--num-records", type=positive_int, default=100,
+    p.add_argument("-nrec", "--num-records", type=positive_int, default=HYP.num_records,
                    help="number of records (validation + snapshot after each)")
-    p.add_argument("-ipr", "--iters-per-record", type=positive_int, default=100,
+    p.add_argument("-ipr", "--iters-per-record", type=positive_int, default=HYP.iters_per_record,
                    help="training iterations per record")
-    p.add_argument("-lr", "--learn-rate", type=positive_float, default=DEFAULT_LEARN_RATE,
+    p.add_argument("-lr", "--learn-rate", type=positive_float, default=HYP.learn_rate,
                    help="initial learn rate")
-    p.add_argument("--conv-lr-scale", type=positive_float, default=1.0, metavar="S",
+    p.add_argument("--conv-lr-scale", type=positive_float, default=HYP.conv_lr_scale, metavar="S",
                    help="the conv layers train at S times the learn rate of the others (per-layer rates; "
                         "docs/results.md)")
-    p.add_argument("-ld", "--learn-decay", type=positive_float, default=0.5,
+    p.add_argument("--kernel-init", choices=KERNEL_INITS, default="model",
+                   help="model: each model's own initialisation; cnn or fxnn: the conv layers' initial effective 3x3 "
+                        "kernels drawn by the model's rule, then scaled to the expected squared norm of cnn's or "
+                        "fxnn's (docs/network.md)")
+    p.add_argument("-ld", "--learn-decay", type=positive_float, default=HYP.learn_decay,
                    help="learn rate decays exponentially to lr*ld by the last record")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULT_OPTIMIZER, help="update rule")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=HYP.optimizer, help="update rule")
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="auto: torch when installed (the faster engine on CPU and GPU), else pytensor "
                         "(see docs/engines.md)")
@@ -249,192 +226,6 @@ def main(argv=None):
         return EXIT_CODES[stopped]
     finally:
         runlock.release_all()
-
-
-def run(args):
-    """One experiment from parsed flags; returns the exit code."""
-    from fxnn.data import DataError, dataset_label, load_dataset
-    from fxnn.data.split import hold_out
-    from fxnn.files.atomic import WriteError
-    from fxnn.kernels import threads
-    from fxnn.models.architecture import build_network
-    from fxnn.models.resnet import build_resnet
-    from fxnn.models.engines import make_engine, resolve
-    from fxnn.training import checkpoint, preflight, provenance, record_size, tensorboard_log
-    from fxnn.training.final_test import final_test
-    from fxnn.files.nofollow import UnsafePath, remove_folder
-    from fxnn.training.loop import NUM_SAMPLES, VALID_BATCH, Schedule, Terminated, train
-    from fxnn.training.memory import release_free_memory
-    from fxnn.training.recorder import Recorder
-
-    def fail(message):
-        print(f"fxnn: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
-    out = args.out or f"rec-{dataset_label(args.dataset)}-{args.model}.mat"
-    run_dir = out + ".run"
-    problem = preflight.claim_output(out, run_dir, args.resume, args.force)
-    if problem:
-        return fail(problem)
-    try:
-        engine_name, device = resolve(args.engine, args.device, args.precision)
-        resumed = checkpoint.load(run_dir) if args.resume else None
-    except (ValueError, checkpoint.DamagedState) as e:
-        return fail(e)
-    problem = arch_problem(args, engine_name)
-    if problem:
-        return fail(problem)
-    problem = args.tensorboard is not None and tensorboard_log.check(args.tensorboard, args.resume, args.force)
-    if problem:
-        return fail(problem)
-    if args.threads:
-        threads.use(args.threads, torch=engine_name == "torch")
-
-    if resumed:
-        seed = resumed.flags["seed"] if args.seed is None else args.seed
-    else:
-        seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
-    flags = dict(vars(args), engine=engine_name, device=device, seed=seed)
-    problem = resumed and checkpoint.precision_mismatch(resumed.flags, args.precision, out, run_dir)
-    if problem:
-        return fail(problem)
-    differ = checkpoint.mismatches(resumed.flags, flags) if resumed else []
-    if differ:
-        listed = ", ".join(f"--{k.replace('_', '-')} (run: {resumed.flags[k]}, now: {flags[k]})" for k in differ)
-        return fail(f"cannot resume {out}: these flags differ from the interrupted run: {listed}")
-    init_seed, batch_seed, engine_seed, split_seed = np.random.SeedSequence(seed).generate_state(4)
-
-    print(f'Using dataset "{args.dataset}".', flush=True)
-    try:
-        dataset = load_dataset(args.dataset, args.data_dir, download=not args.no_download,
-                               log=lambda line: print(line, flush=True))
-        if args.valid_split:
-            dataset = hold_out(dataset, args.valid_split, split_seed)
-        if args.arch == "resnet":
-            network = build_resnet(args.model, dataset.train_x.shape[1:], dataset.num_classes, args.width,
-                                   args.depth, args.conv_lr_scale)
-        else:
-            network = build_network(args.model, dataset.train_x.shape[1:], dataset.num_classes, args.filter_size,
-                                    args.conv_lr_scale)
-    except (DataError, ValueError) as e:  # ValueError: images too small for the network
-        return fail(e)
-    flags["data"] = checkpoint.data_identity(dataset)
-    problem = resumed and checkpoint.data_mismatch(resumed.flags, flags["data"], out)
-    if problem:
-        return fail(problem)
-
-    print(f'Building model "{args.model}" ... ', end="", flush=True)
-    problem = preflight.check_resources(network, args.batch_size, args.filter_size, args.model, device)
-    if problem:
-        print(flush=True)
-        return fail(problem)
-    params = network.init_params(np.random.default_rng(init_seed))
-    try:
-        engine = make_engine(engine_name, device, network, params, args.optimizer, args.dropout_prob,
-                             int(engine_seed), args.fxnn_path, {"train": args.batch_size, "valid": VALID_BATCH},
-                             precision=args.precision)
-    except (ValueError, RuntimeError) as e:  # a path or FXNN_ISA this machine cannot run
-        print(flush=True)
-        return fail(e)
-    print(" done.", flush=True)
-    problem = preflight.check_disk(out, network.snapshot_shapes(), args.num_records, args.iters_per_record,
-                                   args.record_params, resumed.record if resumed else 0)
-    if problem:
-        return fail(problem)
-    size_note = record_size.warning(out, network.snapshot_shapes(), args.num_records, args.record_params)
-    if size_note:
-        print(size_note, flush=True)
-    origin = provenance.collect(__version__, engine_name, device, network)
-
-    if not resumed:  # the recorder and the checkpoint create it when they first write
-        remove_folder(run_dir)
-    recorder = Recorder(run_dir, network.snapshot_shapes(), dataset.test_x[:NUM_SAMPLES],
-                        dataset.test_y[:NUM_SAMPLES], args.record_params,
-                        track_best=bool(args.valid_split))
-    sampler, start_record = np.random.default_rng(batch_seed), 0
-    if resumed:
-        sampler, start_record = resumed.sampler, resumed.record
-        try:
-            checkpoint.restore(resumed, engine, recorder)
-        except checkpoint.DamagedState as e:
-            return fail(e)
-        print(f"Resuming at iteration {start_record * args.iters_per_record} from {run_dir}", flush=True)
-
-    schedule = Schedule(args.num_records, args.iters_per_record, args.batch_size,
-                        args.learn_rate, args.learn_decay)
-    board = (args.tensorboard is not None
-             and tensorboard_log.TensorBoardLog(args.tensorboard, recorder, schedule, flags, origin))
-
-    def on_record(done):
-        checkpoint.save(run_dir, done, engine.get_state(), sampler, recorder.state(), flags)
-        if board:
-            board.update(recorder)
-        release_free_memory()
-
-    try:
-        outcome = train(engine, dataset, schedule, recorder, sampler, start_record, on_record,
-                        print_line=lambda line: print(line, flush=True))
-    except WriteError as e:
-        return fail_write(e, run_dir)
-    except UnsafePath as e:  # a link planted in the run folder while it ran
-        return fail(e)
-    if recorder.records == 0:  # stopped during the first validation: nothing to record or resume
-        remove_folder(run_dir)
-        print(f"{outcome.capitalize()} before the first record; nothing was recorded.", file=sys.stderr)
-        return EXIT_CODES[outcome]
-    test_vars, test_meta, test_line = ({}, {}, None)
-    if args.valid_split and outcome == "complete":
-        outcome, test_vars, test_meta, test_line = final_test(engine, dataset, recorder, args.iters_per_record)
-    if board:
-        board.close(recorder)
-    paths, implementations = engine.describe_paths()
-    meta = {
-        "model": args.model, "basis": network.basis(), "dataset": dataset.name, **dataset.meta(), **test_meta,
-        "data_sha256": flags["data"]["sha256"],
-        "engine": engine_name, "device": device, "precision": args.precision,
-        "memory_format": engine.describe_memory_formats(),
-        "fxnn_path": paths, "fxnn_impl": implementations,
-        "seed": seed, "status": outcome, "iterations_done": len(recorder.tloss),
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "flags": {k: ("" if v is None else v) for k, v in vars(args).items()},
-        **origin,
-    }
-    try:
-        layout = recorder.save(out, meta, test_vars)
-    except WriteError as e:
-        return fail_write(e, run_dir)
-    except UnsafePath as e:
-        return fail(e)
-    except (KeyboardInterrupt, Terminated) as e:
-        stopped = "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated"
-        print(f"{stopped.capitalize()} while writing {out}: it was not written (an earlier file of that name "
-              f"is untouched); run the same command with --resume to write it", file=sys.stderr)
-        return EXIT_CODES[stopped]
-    if test_line:
-        print(test_line, flush=True)
-    if outcome == "complete":
-        remove_folder(run_dir)
-        print(f"Saved recording to file {out}", flush=True)
-    elif outcome == "diverged":
-        print(f"fxnn: error: the training loss became {recorder.tloss[-1]} at iteration "
-              f"{len(recorder.tloss)}; saved the record so far to {out}; try a smaller -lr", file=sys.stderr)
-    else:
-        then = ("continue with the same flags and --resume" if checkpoint.exists(run_dir)
-                else "it stopped before its first checkpoint: run again to start over")
-        print(f"{outcome.capitalize()}: saved the recording so far to file {out}; {then}", flush=True)
-    if layout != "v5":
-        print("(the record is MATLAB v7.3/HDF5: load it with load() in MATLAB or Octave, "
-              "or h5py)", flush=True)
-    return EXIT_CODES[outcome]
-
-
-def fail_write(error, run_dir):
-    """A record, snapshot or checkpoint that did not fit on the disk: one line,
-    with how to go on (the last checkpoint and the earlier record are intact)."""
-    from fxnn.training import checkpoint
-    then = "then run the same command with --resume" if checkpoint.exists(run_dir) else "then run again"
-    print(f"fxnn: error: {error.strerror}; {error.remedy}, {then}", file=sys.stderr)
-    return EXIT_WRITE_FAILED
 
 
 def cli():

@@ -50,14 +50,15 @@ def use(threads, torch=False):
 
 
 def pools():
-    """{pool: threads} of the pools loaded in this process."""
+    """{pool: threads} of the pools loaded in this process: torch's first,
+    then by name (threadpoolctl's order varies with what loaded when)."""
     from threadpoolctl import threadpool_info
 
     found = {}
     for lib in threadpool_info():
         name = {"openblas": "OpenBLAS", "mkl": "MKL", "openmp": "OpenMP"}.get(lib["internal_api"], lib["internal_api"])
         found.setdefault(name, set()).add(lib["num_threads"])
-    found = {name: "/".join(str(n) for n in sorted(counts)) for name, counts in found.items()}
+    found = {name: "/".join(str(n) for n in sorted(counts)) for name, counts in sorted(found.items())}
     if "torch" in sys.modules:
         found = {"torch": str(sys.modules["torch"].get_num_threads()), **found}
     return found

@@ -29,8 +29,9 @@ import numpy as np
 from fxnn.kernels.fixed_kernels import fold_weights
 
 from .fixed_bases import BASES, kernel_preconditioner, mean_squared_norm, span_projector
+from .hyperparameters import HYP
 
-#: The ablations: each changes one thing about fxnn or cnn (README "Ablations").
+#: The ablations: each changes one thing about fxnn or cnn (docs/network.md, "Ablations").
 ABLATIONS = {
     "fxnn-ortho": "fxnn with an orthonormal basis of the same 5-dim span, from the same initial effective "
                   "kernels (no preconditioning by the Gram matrix)",
@@ -46,7 +47,7 @@ ABLATIONS = {
     "cnn-precond-full": "cnn-precond with P = B^T B + (I - projector): the four directions outside fxnn's span "
                         "also stepped, at cnn's rate",
 }
-#: fxnn over another fixed basis of :mod:`fxnn.models.fixed_bases` (README "Other fixed bases").
+#: fxnn over another fixed basis of :mod:`fxnn.models.fixed_bases` (docs/network.md, "Other fixed bases").
 BASIS_MODELS = {
     "fxnn-dct": "the 3x3 DCT basis of Harmonic networks, 9 orthogonal kernels, unscaled",
     "fxnn-dct-unit": "the orthonormal 3x3 DCT basis",
@@ -62,8 +63,6 @@ BASIS_MODELS = {
 MEAN_GRAM = mean_squared_norm("fxnn")
 CONV_CHANNELS = (32, 64)
 HIDDEN_UNITS = (384, 192)
-INIT_SCALE = 1.4          # uniform(+-1.4/sqrt(fan_in + fan_out))
-FXNN_1X1_INIT_SCALE = 0.3  # uniform(+-0.3/sqrt(5*M + N)) for the fxnn 1x1 weights
 LOG_EPS = 1e-3             # the original's loss: mean(-onehot(y) * log(p + 1e-3)) over batch and classes
 
 
@@ -104,6 +103,10 @@ CONV_KINDS = {
 #: are a fixed basis then a 1x1 (factored); the others' are dense.
 MODEL_BASES = {model: kind.basis for model, kind in CONV_KINDS.items() if kind.basis}
 MODELS = ("fxnn", "cnn", "baseline") + tuple(ABLATIONS) + tuple(BASIS_MODELS)
+#: ``--kernel-init``: "model", each model's own initialisation; "cnn" or "fxnn", every conv
+#: layer's initial effective kernels drawn by the model's own rule, then scaled to the expected
+#: squared norm of that model's (:meth:`ConvLayer.kernel_init_scale`).
+KERNEL_INITS = ("model", "cnn", "fxnn")
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class ConvLayer:
     size: int        # kernel size (3 for all but cnn)
     kind: ConvKind = ConvKind()
     stride: int = 1  # every stride-th output pixel (2 in the residual network's downsampling blocks)
+    kernel_init: str = "model"  # a name of KERNEL_INITS
 
     @property
     def basis(self):
@@ -168,31 +172,66 @@ class ConvLayer:
 
     def init_bound(self):
         if self.factored:  # fxnn's rule, with the basis' K in place of 5
-            return FXNN_1X1_INIT_SCALE / np.sqrt(len(self.kernels) * self.in_channels + self.out_channels)
+            return HYP.fxnn_1x1_init_scale / np.sqrt(len(self.kernels) * self.in_channels + self.out_channels)
         fan_in = self.in_channels * self.size * self.size
-        return INIT_SCALE / np.sqrt(fan_in + self.out_channels)
+        return HYP.init_scale / np.sqrt(fan_in + self.out_channels)
 
     def init_weight(self, rng, dtype):
-        """Fresh weights. "own": uniform in +-init_bound, projected when the
-        layer projects, divided by the weight scale (so that the initial
-        kernels are the unscaled layer's). "fxnn": fxnn's 1x1 weights,
-        folded for a dense layer, for a factored one the coefficients over
-        its basis of the same effective kernels (least squares, exact when
-        the basis spans fxnn's kernels)."""
+        """Fresh weights, times :meth:`kernel_init_scale` (1 by default). "own":
+        uniform in +-init_bound, projected when the layer projects, divided by
+        the weight scale (so that the initial kernels are the unscaled
+        layer's). "fxnn": fxnn's 1x1 weights, folded for a dense layer, for a
+        factored one the coefficients over its basis of the same effective
+        kernels (least squares, exact when the basis spans fxnn's kernels)."""
+        scale = self.kernel_init_scale()
         if self.kind.init == "fxnn":
             fxnn = ConvLayer(self.name, self.in_channels, self.out_channels, 3, CONV_KINDS["fxnn"])
             effective = fold_weights(fxnn.init_weight(rng, np.float64))
             if not self.factored:
-                return effective.astype(dtype)
+                return (effective * scale).astype(dtype)
             k = len(self.kernels)
             flat = effective.transpose(1, 0, 2, 3).reshape(-1, 9)          # (M*N, 9)
             coefficients = np.linalg.lstsq(self.kernels.reshape(k, 9).T, flat.T, rcond=None)[0]  # (K, M*N)
             w = coefficients.reshape(k, self.in_channels, self.out_channels).transpose(1, 0, 2)
-            return w.reshape(self.weight_shape()).astype(dtype)
+            return (w.reshape(self.weight_shape()) * scale).astype(dtype)
         w = rng.uniform(-self.init_bound(), self.init_bound(), size=self.weight_shape())
         if self.projection:
             w = (w.reshape(-1, 9) @ self.projector).reshape(w.shape)
-        return (w / self.weight_scale).astype(dtype)
+        return (w / self.weight_scale * scale).astype(dtype)
+
+    def kernel_covariance(self):
+        """(k*k, k*k) covariance of one initial effective kernel (one
+        input-output channel pair, flattened) under the layer's own rule,
+        before :meth:`kernel_init_scale`. Weights uniform in +-b have variance
+        b^2/3, so "own" gives b^2/3 times B^T B for a factored layer over B,
+        the identity for a dense one, the projector for a projected one;
+        "fxnn" gives fxnn's, restricted to a factored layer's span (the least
+        squares of :meth:`init_weight`). The weight scale cancels."""
+        if self.kind.init == "fxnn":
+            fxnn = ConvLayer(self.name, self.in_channels, self.out_channels, 3, CONV_KINDS["fxnn"]).kernel_covariance()
+            span = span_projector(self.basis) if self.factored else np.eye(9)
+            return span @ fxnn @ span
+        variance = self.init_bound() ** 2 / 3
+        if self.factored:
+            flat = self.kernels.reshape(len(self.kernels), 9)
+            return variance * flat.T @ flat
+        return variance * (self.projector if self.projection else np.eye(self.size * self.size))
+
+    def kernel_init_scale(self):
+        """The factor :meth:`init_weight` multiplies the model's own draw by
+        (``--kernel-init``): 1 for "model"; for "cnn" or "fxnn", the one that
+        makes the expected squared Frobenius norm of each initial effective
+        kernel (one input-output channel pair; the pairs are drawn alike, so
+        also of each output channel's M kernels and of the whole folded
+        layer) that model's, in a layer of the same channels. The norm, not
+        the forward gain, is matched: it does not depend on the data, and it
+        is what the SGD step on the effective kernels (lr B^T B g) is measured
+        against; at equal norm a basis whose kernels lie along the patches'
+        dominant (smooth) direction still passes more of an image through."""
+        if self.kernel_init == "model":
+            return 1.0
+        target = ConvLayer(self.name, self.in_channels, self.out_channels, 3, CONV_KINDS[self.kernel_init])
+        return float(np.sqrt(np.trace(target.kernel_covariance()) / np.trace(self.kernel_covariance())))
 
 
 @dataclass(frozen=True)
@@ -209,7 +248,7 @@ class DenseLayer:
         return (self.in_features, self.out_features)
 
     def init_bound(self):
-        return INIT_SCALE / np.sqrt(self.in_features + self.out_features)
+        return HYP.init_scale / np.sqrt(self.in_features + self.out_features)
 
     def init_weight(self, rng, dtype):
         return rng.uniform(-self.init_bound(), self.init_bound(), size=self.weight_shape()).astype(dtype)
@@ -252,11 +291,9 @@ class Network(Layout):
         """Floats the backward pass keeps per image: the input and every
         layer's output (for the memory preflight)."""
         c, h, w = self.input_shape
-        total = c * h * w
-        for conv in self.convs:
-            total += conv.out_channels * h * w
-            h, w = pooled_size(h), pooled_size(w)
-        return total + sum(d.out_features for d in self.denses)
+        sizes = feature_sizes(self.input_shape, len(self.convs))
+        convs = sum(conv.out_channels * rows * cols for conv, (rows, cols) in zip(self.convs, sizes))
+        return c * h * w + convs + sum(d.out_features for d in self.denses)
 
     def param_shapes(self):
         """Ordered {name: shape} of all trainable parameters."""
@@ -277,32 +314,46 @@ class Network(Layout):
         return params
 
 
-def pooled_size(size):
-    """Spatial size after a 2x2 max pool that drops an odd last row/column."""
-    return size // 2
+def feature_sizes(input_shape, convs):
+    """(H, W) of the images each of ``convs`` conv layers of a :class:`Network`
+    sees (the same at its output: it pads), then after the last pooling: the
+    input's (C, H, W), halved by each 2x2 max pooling, which drops an odd last
+    row or column. Zipped with the layers, the last is left out."""
+    _, h, w = input_shape
+    return [(h >> i, w >> i) for i in range(convs + 1)]
 
 
-def build_network(model, input_shape, num_classes=10, filter_size=3, conv_lr_scale=1.0):
+def build_network(model, input_shape, num_classes=10, filter_size=HYP.filter_size, conv_lr_scale=1.0,
+                  kernel_init="model"):
     """The :class:`Network` for ``model`` on images of ``input_shape`` (C, H, W)
     in ``num_classes`` classes (the last layer's outputs); its conv layers
-    train at ``conv_lr_scale`` times the learn rate of the others."""
+    train at ``conv_lr_scale`` times the learn rate of the others and start
+    at the scale ``kernel_init`` names (:data:`KERNEL_INITS`; the model's own
+    is a no-op: cnn's for cnn, fxnn's for fxnn)."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     if not (np.isfinite(conv_lr_scale) and conv_lr_scale > 0):
         raise ValueError(f"the conv layers' learn-rate scale must be a positive number, got {conv_lr_scale}")
+    if kernel_init not in KERNEL_INITS:
+        raise ValueError(f"unknown kernel init {kernel_init!r}; choose one of {', '.join(KERNEL_INITS)}")
     c, h, w = input_shape
     if model == "baseline":
         if conv_lr_scale != 1:
             raise ValueError("baseline has no conv layers: leave out the conv learn-rate scale")
+        if kernel_init != "model":
+            raise ValueError("baseline has no conv layers: leave out --kernel-init")
         return Network(model, tuple(input_shape), (), (DenseLayer("m", c * h * w, num_classes, False),))
     if filter_size < 1 or filter_size % 2 == 0:
         raise ValueError(f"filter size must be a positive odd number, got {filter_size}")
+    if filter_size != 3 and kernel_init != "model":
+        raise ValueError(f"--kernel-init {kernel_init} matches 3x3 kernels: leave out -fsize or --kernel-init")
     size = filter_size if model == "cnn" else 3
     convs = []
     channels = c
     for i, out in enumerate(CONV_CHANNELS):
-        convs.append(ConvLayer(f"conv{i}", channels, out, size, CONV_KINDS[model]))
-        channels, h, w = out, pooled_size(h), pooled_size(w)
+        convs.append(ConvLayer(f"conv{i}", channels, out, size, CONV_KINDS[model], kernel_init=kernel_init))
+        channels = out
+    h, w = feature_sizes(input_shape, len(convs))[-1]
     if h < 1 or w < 1:
         raise ValueError(f"images of shape {tuple(input_shape)} are too small for two 2x2 poolings")
     widths = (channels * h * w,) + HIDDEN_UNITS + (num_classes,)

@@ -10,6 +10,8 @@ engines train on the same masks, so they can be compared with dropout on.
 """
 import numpy as np
 
+from .architecture import feature_sizes
+
 LEVELS = 65536
 
 
@@ -19,11 +21,8 @@ def threshold(p):
 
 def mask_shapes(network, batch):
     """Shapes of the conv layers' outputs (before pooling) for a batch."""
-    shapes, (_, h, w) = [], network.input_shape
-    for layer in network.convs:
-        shapes.append((batch, layer.out_channels, h, w))
-        h, w = h // 2, w // 2
-    return shapes
+    sizes = feature_sizes(network.input_shape, len(network.convs))
+    return [(batch, layer.out_channels, h, w) for layer, (h, w) in zip(network.convs, sizes)]
 
 
 def draw(rng, network, batch, p):

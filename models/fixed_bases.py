@@ -114,16 +114,13 @@ ORTHONORMAL.setflags(write=False)
 ISOTROPIC = ORTHONORMAL * np.sqrt(np.trace(GRAM) / NUM_KERNELS)
 ISOTROPIC.setflags(write=False)
 
-#: (9, 9) orthogonal projector onto the span, acting on flattened 3x3 kernels
-#: from the right: ``k.reshape(-1, 9) @ PROJECTOR``.
-PROJECTOR = ORTHONORMAL.reshape(NUM_KERNELS, 9).T @ ORTHONORMAL.reshape(NUM_KERNELS, 9)
-PROJECTOR.setflags(write=False)
-
-
 def project_kernels(w):
-    """Dense weights (N, M, 3, 3) projected onto the span of the five kernels."""
+    """Dense weights (N, M, 3, 3) projected onto the span of the five kernels,
+    through their orthonormal basis: the numpy reference of the engines'
+    projection (:func:`span_projector`, which finds the span by an SVD)."""
     w = np.asarray(w)
-    return (w.reshape(-1, 9) @ PROJECTOR).reshape(w.shape).astype(w.dtype)
+    flat = ORTHONORMAL.reshape(NUM_KERNELS, 9)
+    return ((w.reshape(-1, 9) @ flat.T) @ flat).reshape(w.shape).astype(w.dtype)
 
 
 #: {name: (K, 3, 3) float64, read-only}. "fxnn" is the five kernels (the
@@ -181,7 +178,7 @@ def kernel_preconditioner(basis, complete=False):
 def span_projector(basis):
     """(9, 9) orthogonal projector onto the span of the kernels of the basis
     named ``basis``, acting on flattened 3x3 kernels from the right (for
-    fxnn's five, :data:`fxnn.models.fixed_kernels.PROJECTOR` up to rounding)."""
+    fxnn's five, what :func:`project_kernels` projects onto)."""
     flat = BASES[basis].reshape(len(BASES[basis]), 9)
     _, s, vt = np.linalg.svd(flat)
     span = vt[:int(np.sum(s > s[0] * 1e-10))]

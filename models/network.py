@@ -15,8 +15,8 @@ against stay apart: :mod:`fxnn.kernels.fixed_kernels` (the fixed stage, folding)
 from typing import Protocol
 
 from . import dropout as dropout_masks
-from . import optimizers
 from .architecture import LOG_EPS
+from .hyperparameters import HYP
 
 
 class Backend(Protocol):
@@ -192,13 +192,13 @@ def update(be, optimizer, p, g, slots, lr, corrections):
     if optimizer == "sgd":
         return p - lr * g, {}
     if optimizer == "momentum":
-        v = be.scalar(optimizers.MOMENTUM, p) * slots["velocity"] + g
+        v = be.scalar(HYP.momentum, p) * slots["velocity"] + g
         return p - lr * v, {"velocity": v}
-    b1, b2 = be.scalar(optimizers.ADAM_BETA1, p), be.scalar(optimizers.ADAM_BETA2, p)
+    b1, b2 = be.scalar(HYP.adam_beta1, p), be.scalar(HYP.adam_beta2, p)
     m = b1 * slots["m"] + (1 - b1) * g
     v = b2 * slots["v"] + (1 - b2) * g * g
     m_hat, v_hat = m / corrections[0], v / corrections[1]
-    return p - lr * m_hat / (be.sqrt(v_hat) + be.scalar(optimizers.ADAM_EPS, p)), {"m": m, "v": v}
+    return p - lr * m_hat / (be.sqrt(v_hat) + be.scalar(HYP.adam_eps, p)), {"m": m, "v": v}
 
 
 def updates(be, network, optimizer, params, grads, state, lr, corrections):

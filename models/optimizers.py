@@ -1,25 +1,23 @@
-"""Optimizers of fxnn: names, hyper-parameters and a numpy reference update.
+"""Optimizers of fxnn: names, state and a numpy reference update.
 
 Every engine runs these exact update rules (not its framework's built-ins,
 whose details differ), written once in :func:`fxnn.models.network.update`, so
 engines agree step for step and an optimizer's state has the same names and
 shapes everywhere. The numpy ``reference_step``, written apart, is the
-oracle they are tested against.
+oracle they are tested against. Their constants (momentum MU, Adam's B1, B2,
+EPS) and the default rule and learn rate are in
+:data:`fxnn.models.hyperparameters.HYP`.
 
 * ``sgd``:       p -= lr * g
-* ``momentum``:  v = MOMENTUM * v + g;  p -= lr * v
+* ``momentum``:  v = MU * v + g;  p -= lr * v
 * ``adam``:      m = B1*m + (1-B1)*g;  v = B2*v + (1-B2)*g^2;  t += 1
                  p -= lr * (m / (1-B1^t)) / (sqrt(v / (1-B2^t)) + EPS)
 """
 import numpy as np
 
+from .hyperparameters import HYP
+
 OPTIMIZERS = ("sgd", "momentum", "adam")
-#: See docs/network.md, "Optimizer": plain SGD at 0.2 on the mean loss reproduces the
-#: original's published fxnn and cnn curves best of the candidates measured.
-DEFAULT_OPTIMIZER = "sgd"
-DEFAULT_LEARN_RATE = 0.2
-MOMENTUM = 0.9
-ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 
 
 def state_slots(optimizer):
@@ -37,7 +35,7 @@ def init_state(optimizer, params):
 
 def bias_corrections(step):
     """Adam's (1 - B1^t, 1 - B2^t) at step ``t`` (counted from 1)."""
-    return 1 - ADAM_BETA1 ** step, 1 - ADAM_BETA2 ** step
+    return 1 - HYP.adam_beta1 ** step, 1 - HYP.adam_beta2 ** step
 
 
 def reference_step(optimizer, params, grads, state, lr):
@@ -50,16 +48,17 @@ def reference_step(optimizer, params, grads, state, lr):
         if optimizer == "sgd":
             p = p - lr * g
         elif optimizer == "momentum":
-            v = MOMENTUM * state["velocity"][name] + g
+            v = HYP.momentum * state["velocity"][name] + g
             new_state["velocity"][name] = v
             p = p - lr * v
         else:
-            m = ADAM_BETA1 * state["m"][name] + (1 - ADAM_BETA1) * g
-            v = ADAM_BETA2 * state["v"][name] + (1 - ADAM_BETA2) * g * g
+            b1, b2 = HYP.adam_beta1, HYP.adam_beta2
+            m = b1 * state["m"][name] + (1 - b1) * g
+            v = b2 * state["v"][name] + (1 - b2) * g * g
             new_state["m"][name], new_state["v"][name] = m, v
-            m_hat = m / (1 - ADAM_BETA1 ** step)
-            v_hat = v / (1 - ADAM_BETA2 ** step)
-            p = p - lr * m_hat / (np.sqrt(v_hat) + ADAM_EPS)
+            m_hat = m / (1 - b1 ** step)
+            v_hat = v / (1 - b2 ** step)
+            p = p - lr * m_hat / (np.sqrt(v_hat) + HYP.adam_eps)
         new_params[name] = p
     new_state["step"] = step
     return new_params, new_state

@@ -18,7 +18,7 @@ Names (the parameters' layouts are :mod:`fxnn.models.architecture`'s):
 ``conv{2j+1}``, ``conv{2j+2}``); BatchNorm ``bn{i}_g`` (scale) and ``bn{i}_b``
 (shift) after ``conv{i}``, trained like the other parameters, and its
 buffers ``bn{i}_mean``, ``bn{i}_var``, the running statistics (PyTorch's:
-momentum 0.1, the batch's unbiased variance, eps 1e-5) that training updates
+the batch's unbiased variance, momentum and eps of :data:`~fxnn.models.hyperparameters.HYP`) that training updates
 and validation normalises with; ``fc_w`` (4w, classes), ``fc_b``.
 """
 from collections import OrderedDict
@@ -27,12 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .architecture import CONV_KINDS, ConvLayer, DenseLayer, Layout
+from .hyperparameters import HYP
 from .network import conv_layer
 
-DEFAULT_WIDTH = 16
-DEFAULT_DEPTH = 20
-BN_MOMENTUM = 0.1
-BN_EPS = 1e-5
 #: The stride of each stage's first block.
 STAGE_STRIDES = (1, 2, 2)
 
@@ -126,7 +123,7 @@ def check_depth(depth):
     return depth
 
 
-def build_resnet(model, input_shape, num_classes=10, width=DEFAULT_WIDTH, depth=DEFAULT_DEPTH,
+def build_resnet(model, input_shape, num_classes=10, width=HYP.resnet_width, depth=HYP.resnet_depth,
                  conv_lr_scale=1.0):
     """The :class:`ResNet` of ``model`` (any model with conv layers) on
     images of ``input_shape`` (C, H, W), stages of ``width``, 2 ``width``
@@ -161,7 +158,7 @@ def conv_bn(be, conv, params, buffers, h, train, paths):
     h = conv_layer(be, conv, h, w, None, paths(conv, h, w, None) if conv.factored else None)
     bn = bn_name(conv)
     mean, var = (None, None) if buffers is None else (buffers[bn + "_mean"], buffers[bn + "_var"])
-    return be.batch_norm(h, params[bn + "_g"], params[bn + "_b"], mean, var, train, BN_MOMENTUM, BN_EPS)
+    return be.batch_norm(h, params[bn + "_g"], params[bn + "_b"], mean, var, train, HYP.bn_momentum, HYP.bn_eps)
 
 
 def shortcut(be, block, h):

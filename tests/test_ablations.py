@@ -8,7 +8,9 @@ import pytest
 import fxnn
 from fxnn.kernels.fixed_kernels import KERNELS, fold_weights
 from fxnn.models.architecture import ABLATIONS, build_network
-from fxnn.models.fixed_bases import GRAM, GRAM_SQRT, ISOTROPIC, ORTHONORMAL, PROJECTOR, project_kernels
+from fxnn.models.fixed_bases import GRAM, GRAM_SQRT, ISOTROPIC, ORTHONORMAL, project_kernels, span_projector
+
+PROJECTOR = span_projector("fxnn")
 from fxnn.models.pytensor.engine import PyTensorEngine
 
 

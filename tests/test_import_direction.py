@@ -21,7 +21,7 @@ from conftest import ROOT
 #: {top-level name: layer}; a module may import its own name or lower layers.
 LAYERS = {"kernels": 0, "files": 0, "models": 1, "data": 2, "training": 3, "fxnn": 4, "analysis": 5}
 #: The modules of fxnn/ and the two scripts: one layer, the command line.
-COMMAND_LINE = ("cli", "mnist_pickler", "__main__")
+COMMAND_LINE = ("cli", "run", "mnist_pickler", "__main__")
 PACKAGES = ("kernels", "files", "models", "data", "training", "analysis", "fxnn")
 SCRIPTS = ("fxnn.py", "mnist_pickler.py")
 

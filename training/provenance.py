@@ -1,5 +1,9 @@
-"""Where a record came from, for its ``meta``: fxnn's version and git commit,
-the versions of Python and the libraries, the CPU (and GPU when used), the
+"""What a record's ``meta`` says of how it was made: what ran and where it
+came from.
+
+:func:`what_ran`: the model, the data, the engine, device and precision, and
+each layer's path; :func:`collect`: fxnn's version and git commit, the
+versions of Python and the libraries, the CPU (and GPU when used), the
 threads, and the network's parameter counts."""
 import math
 import os
@@ -63,6 +67,17 @@ def parameter_counts(network):
     trainable = sum(math.prod(shape) for shape in network.param_shapes().values())
     fixed = sum(layer.in_channels * layer.kernels.size for layer in network.convs if layer.factored)
     return trainable, fixed
+
+
+def what_ran(network, dataset, data_identity, engine, device, precision):
+    """The fields of a record's meta on what trained on what: the model and
+    its fixed basis, the data (``data_identity``:
+    :func:`fxnn.training.checkpoint.data_identity`), the engine, device and
+    precision, and each layer's memory format and path (as they ran)."""
+    paths, implementations = engine.describe_paths()
+    return {"model": network.model, "basis": network.basis(), "dataset": dataset.name, **dataset.meta(),
+            "data_sha256": data_identity["sha256"], "engine": engine.name, "device": device, "precision": precision,
+            "memory_format": engine.describe_memory_formats(), "fxnn_path": paths, "fxnn_impl": implementations}
 
 
 def collect(fxnn_version, engine, device, network):

@@ -21,13 +21,13 @@ warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", c
 import pytensor  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 
-from fxnn.kernels import native  # noqa: E402
+from fxnn.kernels import capabilities  # noqa: E402
 
 from .. import network as net  # noqa: E402
-from .. import optimizers  # noqa: E402
 from ..engines import Engine  # noqa: E402
+from ..hyperparameters import HYP  # noqa: E402
 from . import paths as pytensor_paths  # noqa: E402
-from .backend import BACKEND, fused_available  # noqa: E402
+from .backend import BACKEND  # noqa: E402
 
 
 def compile_mode():
@@ -42,35 +42,25 @@ def compile_mode():
 FLOAT = "float32"  # training precision; float64 is for gradient checks
 
 
-def implementation(path):
-    """What runs ``path`` in this engine, in words (for records)."""
-    if path == "fused":
-        isa = native.isa() if native.fused_available()[0] else native.requested_isa() or "best ISA of this CPU"
-        return f"PyTensor C op of kernels/fused_cpu.c, {isa}"
-    if path == "fixed":
-        return "PyTensor C op of kernels/fixed_cpu.c, then tensordot"
-    return "im2col in PyTensor graph ops with folded kernels"
-
-
 class PyTensorEngine(Engine):
     """Trains and evaluates one network with PyTensor on the CPU."""
 
     name = "pytensor"
     backend = BACKEND
 
-    def __init__(self, network, params, optimizer=optimizers.DEFAULT_OPTIMIZER, dropout=0.0, seed=0,
+    def __init__(self, network, params, optimizer=HYP.optimizer, dropout=0.0, seed=0,
                  dtype=FLOAT, fxnn_path="auto", batch_sizes=None):
         """``batch_sizes`` {pass: B}: the batches ``auto`` chooses paths for
-        (default: the training batch 64 and the validation batch 100)."""
+        (default: the run's, :data:`fxnn.models.hyperparameters.HYP`)."""
         if network.arch != "original":  # BatchNorm's running statistics would be graph updates: not written
             raise ValueError(f"the pytensor engine runs --arch original only: use --engine torch for --arch "
                              f"{network.arch}")
         super().__init__(network, params, optimizer, dropout, seed, fxnn_path)
-        if fxnn_path == "fused" and not fused_available(dtype):
+        if fxnn_path == "fused" and not capabilities.capability("fused", "pytensor", "cpu", dtype):
             raise ValueError("--fxnn-path fused needs float32 and a C compiler for PyTensor; use --fxnn-path auto")
         self.dtype = dtype
         if fxnn_path == "auto":
-            self._chosen = pytensor_paths.choose(network, dtype, batch_sizes or {"train": 64, "valid": 100},
+            self._chosen = pytensor_paths.choose(network, dtype, batch_sizes or {"train": HYP.batch_size, "valid": HYP.valid_batch},
                                                  compile_mode())
         else:
             self._chosen = {(name, p): fxnn_path for name in pytensor_paths.layer_shapes(network, 1)
@@ -99,7 +89,7 @@ class PyTensorEngine(Engine):
         into the graph."""
         def path(layer, h, w, b):
             chosen = self._chosen[layer.name, pass_] if layer.fxnn_paths else "folded"
-            if chosen == "fused" and not fused_available(h.dtype):
+            if chosen == "fused" and not capabilities.capability("fused", "pytensor", "cpu", h.dtype):
                 chosen = "fixed"
             self.layer_paths[layer.name, pass_] = chosen
             return chosen
@@ -119,7 +109,7 @@ class PyTensorEngine(Engine):
         variable.set_value(np.asarray(array, dtype=self.dtype))
 
     def implementation(self, path):
-        return implementation(path)
+        return capabilities.implementation(path, "pytensor", "cpu", self.dtype)
 
     def _train(self, x, y, lr, masks, corrections):
         as_float = (np.asarray(v, dtype=self.dtype) for v in (lr,) + corrections)

@@ -8,27 +8,25 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from fxnn.kernels import native
+from fxnn.kernels import capabilities, native
 from fxnn.kernels.pytensor_kernels import default_threads
 
 from .. import fxnn_paths
-from .backend import fused_available, fxnn_conv
+from ..architecture import feature_sizes
+from .backend import fxnn_conv
 
 
 def available_paths(dtype):
-    """The paths that can compute an fxnn layer of ``dtype``."""
-    return (("fused",) if fused_available(dtype) else ()) + ("fixed", "folded")
+    """The paths that can compute an fxnn layer of ``dtype`` (:func:`fxnn.kernels.capabilities.paths`)."""
+    return capabilities.paths("pytensor", "cpu", dtype)
 
 
 def layer_shapes(network, batch):
-    """{layer name: (B, M, N, H, W)} of the fxnn conv layers at ``batch``:
-    each 2x2 max pooling halves the image (rounding down)."""
-    _, h, w = network.input_shape
-    shapes = {}
-    for i, layer in enumerate(network.convs):
-        if layer.fxnn_paths:
-            shapes[layer.name] = (batch, layer.in_channels, layer.out_channels, h >> i, w >> i)
-    return shapes
+    """{layer name: (B, M, N, H, W)} of the fxnn conv layers at ``batch``
+    (H, W: :func:`fxnn.models.architecture.feature_sizes`)."""
+    sizes = feature_sizes(network.input_shape, len(network.convs))
+    return {layer.name: (batch, layer.in_channels, layer.out_channels, h, w)
+            for layer, (h, w) in zip(network.convs, sizes) if layer.fxnn_paths}
 
 
 def path_contenders(shape, dtype, train, input_grad, mode):

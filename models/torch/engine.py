@@ -37,13 +37,14 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from fxnn.kernels import torch_fused
+from fxnn.kernels import capabilities, torch_fused
 
 from .. import network as net
-from .. import optimizers, resnet
+from .. import resnet
+from ..hyperparameters import HYP
 from ..engines import Engine
 from .backend import BACKEND, TorchBackend
-from .paths import auto_path, implementation
+from .paths import auto_path
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: The autocast dtype of each ``precision`` (None: no autocast).
@@ -122,7 +123,7 @@ class TorchEngine(Engine):
     name = "torch"
     backend = BACKEND
 
-    def __init__(self, network, params, optimizer=optimizers.DEFAULT_OPTIMIZER, dropout=0.0, seed=0,
+    def __init__(self, network, params, optimizer=HYP.optimizer, dropout=0.0, seed=0,
                  device="cpu", dtype="float32", fxnn_path="auto", precision="fp32", channels_last=None):
         super().__init__(network, params, optimizer, dropout, seed, fxnn_path)
         if network.arch == "resnet" and dropout:
@@ -138,7 +139,7 @@ class TorchEngine(Engine):
         if fxnn_path == "fused" and not torch_fused.runs_fast(self.device.type, self.compute_dtype):
             raise ValueError(f"--fxnn-path fused cannot run on {device} here: it needs the C kernels built "
                              f"(CPU, float32) or Triton (CUDA) "
-                             f"({torch_fused.implementation_name(self.device, self.compute_dtype)}); "
+                             f"({capabilities.capability('fused', 'torch', self.device, self.compute_dtype)}); "
                              f"use --fxnn-path auto")
         if channels_last is None:  # channels_last under bf16: see the module's notes
             channels_last = self.autocast_dtype is not None and not (
@@ -234,9 +235,7 @@ class TorchEngine(Engine):
             variable.copy_(torch.as_tensor(np.asarray(array), device=self.device).to(self.dtype))
 
     def implementation(self, path):
-        if self.autocast_dtype is None:
-            return implementation(path, self.device)
-        return implementation(path, self.device, self.compute_dtype)
+        return capabilities.implementation(path, "torch", self.device, self.compute_dtype)
 
     def _batch(self, x, y):
         return (torch.as_tensor(np.asarray(x), device=self.device).to(self.dtype),

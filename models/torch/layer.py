@@ -29,9 +29,9 @@ from torch import nn
 from fxnn.kernels.fixed_kernels import NUM_KERNELS
 
 from .. import network
-from ..architecture import FXNN_1X1_INIT_SCALE
 from ..fixed_bases import basis_kernels
 from ..fxnn_paths import PATHS
+from ..hyperparameters import HYP
 from .backend import KERNELS_TENSOR, BACKEND
 from .paths import fixed_conv2d_record
 
@@ -223,9 +223,9 @@ class FixedConv2d(nn.Module):
 
     def reset_parameters(self) -> None:
         """fxnn's initialisation: weight uniform in +-0.3/sqrt(K*M + N)
-        (:data:`fxnn.models.architecture.FXNN_1X1_INIT_SCALE`; K = 5 for
-        fxnn's kernels), bias zero."""
-        bound = FXNN_1X1_INIT_SCALE / math.sqrt(self.num_kernels * self.in_channels + self.out_channels)
+        (``fxnn_1x1_init_scale`` of :data:`fxnn.models.hyperparameters.HYP`;
+        K = 5 for fxnn's kernels), bias zero."""
+        bound = HYP.fxnn_1x1_init_scale / math.sqrt(self.num_kernels * self.in_channels + self.out_channels)
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
