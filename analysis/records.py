@@ -28,6 +28,9 @@ class Run:
     terate: np.ndarray
     vloss: np.ndarray   # per record; row 0 is the untrained network
     verate: np.ndarray
+    # per record: the training seconds to it, wall and CPU (None in records written before fxnn kept them)
+    twall: np.ndarray = None
+    tcpu: np.ndarray = None
     flags: dict = field(default_factory=dict)  # fxnn.py's flags, as recorded
     # test-set error once at the end of a --valid-split run: (final parameters, best validation record)
     test_erate: tuple = (float("nan"), float("nan"))
@@ -45,14 +48,14 @@ class Run:
     @property
     def experiment(self):
         """What the run's curves depend on except its seed: model, engine,
-        data and every flag a resumed run must keep (training/checkpoint.py)
-        bar the seed and which parameters are recorded."""
+        data, every flag a resumed run must keep (training/checkpoint.py)
+        bar the seed and which parameters are recorded, and the precision."""
         return (("model", self.model), ("engine", self.engine), ("data", self.data_source)) + tuple(
             (k, _plain(self.flags.get(k, ADDED_FLAGS.get(k)))) for k in EXPERIMENT_FLAGS)
 
 
 #: The variables of a record the analysis reads (the parameter snapshots are never read).
-RECORD_VARIABLES = ("meta", "tloss", "terate", "vloss", "verate", "test_erate")
+RECORD_VARIABLES = ("meta", "tloss", "terate", "vloss", "verate", "test_erate", "twall", "tcpu")
 #: The most bytes any one of them may take: 8M iterations of a curve, 30 times the longest run the
 #: README shows (-nrec 1000 -ipr 250). A file declaring more is refused before it is read.
 MAX_VARIABLE_BYTES = 64 << 20
@@ -181,6 +184,11 @@ def record_problems(record):
         if ipr and len(out["verate"]) and (len(out["verate"]) - 1) * ipr > len(out["tloss"]):
             problems.append(f"verate: {len(out['verate'])} records of {ipr:,} iterations, more than the "
                             f"{len(out['tloss']):,} iterations of tloss")
+    for name in ("twall", "tcpu"):  # optional: records written before them lack them
+        out[name] = _curve(record[name]) if name in record else None
+        if name in record and (out[name] is None or out.get("verate") is not None
+                               and len(out[name]) != len(out["verate"])):
+            problems.append(f"{name}: {_what(record[name])}, not one number per record (as verate)")
     out["test_erate"] = (float("nan"), float("nan"))
     if "test_erate" in record:
         test = _curve(record["test_erate"])
@@ -202,8 +210,8 @@ def check_record(path, record):
         raise RecordError(f"{path}: not an fxnn record file ({_one_line(problems[0])}){more}; {FIX}")
     return Run(path=path, model=f["model"], engine=f["engine"], dataset=f["dataset"], data_source=f["data_source"],
                seed=f["seed"], status=f["status"], iters_per_record=f["iters_per_record"], tloss=f["tloss"],
-               terate=f["terate"], vloss=f["vloss"], verate=f["verate"], flags=f["flags"],
-               test_erate=f["test_erate"])
+               terate=f["terate"], vloss=f["vloss"], verate=f["verate"], twall=f["twall"], tcpu=f["tcpu"],
+               flags=f["flags"], test_erate=f["test_erate"])
 
 
 def distinct_runs(runs, by_experiment=True):
@@ -241,8 +249,10 @@ def group_by_label(runs):
 
 
 def _experiment_flags():
+    # --precision too: a resume checks it apart (checkpoint.precision_mismatch), and it changes the curves
     from fxnn.training.checkpoint import ADDED_FLAGS, MUST_MATCH
-    return tuple(k for k in MUST_MATCH if k not in ("model", "engine", "seed", "record_params")), ADDED_FLAGS
+    flags = tuple(k for k in MUST_MATCH if k not in ("model", "engine", "seed", "record_params")) + ("precision",)
+    return flags, dict(ADDED_FLAGS, precision="fp32")
 
 
 #: The flags besides model and engine that make runs different experiments, and the value of

@@ -1,7 +1,7 @@
 """Summary statistics over seeds: validation error at chosen iterations,
-iterations to reach a target error, and the difference between two models
-with a Welch confidence interval (the seeds of two models are independent
-samples with possibly different spreads)."""
+iterations and training seconds to reach a target error, and the difference
+between two models with a Welch confidence interval (the seeds of two models
+are independent samples with possibly different spreads)."""
 import math
 from dataclasses import dataclass
 
@@ -20,21 +20,42 @@ def error_at(run, iteration):
     return float(run.verate[hit[0]])
 
 
-def iterations_to(run, target, interpolate=False):
-    """The first record iteration at which the validation error is at most
-    ``target``, or NaN if the run never got there. ``interpolate``: the
-    iteration where the straight line between that record and the one before
-    it crosses ``target`` (validation is only seen at the records, so the
-    record count alone moves in steps of -ipr and gives ties)."""
+def reached_at(run, target, along, interpolate=False):
+    """``along`` (one value per record: its iteration, a clock) at the first
+    record whose validation error is at most ``target``, or NaN if the run
+    never got there. ``interpolate``: where the straight line between that
+    record and the one before it crosses ``target``, the same fraction of the
+    way along (validation is only seen at the records, so the record count
+    alone moves in steps of -ipr and gives ties)."""
     reached = np.flatnonzero(run.verate <= target)
     if not reached.size:
         return math.nan
     i = reached[0]
-    iters = run.record_iterations
     if not interpolate or i == 0:
-        return float(iters[i])
+        return float(along[i])
     before, after = float(run.verate[i - 1]), float(run.verate[i])
-    return float(iters[i - 1] + (iters[i] - iters[i - 1]) * (before - target) / (before - after))
+    return float(along[i - 1] + (along[i] - along[i - 1]) * (before - target) / (before - after))
+
+
+def iterations_to(run, target, interpolate=False):
+    """The iteration at which the validation error first reaches ``target``
+    (:func:`reached_at`)."""
+    return reached_at(run, target, run.record_iterations, interpolate)
+
+
+#: The training clocks of a record: wall and CPU seconds (validation and recording left out).
+CLOCKS = {"wall": "twall", "cpu": "tcpu"}
+
+
+def seconds_to(run, target, clock="wall"):
+    """The training seconds (``clock`` "wall" or "cpu") at which the validation
+    error first reaches ``target``, interpolated between records as
+    :func:`reached_at`; ValueError for a record without training clocks."""
+    times = getattr(run, CLOCKS[clock])
+    if times is None:
+        raise ValueError(f"{run.path}: no training clocks (twall, tcpu): it was written by an fxnn from before "
+                         f"they were recorded; rerun it to time it, or leave out --time")
+    return reached_at(run, target, times, interpolate=True)
 
 
 @dataclass

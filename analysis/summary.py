@@ -5,7 +5,8 @@ prints, per model (and engine), the validation error at the chosen
 iterations as mean and standard deviation over the seeds with a 95% t
 interval of the mean, the iterations needed to reach the target error, and
 each model's difference from the reference model (``--versus``, cnn by
-default) with a 95% Welch confidence interval. Runs that differ in anything
+default) with a 95% Welch confidence interval; ``--time`` adds the training
+seconds to the target, wall and CPU. Runs that differ in anything
 but the seed (data, learn rate, optimizer, batch size, records...) are never
 pooled: each setting is a row of its own, labelled by what differs.
 ``--csv`` and ``--png`` write the same figures as a table and as curves with
@@ -20,8 +21,8 @@ import sys
 import numpy as np
 
 from .records import RecordError, distinct_runs, group_by_label, load_run, tag_experiments
-from .stats import (Spread, clipped, equivalence, error_at, holm, iterations_to, mean_interval, t_factor,
-                    welch_difference, welch_p)
+from .stats import (Spread, clipped, equivalence, error_at, holm, iterations_to, mean_interval, seconds_to,
+                    t_factor, welch_difference, welch_p)
 
 CSV_COLUMNS = ("measure", "label", "versus", "at", "mean", "std", "n", "missing", "ci_low", "ci_high", "p", "p_holm",
                "p_equiv")
@@ -30,6 +31,15 @@ CSV_COLUMNS = ("measure", "label", "versus", "at", "mean", "std", "n", "missing"
 #: The test-set errors of a --valid-split run (``at`` in the CSV): with the
 #: final parameters, and with those of the record of lowest validation error.
 TEST_AT = {"final": 0, "best": 1}
+#: What is counted to the target (measure ``<name>_to``), with its column's heading: iterations,
+#: and with ``--time`` the training seconds of each clock.
+TO_TARGET = {"iters": "iters to", "wall": "wall s to", "cpu": "CPU s to"}
+
+
+def to_target(run, target, what):
+    """``run``'s iterations ("iters") or training seconds ("wall", "cpu") to
+    ``target``, interpolated between records."""
+    return iterations_to(run, target, interpolate=True) if what == "iters" else seconds_to(run, target, what)
 
 
 def has_test(runs):
@@ -61,10 +71,17 @@ def shared_default_at(groups):
 
 def reference(group, groups, versus):
     """The label of the ``versus`` group ``group`` is compared with: the one
-    with the same settings (the same tag), else the only ``versus`` group."""
+    with the same settings (the same tag), else the only ``versus`` group,
+    else the one sharing the most of its settings if only one does (each
+    model at its own learn rate, in fp32 and in bf16: the same precision)."""
     refs = [label for label, g in groups.items() if g[0].model == versus]
     same = [label for label in refs if groups[label][0].tag == group[0].tag]
-    return (same or (refs if len(refs) == 1 else [None]))[0]
+    if same or len(refs) < 2:
+        return (same or refs or [None])[0]
+    mine = dict(group[0].experiment)
+    shared = {label: sum(mine.get(k) == v for k, v in groups[label][0].experiment) for label in refs}
+    best = [label for label in refs if shared[label] == max(shared.values())]
+    return best[0] if len(best) == 1 else None
 
 
 def _difference(measure, label, ref, at, a, b, level, margin, bound):
@@ -77,16 +94,17 @@ def _difference(measure, label, ref, at, a, b, level, margin, bound):
                 p=welch_p(a, b), p_equiv=equivalence(a, b, margin).p if margin else "")
 
 
-def summarize(runs, at, target, versus, level=0.95, margin=None):
+def summarize(runs, at, target, versus, level=0.95, margin=None, time=False):
     """Rows (dicts with CSV_COLUMNS) of the summary of runs labelled by
     :func:`~fxnn.analysis.records.tag_experiments`: per label the error at each
     iteration in ``at`` (default: :func:`shared_default_at`) with the
-    interval of its mean, and the iterations to ``target`` (interpolated
-    between records); per label other than ``versus`` the differences from
-    its reference, each with Welch's p, Holm-adjusted over all the
+    interval of its mean, and the iterations (``time``: also the wall and CPU
+    training seconds) to ``target``, interpolated between records; per label
+    other than ``versus`` the differences from its reference, each with Welch's p, Holm-adjusted over all the
     differences of the summary (``p_holm``), and with a ``margin`` (of error
     rate) the p of equivalence within it (two one-sided tests)."""
     groups = group_by_label(runs)
+    counted = list(TO_TARGET) if time else ["iters"]
     at_of = {label: list(at) for label in groups} if at else shared_default_at(groups)
     rows = []
     for label, group in groups.items():
@@ -95,9 +113,10 @@ def summarize(runs, at, target, versus, level=0.95, margin=None):
             s, ci = Spread.of(values), clipped(mean_interval(values, level), 0.0, 1.0)
             rows.append(dict(measure="verate", label=label, at=it, mean=s.mean, std=s.std, n=s.n, missing=s.missing,
                              ci_low=ci.low, ci_high=ci.high))
-        s = Spread.of([iterations_to(r, target, interpolate=True) for r in group])
-        rows.append(dict(measure="iters_to", label=label, at=target, mean=s.mean, std=s.std, n=s.n,
-                         missing=s.missing))
+        for what in counted:
+            s = Spread.of([to_target(r, target, what) for r in group])
+            rows.append(dict(measure=f"{what}_to", label=label, at=target, mean=s.mean, std=s.std, n=s.n,
+                             missing=s.missing))
         if has_test(group):
             for at, i in TEST_AT.items():
                 values = [r.test_erate[i] for r in group]
@@ -115,9 +134,10 @@ def summarize(runs, at, target, versus, level=0.95, margin=None):
             for at, i in TEST_AT.items():
                 rows.append(_difference("test_erate_diff", label, ref, at, [r.test_erate[i] for r in group],
                                         [r.test_erate[i] for r in groups[ref]], level, margin, 1.0))
-        a, b = ([iterations_to(r, target, interpolate=True) for r in g] for g in (group, groups[ref]))
-        if not any(map(math.isnan, a + b)):
-            rows.append(_difference("iters_to_diff", label, ref, target, a, b, level, None, None))
+        for what in counted:
+            a, b = ([to_target(r, target, what) for r in g] for g in (group, groups[ref]))
+            if not any(map(math.isnan, a + b)):
+                rows.append(_difference(f"{what}_to_diff", label, ref, target, a, b, level, None, None))
     diffs = [row for row in rows if "p" in row]
     for row, adjusted in zip(diffs, holm([row["p"] for row in diffs])):
         row["p_holm"] = adjusted
@@ -136,7 +156,8 @@ def _cell(row):
     if row is None:
         return "-"
     m, measure = row["mean"], row["measure"]
-    fmt = _pct if measure.startswith(("verate", "test")) else (lambda x: "n/a" if math.isnan(x) else f"{x:.0f}")
+    digits = 1 if measure.startswith(("wall", "cpu")) else 0  # seconds to a tenth, iterations whole
+    fmt = _pct if measure.startswith(("verate", "test")) else (lambda x: "n/a" if math.isnan(x) else f"{x:.{digits}f}")
     if measure.endswith("_diff"):
         equiv = f" eq={row['p_equiv']:.2g}" if row["p_equiv"] != "" and not math.isnan(row["p_equiv"]) else ""
         p = "" if math.isnan(row["p_holm"]) else f" p={row['p_holm']:.2g}"
@@ -158,18 +179,21 @@ def format_table(rows, at=None, target=0.05):
     no record there)."""
     at = sorted({row["at"] for row in rows if row["measure"].startswith("verate")}) if at is None else at
     tests = [at for at in TEST_AT if any(row["measure"] == "test_erate" and row["at"] == at for row in rows)]
-    header = (["", "seeds"] + [f"@{it}" for it in at] + [f"iters to {100 * target:g}%"]
+    counted = [what for what in TO_TARGET if what == "iters" or any(row["measure"] == f"{what}_to" for row in rows)]
+    header = (["", "seeds"] + [f"@{it}" for it in at] + [f"{TO_TARGET[what]} {100 * target:g}%" for what in counted]
               + [f"test ({at})" for at in tests])
     lines, by_line = [header], {}
     for row in rows:
         key = (row["label"], row["versus"])
         measure = row["measure"]
-        column = row["at"] if measure.startswith("verate") else ("test", row["at"]) if measure.startswith("test") else "to"
+        column = (row["at"] if measure.startswith("verate") else ("test", row["at"]) if measure.startswith("test")
+                  else measure.split("_")[0])
         by_line.setdefault(key, {})[column] = row
     for (label, versus), cells in by_line.items():
         name = f"{_short(label)} - {_short(versus)}" if versus else label
-        n = "" if versus else str(cells["to"]["n"] + cells["to"]["missing"])
-        lines.append([name, n] + [_cell(cells.get(it)) for it in at] + [_cell(cells["to"]) if "to" in cells else "n/a"]
+        n = "" if versus else str(cells["iters"]["n"] + cells["iters"]["missing"])
+        lines.append([name, n] + [_cell(cells.get(it)) for it in at]
+                     + [_cell(cells[what]) if what in cells else "n/a" for what in counted]
                      + [_cell(cells.get(("test", t))) for t in tests])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
@@ -209,11 +233,12 @@ def write_csv(rows, path):
         writer.writerows(rows)
 
 
-def report(runs, at=None, target=0.05, versus="cnn", csv_path=None, png_path=None, out=None, margin=None):
+def report(runs, at=None, target=0.05, versus="cnn", csv_path=None, png_path=None, out=None, margin=None,
+           time=False):
     """Print the summary of ``runs``; write the CSV and band plot if asked."""
     out = out or sys.stdout
     runs, differ = tag_experiments(runs)
-    rows = summarize(runs, at, target, versus, margin=margin)
+    rows = summarize(runs, at, target, versus, margin=margin, time=time)
     print(describe(runs, differ), file=out)
     print("validation error, mean ± std over seeds [95% t interval of the mean]; differences with 95% Welch "
           "intervals; intervals clipped to what an error rate can be; iterations to the target interpolated "
@@ -221,6 +246,9 @@ def report(runs, at=None, target=0.05, versus="cnn", csv_path=None, png_path=Non
     print("p: Welch's test of no difference, Holm-adjusted over the table's differences"
           + (f"; eq: p of equivalence within ±{_pct(margin)} (two one-sided tests; below 0.05: shown "
              "equivalent)" if margin else "; add --margin to test equivalence"), file=out)
+    if time:
+        print("wall s, CPU s: seconds of training to the target (this process's wall clock and CPU time, all its "
+              "threads; validation and recording left out), interpolated between records", file=out)
     if any(row["measure"] == "test_erate" for row in rows):
         print("test: the test-set error once at the end (--valid-split), with the final parameters and with "
               "those of the record of lowest validation error", file=out)
@@ -244,6 +272,9 @@ def build_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("records", nargs="+", help="record files written by fxnn.py")
     add_summary_flags(p)
+    p.add_argument("--time", action="store_true",
+                   help="also the seconds of training to --target, wall and CPU (records' twall and tcpu), "
+                        "with Welch intervals between models")
     return p
 
 
@@ -273,7 +304,7 @@ def main(argv=None):
         runs, notes = distinct_runs([load_run(path) for path in args.records])
         for note in notes:
             print(note)
-        report(runs, args.at, args.target, args.versus, args.csv, args.png, margin=args.margin)
+        report(runs, args.at, args.target, args.versus, args.csv, args.png, margin=args.margin, time=args.time)
     except (RecordError, ValueError, OSError) as e:
         print(f"summary: error: {e}", file=sys.stderr)
         return 2

@@ -12,13 +12,13 @@ import gzip
 import hashlib
 import http.client
 import os
-import sys
 import time
 import urllib.request
 import zlib
 from dataclasses import dataclass
 
 from fxnn.files.atomic import atomic_path
+from fxnn.files.progress import Progress
 
 from .dataset import DataError, one_line
 
@@ -104,27 +104,6 @@ def matches(path, md5, remote):
     return bool(remote.raw_md5) and raw_md5(path, remote.raw_size) == remote.raw_md5
 
 
-class Progress:
-    """MB done of a download, redrawn on stderr when it is a terminal (so a
-    log file gets nothing extra)."""
-
-    def __init__(self, total):
-        self.total, self.last = total, 0.0
-        self.enabled = sys.stderr.isatty()
-
-    def update(self, done):
-        if self.enabled and time.monotonic() - self.last > 0.5:
-            self.last = time.monotonic()
-            total = f"/{self.total / 1e6:.1f}" if self.total else ""
-            sys.stderr.write(f"\r  {done / 1e6:.1f}{total} MB ")
-            sys.stderr.flush()
-
-    def clear(self):
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-
 def fetch(url, path, remote, log=print, limit=DEADLINE):
     """Download ``url`` to ``path`` if it is ``remote`` (a RemoteFile) within
     ``limit`` seconds; returns an error string, or None on success. Never
@@ -139,7 +118,8 @@ def fetch(url, path, remote, log=print, limit=DEADLINE):
                     raise Refused(f"{int(declared):,} bytes announced, more than the {remote.max_bytes:,} "
                                   f"of any genuine copy")
                 log(f"Downloading {url} ...")
-                progress = Progress(int(declared) if declared and declared.isdigit() else 0)
+                total = int(declared) if declared and declared.isdigit() else 0
+                progress = Progress(interval=0.5, scale=1e6, unit=" MB")
                 try:
                     while chunk := response.read1(CHUNK):
                         size += len(chunk)
@@ -147,7 +127,7 @@ def fetch(url, path, remote, log=print, limit=DEADLINE):
                             raise Refused(f"more than the {remote.max_bytes:,} bytes of any genuine copy")
                         digest.update(chunk)
                         out.write(chunk)
-                        progress.update(size)
+                        progress.update(size, total, "download")
                         elapsed = time.monotonic() - start
                         if elapsed > limit:
                             raise Refused(f"not done within FXNN_DOWNLOAD_TIMEOUT={limit:g} s")

@@ -12,16 +12,17 @@ import pytest
 from scipy import stats
 
 from fxnn.analysis import summary, sweep
-from fxnn.analysis.records import RecordError, load_run
+from fxnn.analysis.records import RecordError, distinct_runs, load_run
 from fxnn.analysis.stats import Spread, error_at, iterations_to, welch_difference
 from conftest import ROOT
 from fxnn.training.matfile import write_mat
 
 
-def make_record(path, model, seed, verate, ipr=100, engine="torch", source="test data", **flags):
+def make_record(path, model, seed, verate, ipr=100, engine="torch", source="test data", clocks=None, **flags):
     """A record file with the given validation error per record and simple
-    other curves, in the layout fxnn.py writes (``flags``: more of fxnn.py's
-    flags, as it records them)."""
+    other curves, in the layout fxnn.py writes (``clocks``: the training
+    clocks ``twall`` and ``tcpu``, absent as in records written before them;
+    ``flags``: more of fxnn.py's flags, as it records them)."""
     verate = np.asarray(verate, dtype=float)
     iters = (len(verate) - 1) * ipr
     terate = np.linspace(verate[0], verate[-1], iters)
@@ -30,6 +31,7 @@ def make_record(path, model, seed, verate, ipr=100, engine="torch", source="test
         "meta": {"model": model, "dataset": "MNIST", "data_source": source, "data_files": "",
                  "engine": engine, "device": "cpu", "seed": seed, "status": "complete", "iterations_done": iters,
                  "flags": {"iters_per_record": ipr, "num_records": len(verate) - 1, **flags}},
+        **(clocks or {}),
     }, [])
     return str(path)
 
@@ -369,3 +371,81 @@ def test_a_margin_adds_the_equivalence_test_to_every_error_difference(records, c
     assert "eq=" in out and "p of equivalence within ±5.00%" in out
     with pytest.raises(SystemExit):
         summary.build_parser().parse_args(["--margin", "5", "x.mat"])
+
+
+WALL = np.array([0.0, 10, 25, 45, 70])  # training seconds at each record, unevenly spaced
+
+
+def timed_records(tmp_path):
+    """FXNN's and CNN's curves with clocks: wall WALL * (1 + seed/10), CPU 0.8 of it."""
+    return [make_record(tmp_path / f"{model}-{s}.mat", model, s, v,
+                        clocks={"twall": WALL * (1 + s / 10), "tcpu": 0.8 * WALL * (1 + s / 10)})
+            for model, curves in (("fxnn", FXNN), ("cnn", CNN)) for s, v in curves.items()]
+
+
+def test_seconds_to_target_by_hand_on_constructed_records(tmp_path, capsys):
+    runs = [load_run(p) for p in timed_records(tmp_path)]
+    rows = summary.summarize(runs, at=[400], target=0.05, versus="cnn", time=True)
+    get = {(r["measure"], r["label"]): r for r in rows}
+    # each run crosses 5% between records 2 and 3 (fxnn) or 3 and 4 (cnn), the same fraction of the way
+    # along its clock as along its error: fxnn 0.03/0.04, 0.01/0.01, 0.04/0.045; cnn 0.02/0.025, 0.01/0.019
+    fxnn_wall = [1.1 * (25 + 20 * 0.75), 1.2 * (25 + 20), 1.3 * (25 + 20 * 0.04 / 0.045)]
+    cnn_wall = [1.1 * (45 + 25 * 0.8), 1.2 * (45 + 25 * 0.01 / 0.019)]
+    for clock, scale in (("wall", 1.0), ("cpu", 0.8)):
+        fx, cn = np.multiply(fxnn_wall, scale), np.multiply(cnn_wall, scale)
+        row = get[f"{clock}_to", "fxnn (torch)"]
+        assert (row["mean"], row["std"], row["n"]) == (pytest.approx(fx.mean()), pytest.approx(fx.std(ddof=1)), 3)
+        assert get[f"{clock}_to", "cnn (torch)"]["mean"] == pytest.approx(cn.mean())
+        diff = get[f"{clock}_to_diff", "fxnn (torch)"]
+        ref = stats.ttest_ind(fx, cn, equal_var=False)
+        assert diff["mean"] == pytest.approx(fx.mean() - cn.mean())
+        assert (diff["ci_low"], diff["ci_high"]) == pytest.approx(tuple(ref.confidence_interval(0.95)))
+        assert diff["p"] == pytest.approx(ref.pvalue)
+    # the time differences join the family of Holm's correction
+    family = sorted(r["p"] for r in rows if r["measure"].endswith("_diff"))
+    assert len(family) == 4  # @400, iterations, wall, CPU
+    # the command: the same figures in the table and the CSV
+    paths = timed_records(tmp_path)
+    assert summary.main(paths + ["--at", "400", "--target", "0.05", "--time", "--csv", str(tmp_path / "t.csv")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(line for line in lines if line.split()[:1] == ["seeds"])
+    assert "wall s to 5%" in head and "CPU s to 5%" in head
+    (fx_line,) = [line for line in lines if line.startswith("fxnn (torch) ")]
+    assert f"{np.mean(fxnn_wall):.1f} ± {np.std(fxnn_wall, ddof=1):.1f}" in fx_line
+    with open(tmp_path / "t.csv", newline="") as f:
+        back = {(r["measure"], r["label"]): r for r in csv.DictReader(f)}
+    assert float(back["wall_to", "cnn (torch)"]["mean"]) == pytest.approx(np.mean(cnn_wall))
+
+
+def test_time_to_target_is_refused_in_one_line_for_records_without_clocks(records, tmp_path, capsys):
+    assert load_run(records[0]).twall is None
+    assert summary.main(records + ["--at", "400"]) == 0  # without --time they summarise as before
+    capsys.readouterr()
+    assert summary.main(records + ["--at", "400", "--time"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no training clocks (twall, tcpu)" in err and "--time" in err
+    bad = make_record(tmp_path / "bad.mat", "fxnn", 9, FXNN[1], clocks={"twall": WALL[:3], "tcpu": WALL})
+    with pytest.raises(RecordError, match="twall: .*not one number per record"):
+        load_run(bad)
+
+
+def test_runs_in_another_precision_are_another_setting_not_the_same_run_again(tmp_path):
+    paths = [make_record(tmp_path / f"fxnn-{p}.mat", "fxnn", 1, FXNN[1], precision=p) for p in ("fp32", "bf16")]
+    paths.append(make_record(tmp_path / "fxnn-old.mat", "fxnn", 2, FXNN[2]))  # before --precision: fp32
+    runs, notes = distinct_runs([load_run(p) for p in paths])
+    assert len(runs) == 3 and notes == []
+    runs, differ = summary.tag_experiments(runs)
+    assert differ == ["--precision"]
+    assert [r.label for r in runs] == ["fxnn (torch) --precision fp32", "fxnn (torch) --precision bf16",
+                                       "fxnn (torch) --precision fp32"]
+    # each model at its own rate in two precisions: each compared with the reference of its precision
+    paths = [make_record(tmp_path / f"{m}-{p}-{s}.mat", m, s, np.add(FXNN[s], k / 100), learn_rate=lr, precision=p)
+             for k, (m, lr, p) in enumerate([("fxnn", 1.6, "fp32"), ("fxnn", 1.6, "bf16"), ("cnn", 3.2, "fp32"),
+                                             ("cnn", 3.2, "bf16")]) for s in (1, 2)]
+    runs, _ = summary.tag_experiments([load_run(p) for p in paths])
+    diffs = {(r["label"], r["versus"]): r for r in summary.summarize(runs, [100], 0.05, "cnn")
+             if r["measure"] == "verate_diff"}
+    assert set(diffs) == {("fxnn (torch) -lr 1.6 --precision fp32", "cnn (torch) -lr 3.2 --precision fp32"),
+                          ("fxnn (torch) -lr 1.6 --precision bf16", "cnn (torch) -lr 3.2 --precision bf16")}
+    assert diffs["fxnn (torch) -lr 1.6 --precision bf16", "cnn (torch) -lr 3.2 --precision bf16"]["mean"] == \
+        pytest.approx(-0.02)

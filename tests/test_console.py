@@ -3,7 +3,8 @@ import io
 
 import numpy as np
 
-from fxnn.training.console import Progress, record_line
+from fxnn.files.progress import Progress
+from fxnn.training.console import record_line
 
 
 def test_record_lines_match_the_original_output():
@@ -57,3 +58,12 @@ def test_validation_shows_its_progress_on_a_terminal_only():
     log = io.StringIO()
     validate(CountingEngine(), x, y, batch=100, progress=Progress(log))
     assert log.getvalue() == ""
+
+
+def test_download_progress_counts_in_megabytes_with_or_without_a_total():
+    stream = FakeTTY()
+    bar = Progress(stream, interval=0, scale=1e6, unit=" MB")
+    bar.update(2_500_000, 5_000_000, "download")
+    assert "download [###############...............] 2.5/5.0 MB" in stream.getvalue()
+    bar.update(7_250_000, 0, "download")
+    assert stream.getvalue().endswith("\r  download 7.2 MB ")

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, wait_for_line
 from fxnn.training.matfile import read_mat
 
 
@@ -17,15 +17,6 @@ def start(small_mnist, out, *extra):
            "--data-dir", small_mnist, "-o", str(out), "--seed", "3", "--engine", "pytensor", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-
-def wait_for_records(proc, n):
-    """Read output until ``n`` record lines have been printed."""
-    seen = 0
-    while seen < n:
-        line = proc.stdout.readline()
-        assert line, f"process ended early: {proc.stderr.read()}"
-        seen += line.startswith("Iter")
 
 
 def finish(proc):
@@ -37,7 +28,7 @@ def finish(proc):
 def test_signal_saves_a_loadable_record(tmp_path, small_mnist, sig, code, word):
     out_file = tmp_path / "rec.mat"
     proc = start(small_mnist, out_file)
-    wait_for_records(proc, 2)
+    wait_for_line(proc, n=2)
     proc.send_signal(sig)
     returncode, out, err = finish(proc)
     assert returncode == code, err
@@ -55,10 +46,12 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, small_mnist
     assert code == 0, err
 
     proc = start(small_mnist, resumed)
-    wait_for_records(proc, 4)
+    wait_for_line(proc, n=4)
     proc.kill()
     proc.wait()
     assert not resumed.exists()
+    with np.load(str(resumed) + ".run/checkpoint.npz") as saved:
+        wall, cpu = saved["curves/sec_per_record"], saved["curves/cpu_per_record"]
     code, out, err = finish(start(small_mnist, resumed, "--resume"))
     assert code == 0, err
     assert "Resuming at iteration" in out
@@ -67,6 +60,13 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, small_mnist
     for key in ("tloss", "terate", "vloss", "verate", "yprob", "conv0_w", "conv1_w", "mlp0_w", "mlp2_b"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert not os.path.exists(str(resumed) + ".run")
+    # the training clocks go on from the checkpoint's: its records' times, then the resumed process's
+    done = len(wall)
+    assert 3 <= done < 7 and a["twall"].shape == b["twall"].shape == b["tcpu"].shape == (7,)
+    np.testing.assert_array_equal(b["twall"][:done], np.cumsum(wall))
+    np.testing.assert_array_equal(b["tcpu"][:done], np.cumsum(cpu))
+    assert np.all(np.diff(b["twall"]) > 0) and np.all(np.diff(b["tcpu"]) > 0)
+    np.testing.assert_allclose(b["twall"], np.cumsum(b["meta"]["sec_per_record"]), rtol=1e-12)
 
 
 def test_resume_refuses_changed_flags_and_missing_checkpoints(tmp_path, small_mnist):
@@ -74,7 +74,7 @@ def test_resume_refuses_changed_flags_and_missing_checkpoints(tmp_path, small_mn
     code, _, err = finish(start(small_mnist, out_file, "--resume"))
     assert code == 2 and "nothing to resume" in err
     proc = start(small_mnist, out_file)
-    wait_for_records(proc, 2)
+    wait_for_line(proc, n=2)
     proc.send_signal(signal.SIGINT)
     finish(proc)
     code, _, err = finish(start(small_mnist, out_file, "--resume", "-lr", "0.01"))

@@ -4,7 +4,11 @@ The schedule is the original's: ``nrec`` records of ``ipr`` iterations; each
 iteration trains on ``bsize`` samples drawn uniformly at random (with
 replacement); the learn rate during record i is ``lr * ld**(i/(nrec-1))``;
 after each record the whole validation set (the test set, or a split held out
-of the training set) is evaluated in batches of 100.
+of the training set) is evaluated in batches of ``HYP.valid_batch``
+(:mod:`fxnn.models.hyperparameters`). Each record's training
+time, wall (``time.perf_counter``) and this process's CPU
+(``time.process_time``), is measured around its iterations only, so the
+recorder's clocks leave validation and recording out.
 
 :func:`train` returns how the run ended: "complete", "interrupted" (Ctrl-C),
 "terminated" (SIGTERM or SIGHUP, see :mod:`fxnn.files.signals`) or
@@ -17,11 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fxnn.files.progress import Progress
 from fxnn.files.signals import Terminated
+from fxnn.models.hyperparameters import HYP
 
-from .console import Progress, record_line
+from .console import record_line
 
-VALID_BATCH = 100
 NUM_SAMPLES = 10  # test images whose predictions are recorded each record
 
 
@@ -44,7 +49,7 @@ class Schedule:
         return self.learn_rate * self.learn_decay ** (record / (self.num_records - 1))
 
 
-def validate(engine, x, y, batch=VALID_BATCH, progress=None):
+def validate(engine, x, y, batch=HYP.valid_batch, progress=None):
     """Mean loss and error rate over the whole of (x, y); any size works;
     ``progress`` (a :class:`Progress`) shows the images done."""
     loss = errors = 0.0
@@ -68,10 +73,10 @@ def train(engine, dataset, schedule, recorder, sampler, start_record=0, on_recor
     total = schedule.total_iterations
     on_record = on_record or (lambda done: None)
 
-    def record(done, tloss, terate, seconds):
+    def record(done, tloss, terate, seconds, cpu_seconds):
         vloss, verate = validate(engine, *dataset.validation(), progress=progress)
         _, _, probs = engine.evaluate(recorder.sample_x, recorder.sample_y)
-        recorder.add_record(vloss, verate, engine.snapshot(), probs, seconds)
+        recorder.add_record(vloss, verate, engine.snapshot(), probs, seconds, cpu_seconds)
         progress.clear()
         print_line(record_line(done * schedule.iters_per_record, total, tloss, terate, vloss, verate))
         on_record(done)
@@ -79,11 +84,11 @@ def train(engine, dataset, schedule, recorder, sampler, start_record=0, on_recor
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is checked below
             if recorder.records == 0:
-                record(0, None, None, 0.0)
+                record(0, None, None, 0.0, 0.0)
             n_train = len(dataset.train_x)
             for r in range(start_record, schedule.num_records):
                 lr = schedule.learn_rate_at(r)
-                start = time.monotonic()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 progress.start()
                 losses, erates = [], []
                 for i in range(schedule.iters_per_record):
@@ -96,7 +101,8 @@ def train(engine, dataset, schedule, recorder, sampler, start_record=0, on_recor
                     losses.append(loss)
                     erates.append(erate)
                     progress.update(i + 1, schedule.iters_per_record)
-                record(r + 1, float(np.mean(losses)), float(np.mean(erates)), time.monotonic() - start)
+                record(r + 1, float(np.mean(losses)), float(np.mean(erates)), time.perf_counter() - start,
+                       time.process_time() - cpu_start)
     except KeyboardInterrupt:
         progress.clear()
         return "interrupted"

@@ -5,7 +5,9 @@ Per iteration: training loss ``tloss`` and error rate ``terate``. Per record
 (record 0 is the untrained network, then one after each ``ipr`` iterations):
 validation ``vloss``/``verate``, the class probabilities ``yprob`` (records,
 10, classes) of ten fixed test images ``x`` with labels ``y``, the seconds the
-record took, and (``--record-params all``) a snapshot of every parameter.
+record's training took (wall and CPU; the ``.mat`` holds their running sums
+``twall``/``tcpu``, the training clock to each record), and
+(``--record-params all``) a snapshot of every parameter.
 
 Snapshots are appended to a spool, one raw file per parameter in a run
 folder beside the output; the ``.mat`` is written from it at the end
@@ -15,6 +17,7 @@ the CRC-32 of every snapshot in the spool, so that a resumed run checks the
 spool's size and contents instead of trusting them. The run folder and the
 spools are never reached through a link (:mod:`fxnn.files.nofollow`).
 """
+import math
 import os
 import zlib
 
@@ -42,6 +45,7 @@ class Recorder:
         self.sample_x, self.sample_y = sample_x, sample_y
         self.tloss, self.terate = [], []
         self.vloss, self.verate, self.yprob, self.sec_per_record = [], [], [], []
+        self.cpu_per_record = []
         self.last_params = None
         self.spool_crc = []  # per record: the CRC-32 of each parameter's snapshot, in param_shapes order
 
@@ -56,10 +60,11 @@ class Recorder:
         self.tloss.append(loss)
         self.terate.append(erate)
 
-    def add_record(self, vloss, verate, params, sample_probs, seconds):
+    def add_record(self, vloss, verate, params, sample_probs, seconds, cpu_seconds=math.nan):
         """Append one record: the snapshots to the spool first, then the
         curves, so a run stopped in between (a signal, a full disk) counts
-        only whole records."""
+        only whole records. ``seconds``, ``cpu_seconds``: the wall and CPU
+        time of the record's training (NaN: not measured)."""
         if self.record_params == "all":
             make_folder(self.run_dir, ROLE_FOLDER)
             crcs = []
@@ -74,6 +79,7 @@ class Recorder:
         self.verate.append(verate)
         self.yprob.append(np.asarray(sample_probs, dtype=np.float32))
         self.sec_per_record.append(seconds)
+        self.cpu_per_record.append(cpu_seconds)
         self.last_params = params
         if self.track_best and (self.best_record < 0 or verate < self.verate[self.best_record]):
             self.best_record = self.records - 1
@@ -84,6 +90,7 @@ class Recorder:
         state = {"tloss": np.asarray(self.tloss), "terate": np.asarray(self.terate),
                  "vloss": np.asarray(self.vloss), "verate": np.asarray(self.verate),
                  "yprob": np.asarray(self.yprob), "sec_per_record": np.asarray(self.sec_per_record),
+                 "cpu_per_record": np.asarray(self.cpu_per_record, dtype=np.float64),
                  "spool_crc": np.asarray(self.spool_crc, dtype=np.uint32).reshape(-1, len(self.param_shapes))}
         if self.track_best and self.best_params is not None:
             state["best_record"] = np.asarray(self.best_record)
@@ -94,9 +101,14 @@ class Recorder:
         """Continue from a checkpoint's ``state``: the spool must hold its
         record count of snapshots with the checkpoint's checksums (else
         :class:`DamagedState`), and is cut back to that count, dropping a
-        snapshot written after the checkpoint."""
+        snapshot written after the checkpoint. The training clocks go on from
+        the checkpoint's: the time between a stop and the resume, and the
+        iterations redone, are not counted (a checkpoint from before CPU
+        times gives NaN for its records' CPU time)."""
         for key in ("tloss", "terate", "vloss", "verate", "sec_per_record"):
             setattr(self, key, [float(v) for v in state[key]])
+        cpu = state.get("cpu_per_record")
+        self.cpu_per_record = [math.nan] * self.records if cpu is None else [float(v) for v in cpu]
         self.yprob = list(state["yprob"])
         self.last_params = params
         if self.track_best and "best_record" in state:
@@ -146,7 +158,9 @@ class Recorder:
 
     def save(self, path, meta, extra=None):
         """Write the ``.mat`` atomically, with the variables of ``extra``
-        beside the curves; returns the layout ("v5" or "v7.3")."""
+        beside the curves and ``meta`` completed by what the recorder knows
+        (iterations done, seconds per record, which snapshots); returns the
+        layout ("v5" or "v7.3")."""
         small = {
             "tloss": np.asarray(self.tloss, dtype=np.float64),
             "terate": np.asarray(self.terate, dtype=np.float64),
@@ -155,7 +169,10 @@ class Recorder:
             "x": self.sample_x,
             "y": np.asarray(self.sample_y, dtype=np.float64),
             "yprob": np.asarray(self.yprob, dtype=np.float32),
-            "meta": dict(meta, sec_per_record=np.asarray(self.sec_per_record, dtype=np.float64),
+            "twall": np.cumsum(self.sec_per_record, dtype=np.float64),
+            "tcpu": np.cumsum(self.cpu_per_record, dtype=np.float64),
+            "meta": dict(meta, iterations_done=len(self.tloss),
+                         sec_per_record=np.asarray(self.sec_per_record, dtype=np.float64),
                          record_params=self.record_params),
             **(extra or {}),
         }
