@@ -32,13 +32,14 @@ contender that fails (a path not available yet, an error) is reported as
 such and the others go on. PyTensor engine: fused, fixed, folded and its
 dense im2col conv, float32 only, its dense the baseline, stride 1 only.
 
-    python3 -m bench.bench_fixed_layer [--repeats 10] [--shapes goal|all|strided] [--passes train,forward]
+    python3 -m bench.bench_fixed_layer [--repeats 10] [--shapes goal|all|strided|resnet20] [--passes train,forward]
         [--engines torch[,pytensor]] [--precisions fp32,bf16] [--extras] [--shape B,M,N,HW[,S] ...]
-        [--json out.json]
+        [--threads N] [--clock wall|cpu] [--json out.json]
 """
 import argparse
 import json
 import os
+import time
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as fxnn.py: no spinning BLAS threads between contenders
 import numpy as np  # noqa: E402
@@ -56,9 +57,14 @@ LABELS = ["goal", "goal (MNIST conv1)", "goal", "MNIST conv0", "CIFAR conv0", "C
           "ResNet-20 stage 2, stride 2", "ResNet-20 stage 3, stride 2", "stride 2"]
 GOAL_SHAPES = 3
 STRIDED = 6  # the index of the first strided shape
+#: The 3x3 convolutions of ResNet-20 (width 16) on Fashion-MNIST at batch 128:
+#: the stem, then each stage's shapes (bench/bench_resnet.py's network).
+RESNET20 = [(128, 1, 16, 28), (128, 16, 16, 28), (128, 16, 32, 28, 2), (128, 32, 32, 14), (128, 32, 64, 14, 2),
+            (128, 64, 64, 7)]
 PASSES = ("train", "forward")
 PATHS = ("fused", "fixed", "folded", "auto")
 DENSE = ("dense fp32", "dense fp32 cl", "dense bf16 cl")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def precision_of(name):
@@ -292,30 +298,38 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (each contender once per round)")
     p.add_argument("--engines", default="torch", help="torch and/or pytensor (fp32 only)")
     p.add_argument("--passes", default="train,forward", help="train (forward+backward) and/or forward")
-    p.add_argument("--shapes", default="goal", choices=("goal", "all", "strided"),
-                   help="the three goal shapes (default), all (also the MNIST, CIFAR and ResNet layers) "
-                        "or the strided ResNet layers only")
+    p.add_argument("--shapes", default="goal", choices=("goal", "all", "strided", "resnet20"),
+                   help="the three goal shapes (default), all (also the MNIST, CIFAR and ResNet layers), "
+                        "the strided ResNet layers only, or every conv shape of ResNet-20 at batch 128")
     p.add_argument("--shape", action="append", metavar="B,M,N,HW[,S]",
                    help="a shape of your own instead (repeatable): batch, in and out channels, H = W, stride")
     p.add_argument("--precisions", default="fp32,bf16", help="torch engine: fp32 and/or bf16 contenders")
     p.add_argument("--extras", action="store_true", help="also the naive and gemms contenders (torch, fp32)")
+    p.add_argument("--threads", type=int, help="threads (default: every visible core)")
+    p.add_argument("--clock", choices=CLOCKS, default="wall",
+                   help="time each call by the wall clock (default) or by the process's CPU time, "
+                        "which other processes loading the cores do not lengthen")
     p.add_argument("--json", help="also write every figure to this file")
     args = p.parse_args(argv)
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    if threads < 1:
+        p.error(f"--threads {threads}: give a positive number")
     try:
-        import torch
-        torch.set_num_threads(threads)
+        import torch  # noqa: F401  (loaded first, so that its pool is set too)
     except ImportError:
         pass
+    from fxnn.kernels import threads as thread_pools
+    thread_pools.use(threads)
     info = describe(threads)
     print(banner(info))
     if not bf16_hardware(info) and "bf16" in args.precisions:
         print("this CPU has no bf16 unit (neither AMX-BF16 nor AVX512-BF16): bf16 rows are emulated, "
               "and dense bf16 is never the baseline")
-    print(f"medians of {args.repeats} alternated rounds; /best: against the row's fastest dense, "
+    print(f"medians of {args.repeats} alternated rounds, {args.clock} clock; /best: against the row's fastest dense, "
           f"/same: against the fastest dense of the contender's precision")
     shapes = list(zip(SHAPES, LABELS))
-    shapes = {"goal": shapes[:GOAL_SHAPES], "all": shapes, "strided": shapes[STRIDED:]}[args.shapes]
+    shapes = {"goal": shapes[:GOAL_SHAPES], "all": shapes, "strided": shapes[STRIDED:],
+              "resnet20": [(shape, "ResNet-20") for shape in RESNET20]}[args.shapes]
     if args.shape:
         shapes = [(tuple(int(v) for v in s.split(",")), "--shape") for s in args.shape]
     for shape, _ in shapes:
@@ -337,10 +351,11 @@ def main(argv=None):
                 *shape[:4], train, precisions, args.extras, **({"stride": shape[4]} if shape[4] != 1 else {}))
             # the process's first timings run slow (allocator, thread pools): one untimed round first
             first, _ = build(of_engine[0][0])
-            alternated(first, 1, warmup=1)
+            alternated(first, 1, warmup=1, clock=CLOCKS[args.clock])
             for shape, label in of_engine:
                 fns, notes = build(shape)
-                row = analyse(engine, pass_, shape, label, alternated(fns, args.repeats), notes, info)
+                samples = alternated(fns, args.repeats, clock=CLOCKS[args.clock])
+                row = analyse(engine, pass_, shape, label, samples, notes, info)
                 rows.append(row)
                 print_row(row, info)
     print_summary(rows)

@@ -119,20 +119,27 @@ def engine_steps(engine_name, model, path, precision, shape, rng, xt, yt, xv, yv
     return train, validate, engine, how
 
 
+def profiled(step, repeats, warmup=3):
+    """torch.profiler's per-op averages of ``repeats`` calls of ``step``
+    after ``warmup`` untimed ones."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    for _ in range(warmup):
+        step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            step()
+    return prof.key_averages()
+
+
 def profile(model, shape, xt, yt, xv, yv, repeats, rng, precision="fp32"):
     """torch.profiler's table of the torch engine's train step and validation
     pass of ``model`` (auto paths) in ``precision``, top ops by self CPU time."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
     train, validate, engine, _ = engine_steps("torch", model, "auto", precision, shape, rng, xt, yt, xv, yv)
     for name, step in (("train step", train), ("validation", validate)):
-        for _ in range(3):
-            step()
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(repeats):
-                step()
+        averages = profiled(step, repeats)
         print(f"torch {precision} {model} {name} ({engine.describe_paths()[0]}), {repeats} calls:")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=10))
 
 
 def main(argv=None):

@@ -1,17 +1,26 @@
 #!/usr/bin/env python3
 """One ResNet-20 training step (forward, backward, SGD update) on the CPU:
-fxnn against cnn (the runner's residual network, ``--arch resnet``, the same
-engine and precision) and against the plain-PyTorch ResNet-20 a user would
-write (nn.Conv2d, nn.BatchNorm2d, nn.Linear, cross-entropy, torch.optim.SGD;
-under bf16 autocast with channels_last model and input), on
+fxnn against the strongest dense baseline of the same precision, on
 Fashion-MNIST-sized (1x28x28) and CIFAR-sized (3x32x32) batches, fp32 and
-bf16, every contender of an input alternated in the same rounds.
+bf16, every contender of an input and precision alternated in the same
+rounds.
+
+Contenders: the runner's residual network (``--arch resnet``, its engine,
+SGD) with fxnn's and with dense 3x3 convs (``fxnn``, ``cnn``), and the
+plain-PyTorch ResNet-20 a user would write (``peer``: nn.Conv2d,
+nn.BatchNorm2d, nn.Linear, cross-entropy, torch.optim.SGD). In fp32 each
+runs as the engine does by default (NCHW) and with channels_last tensors
+(``cl``: oneDNN's fastest fp32 layout); in bf16 all run under bf16 autocast
+with channels_last (the engine's default there). The dense contenders of a
+precision (cnn, peer and their cl forms) are its baselines, and the fastest
+of them *the* baseline that ``vs best dense`` is against.
 
 Each step is timed by the wall clock and by the process's CPU time (all its
-threads); on a machine other processes load, the CPU time is the steadier
-figure, and with ``--threads 1`` (the default) it is the step's work. The
-table gives medians, and the ratios fxnn/cnn and fxnn/peer of the CPU times
-(docs/resnet.md has figures).
+threads; with ``--threads 1``, the default, the calling thread's, as every
+op then runs on it): on a machine other processes load, the CPU time is the
+steadier figure, and the ratios are of CPU times. Medians; the first calls
+(``auto``'s path measuring included) are left out (docs/resnet.md has
+figures).
 
     python3 -m bench.bench_resnet [--repeats 10] [--batch 128] [--inputs fashion,cifar]
         [--precisions fp32,bf16] [--threads 1] [--width 16] [--depth 20] [--json out.json]
@@ -28,7 +37,10 @@ from .machine import banner, describe  # noqa: E402
 from .timing import alternated  # noqa: E402
 
 INPUTS = {"fashion": (1, 28, 28), "cifar": (3, 32, 32)}
-CONTENDERS = ("fxnn", "cnn", "peer")
+#: Contenders of each precision: (model, channels_last); None: the engine's default.
+CONTENDERS = {"fp32": {"fxnn": ("fxnn", None), "fxnn cl": ("fxnn", True), "cnn": ("cnn", None),
+                       "cnn cl": ("cnn", True), "peer": ("peer", False), "peer cl": ("peer", True)},
+              "bf16": {"fxnn": ("fxnn", None), "cnn": ("cnn", None), "peer": ("peer", True)}}
 LEARN_RATE = 0.05
 
 
@@ -63,13 +75,13 @@ def peer_resnet(shape, classes, width, depth):
     return nn.Sequential(*layers)
 
 
-def peer_step(shape, batch, precision, width, depth, rng):
+def peer_step(shape, batch, precision, width, depth, rng, channels_last):
     import torch
     model = peer_resnet(shape, 10, width, depth)
     bf16 = precision == "bf16"
     x = torch.from_numpy(rng.random((batch,) + shape, dtype=np.float32))
     y = torch.from_numpy(rng.integers(0, 10, batch))
-    if bf16:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=LEARN_RATE)
@@ -80,24 +92,33 @@ def peer_step(shape, batch, precision, width, depth, rng):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    step.model, step.input = model, x  # for the tests
     return step
 
 
-def runner_step(model, shape, batch, precision, width, depth, rng):
-    """A training step of the runner's resnet (TorchEngine, SGD, paths auto)."""
+def runner_step(model, shape, batch, precision, width, depth, rng, channels_last=None):
+    """A training step of the runner's resnet (TorchEngine, SGD, paths auto;
+    ``channels_last`` None: the engine's default memory format)."""
     from fxnn.models.resnet import build_resnet
     from fxnn.models.torch.engine import TorchEngine
     network = build_resnet(model, shape, 10, width, depth)
-    engine = TorchEngine(network, network.init_params(rng), "sgd", precision=precision)
+    engine = TorchEngine(network, network.init_params(rng), "sgd", precision=precision, channels_last=channels_last)
     x = rng.random((batch,) + shape, dtype=np.float32)
     y = rng.integers(0, 10, batch)
-    return lambda: engine.train_step(x, y, LEARN_RATE)
+
+    def step():
+        engine.train_step(x, y, LEARN_RATE)
+    step.engine = engine  # for the tests
+    return step
 
 
 def contenders(shape, batch, precision, width, depth):
+    """{name: one training step} of :data:`CONTENDERS` [precision]."""
     rng = np.random.default_rng(0)
-    fns = {model: runner_step(model, shape, batch, precision, width, depth, rng) for model in ("fxnn", "cnn")}
-    fns["peer"] = peer_step(shape, batch, precision, width, depth, rng)
+    fns = {}
+    for name, (model, channels_last) in CONTENDERS[precision].items():
+        fns[name] = (peer_step(shape, batch, precision, width, depth, rng, channels_last) if model == "peer"
+                     else runner_step(model, shape, batch, precision, width, depth, rng, channels_last))
     return fns
 
 
@@ -114,13 +135,66 @@ def timed(fns):
     return {name: wrap(name, fn) for name, fn in fns.items()}, cpu
 
 
+def is_dense(name):
+    return not name.startswith("fxnn")
+
+
 def summarise(wall, cpu, warmup):
-    """{contender: {"wall_ms", "cpu_ms"}} medians (the warm-up calls left
-    out of the CPU times) and the ratios fxnn/cnn, fxnn/peer of the CPU times."""
+    """({contender: {"wall_ms", "cpu_ms", "vs_best_dense"}}, {"best_dense",
+    "best_fxnn", "fxnn/cnn", "best fxnn/best dense"}): medians (the warm-up
+    calls left out of the CPU times) and ratios of the CPU times: each
+    contender's to the fastest dense one, fxnn's to cnn's in the same
+    layout, and the fastest fxnn's to the fastest dense."""
     row = {name: {"wall_ms": 1000 * float(np.median(wall[name])),
                   "cpu_ms": 1000 * float(np.median(cpu[name][warmup:]))} for name in wall}
-    ratios = {f"fxnn/{other}": row["fxnn"]["cpu_ms"] / row[other]["cpu_ms"] for other in ("cnn", "peer")}
+    cpu_ms = {name: figures["cpu_ms"] for name, figures in row.items()}
+    dense = min((n for n in cpu_ms if is_dense(n)), key=cpu_ms.get)
+    fxnn = min((n for n in cpu_ms if not is_dense(n)), key=cpu_ms.get)
+    for name, figures in row.items():
+        figures["vs_best_dense"] = figures["cpu_ms"] / cpu_ms[dense]
+    ratios = {"best_dense": dense, "best_fxnn": fxnn, "fxnn/cnn": cpu_ms["fxnn"] / cpu_ms["cnn"],
+              "best fxnn/best dense": cpu_ms[fxnn] / cpu_ms[dense]}
     return row, ratios
+
+
+def print_row(name, precision, figures, ratios):
+    layout = "NCHW unless cl" if precision == "fp32" else "bf16 autocast, channels_last"
+    print(f"\n{name} {precision} ({layout}): best dense {ratios['best_dense']}, best fxnn {ratios['best_fxnn']} "
+          f"{ratios['best fxnn/best dense']:.2f}x of it; fxnn/cnn {ratios['fxnn/cnn']:.2f}")
+    print(f"  {'contender':10s} {'wall ms':>9s} {'CPU ms':>9s} {'vs best dense':>14s}")
+    for c, f in figures.items():
+        print(f"  {c:10s} {f['wall_ms']:9.1f} {f['cpu_ms']:9.1f} {f['vs_best_dense']:13.2f}x", flush=True)
+
+
+#: Where a step's time goes, by op name (torch.profiler's self CPU time):
+#: the first category whose words one is in; the rest is "other".
+CATEGORIES = (("fxnn kernels", ("fxnn",)), ("dense conv", ("convolution", "mkldnn")),
+              ("BatchNorm", ("batch_norm",)), ("ReLU", ("relu", "threshold", "clamp")), ("adds", ("add",)))
+
+
+def categorise(averages, steps):
+    """{category: ms per step} of torch.profiler's per-op ``averages`` of ``steps`` steps."""
+    ms = {name: 0.0 for name, _ in CATEGORIES + (("other", ()),)}
+    for op in averages:
+        name = next((c for c, words in CATEGORIES if any(w in op.key for w in words)), "other")
+        ms[name] += op.self_cpu_time_total / 1000 / steps
+    return ms
+
+
+def profile(fns, names, repeats, label):
+    """Print, for each contender of ``names``, where its step's time goes
+    (:func:`categorise`) and its top ops, and its fxnn paths."""
+    from .bench_network import profiled
+    for name in names:
+        averages = profiled(fns[name], repeats)
+        ms = categorise(averages, repeats)
+        total = sum(ms.values())
+        print(f"\n{label} {name}: {total:.1f} ms a step (profiled, {repeats} steps): "
+              + ", ".join(f"{c} {v:.1f} ({v / total:.0%})" for c, v in ms.items()))
+        engine = getattr(fns[name], "engine", None)
+        if engine is not None and name.startswith("fxnn"):
+            print(f"  paths: {engine.describe_paths()[0]}")
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 def main(argv=None):
@@ -133,7 +207,20 @@ def main(argv=None):
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--json", help="also write every figure to this file")
+    p.add_argument("--profile", metavar="NAMES",
+                   help="instead of timing, profile these contenders (e.g. fxnn,cnn cl) with torch.profiler")
     args = p.parse_args(argv)
+    for flag, given, known in (("--inputs", args.inputs, INPUTS), ("--precisions", args.precisions, CONTENDERS)):
+        unknown = [v for v in given.split(",") if v not in known]
+        if unknown:
+            p.error(f"{flag}: unknown {', '.join(unknown)}; give some of {', '.join(known)}")
+    for precision in args.precisions.split(",") if args.profile else ():
+        unknown = [c for c in args.profile.split(",") if c not in CONTENDERS[precision]]
+        if unknown:
+            p.error(f"--profile: no contender {', '.join(unknown)} in {precision}; "
+                    f"one of {', '.join(CONTENDERS[precision])}")
+    if min(args.repeats, args.batch, args.threads, args.width) < 1 or (args.depth - 2) % 6 or args.depth < 8:
+        p.error("--repeats, --batch, --threads and --width take positive numbers, --depth 6n+2 (8, 14, 20, ...)")
     from fxnn.kernels import threads
     threads.use(args.threads, torch=True)
     info = describe(args.threads)
@@ -143,14 +230,16 @@ def main(argv=None):
     rows, warmup = [], 2
     for name in args.inputs.split(","):
         for precision in args.precisions.split(","):
-            wrapped, cpu = timed(contenders(INPUTS[name], args.batch, precision, args.width, args.depth))
+            fns = contenders(INPUTS[name], args.batch, precision, args.width, args.depth)
+            if args.profile:
+                profile(fns, args.profile.split(","), args.repeats, f"{name} {precision}")
+                continue
+            wrapped, cpu = timed(fns)
             wall = alternated(wrapped, args.repeats, warmup)
             figures, ratios = summarise(wall, cpu, warmup)
             rows.append({"input": name, "shape": INPUTS[name], "precision": precision, "ms": figures,
-                         "ratios": ratios})
-            cells = "  ".join(f"{c} {figures[c]['wall_ms']:8.1f} / {figures[c]['cpu_ms']:8.1f}" for c in CONTENDERS)
-            print(f"{name:8s} {precision}  {cells}  " + "  ".join(f"{k} {v:.2f}" for k, v in ratios.items()),
-                  flush=True)
+                         "ratios": ratios, "load_average": os.getloadavg()[0]})
+            print_row(name, precision, figures, ratios)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "args": vars(args), "rows": rows}, f, indent=2)

@@ -4,13 +4,15 @@ import time
 import numpy as np
 
 
-def alternated(fns, repeats, warmup=2):
+def alternated(fns, repeats, warmup=2, clock=time.perf_counter):
     """{name: [seconds per call]} of the callables ``fns`` timed in turn, one
     call each per round, so that a machine that speeds up or slows down
     during the run shifts every contender alike and their ratios stay
     comparable. Each round starts one contender further on, so that none
     always runs right after the same other one (a bf16 contender's matrix
-    unit warm-up or a cache another one filled)."""
+    unit warm-up or a cache another one filled). ``clock``: the wall clock,
+    or ``time.process_time`` for the CPU time, which other processes
+    loading the cores do not lengthen."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -18,9 +20,9 @@ def alternated(fns, repeats, warmup=2):
     times = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
+            start = clock()
             fns[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 

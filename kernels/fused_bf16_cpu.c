@@ -112,7 +112,7 @@ struct fxb_fused {
 struct fxb_isa {
     const char *name;
     fxnn_items_fn forward, wgrad, dgrad;
-    double (*peak_loop)(long iterations);  /* returns the flops it did */
+    fxnn_peak_loop peak_loop;
 };
 
 /* The AMX tile configuration (palette 1). */
@@ -229,8 +229,6 @@ static int fxb_isa_find(const char *name)
 
 static int fxb_setup(struct fxb_fused *f, long b, long m, long n, long h, long w, long s)
 {
-    long t;
-    int *masks;
     memset(f, 0, sizeof(*f));
     if (h * w > 2147483647L - 64)
         return FXNN_ERR_SIZE;
@@ -242,16 +240,7 @@ static int fxb_setup(struct fxb_fused *f, long b, long m, long n, long h, long w
     f->npad = fxnn_round_up(n, 32);
     f->nchunks = f->npad / 32;
     f->cpad = fxnn_round_up(f->c5, 32);
-    masks = (int *)malloc(2 * (size_t)(w + 16) * sizeof(int));
-    if (!masks)
-        return FXNN_ERR_MEMORY;
-    for (t = 0; t < w + 16; t++) {
-        masks[t] = t % w != 0 ? -1 : 0;
-        masks[w + 16 + t] = t % w != w - 1 ? -1 : 0;
-    }
-    f->mask_left = masks;
-    f->mask_right = masks + w + 16;
-    return 0;
+    return fxnn_row_masks(w, 16, &f->mask_left, &f->mask_right);
 }
 
 static void fxb_release(struct fxb_fused *f)
@@ -313,13 +302,8 @@ static int fxb_fused_wgrad(int isa_index, const uint16_t *x, const uint16_t *dy,
     long g, c, j, rc, chunks;
     if (!fxb_isa_supported(isa_index))
         return FXNN_ERR_ISA;
-    if (fxnn_empty(b, m, n, h, w)) {
-        if (m > 0 && n > 0) {
-            memset(dw, 0, (size_t)FXNN_NUM_KERNELS * m * n * sizeof(uint16_t));
-            if (dbias) memset(dbias, 0, (size_t)n * sizeof(uint16_t));
-        }
+    if (fxnn_wgrad_empty(b, m, n, h, w, dw, dbias, sizeof(uint16_t)))
         return 0;
-    }
     if ((rc = fxb_setup(&f, b, m, n, h, w, s)) != 0)
         return (int)rc;
     f.x = x; f.dy = dy;
@@ -362,11 +346,8 @@ static int fxb_fused_dgrad(int isa_index, const uint16_t *dy, const uint16_t *we
     long c, k, blocks, lp, lu, rc, per_row;
     if (!fxb_isa_supported(isa_index))
         return FXNN_ERR_ISA;
-    if (fxnn_empty(b, m, n, h, w)) {
-        if (b > 0 && m > 0 && h > 0 && w > 0)
-            memset(dx, 0, (size_t)b * m * h * w * sizeof(uint16_t));
+    if (fxnn_dgrad_empty(b, m, n, h, w, dx, sizeof(uint16_t)))
         return 0;
-    }
     if ((rc = fxb_setup(&f, b, m, n, h, w, s)) != 0)
         return (int)rc;
     f.dy = dy; f.weight = weight; f.dx = dx;
@@ -397,46 +378,13 @@ static int fxb_fused_dgrad(int isa_index, const uint16_t *dy, const uint16_t *we
     return (int)rc;
 }
 
-/* ---- peaks, by each thread's own CPU time ---- */
-
-struct fxb_peak { const struct fxb_isa *isa; long iterations; double rate[FXNN_MAX_THREADS]; };
-
-static void fxb_peak_items(void *arg, long first, long last, void *scratch)
-{
-    struct fxb_peak *p = (struct fxb_peak *)arg;
-    (void)scratch;
-    for (; first < last; first++) {
-        double t0 = fxnn_thread_seconds(), flops = p->isa->peak_loop(p->iterations), t = fxnn_thread_seconds() - t0;
-        p->rate[first] = flops / (t > 1e-9 ? t : 1e-9);
-    }
-}
-
-/* The bf16 matrix throughput of `threads` threads, each running independent
- * TDPBF16PS (amx) or VDPBF16PS (avx512bf16) for about `seconds` of its own
- * CPU time, in GFLOP/s (2 per multiply-add), summed; negative on error. */
+/* The bf16 matrix throughput of independent TDPBF16PS (amx) or VDPBF16PS
+ * (avx512bf16), 2 flops per multiply-add (fxnn_loop_peak). */
 static double fxb_matrix_peak(int isa_index, int threads, double seconds)
 {
-    struct fxb_peak p;
-    double t0, t, sum = 0;
-    int i;
     if (!fxb_isa_supported(isa_index))
         return FXNN_ERR_ISA;
-    if (threads < 1) threads = 1;
-    if (threads > FXNN_MAX_THREADS) threads = FXNN_MAX_THREADS;
-    p.isa = fxb_isas[isa_index];
-    p.iterations = 100;
-    for (;;) {
-        t0 = fxnn_thread_seconds();
-        p.isa->peak_loop(p.iterations);
-        t = fxnn_thread_seconds() - t0;
-        if (t > 0.02 || p.iterations > (1L << 40)) break;
-        p.iterations *= 4;
-    }
-    p.iterations = (long)((double)p.iterations * seconds / (t > 1e-9 ? t : 1e-9)) + 1;
-    if (fxnn_parallel(fxb_peak_items, &p, threads, 0, threads))
-        return FXNN_ERR_MEMORY;
-    for (i = 0; i < threads; i++) sum += p.rate[i];
-    return sum * 1e-9;
+    return fxnn_loop_peak(fxb_isas[isa_index]->peak_loop, threads, seconds);
 }
 
 /* The stand-ins' emulation of one instruction, for the tests: "tdpbf16ps"

@@ -20,7 +20,8 @@
  * Wo likewise; the forward and weight gradient compute the fixed stage
  * there only (their packing runs any s), the input gradient applies the
  * adjoint from W dY at those pixels (fxnn_adjoint_row_s2).
- * The numpy references are in models/fused_reference.py.
+ * The numpy references are in kernels/fixed_kernels.py (fixed_conv_reference and the
+ * gradients beside it).
  *
  * Numbers do not depend on the thread count: every output element is
  * computed by one thread in a fixed order, and the weight gradient's
@@ -137,12 +138,16 @@ static inline __attribute__((always_inline)) void fxnn_adjoint_row_s2(const floa
         out[w - 1] = 2 * a[ow - 1] + (i % 2 == 0 ? g4[ow - 1] : 0.0f);
 }
 
+/* A loop of independent multiply-adds, run `iterations` times, for the
+ * peaks (fxnn_loop_peak); returns the flops it did. */
+typedef double (*fxnn_peak_loop)(long iterations);
+
 /* What fused_isa.h defines for one instruction set. */
 struct fxnn_isa {
     const char *name;
-    int vw, mr, nr, wr, wc, flops_per_iteration;
+    int vw, mr, nr, wr, wc;
     fxnn_items_fn forward, wgrad, dgrad;
-    float (*fma_loop)(long iterations);
+    fxnn_peak_loop fma_loop;
 };
 
 /* The AVX-512 build's geometry, shared with its stand-in below. */
@@ -264,29 +269,37 @@ static long fxnn_round_up(long v, long to) { return (v + to - 1) / to * to; }
 static long fxnn_min(long a, long b) { return a < b ? a : b; }
 static long fxnn_max(long a, long b) { return a > b ? a : b; }
 
+/* The lane masks of rows of w pixels, for vectors of vw lanes, in one
+ * allocation (freed through *left): (*left)[t] is -1 where pixel t % w of its
+ * row has a left neighbour, (*right)[t] where it has a right one (t < w +
+ * vw). 0, or FXNN_ERR_MEMORY. */
+static int fxnn_row_masks(long w, long vw, const int **left, const int **right)
+{
+    int *masks = (int *)malloc(2 * (size_t)(w + vw) * sizeof(int));
+    long t;
+    if (!masks)
+        return FXNN_ERR_MEMORY;
+    for (t = 0; t < w + vw; t++) {
+        masks[t] = t % w != 0 ? -1 : 0;
+        masks[w + vw + t] = t % w != w - 1 ? -1 : 0;
+    }
+    *left = masks;
+    *right = masks + w + vw;
+    return 0;
+}
+
 /* Sizes and lane masks shared by the three passes; the masks (W + VW ints
  * each) say which pixel of a row has a left / right neighbour. */
 static int fxnn_setup(struct fxnn_fused *f, const struct fxnn_isa *isa, long b, long m, long n, long h, long w,
                       long s)
 {
-    long t;
-    int *masks;
     memset(f, 0, sizeof(*f));
     if (h * w > 2147483647L - 64)
         return FXNN_ERR_SIZE;
     f->b = b; f->m = m; f->n = n; f->h = h; f->w = w; f->hw = h * w; f->c5 = FXNN_NUM_KERNELS * m;
     f->s = s; f->oh = (h - 1) / s + 1; f->ow = (w - 1) / s + 1; f->ohw = f->oh * f->ow;
     f->hwp = fxnn_round_up(f->ohw, isa->vw);
-    masks = (int *)malloc(2 * (size_t)(w + isa->vw) * sizeof(int));
-    if (!masks)
-        return FXNN_ERR_MEMORY;
-    for (t = 0; t < w + isa->vw; t++) {
-        masks[t] = t % w != 0 ? -1 : 0;
-        masks[w + isa->vw + t] = t % w != w - 1 ? -1 : 0;
-    }
-    f->mask_left = masks;
-    f->mask_right = masks + w + isa->vw;
-    return 0;
+    return fxnn_row_masks(w, isa->vw, &f->mask_left, &f->mask_right);
 }
 
 static void fxnn_release(struct fxnn_fused *f)
@@ -300,6 +313,30 @@ static void fxnn_release(struct fxnn_fused *f)
 static int fxnn_empty(long b, long m, long n, long h, long w)
 {
     return b <= 0 || m <= 0 || n <= 0 || h <= 0 || w <= 0;
+}
+
+/* Whether a weight-gradient call is empty (fxnn_empty); if so, its outputs
+ * dw (5M, N) and dbias (N; NULL: none) zeroed, of `size`-byte elements. */
+static int fxnn_wgrad_empty(long b, long m, long n, long h, long w, void *dw, void *dbias, size_t size)
+{
+    if (!fxnn_empty(b, m, n, h, w))
+        return 0;
+    if (m > 0 && n > 0) {
+        memset(dw, 0, (size_t)FXNN_NUM_KERNELS * m * n * size);
+        if (dbias) memset(dbias, 0, (size_t)n * size);
+    }
+    return 1;
+}
+
+/* Whether an input-gradient call is empty; if so, its output dx (B, M, H,
+ * W) zeroed, of `size`-byte elements. */
+static int fxnn_dgrad_empty(long b, long m, long n, long h, long w, void *dx, size_t size)
+{
+    if (!fxnn_empty(b, m, n, h, w))
+        return 0;
+    if (b > 0 && m > 0 && h > 0 && w > 0)
+        memset(dx, 0, (size_t)b * m * h * w * size);
+    return 1;
 }
 
 /* The output's height or width for the input's `size` at stride s. */
@@ -348,13 +385,8 @@ static int fxnn_fused_wgrad(int isa_index, const float *x, const float *dy, floa
     long kc_rows, n_rows, g, i, rc;
     if (!fxnn_isa_supported(isa_index))
         return FXNN_ERR_ISA;
-    if (fxnn_empty(b, m, n, h, w)) {
-        if (m > 0 && n > 0) {
-            memset(dw, 0, (size_t)FXNN_NUM_KERNELS * m * n * sizeof(float));
-            if (dbias) memset(dbias, 0, (size_t)n * sizeof(float));
-        }
+    if (fxnn_wgrad_empty(b, m, n, h, w, dw, dbias, sizeof(float)))
         return 0;
-    }
     if ((rc = fxnn_setup(&f, isa, b, m, n, h, w, s)) != 0)
         return (int)rc;
     f.x = x; f.dy = dy; f.dw = dw; f.dbias = dbias;
@@ -406,11 +438,8 @@ static int fxnn_fused_dgrad(int isa_index, const float *dy, const float *weight,
     long c0, k, r, blocks, lp, rc;
     if (!fxnn_isa_supported(isa_index))
         return FXNN_ERR_ISA;
-    if (fxnn_empty(b, m, n, h, w)) {
-        if (b > 0 && m > 0 && h > 0 && w > 0)
-            memset(dx, 0, (size_t)b * m * h * w * sizeof(float));
+    if (fxnn_dgrad_empty(b, m, n, h, w, dx, sizeof(float)))
         return 0;
-    }
     if ((rc = fxnn_setup(&f, isa, b, m, n, h, w, s)) != 0)
         return (int)rc;
     f.dy = dy; f.weight = weight; f.dx = dx;
@@ -449,39 +478,37 @@ static double fxnn_thread_seconds(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-struct fxnn_peak { const struct fxnn_isa *isa; long iterations; float sink; double rate[FXNN_MAX_THREADS]; };
+/* ---- peaks, by each thread's own CPU time ---- */
+
+struct fxnn_peak { fxnn_peak_loop loop; long iterations; double rate[FXNN_MAX_THREADS]; };
 
 static void fxnn_peak_items(void *arg, long first, long last, void *scratch)
 {
     struct fxnn_peak *p = (struct fxnn_peak *)arg;
     (void)scratch;
     for (; first < last; first++) {
-        double t0 = fxnn_thread_seconds(), t;
-        *(volatile float *)&p->sink = p->isa->fma_loop(p->iterations);
-        t = fxnn_thread_seconds() - t0;
-        p->rate[first] = (double)p->iterations * p->isa->flops_per_iteration / (t > 1e-9 ? t : 1e-9);
+        double t0 = fxnn_thread_seconds(), flops = p->loop(p->iterations), t = fxnn_thread_seconds() - t0;
+        p->rate[first] = flops / (t > 1e-9 ? t : 1e-9);
     }
 }
 
-/* The FMA throughput of `threads` threads running the ISA's widest
- * independent FMAs for about `seconds` of their own CPU time each, in
- * GFLOP/s: the sum of the threads' rates, each measured in its own CPU time
- * (CLOCK_THREAD_CPUTIME_ID), so that time the thread spent descheduled on a
- * shared machine does not count; negative on error. */
-static double fxnn_fma_peak(int isa_index, int threads, double seconds)
+/* The throughput of `threads` threads each running `loop` for about
+ * `seconds` of its own CPU time, in GFLOP/s: the sum of the threads' rates,
+ * each measured in its own CPU time (CLOCK_THREAD_CPUTIME_ID), so that time
+ * a thread spent descheduled on a shared machine does not count. The
+ * iterations are calibrated on one thread first. Negative on error. */
+static double fxnn_loop_peak(fxnn_peak_loop loop, int threads, double seconds)
 {
     struct fxnn_peak p;
     double t0, t, sum = 0;
     int i;
-    if (!fxnn_isa_supported(isa_index))
-        return FXNN_ERR_ISA;
     if (threads < 1) threads = 1;
     if (threads > FXNN_MAX_THREADS) threads = FXNN_MAX_THREADS;
-    p.isa = fxnn_isas[isa_index];
-    p.iterations = 1000;
-    for (;;) {  /* calibrate on one thread, then time them all */
+    p.loop = loop;
+    p.iterations = 100;
+    for (;;) {
         t0 = fxnn_thread_seconds();
-        *(volatile float *)&p.sink = p.isa->fma_loop(p.iterations);
+        loop(p.iterations);
         t = fxnn_thread_seconds() - t0;
         if (t > 0.02 || p.iterations > (1L << 40)) break;
         p.iterations *= 4;
@@ -491,6 +518,14 @@ static double fxnn_fma_peak(int isa_index, int threads, double seconds)
         return FXNN_ERR_MEMORY;
     for (i = 0; i < threads; i++) sum += p.rate[i];
     return sum * 1e-9;
+}
+
+/* The FMA throughput of the ISA's widest independent FMAs (fxnn_loop_peak). */
+static double fxnn_fma_peak(int isa_index, int threads, double seconds)
+{
+    if (!fxnn_isa_supported(isa_index))
+        return FXNN_ERR_ISA;
+    return fxnn_loop_peak(fxnn_isas[isa_index]->fma_loop, threads, seconds);
 }
 
 #endif /* FXNN_FUSED_CPU_C */

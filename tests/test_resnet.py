@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import fxnn
-from conftest import ROOT
+from conftest import ROOT, wait_for_line
 from fxnn.analysis.records import load_run
 from fxnn.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx, write_idx
 from fxnn.kernels import torch_fused
@@ -241,15 +241,21 @@ def test_state_round_trips_the_buffers():
 
 def test_bench_ratios_and_a_tiny_run(capsys):
     from bench import bench_resnet
-    wall = {"fxnn": [9.0, 1.0, 1.0], "cnn": [9.0, 2.0, 2.0], "peer": [9.0, 4.0, 4.0]}
-    cpu = {"fxnn": [5.0, 5.0, 0.3, 0.3, 0.3], "cnn": [5.0, 5.0, 0.6, 0.6, 0.6], "peer": [5.0, 5.0, 1.2, 1.2, 1.2]}
+    wall = {"fxnn": [9.0, 1.0, 1.0], "fxnn cl": [9.0, 1.0, 1.0], "cnn": [9.0, 2.0, 2.0], "peer cl": [9.0, 4.0, 4.0]}
+    cpu = {"fxnn": [5.0, 5.0, 0.3, 0.3, 0.3], "fxnn cl": [5.0, 5.0, 0.4, 0.4, 0.4],
+           "cnn": [5.0, 5.0, 0.6, 0.6, 0.6], "peer cl": [5.0, 5.0, 0.5, 0.5, 0.5]}
     figures, ratios = bench_resnet.summarise(wall, cpu, warmup=2)
-    assert figures["cnn"] == {"wall_ms": 2000.0, "cpu_ms": 600.0}
-    assert ratios == {"fxnn/cnn": 0.5, "fxnn/peer": 0.25}
+    assert figures["cnn"] == {"wall_ms": 2000.0, "cpu_ms": 600.0, "vs_best_dense": pytest.approx(1.2)}
+    assert ratios == {"best_dense": "peer cl", "best_fxnn": "fxnn", "fxnn/cnn": pytest.approx(0.5),
+                      "best fxnn/best dense": pytest.approx(0.6)}
     rows = bench_resnet.main(["--repeats", "1", "--batch", "2", "--width", "2", "--depth", "8",
                               "--inputs", "cifar", "--precisions", "fp32"])
-    assert [(r["input"], r["precision"], sorted(r["ms"])) for r in rows] == [("cifar", "fp32", ["cnn", "fxnn", "peer"])]
-    assert "fxnn/cnn" in capsys.readouterr().out
+    assert [(r["input"], r["precision"], sorted(r["ms"])) for r in rows] == [
+        ("cifar", "fp32", ["cnn", "cnn cl", "fxnn", "fxnn cl", "peer", "peer cl"])]
+    assert "best dense" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_resnet.main(["--inputs", "mnist"])
+    assert "--inputs: unknown mnist" in capsys.readouterr().err
 
 
 def test_bench_peer_is_the_same_network():
@@ -384,11 +390,7 @@ def test_sigkilled_resnet_resumes_to_the_uninterrupted_result(tmp_path, small_mn
     proc = start(small_mnist, whole)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
     proc = start(small_mnist, resumed)
-    seen = 0
-    while seen < 3:
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read()
-        seen += line.startswith("Iter")
+    wait_for_line(proc, n=3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not resumed.exists()
