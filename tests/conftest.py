@@ -33,6 +33,19 @@ def native_module():
     return _fixed_cpu
 
 
+@pytest.fixture
+def without_c_build(monkeypatch):
+    """The C extension taken away, as where it could not be built: every
+    capability (fxnn.kernels.capabilities) answered without it, and again
+    with it after the test."""
+    from fxnn.kernels import capabilities, native
+    monkeypatch.setattr(native, "module", None)
+    monkeypatch.setattr(native, "WHY", "fxnn.kernels._fixed_cpu taken away by the test")
+    capabilities.forget()
+    yield
+    capabilities.forget()
+
+
 @pytest.fixture(scope="session")
 def small_mnist(tmp_path_factory):
     """A data dir whose mnist/ holds 600 genuine training and 200 test images
@@ -49,3 +62,13 @@ def small_mnist(tmp_path_factory):
     write_idx(root / "mnist" / "t10k-images-idx3-ubyte", test_x[:200])
     write_idx(root / "mnist" / "t10k-labels-idx1-ubyte", test_y[:200])
     return str(root)
+
+
+def wait_for_line(proc, prefix="Iter", n=1):
+    """Read a running command's output until ``n`` lines starting with
+    ``prefix`` (record lines by default) have been printed."""
+    seen = 0
+    while seen < n:
+        line = proc.stdout.readline()
+        assert line, f"process ended early: {proc.stderr.read()}"
+        seen += line.startswith(prefix)

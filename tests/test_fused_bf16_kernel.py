@@ -22,6 +22,9 @@ import os
 import numpy as np
 import pytest
 from conftest import native_module
+from fused_cases import SHAPES as COMMON_SHAPES
+from fused_cases import (STRIDED_SHAPES, assert_bad_buffers_refused, assert_isas_refused, build_extension,
+                         cpu_flags, shape_id)
 
 from fxnn.kernels.fixed_kernels import (NUM_KERNELS, fixed_conv_grad_reference, fixed_conv_reference,
                                         fixed_stage_reference)
@@ -36,13 +39,10 @@ ISAS = _fixed_cpu.bf16_isas()
 U = 2.0 ** -8           # unit roundoff of bfloat16 (8 significant bits), round to nearest
 NAN = np.uint16(0x7FC0)  # a bf16 NaN: an output element left unwritten fails
 
-#: (B, M, N, H, W): single pixels, 1xN and Nx1 images, H and W no multiple of
-#: 16, M = 1 and 3, N = 1, 5, 17, batch 1, padded pixels crossing panels,
-#: M = 70 (11 chunks of the forward's K, three 32-channel passes of the input
-#: gradient), N = 33 (two K chunks of the input gradient), more pixels than
-#: one span of the weight gradient.
-SHAPES = [(1, 1, 1, 1, 1), (1, 1, 5, 1, 9), (2, 3, 17, 7, 1), (1, 3, 1, 13, 11), (3, 1, 17, 14, 14),
-          (2, 3, 5, 33, 65), (1, 2, 7, 40, 3), (5, 3, 16, 9, 10), (2, 70, 13, 5, 6), (1, 9, 33, 17, 40)]
+#: (B, M, N, H, W): the shared odd shapes (here M = 70 is 11 chunks of the
+#: forward's K and three 32-channel passes of the input gradient, N = 33 two
+#: K chunks of the input gradient) and a 40x3 image.
+SHAPES = COMMON_SHAPES + [(1, 2, 7, 40, 3)]
 
 
 def to_bf16(a):
@@ -116,10 +116,7 @@ def check(x, w, bias, dy, y, dx, dw, db, stride=1):
 def test_the_isas_are_listed_best_first_with_the_standins_last():
     assert ISAS[-2:] == ["amx_standin", "avx512bf16_standin"]
     assert set(ISAS) <= {"amx", "avx512bf16", "amx_standin", "avx512bf16_standin"}
-    flags = []
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
+    flags = cpu_flags()
     if "amx" in ISAS:
         assert {"amx_bf16", "amx_tile", "avx512_bf16"} <= set(flags)
     if "avx512bf16" in ISAS:
@@ -129,23 +126,14 @@ def test_the_isas_are_listed_best_first_with_the_standins_last():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_forward_and_gradients_match_the_references(shape, isa):
     x, w, bias, dy = layer(shape)
     check(x, w, bias, dy, *run(x, w, bias, dy, isa))
 
 
-#: (B, M, N, H, W) at stride 2: H, W odd and even (a remainder row and
-#: column, or none), 1 and 2 pixels, rows shorter and longer than a panel,
-#: M odd (a channel pair of one), N no multiple of 32, M over one pass,
-#: output rows of exactly one panel (16 pixels) ending at the plane's end.
-STRIDED_SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 2, 17, 7, 8), (3, 1, 4, 9, 15), (2, 5, 33, 28, 28),
-                  (1, 3, 7, 15, 9), (2, 70, 13, 8, 7), (1, 2, 5, 1, 28), (4, 3, 16, 3, 7), (1, 4, 9, 40, 33),
-                  (2, 3, 5, 32, 31), (1, 2, 3, 33, 32)]
-
-
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("shape", STRIDED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", STRIDED_SHAPES, ids=shape_id)
 def test_strided_forward_and_gradients_match_the_references(shape, isa):
     b, m, n, h, w = shape
     x, wt, bias, _ = layer(shape)
@@ -231,13 +219,9 @@ def test_rounding_is_to_nearest_even_from_float32():
 
 
 def test_an_isa_the_cpu_lacks_or_an_unknown_one_is_refused():
-    x, w, bias, dy = layer((1, 1, 2, 3, 3))
-    y = np.zeros((1, 2, 3, 3), np.uint16)
-    with pytest.raises(ValueError, match="unknown bf16 instruction set 'sse9'"):
-        _fixed_cpu.fused_forward_bf16(x, w, bias, y, 1, "sse9")
-    for isa in {"amx", "avx512bf16"} - set(ISAS):
-        with pytest.raises(ValueError, match=f"does not support the {isa} kernels"):
-            _fixed_cpu.fused_forward_bf16(x, w, bias, y, 1, isa)
+    x, w, bias, _ = layer((1, 1, 2, 3, 3))
+    assert_isas_refused(_fixed_cpu.fused_forward_bf16, x, w, bias, "unknown bf16 instruction set",
+                        ("amx", "avx512bf16"), ISAS)
 
 
 def test_an_unsupported_isa_from_the_environment_is_a_one_line_error(monkeypatch):
@@ -261,30 +245,14 @@ def test_bad_buffers_are_refused_not_read():
         _fixed_cpu.fused_forward_bf16(x, w, bias, y.astype(np.float16), 1, isa)
     with pytest.raises(ValueError, match="bfloat16"):
         _fixed_cpu.fused_wgrad_bf16(x.astype(np.uint32), dy, dw, db, 1, isa)
-    with pytest.raises(ValueError, match=r"\(5M, N\)"):
-        _fixed_cpu.fused_forward_bf16(x, w[:-1], bias, y, 1, isa)
-    with pytest.raises(ValueError, match=r"\(N,\)"):
-        _fixed_cpu.fused_forward_bf16(x, w, bias[:-1], y, 1, isa)
-    with pytest.raises(ValueError, match=r"\(B, N, Ho, Wo\)"):
-        _fixed_cpu.fused_forward_bf16(x, w, bias, np.zeros((2, 4, 5, 5), np.uint16), 1, isa)
+    assert_bad_buffers_refused(_fixed_cpu.fused_forward_bf16, _fixed_cpu.fused_wgrad_bf16,
+                               _fixed_cpu.fused_dgrad_bf16, x, w, bias, dy, isa)
     with pytest.raises(ValueError, match="dimensions"):
         _fixed_cpu.fused_forward_bf16(x[0], w, bias, y, 1, isa)
-    with pytest.raises(ValueError, match="dy must be"):
-        _fixed_cpu.fused_wgrad_bf16(x, dy[:1], dw, db, 1, isa)
     with pytest.raises(ValueError, match="dw must be"):
         _fixed_cpu.fused_wgrad_bf16(x, dy, dw[1:], db, 1, isa)
-    with pytest.raises(ValueError, match="dbias"):
-        _fixed_cpu.fused_wgrad_bf16(x, dy, dw, db[:-1], 1, isa)
-    with pytest.raises(ValueError, match="dx must be"):
-        _fixed_cpu.fused_dgrad_bf16(dy, w, np.zeros((2, 3, 4, 6), np.uint16), 1, isa)
     with pytest.raises(ValueError, match=r"\(5M, N\)"):
         _fixed_cpu.fused_dgrad_bf16(dy, w[:, :-1].copy(), np.zeros((2, 3, 5, 6), np.uint16), 1, isa)
-    with pytest.raises((ValueError, BufferError)):  # not C-contiguous
-        _fixed_cpu.fused_forward_bf16(x[:, :, :, ::2], w, bias, y[:, :, :, :3], 1, isa)
-    readonly = y.copy()
-    readonly.setflags(write=False)
-    with pytest.raises((ValueError, BufferError)):
-        _fixed_cpu.fused_forward_bf16(x, w, bias, readonly, 1, isa)
     with pytest.raises(ValueError, match="unknown instruction"):
         _fixed_cpu.bf16_emulate("vfmadd", x, w, np.zeros(16, np.float32))
 
@@ -308,8 +276,9 @@ def test_the_torch_launcher_takes_bf16_tensors():
     check(x, w, bias, dy, bits(y), bits(dx), bits(dw), bits(db))
     with pytest.raises(ValueError, match="all tensors float32 or all bfloat16"):
         cpu_fused.forward(t(x), t(w).float())
-    ok, why = cpu_fused.available_bf16()
-    assert ok == bool({"amx", "avx512bf16"} & set(ISAS)) or os.environ.get("FXNN_BF16_ISA"), why
+    from fxnn.kernels.capabilities import capability
+    bf16 = capability("fused", "torch", "cpu", "bfloat16")
+    assert bool(bf16) == bool({"amx", "avx512bf16"} & set(ISAS)) or os.environ.get("FXNN_BF16_ISA"), bf16.reason
 
 
 @pytest.fixture(scope="module")
@@ -317,23 +286,8 @@ def standins_only(tmp_path_factory):
     """The extension as a compiler without AMX or AVX512-BF16 support builds
     it (-DFXB_HAVE_AMX=0 -DFXB_HAVE_AVX512BF16=0): the stand-ins alone. Needs
     a C compiler and Python's headers."""
-    import importlib.util
-    import shutil
-    import subprocess
-    import sysconfig
-    cc = shutil.which(os.environ.get("CC", "cc"))
-    include = sysconfig.get_paths()["include"]
-    if not cc or not os.path.exists(os.path.join(include, "Python.h")):
-        pytest.skip("no C compiler or Python headers to build the stand-ins alone")
-    from conftest import ROOT
-    out = tmp_path_factory.mktemp("bf16_standins") / "_fixed_cpu.so"
-    subprocess.run([cc, "-O1", "-std=c99", "-fPIC", "-shared", "-Wno-psabi", f"-I{include}", "-DFXB_HAVE_AMX=0",
-                    "-DFXB_HAVE_AVX512BF16=0", os.path.join(ROOT, "kernels", "fixed_cpu_module.c"), "-o", str(out)],
-                   check=True)
-    spec = importlib.util.spec_from_file_location("bf16_standins._fixed_cpu", out)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return build_extension(tmp_path_factory, "bf16_standins", ["-DFXB_HAVE_AMX=0", "-DFXB_HAVE_AVX512BF16=0"],
+                           "the stand-ins alone")
 
 
 def test_a_build_without_the_instructions_runs_the_standins(standins_only):

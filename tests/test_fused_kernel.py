@@ -4,11 +4,12 @@ bias gradient, input gradient, on odd shapes, at strides 1 and 2, in
 every instruction set this CPU runs, with any thread count; and its refusal
 of bad buffers (skipped
 where the extension is not built: conftest.native_module)."""
-import os
-
 import numpy as np
 import pytest
 from conftest import native_module
+from fused_cases import SHAPES as COMMON_SHAPES
+from fused_cases import (STRIDED_SHAPES, assert_bad_buffers_refused, assert_isas_refused, build_extension,
+                         cpu_flags, shape_id)
 
 from fxnn.kernels.fixed_kernels import NUM_KERNELS, fixed_conv_grad_reference, fixed_conv_reference
 
@@ -16,11 +17,8 @@ _fixed_cpu = native_module()
 
 ISAS = _fixed_cpu.isas()
 
-#: (B, M, N, H, W): single pixels, 1xN and Nx1 images, sizes that are no
-#: multiple of any vector or tile, M = 1 and 3, N = 1, 5, 17, batch 1, a
-#: batch whose padded pixels cross tiles, and more channels than one chunk.
-SHAPES = [(1, 1, 1, 1, 1), (1, 1, 5, 1, 9), (2, 3, 17, 7, 1), (1, 3, 1, 13, 11), (3, 1, 17, 14, 14),
-          (2, 3, 5, 33, 65), (1, 2, 7, 300, 3), (5, 3, 16, 9, 10), (2, 70, 13, 5, 6), (1, 9, 33, 17, 40)]
+#: (B, M, N, H, W): the shared odd shapes and a 300x3 image.
+SHAPES = COMMON_SHAPES + [(1, 2, 7, 300, 3)]
 
 
 def layer(shape, seed=0):
@@ -41,15 +39,6 @@ def run(x, w, bias, dy, isa, threads=2, kernels=_fixed_cpu, stride=1):
     kernels.fused_dgrad(dy, w, dx, threads, isa, *([stride] if stride != 1 else []))
     kernels.fused_wgrad(x, dy, dw, db, threads, isa, *([stride] if stride != 1 else []))
     return y, dx, dw, db
-
-
-#: (B, M, N, H, W) at stride 2: H, W odd and even (stride 2 leaves a
-#: remainder row and column, or none), 1 and 2 pixels, rows shorter and
-#: longer than a vector, N no multiple of a tile, M over one chunk, output
-#: rows of 16 pixels ending at the plane's end.
-STRIDED_SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 2, 17, 7, 8), (3, 1, 4, 9, 15), (2, 5, 33, 28, 28),
-                  (1, 3, 7, 15, 9), (2, 70, 13, 8, 7), (1, 2, 5, 1, 28), (4, 3, 16, 3, 7), (1, 4, 9, 40, 33),
-                  (2, 3, 5, 32, 31), (1, 2, 3, 33, 32)]
 
 
 def strided_layer(shape, stride, seed=0):
@@ -75,7 +64,7 @@ def close(got, want):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_forward_and_gradients_match_the_references(shape, isa):
     x, w, bias, dy = layer(shape)
     y, dx, dw, db = run(x, w, bias, dy, isa)
@@ -87,7 +76,7 @@ def test_forward_and_gradients_match_the_references(shape, isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("shape", STRIDED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", STRIDED_SHAPES, ids=shape_id)
 def test_strided_forward_and_gradients_match_the_references(shape, isa):
     x, w, bias, dy = strided_layer(shape, 2)
     for got, want in zip(run(x, w, bias, dy, isa, stride=2), strided_references(x, w, bias, dy, 2)):
@@ -146,49 +135,23 @@ def test_every_isa_this_cpu_runs_agrees_with_the_portable_one():
 
 
 def test_isas_name_what_the_cpu_supports():
-    flags = ""
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
+    flags = cpu_flags()
     assert ("avx512" in ISAS) == ("avx512f" in flags)
     assert ("avx2" in ISAS) == ("avx2" in flags and "fma" in flags)
 
 
 def test_an_isa_the_cpu_lacks_or_an_unknown_one_is_refused():
-    x, w, bias, dy = layer((1, 1, 2, 3, 3))
-    y = np.zeros((1, 2, 3, 3), np.float32)
-    with pytest.raises(ValueError, match="unknown instruction set 'sse9'"):
-        _fixed_cpu.fused_forward(x, w, bias, y, 1, "sse9")
-    for isa in {"avx512", "avx2"} - set(ISAS):
-        with pytest.raises(ValueError, match=f"does not support the {isa} kernels"):
-            _fixed_cpu.fused_forward(x, w, bias, y, 1, isa)
+    x, w, bias, _ = layer((1, 1, 2, 3, 3))
+    assert_isas_refused(_fixed_cpu.fused_forward, x, w, bias, "unknown instruction set", ("avx512", "avx2"), ISAS)
 
 
 def test_bad_buffers_are_refused_not_read():
     x, w, bias, dy = layer((2, 3, 4, 5, 6))
     y = np.zeros((2, 4, 5, 6), np.float32)
-    dw, db = np.zeros(w.shape, np.float32), np.zeros(4, np.float32)
-    isa = ISAS[0]
     with pytest.raises(ValueError, match="float32"):
-        _fixed_cpu.fused_forward(x.astype(np.float64), w, bias, y, 1, isa)
-    with pytest.raises(ValueError, match=r"\(5M, N\)"):
-        _fixed_cpu.fused_forward(x, w[:-1], bias, y, 1, isa)
-    with pytest.raises(ValueError, match=r"\(N,\)"):
-        _fixed_cpu.fused_forward(x, w, bias[:-1], y, 1, isa)
-    with pytest.raises(ValueError, match=r"\(B, N, Ho, Wo\)"):
-        _fixed_cpu.fused_forward(x, w, bias, np.zeros((2, 4, 5, 5), np.float32), 1, isa)
-    with pytest.raises(ValueError, match="dy must be"):
-        _fixed_cpu.fused_wgrad(x, dy[:1], dw, db, 1, isa)
-    with pytest.raises(ValueError, match="dbias"):
-        _fixed_cpu.fused_wgrad(x, dy, dw, db[:-1], 1, isa)
-    with pytest.raises(ValueError, match="dx must be"):
-        _fixed_cpu.fused_dgrad(dy, w, np.zeros((2, 3, 4, 6), np.float32), 1, isa)
-    with pytest.raises((ValueError, BufferError)):  # not C-contiguous
-        _fixed_cpu.fused_forward(x[:, :, :, ::2], w, bias, y[:, :, :, :3], 1, isa)
-    readonly = y.copy()
-    readonly.setflags(write=False)
-    with pytest.raises((ValueError, BufferError)):
-        _fixed_cpu.fused_forward(x, w, bias, readonly, 1, isa)
+        _fixed_cpu.fused_forward(x.astype(np.float64), w, bias, y, 1, ISAS[0])
+    assert_bad_buffers_refused(_fixed_cpu.fused_forward, _fixed_cpu.fused_wgrad, _fixed_cpu.fused_dgrad,
+                               x, w, bias, dy, ISAS[0])
 
 
 def test_the_fma_peak_is_measured():
@@ -215,25 +178,10 @@ def avx512_standin(tmp_path_factory):
     geometry (16-float vectors, its tiles and blocking) in portable code, so
     that a machine without AVX-512 checks the index arithmetic that build runs
     on machines with it. Needs a C compiler and Python's headers."""
-    import importlib.util
-    import shutil
-    import subprocess
-    import sysconfig
-    cc = shutil.which(os.environ.get("CC", "cc"))
-    include = sysconfig.get_paths()["include"]
-    if not cc or not os.path.exists(os.path.join(include, "Python.h")):
-        pytest.skip("no C compiler or Python headers to build the AVX-512 stand-in")
-    from conftest import ROOT
-    out = tmp_path_factory.mktemp("standin") / "_fixed_cpu.so"
-    subprocess.run([cc, "-O1", "-std=c99", "-fPIC", "-shared", "-Wno-psabi", f"-I{include}", "-DFXNN_AVX512_STANDIN",
-                    os.path.join(ROOT, "kernels", "fixed_cpu_module.c"), "-o", str(out)], check=True)
-    spec = importlib.util.spec_from_file_location("standin._fixed_cpu", out)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return build_extension(tmp_path_factory, "standin", ["-DFXNN_AVX512_STANDIN"], "the AVX-512 stand-in")
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_the_avx512_geometry_matches_the_references(avx512_standin, shape):
     assert avx512_standin.isas()[-1] == "avx512_standin"  # listed, never the best
     x, w, bias, dy = layer(shape)
@@ -243,7 +191,7 @@ def test_the_avx512_geometry_matches_the_references(avx512_standin, shape):
         close(got, want)
 
 
-@pytest.mark.parametrize("shape", STRIDED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", STRIDED_SHAPES, ids=shape_id)
 def test_the_avx512_geometry_matches_the_references_at_stride_2(avx512_standin, shape):
     x, w, bias, dy = strided_layer(shape, 2)
     for got, want in zip(run(x, w, bias, dy, "avx512_standin", kernels=avx512_standin, stride=2),

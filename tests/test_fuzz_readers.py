@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from fuzz_cases import run_readers, tree  # noqa: E402
+from test_hostile_inputs import add_members  # noqa: E402
 
 BATCH = 120
 INTERESTING32 = [0, 1, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
@@ -59,14 +60,7 @@ def _zip(members, method=zipfile.ZIP_DEFLATED):
 def _tar(members):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, payload in members:
-            info = tarfile.TarInfo(name)
-            if payload is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            else:
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
+        add_members(tar, members)
     return buf.getvalue()
 
 
@@ -244,18 +238,25 @@ def test_the_genuine_seeds_are_read(seed_table):
     assert [r["result"] for r in results] == ["ok"] * len(table), results
 
 
-def _fuzz(seed_table, examples, derandomize):
-    folder, table = seed_table
-    names = sorted(table)
+def fuzz(batches, check, examples, derandomize):
+    """``check(batch, i)`` on ``examples`` batches drawn from the strategy
+    ``batches``, the i-th call's i counting from 0; no deadline and no
+    example database, the same batches every run when ``derandomize``."""
     counter = iter(range(10**9))
 
     @settings(max_examples=examples, deadline=None, derandomize=derandomize, database=None,
               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-    @given(cases_strategy(names))
+    @given(batches)
     def run(batch):
-        check_batch(folder, table, batch, f"batch{next(counter)}")
+        check(batch, next(counter))
 
     run()
+
+
+def _fuzz(seed_table, examples, derandomize):
+    folder, table = seed_table
+    fuzz(cases_strategy(sorted(table)), lambda batch, i: check_batch(folder, table, batch, f"batch{i}"),
+         examples, derandomize)
 
 
 def test_fuzz_the_readers_briefly(seed_table):
@@ -321,17 +322,10 @@ def check_records(folder, batch, tag):
 
 
 def _fuzz_fields(folder, examples, derandomize):
-    counter = iter(range(10**9))
     edit = st.tuples(st.sampled_from(FIELDS), values())
     record = st.tuples(st.sampled_from(["v5", "v7.3"]), st.lists(edit, min_size=1, max_size=3))
-
-    @settings(max_examples=examples, deadline=None, derandomize=derandomize, database=None,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-    @given(st.lists(record, min_size=60, max_size=60))
-    def run(batch):
-        check_records(folder, batch, f"fields{next(counter)}")
-
-    run()
+    fuzz(st.lists(record, min_size=60, max_size=60), lambda batch, i: check_records(folder, batch, f"fields{i}"),
+         examples, derandomize)
 
 
 def test_fuzz_record_fields_briefly(tmp_path):

@@ -213,17 +213,22 @@ def test_the_npz_dataset_uses_the_checked_limit(monkeypatch, tmp_path):
 
 # ---- tarballs -----------------------------------------------------------------
 
+def add_members(tar, members):
+    """Add ``members``, (name, payload bytes or None for a folder) pairs, to the open TarFile ``tar``."""
+    for name, payload in members:
+        info = tarfile.TarInfo(name)
+        if payload is None:
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        else:
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+
 def tar_of(path, members, mode="w:gz"):
-    """``members``: (name, payload or None for a folder) pairs."""
+    """A tarball at ``path`` of ``members`` (see :func:`add_members`)."""
     with tarfile.open(path, mode) as tar:
-        for name, payload in members:
-            info = tarfile.TarInfo(name)
-            if payload is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            else:
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
+        add_members(tar, members)
     return str(path)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fxnn
-from conftest import ROOT
+from conftest import ROOT, wait_for_line
 from fxnn.files.atomic import WriteError, atomic_path, remove_stale_temporaries, room_for
 from fxnn.data.idx import write_idx
 from fxnn.training import checkpoint, matfile
@@ -45,14 +45,6 @@ def spawn(args, file_size_limit=None):
 def finish(proc):
     out, err = proc.communicate(timeout=300)
     return proc.returncode, out, err
-
-
-def wait_for_line(proc, prefix, n=1):
-    seen = 0
-    while seen < n:
-        line = proc.stdout.readline()
-        assert line, f"process ended early: {proc.stderr.read()}"
-        seen += line.startswith(prefix)
 
 
 def main(capsys, argv):

@@ -54,6 +54,12 @@ class Cluster:
         self.workers[name] = self._start(name, ["worker", self.address, "--name", name, "--nthreads", str(nthreads),
                                                 "--no-nanny", "--host", "127.0.0.1", "--no-dashboard", *extra], prefix)
 
+    def add_workers(self, *names):
+        """Workers of one thread each, named ``names``, started and waited for."""
+        for name in names:
+            self.add_worker(name)
+        self.wait_for_workers(len(names))
+
     def wait_for_workers(self, n):
         with distributed.Client(self.address, timeout="60s") as client:
             client.wait_for_workers(n, timeout=120)
@@ -105,11 +111,37 @@ def started_on(stdout, name):
             for line in stdout.splitlines() if line.startswith(("starting ", "resuming ")) and f" {name} on " in line]
 
 
+def follow_until_checkpointed(proc, out):
+    """(lines, reader, log): the sweep's stdout lines, which the thread
+    ``reader`` collects as they come, once fxnn seed 1 has started and its
+    ``log`` shows iteration 15 (a record's line is printed before its
+    checkpoint is written: the line after iteration 10's says that its
+    checkpoint is complete)."""
+    lines = []
+    reader = threading.Thread(target=lambda: [lines.append(line) for line in proc.stdout], daemon=True)
+    reader.start()
+    log, deadline = out / "fxnn-seed1.log", time.monotonic() + 300
+    while not (log.exists() and "Iter 00015/00200" in log.read_text()
+               and any(line.startswith("starting fxnn seed 1 on ") for line in lines)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.2)
+    return lines, reader, log
+
+
+def assert_resumed_once_and_complete(tmp_path, out, log, flags, threads):
+    """fxnn seed 1 (of 40 records) resumed once, from iteration 10 or later,
+    and equals the run made locally without a break; seed 2 is complete."""
+    resumed_at = [line for line in log.read_text().splitlines() if line.startswith("Resuming at iteration")]
+    assert len(resumed_at) == 1 and int(resumed_at[0].split()[3]) >= 10
+    run = load_run(str(out / "fxnn-seed1.mat"))
+    assert (run.status, len(run.verate), len(run.tloss)) == ("complete", 41, 200)
+    assert_same_curves(run, local_run(tmp_path, "fxnn", 1, flags, threads))
+    assert load_run(str(out / "fxnn-seed2.mat")).status == "complete"
+
+
 @pytest.mark.slow
 def test_sweep_on_a_dask_cluster_equals_the_local_runs_and_uses_every_worker(tmp_path, cluster, small_mnist):
-    cluster.add_worker("w1")
-    cluster.add_worker("w2")
-    cluster.wait_for_workers(2)
+    cluster.add_workers("w1", "w2")
     flags = TINY + ["-nrec", "3", "--data-dir", small_mnist]
     out = tmp_path / "sweep"
     proc = sweep(cluster, out, ["fxnn", "baseline"], [1, 2], flags)
@@ -131,22 +163,11 @@ def test_sweep_on_a_dask_cluster_equals_the_local_runs_and_uses_every_worker(tmp
 
 @pytest.mark.slow
 def test_a_run_whose_worker_is_killed_resumes_on_another_and_the_sweep_completes(tmp_path, cluster, small_mnist):
-    cluster.add_worker("w1")
-    cluster.add_worker("w2")
-    cluster.wait_for_workers(2)
+    cluster.add_workers("w1", "w2")
     flags = TINY + ["-nrec", "40", "--data-dir", small_mnist]
     out = tmp_path / "sweep"
     proc = sweep(cluster, out, ["fxnn"], [1, 2], flags)
-    lines = []
-    reader = threading.Thread(target=lambda: [lines.append(line) for line in proc.stdout], daemon=True)
-    reader.start()
-    log, deadline = out / "fxnn-seed1.log", time.monotonic() + 300
-    # a record's line is printed before its checkpoint is written: the line after iteration 10's
-    # says that its checkpoint is complete
-    while not (log.exists() and "Iter 00015/00200" in log.read_text()
-               and any(line.startswith("starting fxnn seed 1 on ") for line in lines)):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.2)
+    lines, reader, log = follow_until_checkpointed(proc, out)
     (victim, _), = started_on("".join(lines), "fxnn seed 1")
     worker = psutil.Process(cluster.workers[victim].pid)
     (run_proc,) = [p for p in worker.children() if str(out / "fxnn-seed1.mat") in " ".join(p.cmdline())]
@@ -158,12 +179,7 @@ def test_a_run_whose_worker_is_killed_resumes_on_another_and_the_sweep_completes
     (first, _), (second, threads) = started_on(stdout, "fxnn seed 1")
     assert first == victim and second != victim
     assert f"resuming fxnn seed 1 on {second}" in stdout
-    resumed_at = [line for line in log.read_text().splitlines() if line.startswith("Resuming at iteration")]
-    assert len(resumed_at) == 1 and int(resumed_at[0].split()[3]) >= 10
-    run = load_run(str(out / "fxnn-seed1.mat"))
-    assert (run.status, len(run.verate), len(run.tloss)) == ("complete", 41, 200)
-    assert_same_curves(run, local_run(tmp_path, "fxnn", 1, flags, threads))
-    assert load_run(str(out / "fxnn-seed2.mat")).status == "complete"
+    assert_resumed_once_and_complete(tmp_path, out, log, flags, threads)
 
 
 def test_a_worker_that_cannot_see_the_output_folder_stops_the_sweep_before_any_run(tmp_path, cluster):
@@ -188,12 +204,19 @@ def test_a_worker_that_cannot_see_the_output_folder_stops_the_sweep_before_any_r
     assert "starting" not in stdout and not list((hidden / "sweep").glob("*.log"))
 
 
-def test_the_sweep_without_dask_says_how_to_install_it(tmp_path):
-    code = ("import sys; sys.modules['distributed'] = None; from fxnn.analysis import sweep; "
-            f"sys.exit(sweep.main(['-m', 'fxnn', '--seeds', '1', '-o', {str(tmp_path / 's')!r}]))")
+def sweep_without(module, tmp_path, *flags):
+    """The one line a sweep (``flags`` added) prints, exit code 2, where
+    ``module`` cannot be imported."""
+    code = (f"import sys; sys.modules[{module!r}] = None; from fxnn.analysis import sweep; "
+            f"sys.exit(sweep.main(['-m', 'fxnn', '--seeds', '1', '-o', {str(tmp_path / 's')!r}, *{list(flags)!r}]))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
+    return line
+
+
+def test_the_sweep_without_dask_says_how_to_install_it(tmp_path):
+    line = sweep_without("distributed", tmp_path)
     assert "the sweep runs on Dask, which is not installed" in line and 'pip install -e ".[cluster]"' in line
 
 
@@ -228,9 +251,7 @@ def test_gpu_slots_give_each_run_its_own_devices(monkeypatch):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_runs_on_the_workers_with_their_records_saved(tmp_path, cluster, small_mnist):
-    cluster.add_worker("w1")
-    cluster.add_worker("w2")
-    cluster.wait_for_workers(2)
+    cluster.add_workers("w1", "w2")
     out = tmp_path / "sweep"
     proc = sweep(cluster, out, ["fxnn"], [1, 2], TINY + ["-nrec", "400", "--data-dir", small_mnist])
     logs, deadline = [out / "fxnn-seed1.log", out / "fxnn-seed2.log"], time.monotonic() + 300

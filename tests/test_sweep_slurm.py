@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -15,7 +14,8 @@ import pytest
 from conftest import ROOT
 from fxnn.analysis.records import load_run
 from slurm_cluster import slurm  # noqa: F401  (the fixture)
-from test_sweep_cluster import TINY, assert_same_curves, local_run, started_on
+from test_sweep_cluster import (TINY, assert_resumed_once_and_complete, assert_same_curves, follow_until_checkpointed,
+                                local_run, started_on, sweep_without)
 
 pytest.importorskip("distributed", reason='Dask is the cluster extra: pip install -e ".[cluster]"')
 pytest.importorskip("dask_jobqueue", reason='dask-jobqueue is in the cluster extra: pip install -e ".[cluster]"')
@@ -105,11 +105,7 @@ def test_no_sbatch_on_path_is_one_line_saying_where_to_run(tmp_path):
 
 
 def test_slurm_without_dask_jobqueue_says_how_to_install_it(tmp_path):
-    code = ("import sys; sys.modules['dask_jobqueue'] = None; from fxnn.analysis import sweep; "
-            f"sys.exit(sweep.main(['-m', 'fxnn', '--seeds', '1', '-o', {str(tmp_path / 's')!r}, '--slurm']))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    (line,) = done.stderr.strip().splitlines()
+    line = sweep_without("dask_jobqueue", tmp_path, "--slurm")
     assert "dask-jobqueue, which is not installed" in line and 'pip install -e ".[cluster]"' in line
 
 
@@ -167,15 +163,7 @@ def test_a_run_whose_job_is_cancelled_resumes_in_another_job_and_equals_an_unint
     flags = TINY + ["-nrec", "40", "--data-dir", small_mnist]
     out = tmp_path / "sweep"
     proc = start_sweep(slurm, out, ["fxnn"], [1, 2], flags)
-    lines = []
-    reader = threading.Thread(target=lambda: [lines.append(line) for line in proc.stdout], daemon=True)
-    reader.start()
-    log, deadline = out / "fxnn-seed1.log", time.monotonic() + 300
-    # the line after iteration 10's says that its checkpoint is complete (see test_sweep_cluster)
-    while not (log.exists() and "Iter 00015/00200" in log.read_text()
-               and any(line.startswith("starting fxnn seed 1 on ") for line in lines)):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.2)
+    lines, reader, log = follow_until_checkpointed(proc, out)
     (victim, _), = started_on("".join(lines), "fxnn seed 1")
     subprocess.run(["scancel", victim.split()[-1]], env=slurm.env, check=True, timeout=30)
     try:
@@ -189,13 +177,7 @@ def test_a_run_whose_job_is_cancelled_resumes_in_another_job_and_equals_an_unint
     assert f"resuming fxnn seed 1 on {second}" in stdout and "FAILED" not in stdout
     # Slurm's SIGTERM reaches the run and its worker alike: the run saves if it gets to before its
     # worker exits (the run dies with it), else it resumes from its last checkpoint
-    text = log.read_text()
-    resumed_at = [line for line in text.splitlines() if line.startswith("Resuming at iteration")]
-    assert len(resumed_at) == 1 and int(resumed_at[0].split()[3]) >= 10
-    run = load_run(str(out / "fxnn-seed1.mat"))
-    assert (run.status, len(run.verate), len(run.tloss)) == ("complete", 41, 200)
-    assert_same_curves(run, local_run(tmp_path, "fxnn", 1, flags, threads))
-    assert load_run(str(out / "fxnn-seed2.mat")).status == "complete"
+    assert_resumed_once_and_complete(tmp_path, out, log, flags, threads)
     assert wait_until_empty(slurm) == []
 
 
