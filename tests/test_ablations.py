@@ -125,11 +125,12 @@ def test_fxnn_ortho_layer_is_the_dense_conv_with_the_orthonormal_kernels():
     import pytensor.tensor as pt
     from scipy.signal import correlate2d
 
-    from fxnn.models.pytensor.backend import conv2d_same, fold
+    from fxnn.models import network
+    from fxnn.models.pytensor.backend import BACKEND, conv2d_same
     rng = np.random.default_rng(4)
     x, w = rng.random((1, 2, 8, 7)), rng.normal(size=(10, 3))
     xs, ws = pt.tensor4(dtype="float64"), pt.matrix(dtype="float64")
-    layer = pytensor.function([xs, ws], conv2d_same(xs, fold(ws, ORTHONORMAL), pt.zeros(3, dtype="float64"), 3))
+    layer = pytensor.function([xs, ws], conv2d_same(xs, network.fold(BACKEND, ws, ORTHONORMAL), pt.zeros(3, dtype="float64"), 3))
     w_eff = np.einsum("mkn,kac->nmac", w.reshape(2, 5, 3), ORTHONORMAL)  # W_eff = sum_k W[5m+k] O_k
     want = np.array([sum(correlate2d(x[0, m], w_eff[n, m], mode="same") for m in range(2)) for n in range(3)])
     np.testing.assert_allclose(layer(x, w)[0], want, atol=1e-12)

@@ -161,12 +161,13 @@ def test_pytensor_fold_is_the_dense_reference(name):
     import pytensor
     import pytensor.tensor as pt
 
-    from fxnn.models.pytensor.backend import conv2d_same, fold
+    from fxnn.models import network
+    from fxnn.models.pytensor.backend import BACKEND, conv2d_same
     basis = BASES[name]
     rng = np.random.default_rng(2)
     x, w = rng.normal(size=(2, 2, 5, 7)), rng.normal(size=(2 * len(basis), 3))
     xs, ws = pt.tensor4(dtype="float64"), pt.matrix(dtype="float64")
-    layer = pytensor.function([xs, ws], conv2d_same(xs, fold(ws, basis), pt.zeros(3, dtype="float64"), 3))
+    layer = pytensor.function([xs, ws], conv2d_same(xs, network.fold(BACKEND, ws, basis), pt.zeros(3, dtype="float64"), 3))
     np.testing.assert_allclose(layer(x, w), dense_reference(x, fold_weights(w, basis)), atol=1e-10)
 
 

@@ -7,7 +7,8 @@ from scipy.signal import correlate2d
 
 from fxnn.kernels.fixed_kernels import fixed_stage_grad_reference, fixed_stage_reference
 from fxnn.models.pytensor.engine import compile_mode
-from fxnn.models.pytensor.backend import conv2d_same, fixed_stage, max_pool_2x2, pointwise
+from fxnn.models import network
+from fxnn.models.pytensor.backend import BACKEND, conv2d_same, fixed_stage
 
 X = pt.tensor4("x", dtype="float64")
 G = pt.tensor4("g", dtype="float64")
@@ -52,14 +53,14 @@ def test_pointwise_is_a_1x1_gemm():
     rng = np.random.default_rng(3)
     x, w, b = rng.standard_normal((2, 10, 4, 5)), rng.standard_normal((10, 7)), rng.standard_normal(7)
     W, B = pt.matrix("w", dtype="float64"), pt.vector("b", dtype="float64")
-    got = pytensor.function([X, W, B], pointwise(X, W, B), mode=compile_mode())(x, w, b)
+    got = pytensor.function([X, W, B], network.pointwise(BACKEND, X, W, B), mode=compile_mode())(x, w, b)
     np.testing.assert_allclose(got, np.einsum("bchw,cn->bnhw", x, w) + b[:, None, None], rtol=1e-12)
 
 
 @pytest.mark.parametrize("hw", [(4, 6), (7, 7), (5, 2)])
 def test_max_pool_drops_odd_border(hw):
     x = np.random.default_rng(4).standard_normal((2, 3) + hw)
-    got = pytensor.function([X], max_pool_2x2(X), mode=compile_mode())(x)
+    got = pytensor.function([X], network.pool(BACKEND, X), mode=compile_mode())(x)
     h2, w2 = hw[0] // 2, hw[1] // 2
     want = np.array([[[[x[b, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2].max() for j in range(w2)]
                        for i in range(h2)] for c in range(3)] for b in range(2)])

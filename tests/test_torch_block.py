@@ -70,13 +70,14 @@ def test_without_ties_the_gradient_is_max_pool2ds():
 def test_at_ties_every_maximum_gets_the_gradient_as_in_pytensor():
     import pytensor
     import pytensor.tensor as pt
-    from fxnn.models.pytensor.backend import max_pool_2x2, relu
+    from fxnn.models import network
+    from fxnn.models.pytensor.backend import BACKEND, relu
     y = np.array([[[[1.0, 1.0, 0.0, -1.0], [0.5, 1.0, -2.0, -3.0]]]], np.float32)
     g = np.array([[[[2.0, 3.0]]]], np.float32)
     t = torch.from_numpy(y).requires_grad_(True)
     relu_dropout_pool(t).backward(torch.from_numpy(g))
     x = pt.tensor4("x", dtype="float32")
-    want = pytensor.function([x], pytensor.grad(pt.sum(max_pool_2x2(relu(x)) * g), x))(y)
+    want = pytensor.function([x], pytensor.grad(pt.sum(network.pool(BACKEND, relu(x)) * g), x))(y)
     np.testing.assert_array_equal(t.grad.numpy(), want)
     np.testing.assert_array_equal(want, [[[[2, 2, 0, 0], [0, 2, 0, 0]]]])  # a dead window passes nothing
 

@@ -59,23 +59,6 @@ def fxnn_conv(x, w, bias, path="fixed", stride=1):
     return network.factored_conv(BACKEND, x, w, bias, path, KERNELS, stride)
 
 
-def pointwise(x, w, bias):
-    """1x1 convolution: (B, C, H, W) with weight (C, N) -> (B, N, H, W)
-    (:func:`fxnn.models.network.pointwise`)."""
-    return network.pointwise(BACKEND, x, w, bias)
-
-
-def fold(w, basis=KERNELS):
-    """(K*M, N) 1x1 weight over ``basis`` (K, 3, 3), fxnn's five by default
-    -> (N, M, 3, 3) dense kernels (:func:`fxnn.models.network.fold`)."""
-    return network.fold(BACKEND, w, basis)
-
-
-def max_pool_2x2(x):
-    """2x2 max pooling, stride 2; an odd last row/column is dropped (:func:`fxnn.models.network.pool`)."""
-    return network.pool(BACKEND, x)
-
-
 class _MaximumToEveryMax(ps.Maximum):
     """Elementwise maximum whose gradient goes to each argument equal to the
     result, as the Backend protocol says (and as Theano's, PyTensor's Max
