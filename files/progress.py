@@ -28,7 +28,8 @@ class Progress:
 
     def update(self, done, total, label="train"):
         now = time.monotonic()
-        if not self.enabled or (now - self._last < self.interval and done < (total or done + 1)):
+        finished = bool(total) and done >= total  # always drawn, so the bar ends full
+        if not self.enabled or (now - self._last < self.interval and not finished):
             return
         self._last = now
         if total:
