@@ -267,7 +267,7 @@ def _plain(value):
 
 
 @functools.lru_cache(maxsize=None)
-def _option(name):
+def option_flag(name):
     """The fxnn.py option for a flag name (``learn_rate`` -> ``-lr``)."""
     if name == "data":
         return "data"
@@ -284,9 +284,9 @@ def experiment_differences(runs):
     keys = [dict(r.experiment) for r in runs]
     differ = [k for k in keys[0] if k not in ("model", "engine") and len({key[k] for key in keys}) > 1] if keys else []
     data = sorted({key["data"] for key in keys}) if "data" in differ else []
-    differences = [[("data", data.index(key["data"]) + 1) if k == "data" else (_option(k), key[k]) for k in differ]
+    differences = [[("data", data.index(key["data"]) + 1) if k == "data" else (option_flag(k), key[k]) for k in differ]
                    for key in keys]
-    return differences, [_option(k) for k in differ]
+    return differences, [option_flag(k) for k in differ]
 
 
 def tag_experiments(runs):

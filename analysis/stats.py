@@ -1,7 +1,9 @@
 """Summary statistics over seeds: validation error at chosen iterations,
 iterations and training seconds to reach a target error, and the difference
 between two models with a Welch confidence interval (the seeds of two models
-are independent samples with possibly different spreads)."""
+are independent samples with possibly different spreads), or between two
+settings of one model paired by seed (a seed gives both the same
+initialisation and data order, so the per-seed differences are the sample)."""
 import math
 from dataclasses import dataclass
 
@@ -117,11 +119,7 @@ def welch_difference(a, b, level=0.95):
     diff = float(np.mean(a) - np.mean(b)) if a.size and b.size else math.nan
     if a.size < 2 or b.size < 2:
         return Difference(diff, math.nan, math.nan, level)
-    se, dof = _welch_se_dof(a, b)
-    if se == 0:
-        return Difference(diff, diff, diff, level)
-    half = stats.t.ppf(0.5 + level / 2, dof) * se
-    return Difference(diff, diff - half, diff + half, level)
+    return _t_interval(diff, *_welch_se_dof(a, b), level)
 
 
 def welch_p(a, b):
@@ -130,11 +128,7 @@ def welch_p(a, b):
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.size < 2 or b.size < 2:
         return math.nan
-    se, dof = _welch_se_dof(a, b)
-    diff = float(np.mean(a) - np.mean(b))
-    if se == 0:
-        return 1.0 if diff == 0 else 0.0
-    return float(2 * stats.t.sf(abs(diff) / se, dof))
+    return _t_p(float(np.mean(a) - np.mean(b)), *_welch_se_dof(a, b))
 
 
 def _welch_se_dof(a, b):
@@ -144,12 +138,62 @@ def _welch_se_dof(a, b):
     return se, dof
 
 
+def paired_difference(a, b, level=0.95):
+    """The mean of the paired differences a[i] - b[i] with its t interval
+    (pairs with a NaN left out; NaN bounds with fewer than two pairs)."""
+    return mean_interval(_paired(a, b), level)
+
+
+def paired_p(a, b):
+    """Two-sided p-value of the paired t test of mean(a - b) = 0 (pairs with
+    a NaN left out); NaN with fewer than two pairs."""
+    d = _paired(a, b)
+    return _t_p(*_mean_se_dof(d)) if d.size > 1 else math.nan
+
+
+def _paired(a, b):
+    """The differences a[i] - b[i] of the pairs without a NaN."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values come in pairs: got {a.size} and {b.size} values")
+    d = a - b
+    return d[~np.isnan(d)]
+
+
+def _mean_se_dof(d):
+    """Mean, standard error and degrees of freedom of one sample's mean."""
+    return float(np.mean(d)), float(np.std(d, ddof=1)) / math.sqrt(d.size), d.size - 1
+
+
+def _t_interval(diff, se, dof, level):
+    if se == 0:
+        return Difference(diff, diff, diff, level)
+    half = stats.t.ppf(0.5 + level / 2, dof) * se
+    return Difference(diff, diff - half, diff + half, level)
+
+
+def _t_p(diff, se, dof):
+    """Two-sided p of the t test of ``diff`` = 0 (no spread: 1 if it is 0, else 0)."""
+    if se == 0:
+        return 1.0 if diff == 0 else 0.0
+    return float(2 * stats.t.sf(abs(diff) / se, dof))
+
+
+def _tost_p(diff, se, dof, margin):
+    """The larger p of the two one-sided t tests of -margin < ``diff`` < margin."""
+    if se == 0:
+        return 0.0 if abs(diff) < margin else 1.0
+    p_above = stats.t.sf((diff + margin) / se, dof)    # H0: diff <= -margin
+    p_below = stats.t.cdf((diff - margin) / se, dof)   # H0: diff >= margin
+    return float(max(p_above, p_below))
+
+
 @dataclass
 class Equivalence:
-    """Two one-sided Welch tests (TOST) of |mean(a) - mean(b)| < ``margin``:
-    ``p`` is the larger of the two one-sided p-values; the difference is
-    shown equivalent at level ``alpha`` when p < alpha, which is when the
-    (1 - 2 alpha) Welch interval lies inside (-margin, margin)."""
+    """Two one-sided t tests (TOST, Welch's or paired) of |difference| <
+    ``margin``: ``p`` is the larger of the two one-sided p-values; the
+    difference is shown equivalent at level ``alpha`` when p < alpha, which
+    is when the (1 - 2 alpha) interval lies inside (-margin, margin)."""
     diff: float
     margin: float
     p: float
@@ -158,22 +202,33 @@ class Equivalence:
         return self.p < alpha
 
 
-def equivalence(a, b, margin):
-    """:class:`Equivalence` of the means of ``a`` and ``b`` within
-    ``margin`` > 0 (NaN p with fewer than two values on a side: nothing can
-    be shown)."""
+def _check_margin(margin):
     if not margin > 0:
         raise ValueError(f"an equivalence margin must be positive, got {margin}")
+
+
+def equivalence(a, b, margin):
+    """:class:`Equivalence` of the means of ``a`` and ``b`` within
+    ``margin`` > 0 by Welch's tests (NaN p with fewer than two values on a
+    side: nothing can be shown)."""
+    _check_margin(margin)
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     diff = float(np.mean(a) - np.mean(b)) if a.size and b.size else math.nan
     if a.size < 2 or b.size < 2:
         return Equivalence(diff, margin, math.nan)
-    se, dof = _welch_se_dof(a, b)
-    if se == 0:
-        return Equivalence(diff, margin, 0.0 if abs(diff) < margin else 1.0)
-    p_above = stats.t.sf((diff + margin) / se, dof)    # H0: diff <= -margin
-    p_below = stats.t.cdf((diff - margin) / se, dof)   # H0: diff >= margin
-    return Equivalence(diff, margin, float(max(p_above, p_below)))
+    return Equivalence(diff, margin, _tost_p(diff, *_welch_se_dof(a, b), margin))
+
+
+def paired_equivalence(a, b, margin):
+    """:class:`Equivalence` of the mean paired difference a[i] - b[i] with
+    zero within ``margin`` > 0 by two one-sided paired t tests (NaN p with
+    fewer than two pairs)."""
+    _check_margin(margin)
+    d = _paired(a, b)
+    if d.size < 2:
+        return Equivalence(float(np.mean(d)) if d.size else math.nan, margin, math.nan)
+    diff, se, dof = _mean_se_dof(d)
+    return Equivalence(diff, margin, _tost_p(diff, se, dof, margin))
 
 
 def holm(pvalues):

@@ -6,9 +6,12 @@ iterations as mean and standard deviation over the seeds with a 95% t
 interval of the mean, the iterations needed to reach the target error, and
 each model's difference from the reference model (``--versus``, cnn by
 default) with a 95% Welch confidence interval; ``--time`` adds the training
-seconds to the target, wall and CPU. Runs that differ in anything
-but the seed (data, learn rate, optimizer, batch size, records...) are never
-pooled: each setting is a row of its own, labelled by what differs.
+seconds to the target, wall and CPU. ``--against precision=fp32`` compares
+each setting instead with the one that differs from it only in that flag,
+and ``--paired`` matches the runs of a comparison by seed. Runs that differ
+in anything but the seed (data, learn rate, optimizer, batch size,
+records...) are never pooled: each setting is a row of its own, labelled by
+what differs.
 ``--csv`` and ``--png`` write the same figures as a table and as curves with
 bands.
 """
@@ -20,12 +23,12 @@ import sys
 
 import numpy as np
 
-from .records import RecordError, distinct_runs, group_by_label, load_run, tag_experiments
-from .stats import (Spread, clipped, equivalence, error_at, holm, iterations_to, mean_interval, seconds_to,
-                    t_factor, welch_difference, welch_p)
+from .records import RecordError, distinct_runs, group_by_label, load_run, option_flag, tag_experiments
+from .stats import (Spread, clipped, equivalence, error_at, holm, iterations_to, mean_interval, paired_difference,
+                    paired_equivalence, paired_p, seconds_to, t_factor, welch_difference, welch_p)
 
 CSV_COLUMNS = ("measure", "label", "versus", "at", "mean", "std", "n", "missing", "ci_low", "ci_high", "p", "p_holm",
-               "p_equiv")
+               "p_equiv", "p_equiv_holm")
 
 
 #: The test-set errors of a --valid-split run (``at`` in the CSV): with the
@@ -84,17 +87,115 @@ def reference(group, groups, versus):
     return best[0] if len(best) == 1 else None
 
 
-def _difference(measure, label, ref, at, a, b, level, margin, bound):
+def _setting(name, keys):
+    """The experiment key (:attr:`~fxnn.analysis.records.Run.experiment`)
+    that ``name`` names: the key itself (``learn_rate``, ``conv-lr-scale``)
+    or fxnn.py's option (``-lr``, ``--precision``); None if none."""
+    plain = name.lstrip("-").replace("-", "_")
+    return next((k for k in keys if k == plain or option_flag(k) == name), None)
+
+
+def _is(value, text):
+    """Whether a recorded setting is the one written ``text`` on the command
+    line (numbers by value: ``0.10`` is 0.1)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(text) == value
+        except ValueError:
+            return False
+    return str(value) == text
+
+
+def counterparts(groups, against):
+    """{label: the label it is compared with} for ``against`` = (KEY, VALUE):
+    each group whose KEY is not VALUE against the group with the same
+    experiment but KEY = VALUE. ValueError, one line, for a KEY no run has,
+    a VALUE none has, nothing to compare, or a group without a counterpart."""
+    name, value = against
+    flag = f"--against {name}={value}"
+    experiments = {label: dict(group[0].experiment) for label, group in groups.items()}
+    keys = list(next(iter(experiments.values())))
+    key = _setting(name, keys)
+    if key is None:
+        raise ValueError(f"{flag}: no run has a setting {name}; name one of {', '.join(keys)}")
+    refs = [label for label, e in experiments.items() if _is(e[key], value)]
+    if not refs:
+        have = sorted({str(e[key]) for e in experiments.values()})
+        raise ValueError(f"{flag}: no run has {key} {value} (the runs have {', '.join(have)}); give the records of "
+                         f"those runs or name a value they have")
+    if len(refs) == len(experiments):
+        raise ValueError(f"{flag}: every run has {key} {value}: there is nothing to compare with them")
+    pairs = {}
+    for label, e in experiments.items():
+        if label in refs:
+            continue
+        same = [ref for ref in refs if all(experiments[ref][k] == v for k, v in e.items() if k != key)]
+        if not same:
+            raise ValueError(f"{flag}: {label} has no counterpart (no runs with {key} {value} and otherwise its "
+                             f"settings); add their records or leave its records out")
+        pairs[label] = same[0]
+    return pairs
+
+
+def comparisons(groups, versus, against=None):
+    """{label: the label of the group it is compared with}: by ``against``
+    (:func:`counterparts`) if given, else with the ``versus`` model
+    (:func:`reference`)."""
+    if against:
+        return counterparts(groups, against)
+    refs = {label: reference(group, groups, versus) for label, group in groups.items()}
+    return {label: ref for label, ref in refs.items()
+            if ref is not None and label != ref and groups[label][0].model != versus}
+
+
+def matched(groups, label, ref):
+    """The runs of groups ``label`` and ``ref`` of the seeds both have, in
+    pairs (two lists in the order of the seeds); ValueError, one line, where
+    they have none in common."""
+    mine, theirs = ({r.seed: r for r in groups[name]} for name in (label, ref))
+    seeds = sorted(mine.keys() & theirs.keys())
+    if not seeds:
+        raise ValueError(f"--paired: {label} (seeds {_seeds(mine)}) and {ref} (seeds {_seeds(theirs)}) have no "
+                         f"seed in common; pair runs of the same seeds, or leave out --paired")
+    return [mine[s] for s in seeds], [theirs[s] for s in seeds]
+
+
+def pairing_notes(groups, compared):
+    """A line per paired comparison whose groups do not have the same seeds,
+    naming the seeds left out of the pairs."""
+    notes = []
+    for label, ref in compared.items():
+        mine, theirs = ({r.seed for r in g} for g in (groups[label], groups[ref]))
+        if mine != theirs:
+            left = [f"{_seeds(a - b)} of {name}"
+                    for a, b, name in ((mine, theirs, label), (theirs, mine, ref)) if a - b]
+            notes.append(f"NOTE: {label} - {ref}: paired on the {len(mine & theirs)} seeds both have; left out: "
+                         f"seed {'; seed '.join(left)}")
+    return notes
+
+
+def _seeds(seeds):
+    return ", ".join(map(str, sorted(seeds)))
+
+
+def _difference(measure, label, ref, at, a, b, level, margin, bound, paired=False):
     """A difference row: mean(a) - mean(b), its Welch interval (clipped to
     +-``bound`` when given), Welch's p and, with a ``margin``, the p of the
-    two one-sided tests of equivalence within it."""
-    d = welch_difference(a, b, level)
+    two one-sided tests of equivalence within it; ``paired`` (a[i] and b[i]
+    of one seed): the mean paired difference, the sd and number of the
+    differences, and the paired t interval and tests instead."""
+    if paired:
+        d, p, eq = paired_difference(a, b, level), paired_p(a, b), paired_equivalence
+        spread = dict(std=Spread.of(np.subtract(a, b)).std, n=len(a))
+        measure = measure.replace("_diff", "_paired_diff")
+    else:
+        d, p, eq, spread = welch_difference(a, b, level), welch_p(a, b), equivalence, {}
     d = clipped(d, -bound, bound) if bound else d
-    return dict(measure=measure, label=label, versus=ref, at=at, mean=d.diff, ci_low=d.low, ci_high=d.high,
-                p=welch_p(a, b), p_equiv=equivalence(a, b, margin).p if margin else "")
+    return dict(measure=measure, label=label, versus=ref, at=at, mean=d.diff, ci_low=d.low, ci_high=d.high, p=p,
+                p_equiv=eq(a, b, margin).p if margin else "", **spread)
 
 
-def summarize(runs, at, target, versus, level=0.95, margin=None, time=False):
+def summarize(runs, at, target, versus, level=0.95, margin=None, time=False, against=None, paired=False):
     """Rows (dicts with CSV_COLUMNS) of the summary of runs labelled by
     :func:`~fxnn.analysis.records.tag_experiments`: per label the error at each
     iteration in ``at`` (default: :func:`shared_default_at`) with the
@@ -102,7 +203,10 @@ def summarize(runs, at, target, versus, level=0.95, margin=None, time=False):
     training seconds) to ``target``, interpolated between records; per label
     other than ``versus`` the differences from its reference, each with Welch's p, Holm-adjusted over all the
     differences of the summary (``p_holm``), and with a ``margin`` (of error
-    rate) the p of equivalence within it (two one-sided tests)."""
+    rate) the p of equivalence within it (two one-sided tests), also
+    Holm-adjusted over the summary's (``p_equiv_holm``). ``against`` (KEY,
+    VALUE) compares each label instead with its :func:`counterparts`;
+    ``paired``: on the runs of the seeds both have, matched by seed."""
     groups = group_by_label(runs)
     counted = list(TO_TARGET) if time else ["iters"]
     at_of = {label: list(at) for label in groups} if at else shared_default_at(groups)
@@ -123,24 +227,23 @@ def summarize(runs, at, target, versus, level=0.95, margin=None, time=False):
                 s, ci = Spread.of(values), clipped(mean_interval(values, level), 0.0, 1.0)
                 rows.append(dict(measure="test_erate", label=label, at=at, mean=s.mean, std=s.std, n=s.n,
                                  missing=s.missing, ci_low=ci.low, ci_high=ci.high))
-    for label, group in groups.items():
-        ref = reference(group, groups, versus)
-        if ref is None or label == ref or group[0].model == versus:
-            continue
+    for label, ref in comparisons(groups, versus, against).items():
+        group, other = matched(groups, label, ref) if paired else (groups[label], groups[ref])
         for it in [it for it in at_of[label] if it in at_of[ref]]:
             rows.append(_difference("verate_diff", label, ref, it, [error_at(r, it) for r in group],
-                                    [error_at(r, it) for r in groups[ref]], level, margin, 1.0))
-        if has_test(group) and has_test(groups[ref]):
+                                    [error_at(r, it) for r in other], level, margin, 1.0, paired))
+        if has_test(group) and has_test(other):
             for at, i in TEST_AT.items():
                 rows.append(_difference("test_erate_diff", label, ref, at, [r.test_erate[i] for r in group],
-                                        [r.test_erate[i] for r in groups[ref]], level, margin, 1.0))
+                                        [r.test_erate[i] for r in other], level, margin, 1.0, paired))
         for what in counted:
-            a, b = ([to_target(r, target, what) for r in g] for g in (group, groups[ref]))
+            a, b = ([to_target(r, target, what) for r in g] for g in (group, other))
             if not any(map(math.isnan, a + b)):
-                rows.append(_difference(f"{what}_to_diff", label, ref, target, a, b, level, None, None))
-    diffs = [row for row in rows if "p" in row]
-    for row, adjusted in zip(diffs, holm([row["p"] for row in diffs])):
-        row["p_holm"] = adjusted
+                rows.append(_difference(f"{what}_to_diff", label, ref, target, a, b, level, None, None, paired))
+    for key in ("p", "p_equiv"):
+        diffs = [row for row in rows if row.get(key, "") != ""]
+        for row, adjusted in zip(diffs, holm([row[key] for row in diffs])):
+            row[key + "_holm"] = adjusted
     return [{c: row.get(c, "") for c in CSV_COLUMNS} for row in rows]
 
 
@@ -159,7 +262,8 @@ def _cell(row):
     digits = 1 if measure.startswith(("wall", "cpu")) else 0  # seconds to a tenth, iterations whole
     fmt = _pct if measure.startswith(("verate", "test")) else (lambda x: "n/a" if math.isnan(x) else f"{x:.{digits}f}")
     if measure.endswith("_diff"):
-        equiv = f" eq={row['p_equiv']:.2g}" if row["p_equiv"] != "" and not math.isnan(row["p_equiv"]) else ""
+        equiv = (f" eq={row['p_equiv']:.2g}/{row['p_equiv_holm']:.2g}"
+                 if row["p_equiv"] != "" and not math.isnan(row["p_equiv"]) else "")
         p = "" if math.isnan(row["p_holm"]) else f" p={row['p_holm']:.2g}"
         return f"{fmt(m)} {_interval(fmt, row)}{p}{equiv}"
     text = fmt(m) + ("" if math.isnan(row["std"]) else f" ± {fmt(row['std'])}")
@@ -191,7 +295,7 @@ def format_table(rows, at=None, target=0.05):
         by_line.setdefault(key, {})[column] = row
     for (label, versus), cells in by_line.items():
         name = f"{_short(label)} - {_short(versus)}" if versus else label
-        n = "" if versus else str(cells["iters"]["n"] + cells["iters"]["missing"])
+        n = str(next(iter(cells.values()))["n"]) if versus else str(cells["iters"]["n"] + cells["iters"]["missing"])
         lines.append([name, n] + [_cell(cells.get(it)) for it in at]
                      + [_cell(cells[what]) if what in cells else "n/a" for what in counted]
                      + [_cell(cells.get(("test", t))) for t in tests])
@@ -234,18 +338,26 @@ def write_csv(rows, path):
 
 
 def report(runs, at=None, target=0.05, versus="cnn", csv_path=None, png_path=None, out=None, margin=None,
-           time=False):
+           time=False, against=None, paired=False):
     """Print the summary of ``runs``; write the CSV and band plot if asked."""
     out = out or sys.stdout
     runs, differ = tag_experiments(runs)
-    rows = summarize(runs, at, target, versus, margin=margin, time=time)
+    rows = summarize(runs, at, target, versus, margin=margin, time=time, against=against, paired=paired)
     print(describe(runs, differ), file=out)
-    print("validation error, mean ± std over seeds [95% t interval of the mean]; differences with 95% Welch "
-          "intervals; intervals clipped to what an error rate can be; iterations to the target interpolated "
-          "between records", file=out)
-    print("p: Welch's test of no difference, Holm-adjusted over the table's differences"
-          + (f"; eq: p of equivalence within ±{_pct(margin)} (two one-sided tests; below 0.05: shown "
-             "equivalent)" if margin else "; add --margin to test equivalence"), file=out)
+    if paired:
+        groups = group_by_label(runs)
+        for note in pairing_notes(groups, comparisons(groups, versus, against)):
+            print(note, file=out)
+    test = "the paired t test" if paired else "Welch's test"
+    print("validation error, mean ± std over seeds [95% t interval of the mean]; differences "
+          + ("paired by seed: mean of the per-seed differences with 95% paired t intervals (seeds: how many pairs)"
+             if paired else "with 95% Welch intervals")
+          + "; intervals clipped to what an error rate can be; iterations to the target interpolated between records",
+          file=out)
+    print(f"p: {test} of no difference, Holm-adjusted over the table's differences"
+          + (f"; eq: p of equivalence within ±{_pct(margin)} ({'paired ' if paired else ''}two one-sided tests; "
+             "unadjusted/Holm-adjusted; below 0.05: shown equivalent)" if margin else
+             "; add --margin to test equivalence"), file=out)
     if time:
         print("wall s, CPU s: seconds of training to the target (this process's wall clock and CPU time, all its "
               "threads; validation and recording left out), interpolated between records", file=out)
@@ -275,7 +387,20 @@ def build_parser():
     p.add_argument("--time", action="store_true",
                    help="also the seconds of training to --target, wall and CPU (records' twall and tcpu), "
                         "with Welch intervals between models")
+    p.add_argument("--against", type=_key_value, default=None, metavar="KEY=VALUE",
+                   help="instead of --versus, compare each setting with the one that has the same settings but "
+                        "KEY=VALUE, e.g. precision=fp32 (KEY: a flag's name, learn_rate, or option, -lr)")
+    p.add_argument("--paired", action="store_true",
+                   help="differences on runs matched by seed (the seeds both settings have): the mean per-seed "
+                        "difference with a paired t interval, paired t test and (--margin) paired equivalence test")
     return p
+
+
+def _key_value(text):
+    key, sep, value = text.partition("=")
+    if not (key and sep and value):
+        raise argparse.ArgumentTypeError(f"give KEY=VALUE, e.g. precision=fp32; got {text!r}")
+    return key, value
 
 
 def _margin(text):
@@ -304,7 +429,8 @@ def main(argv=None):
         runs, notes = distinct_runs([load_run(path) for path in args.records])
         for note in notes:
             print(note)
-        report(runs, args.at, args.target, args.versus, args.csv, args.png, margin=args.margin, time=args.time)
+        report(runs, args.at, args.target, args.versus, args.csv, args.png, margin=args.margin, time=args.time,
+               against=args.against, paired=args.paired)
     except (RecordError, ValueError, OSError) as e:
         print(f"summary: error: {e}", file=sys.stderr)
         return 2
