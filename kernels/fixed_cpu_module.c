@@ -3,9 +3,10 @@
  *
  *   forward(x, out, threads)   x (P, H, W)    -> out (P, 5, H, W)
  *   adjoint(g, dx, threads)    g (P, 5, H, W) -> dx (P, H, W)
- *   fused_forward(x, w, bias, y, threads, isa[, stride])  y = bias + W^T fixed(x)
- *   fused_wgrad(x, dy, dw, dbias, threads, isa[, stride]) dW, dbias (bias may be None)
- *   fused_dgrad(dy, w, dx, threads, isa[, stride])        dx
+ *   fused_forward(x, w, bias, y, threads, isa[, stride[, nhwc]])  y = bias + W^T fixed(x)
+ *   fused_wgrad(x, dy, dw, dbias, threads, isa[, stride[, nhwc]]) dW, dbias (bias may be None)
+ *   fused_dgrad(dy, w, dx, threads, isa[, stride[, nhwc]])        dx; nhwc: the 4-D buffers
+ *                                                   are channels_last, (B, H, W, C) in memory
  *   isas()                                          the ISAs this CPU runs, best first
  *   block_forward(y, mask, threshold, scale, out, threads)           ReLU, dropout, 2x2 max pool
  *   block_backward(y, mask, threshold, scale, out, g, gy, threads)   and its gradient (block_cpu.c)
@@ -184,7 +185,7 @@ static int bad_stride(long stride)
 
 /* Parses (buffers..., threads, isa[, stride]) of a fused call into o, v, threads, isa, stride. */
 #define PARSE_FUSED(format, ...)                                                                   \
-    if (!PyArg_ParseTuple(args, format "is|l", __VA_ARGS__, &threads, &isa_name, &stride)         \
+    if (!PyArg_ParseTuple(args, format "is|lp", __VA_ARGS__, &threads, &isa_name, &stride, &nhwc) \
         || bad_stride(stride) || (isa = isa_index(isa_name)) < 0 || get_f32_args(o, spec, count, v) < 0) \
         return NULL
 
@@ -238,6 +239,25 @@ static const char *dgrad_shapes(const Py_buffer *v, long stride, struct fused_di
     return NULL;
 }
 
+/* Shape checks see channels_last buffers, (B, H, W, C) in memory, as the
+ * (B, C, H, W) tensors they are: copies of the views with their 4-D shapes
+ * permuted (the views themselves are released as they came). */
+static const Py_buffer *as_nchw(const Py_buffer *v, int count, int nhwc, Py_buffer *t, Py_ssize_t (*shapes)[4])
+{
+    int i;
+    if (!nhwc)
+        return v;
+    for (i = 0; i < count; i++) {
+        t[i] = v[i];
+        if (v[i].obj && v[i].ndim == 4) {
+            shapes[i][0] = v[i].shape[0]; shapes[i][1] = v[i].shape[3];
+            shapes[i][2] = v[i].shape[1]; shapes[i][3] = v[i].shape[2];
+            t[i].shape = shapes[i];
+        }
+    }
+    return t;
+}
+
 static PyObject *fused_forward(PyObject *self, PyObject *args)
 {
     static const struct f32_arg spec[] = {{"x", 4, 0, 0}, {"w", 2, 0, 0}, {"bias", 1, 0, 1}, {"y", 4, 1, 0}};
@@ -247,13 +267,16 @@ static PyObject *fused_forward(PyObject *self, PyObject *args)
     int threads, isa, rc;
     const char *isa_name, *problem;
     long stride = 1;
+    int nhwc = 0;
+    Py_buffer t[count];
+    Py_ssize_t shapes[count][4];
     struct fused_dims d;
     (void)self;
     PARSE_FUSED("OOOO", &o[0], &o[1], &o[2], &o[3]);
-    if ((problem = forward_shapes(v, stride, &d)) != NULL)
+    if ((problem = forward_shapes(as_nchw(v, count, nhwc, t, shapes), stride, &d)) != NULL)
         SHAPE_ERROR(problem);
     Py_BEGIN_ALLOW_THREADS
-    rc = fxnn_fused_forward(isa, (const float *)v[0].buf, (const float *)v[1].buf,
+    rc = (nhwc ? fxnn_nh_forward : fxnn_fused_forward)(isa, (const float *)v[0].buf, (const float *)v[1].buf,
                             v[2].obj ? (const float *)v[2].buf : NULL, (float *)v[3].buf, d.b, d.m, d.n, d.h, d.w, stride,
                             threads);
     Py_END_ALLOW_THREADS
@@ -270,13 +293,16 @@ static PyObject *fused_wgrad(PyObject *self, PyObject *args)
     int threads, isa, rc;
     const char *isa_name, *problem;
     long stride = 1;
+    int nhwc = 0;
+    Py_buffer t[count];
+    Py_ssize_t shapes[count][4];
     struct fused_dims d;
     (void)self;
     PARSE_FUSED("OOOO", &o[0], &o[1], &o[2], &o[3]);
-    if ((problem = wgrad_shapes(v, stride, &d)) != NULL)
+    if ((problem = wgrad_shapes(as_nchw(v, count, nhwc, t, shapes), stride, &d)) != NULL)
         SHAPE_ERROR(problem);
     Py_BEGIN_ALLOW_THREADS
-    rc = fxnn_fused_wgrad(isa, (const float *)v[0].buf, (const float *)v[1].buf, (float *)v[2].buf,
+    rc = (nhwc ? fxnn_nh_wgrad : fxnn_fused_wgrad)(isa, (const float *)v[0].buf, (const float *)v[1].buf, (float *)v[2].buf,
                           v[3].obj ? (float *)v[3].buf : NULL, d.b, d.m, d.n, d.h, d.w, stride, threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
@@ -292,13 +318,16 @@ static PyObject *fused_dgrad(PyObject *self, PyObject *args)
     int threads, isa, rc;
     const char *isa_name, *problem;
     long stride = 1;
+    int nhwc = 0;
+    Py_buffer t[count];
+    Py_ssize_t shapes[count][4];
     struct fused_dims d;
     (void)self;
     PARSE_FUSED("OOO", &o[0], &o[1], &o[2]);
-    if ((problem = dgrad_shapes(v, stride, &d)) != NULL)
+    if ((problem = dgrad_shapes(as_nchw(v, count, nhwc, t, shapes), stride, &d)) != NULL)
         SHAPE_ERROR(problem);
     Py_BEGIN_ALLOW_THREADS
-    rc = fxnn_fused_dgrad(isa, (const float *)v[0].buf, (const float *)v[1].buf, (float *)v[2].buf, d.b, d.m, d.n, d.h, d.w,
+    rc = (nhwc ? fxnn_nh_dgrad : fxnn_fused_dgrad)(isa, (const float *)v[0].buf, (const float *)v[1].buf, (float *)v[2].buf, d.b, d.m, d.n, d.h, d.w,
                           stride, threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);

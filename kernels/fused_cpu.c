@@ -23,6 +23,14 @@
  * The numpy references are in kernels/fixed_kernels.py (fixed_conv_reference and the
  * gradients beside it).
  *
+ * Channels_last (fxnn_nh_forward, fxnn_nh_wgrad, fxnn_nh_dgrad): the same
+ * layer on x, dx (B, H, W, M) and y, dY (B, Ho, Wo, N) as they lie in
+ * memory, for PyTorch's channels_last tensors. There the GEMMs' rows are
+ * pixels and their vectors run along channels: the packing writes the fixed
+ * stage of a block of pixels as rows of 5M floats (the stencil vectorised
+ * over channels), one broadcasting micro-kernel serves all three passes, and
+ * the input gradient adds dZ = dY W'^T back through the adjoint stencil.
+ *
  * Numbers do not depend on the thread count: every output element is
  * computed by one thread in a fixed order, and the weight gradient's
  * partial sums are over pixel groups fixed by the problem's size.
@@ -77,6 +85,7 @@ struct fxnn_fused {
     long groups;                    /* weight gradient: pixel groups */
     float *partial, *partial_bias;  /* weight gradient: one sum per group */
     long rows;                      /* input gradient: image rows per item */
+    long npad;                      /* channels_last: row stride of the packed weights */
 };
 
 /* Flags of an output pixel's lane at stride s: inside the output, and which
@@ -142,12 +151,18 @@ static inline __attribute__((always_inline)) void fxnn_adjoint_row_s2(const floa
  * peaks (fxnn_loop_peak); returns the flops it did. */
 typedef double (*fxnn_peak_loop)(long iterations);
 
+static long fxnn_round_up(long v, long to) { return (v + to - 1) / to * to; }
+static long fxnn_min(long a, long b) { return a < b ? a : b; }
+static long fxnn_max(long a, long b) { return a > b ? a : b; }
+
 /* What fused_isa.h defines for one instruction set. */
 struct fxnn_isa {
     const char *name;
     int vw, mr, nr, wr, wc;
     fxnn_items_fn forward, wgrad, dgrad;
     fxnn_peak_loop fma_loop;
+    fxnn_items_fn nh_forward, nh_wgrad, nh_dgrad;  /* channels_last */
+    int nh_mr;                                     /* their tiles' rows (the forward's divide 3 nh_mr) */
 };
 
 /* The AVX-512 build's geometry, shared with its stand-in below. */
@@ -264,10 +279,6 @@ static int fxnn_isa_lookup(const char *name)
 #define FXNN_ERR_MEMORY (-1)
 #define FXNN_ERR_ISA (-2)
 #define FXNN_ERR_SIZE (-3)   /* an image of 2^31 pixels or more: lane indices are ints */
-
-static long fxnn_round_up(long v, long to) { return (v + to - 1) / to * to; }
-static long fxnn_min(long a, long b) { return a < b ? a : b; }
-static long fxnn_max(long a, long b) { return a > b ? a : b; }
 
 /* The lane masks of rows of w pixels, for vectors of vw lanes, in one
  * allocation (freed through *left): (*left)[t] is -1 where pixel t % w of its
@@ -465,6 +476,128 @@ static int fxnn_fused_dgrad(int isa_index, const float *dy, const float *weight,
     lp = fxnn_round_up((f.rows + 2 + s - 1) / s * f.ow, isa->nr);
     rc = fxnn_parallel(isa->dgrad, &f, b * ((h + f.rows - 1) / f.rows),
                        ((size_t)(FXNN_NUM_KERNELS * isa->mr + n) * lp + 6 * (size_t)w + 2) * sizeof(float), threads);
+    fxnn_release(&f);
+    return (int)rc;
+}
+
+/* ---- channels_last: x, dx (B, H, W, M), y, dy (B, Ho, Wo, N) ---- */
+
+/* Output pixels per block (a multiple of `rows`, the tiles' rows), so that
+ * a block's fixed stage, 5M floats a pixel, stays within about 128 KiB. */
+static long fxnn_nh_block(long c5, long rows)
+{
+    return fxnn_max(rows, fxnn_min(256, 32768 / c5) / rows * rows);
+}
+
+/* W' (5M x ld), row k M + m = row 5m + k of W, columns past N zero; or its
+ * transpose (N x ld) when `transposed`. NULL when out of memory. */
+static float *fxnn_nh_weights(const float *weight, long m, long n, long ld, int transposed)
+{
+    float *a = (float *)calloc((size_t)(transposed ? n : FXNN_NUM_KERNELS * m) * ld, sizeof(float));
+    long c, k, nn;
+    if (a)
+        for (c = 0; c < m; c++)
+            for (k = 0; k < FXNN_NUM_KERNELS; k++)
+                for (nn = 0; nn < n; nn++)
+                    a[transposed ? nn * ld + k * m + c : (k * m + c) * ld + nn] = weight[(FXNN_NUM_KERNELS * c + k) * n + nn];
+    return a;
+}
+
+static int fxnn_nh_forward(int isa_index, const float *x, const float *weight, const float *bias, float *y,
+                           long b, long m, long n, long h, long w, long s, int threads)
+{
+    const struct fxnn_isa *isa = fxnn_isas[isa_index];
+    struct fxnn_fused f;
+    long rc;
+    if (!fxnn_isa_supported(isa_index))
+        return FXNN_ERR_ISA;
+    if (fxnn_empty(b, m, n, h, w))
+        return 0;
+    if ((rc = fxnn_setup(&f, isa, b, m, n, h, w, s)) != 0)
+        return (int)rc;
+    f.x = x; f.bias = bias; f.y = y;
+    f.npad = fxnn_round_up(n, 2 * isa->vw);
+    f.block = fxnn_nh_block(f.c5, 3 * isa->nh_mr);
+    f.a = fxnn_nh_weights(weight, m, n, f.npad, 0);
+    if (!f.a) {
+        fxnn_release(&f);
+        return FXNN_ERR_MEMORY;
+    }
+    rc = fxnn_parallel(isa->nh_forward, &f, (b * f.ohw + f.block - 1) / f.block,
+                       (size_t)f.block * f.c5 * sizeof(float), threads);
+    fxnn_release(&f);
+    return (int)rc;
+}
+
+static int fxnn_nh_wgrad(int isa_index, const float *x, const float *dy, float *dw, float *dbias,
+                         long b, long m, long n, long h, long w, long s, int threads)
+{
+    const struct fxnn_isa *isa = fxnn_isas[isa_index];
+    struct fxnn_fused f;
+    long g, c, k, nn, rc;
+    if (!fxnn_isa_supported(isa_index))
+        return FXNN_ERR_ISA;
+    if (fxnn_wgrad_empty(b, m, n, h, w, dw, dbias, sizeof(float)))
+        return 0;
+    if ((rc = fxnn_setup(&f, isa, b, m, n, h, w, s)) != 0)
+        return (int)rc;
+    f.x = x; f.dy = dy;
+    f.block = fxnn_nh_block(f.c5, 3 * isa->nh_mr);
+    /* groups: as the NCHW kernel's, fixed by the problem's size */
+    for (f.groups = 1; 2 * f.groups <= FXNN_WGRAD_GROUPS && 2 * f.groups * FXNN_WGRAD_GROUP_PIXELS <= b * f.ohw
+                       && 2 * f.groups * (long)sizeof(float) * f.c5 * n <= FXNN_WGRAD_PARTIAL_BYTES; )
+        f.groups *= 2;
+    f.partial = (float *)malloc((size_t)f.groups * f.c5 * n * sizeof(float));
+    f.partial_bias = (float *)malloc((size_t)f.groups * n * sizeof(float));
+    if (!f.partial || !f.partial_bias) {
+        fxnn_release(&f);
+        return FXNN_ERR_MEMORY;
+    }
+    rc = fxnn_parallel(isa->nh_wgrad, &f, f.groups, (size_t)f.block * f.c5 * sizeof(float), threads);
+    if (rc == 0) {
+        for (c = 0; c < m; c++)
+            for (k = 0; k < FXNN_NUM_KERNELS; k++)
+                for (nn = 0; nn < n; nn++) {
+                    float sum = 0.0f;
+                    for (g = 0; g < f.groups; g++) sum += f.partial[(g * f.c5 + k * m + c) * n + nn];
+                    dw[(FXNN_NUM_KERNELS * c + k) * n + nn] = sum;
+                }
+        if (dbias)
+            for (nn = 0; nn < n; nn++) {
+                float sum = 0.0f;
+                for (g = 0; g < f.groups; g++) sum += f.partial_bias[g * n + nn];
+                dbias[nn] = sum;
+            }
+    }
+    fxnn_release(&f);
+    return (int)rc;
+}
+
+static int fxnn_nh_dgrad(int isa_index, const float *dy, const float *weight, float *dx,
+                         long b, long m, long n, long h, long w, long s, int threads)
+{
+    const struct fxnn_isa *isa = fxnn_isas[isa_index];
+    struct fxnn_fused f;
+    long rc;
+    if (!fxnn_isa_supported(isa_index))
+        return FXNN_ERR_ISA;
+    if (fxnn_dgrad_empty(b, m, n, h, w, dx, sizeof(float)))
+        return 0;
+    if ((rc = fxnn_setup(&f, isa, b, m, n, h, w, s)) != 0)
+        return (int)rc;
+    f.dy = dy; f.dx = dx;
+    f.npad = fxnn_round_up(f.c5, 2 * isa->vw);
+    f.a = fxnn_nh_weights(weight, m, n, f.npad, 1);
+    if (!f.a) {
+        fxnn_release(&f);
+        return FXNN_ERR_MEMORY;
+    }
+    /* output rows a band: at least 4 tiles of pixels, at most 256 KiB of dZ */
+    f.rows = fxnn_max(1, fxnn_min((4 * isa->nh_mr + f.ow - 1) / f.ow,
+                                  65536 / (f.ow * f.npad)));
+    /* scratch: a band's dZ, and a vector past it that the last channels'
+     * loads may read (their lanes past M unused) */
+    rc = fxnn_parallel(isa->nh_dgrad, &f, b, ((size_t)f.rows * f.ow * f.npad + isa->vw) * sizeof(float), threads);
     fxnn_release(&f);
     return (int)rc;
 }

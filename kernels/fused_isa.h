@@ -562,13 +562,291 @@ FXNN_TARGET static double FX(fma_loop)(long iterations)
     return 2.0 * FXNN_VW * FXNN_MR * FXNN_NV * (double)iterations + s * 0;
 }
 
+/* ------------------------------------------------------------------------
+ * Channels_last (NHWC): x and dx (B, H, W, M), y and dY (B, Ho, Wo, N). The
+ * GEMMs' rows are pixels and their vectors run along channels, so every
+ * operand is read where it lies: the fixed stage Z of a block of pixels is
+ * packed as rows of 5M floats (column k M + m), y = Z W' + bias, dW' = Z^T
+ * dY (Z's columns broadcast), dZ = dY W'^T, then the adjoint stencil adds
+ * dZ into dx. W' is W with rows reordered from 5m + k to k M + m.
+ * One micro-kernel serves all three: C[r][0..NV VW) (+)= sum_l A(r, l)
+ * B[l][..], A(r, l) = a[r ras + l cas] broadcast, B rows at b + l ldb.
+ * ------------------------------------------------------------------------ */
+#define FX_NMR (FXNN_VW == 16 ? 8 : FXNN_VW == 8 ? 6 : 4)  /* rows of its tile */
+#define FX_NMR_F (FXNN_VW == 16 ? 12 : FX_NMR)  /* the forward's (faster there); 3 FX_NMR is a multiple */
+
+FX_INLINE FX(vi) FX(lanes_below)(long count)
+{
+    FX(vi) lane;
+    int i;
+    for (i = 0; i < FXNN_VW; i++) lane[i] = i;
+    return lane < (int)count;
+}
+
+/* The tile: mr rows (rows of them stored), nv vectors (cols lanes stored,
+ * bcols lanes of B read, the rest zero); bias (per column) when not
+ * accumulating, or NULL. */
+FX_INLINE void FX(nh_tile_v)(const int nv, const int mr, long len, const float *a, long ras, long cas,
+                             const float *b, long ldb, long bcols, int rows, long cols, float *c, long ldc,
+                             const float *bias, int accumulate)
+{
+    FX(vf) acc[FX_NMR_F][2];
+    const float *ar[FX_NMR_F];
+    FX(vi) keep[2];
+    long l;
+    int r, v, i;
+    for (r = 0; r < mr; r++) {
+        ar[r] = a + (r < rows ? r : 0) * ras;
+        for (v = 0; v < nv; v++) acc[r][v] = FX(splat)(0.0f);
+    }
+    for (v = 0; v < nv; v++) keep[v] = FX(lanes_below)(bcols - v * FXNN_VW);
+    if (bcols >= nv * FXNN_VW)
+        for (l = 0; l < len; l++) {
+            FX(vf) bv[2];
+            for (v = 0; v < nv; v++) bv[v] = FX(load)(b + l * ldb + v * FXNN_VW);
+#pragma GCC unroll 16
+            for (r = 0; r < mr; r++) {
+                FX(vf) av = FX(splat)(ar[r][l * cas]);
+                for (v = 0; v < nv; v++) acc[r][v] = FXNN_FMA(av, bv[v], acc[r][v]);
+            }
+        }
+    else
+        for (l = 0; l < len; l++) {
+            FX(vf) bv[2];
+            for (v = 0; v < nv; v++) bv[v] = (FX(vf))FXNN_MASKLOAD(b + l * ldb + v * FXNN_VW, keep[v]);
+#pragma GCC unroll 16
+            for (r = 0; r < mr; r++) {
+                FX(vf) av = FX(splat)(ar[r][l * cas]);
+                for (v = 0; v < nv; v++) acc[r][v] = FXNN_FMA(av, bv[v], acc[r][v]);
+            }
+        }
+    for (r = 0; r < mr; r++)
+        for (v = 0; v < nv; v++) {
+            float *dst = c + r * ldc + v * FXNN_VW;
+            long lanes = cols - v * FXNN_VW;
+            if (r >= rows || lanes <= 0)
+                continue;
+            if (lanes >= FXNN_VW) {
+                FX(vf) out = acc[r][v];
+                if (accumulate) out += FX(load)(dst);
+                else if (bias) out += FX(load)(bias + v * FXNN_VW);
+                FX(store)(dst, out);
+            } else
+                for (i = 0; i < lanes; i++)
+                    dst[i] = acc[r][v][i] + (accumulate ? dst[i] : bias ? bias[v * FXNN_VW + i] : 0.0f);
+        }
+}
+
+/* One tile of up to FX_NMR rows (the forward's: FX_NMR_F) and 2 VW columns, or of VW. */
+FXNN_TARGET static void FX(nh_tile)(long len, const float *a, long ras, long cas, const float *b, long ldb, long bcols,
+                                    int rows, long cols, float *c, long ldc, const float *bias, int accumulate)
+{
+    if (cols > FXNN_VW)
+        FX(nh_tile_v)(2, FX_NMR, len, a, ras, cas, b, ldb, bcols, rows, cols, c, ldc, bias, accumulate);
+    else
+        FX(nh_tile_v)(1, FX_NMR, len, a, ras, cas, b, ldb, bcols, rows, cols, c, ldc, bias, accumulate);
+}
+
+FXNN_TARGET static void FX(nh_tile_f)(long len, const float *a, long ras, const float *b, long ldb, int rows, long cols,
+                                      float *c, long ldc, const float *bias)
+{
+    if (cols > FXNN_VW)
+        FX(nh_tile_v)(2, FX_NMR_F, len, a, ras, 1, b, ldb, ldb, rows, cols, c, ldc, bias, 0);
+    else
+        FX(nh_tile_v)(1, FX_NMR_F, len, a, ras, 1, b, ldb, ldb, rows, cols, c, ldc, bias, 0);
+}
+
+/* One column of taps, VW channels: the vertical passes s, d and the middle tap. */
+struct FX(ncol) {
+    FX(vf) s, d, mid;
+};
+
+FX_INLINE struct FX(ncol) FX(ncol_at)(const float *const *at, long x, long w, long m, FX(vi) keep, int whole)
+{
+    struct FX(ncol) c;
+    FX(vf) v[3];
+    int r;
+    if (x < 0 || x >= w) {
+        c.s = c.d = c.mid = FX(splat)(0.0f);
+        return c;
+    }
+    for (r = 0; r < 3; r++)
+        v[r] = !at[r] ? FX(splat)(0.0f) : whole ? FX(load)(at[r] + x * m) : (FX(vf))FXNN_MASKLOAD(at[r] + x * m, keep);
+    c.s = v[0] + v[2] + (v[1] + v[1]);
+    c.d = v[0] - v[2];
+    c.mid = v[1];
+    return c;
+}
+
+/* Z rows of `count` output pixels g.. of one output row (z: pixel g's row,
+ * rows ldz apart): per VW channels, the columns of taps slide along the row. */
+FXNN_TARGET static void FX(nh_pack_run)(const struct fxnn_fused *f, long g, long count, float *z, long ldz)
+{
+    long bi = g / f->ohw, i = g % f->ohw / f->ow, j0 = g % f->ohw % f->ow, cg, t, q;
+    const float *rows[3];
+    int r, k;
+    for (r = 0; r < 3; r++) {
+        long y = f->s * i + r - 1;
+        rows[r] = y >= 0 && y < f->h ? f->x + (bi * f->h + y) * f->w * f->m : NULL;
+    }
+    for (cg = 0; cg < f->m; cg += FXNN_VW) {
+        const float *at[3] = {rows[0] ? rows[0] + cg : NULL, rows[1] ? rows[1] + cg : NULL, rows[2] ? rows[2] + cg : NULL};
+        long lanes = fxnn_min(FXNN_VW, f->m - cg), x = f->s * j0;
+        int whole = lanes == FXNN_VW;
+        FX(vi) keep = FX(lanes_below)(lanes);
+        struct FX(ncol) left = FX(ncol_at)(at, x - 1, f->w, f->m, keep, whole),
+                        mid = FX(ncol_at)(at, x, f->w, f->m, keep, whole),
+                        right = FX(ncol_at)(at, x + 1, f->w, f->m, keep, whole);
+        for (t = 0; t < count; t++) {
+            FX(vf) o[FXNN_NUM_KERNELS];
+            float *dst = z + t * ldz + cg;
+            o[0] = left.s + right.s + (mid.s + mid.s);
+            o[1] = left.d + right.d + (mid.d + mid.d);
+            o[2] = left.s - right.s;
+            o[3] = left.d - right.d;
+            o[4] = mid.mid;
+            for (k = 0; k < FXNN_NUM_KERNELS; k++)
+                if (whole)
+                    FX(store)(dst + k * f->m, o[k]);
+                else
+                    for (q = 0; q < lanes; q++) dst[k * f->m + q] = o[k][q];
+            x += f->s;
+            if (f->s == 1) {
+                left = mid;
+                mid = right;
+            } else {
+                left = right;
+                mid = FX(ncol_at)(at, x, f->w, f->m, keep, whole);
+            }
+            right = FX(ncol_at)(at, x + 1, f->w, f->m, keep, whole);
+        }
+    }
+}
+
+/* Z of the output pixels [g0, g0 + count) of the batch, row r at z + r ldz. */
+FXNN_TARGET static void FX(nh_pack)(const struct fxnn_fused *f, long g0, long count, float *z, long ldz)
+{
+    long r = 0;
+    while (r < count) {
+        long g = g0 + r, run = fxnn_min(count - r, f->ow - g % f->ohw % f->ow);
+        FX(nh_pack_run)(f, g, run, z + r * ldz, ldz);
+        r += run;
+    }
+}
+
+/* Forward: items are blocks of f->block output pixels. f->a: W' (5M x npad). */
+FXNN_TARGET static void FX(nh_forward_items)(void *arg, long first, long last, void *scratch)
+{
+    const struct fxnn_fused *f = (const struct fxnn_fused *)arg;
+    long total = f->b * f->ohw, ldz = f->c5, q, n0, p;
+    float *z = (float *)scratch;
+    for (q = first; q < last; q++) {
+        long g0 = q * f->block, count = fxnn_min(f->block, total - g0);
+        FX(nh_pack)(f, g0, count, z, ldz);
+        for (n0 = 0; n0 < f->n; n0 += 2 * FXNN_VW) {
+            long cols = fxnn_min(2 * FXNN_VW, f->n - n0);
+            for (p = 0; p < count; p += FX_NMR_F)
+                FX(nh_tile_f)(f->c5, z + p * ldz, ldz, f->a + n0, f->npad, (int)fxnn_min(FX_NMR_F, count - p), cols,
+                              f->y + (g0 + p) * f->n + n0, f->n, f->bias ? f->bias + n0 : NULL);
+        }
+    }
+}
+
+/* Weight gradient: items are the f->groups groups of pixels (fixed by the
+ * problem's size), each summed into its own partial dW' (5M x N) and dbias,
+ * added in group order afterwards. */
+FXNN_TARGET static void FX(nh_wgrad_items)(void *arg, long first, long last, void *scratch)
+{
+    const struct fxnn_fused *f = (const struct fxnn_fused *)arg;
+    long total = f->b * f->ohw, ldz = f->c5, group;
+    float *z = (float *)scratch;
+    for (group = first; group < last; group++) {
+        long g_first = total * group / f->groups, g_last = total * (group + 1) / f->groups, g0, k0, n0, l, n;
+        float *dw = f->partial + group * f->c5 * f->n, *db = f->partial_bias + group * f->n;
+        memset(dw, 0, f->c5 * f->n * sizeof(float));
+        memset(db, 0, f->n * sizeof(float));
+        for (g0 = g_first; g0 < g_last; g0 += f->block) {
+            long count = fxnn_min(f->block, g_last - g0);
+            FX(nh_pack)(f, g0, count, z, ldz);
+            for (n0 = 0; n0 < f->n; n0 += 2 * FXNN_VW) {
+                long cols = fxnn_min(2 * FXNN_VW, f->n - n0);
+                                for (k0 = 0; k0 < f->c5; k0 += FX_NMR)
+                    FX(nh_tile)(count, z + k0, 1, ldz, f->dy + g0 * f->n + n0, f->n, cols, (int)fxnn_min(FX_NMR, f->c5 - k0),
+                                cols, dw + k0 * f->n + n0, f->n, NULL, 1);
+            }
+            for (l = 0; l < count; l++)
+                for (n = 0; n < f->n; n++) db[n] += f->dy[(g0 + l) * f->n + n];
+        }
+    }
+}
+
+/* Input gradient: items are images. Per band of f->rows output rows, dZ
+ * (ldz = 5M rounded up to 2 VW floats a pixel) = dY W'^T (f->a: W'^T, N x
+ * ldz) over the band's pixels, contiguous in dY; then each output pixel's
+ * dZ goes back through the adjoint of the stencil into dx, which the item
+ * zeroes first: per column c of the taps, the vertical profiles A_c = w_c
+ * dZ0 + d_c dZ2 and B_c = w_c dZ1 + d_c dZ3 (w = 1,2,1; d = 1,0,-1), then
+ * row r gets w_r A_c + d_r B_c, and the centre dZ4 besides. */
+FXNN_TARGET static void FX(nh_dgrad_items)(void *arg, long first, long last, void *scratch)
+{
+    const struct fxnn_fused *f = (const struct fxnn_fused *)arg;
+    long ldz = f->npad, bi;
+    float *dz = (float *)scratch;
+        for (bi = first; bi < last; bi++) {
+        float *dx = f->dx + bi * f->hw * f->m;
+        long i0, i, j, c0, cg, q, p;
+        memset(dx, 0, f->hw * f->m * sizeof(float));
+        for (i0 = 0; i0 < f->oh; i0 += f->rows) {
+            long band = fxnn_min(f->rows, f->oh - i0) * f->ow;
+            const float *dyb = f->dy + (bi * f->oh + i0) * f->ow * f->n;
+            for (c0 = 0; c0 < ldz; c0 += 2 * FXNN_VW)
+                for (p = 0; p < band; p += FX_NMR)
+                    FX(nh_tile)(f->n, dyb + p * f->n, f->n, 1, f->a + c0, ldz, ldz - c0, (int)fxnn_min(FX_NMR, band - p),
+                                2 * FXNN_VW, dz + p * ldz + c0, ldz, NULL, 0);
+            for (p = 0; p < band; p++)
+                for (cg = 0; cg < f->m; cg += FXNN_VW) {
+                    long lanes = fxnn_min(FXNN_VW, f->m - cg);
+                    const float *g = dz + p * ldz + cg;
+                    FX(vf) z0 = FX(load)(g), z1 = FX(load)(g + f->m), z2 = FX(load)(g + 2 * f->m),
+                           z3 = FX(load)(g + 3 * f->m), z4 = FX(load)(g + 4 * f->m);
+                    FX(vf) av[3] = {z0 + z2, z0 + z0, z0 - z2}, bv[3] = {z1 + z3, z1 + z1, z1 - z3};
+                    int r, c;
+                    i = i0 + p / f->ow;
+                    j = p % f->ow;
+                    for (r = 0; r < 3; r++) {
+                        long y = f->s * i + r - 1;
+                        if (y < 0 || y >= f->h)
+                            continue;
+                        for (c = 0; c < 3; c++) {
+                            long x = f->s * j + c - 1;
+                            float *dst = dx + (y * f->w + x) * f->m + cg;
+                            FX(vf) add = r == 0 ? av[c] + bv[c] : r == 1 ? av[c] + av[c] : av[c] - bv[c];
+                            if (x < 0 || x >= f->w)
+                                continue;
+                            if (r == 1 && c == 1)
+                                add += z4;
+                            if (lanes == FXNN_VW)
+                                FX(store)(dst, FX(load)(dst) + add);
+                            else
+                                for (q = 0; q < lanes; q++) dst[q] += add[q];
+                        }
+                    }
+                }
+        }
+    }
+}
+
+
 /* Work functions of fxnn_parallel and the tile sizes, by ISA. */
 static const struct fxnn_isa FX(isa) = {
     FXNN_STR(FXNN_ISA), FXNN_VW, FXNN_MR, FX_NR, FXNN_WR, FXNN_WC,
     FX(forward_items), FX(wgrad_items), FX(dgrad_items), FX(fma_loop),
+    FX(nh_forward_items), FX(nh_wgrad_items), FX(nh_dgrad_items), FX_NMR,
 };
 
 #undef FX_NR
+#undef FX_NMR
+#undef FX_NMR_F
 #undef FX_INLINE
 #undef FXNN_ISA
 #undef FXNN_VW

@@ -1,8 +1,8 @@
 """The fused layer of kernels/fused_cpu.c (through fxnn.kernels._fixed_cpu) against
 the float64 numpy references of kernels/fixed_kernels.py: forward, weight and
 bias gradient, input gradient, on odd shapes, at strides 1 and 2, in
-every instruction set this CPU runs, with any thread count; and its refusal
-of bad buffers (skipped
+every instruction set this CPU runs, with any thread count, on NCHW and on
+channels_last (NHWC) buffers; and its refusal of bad buffers (skipped
 where the extension is not built: conftest.native_module)."""
 import numpy as np
 import pytest
@@ -28,17 +28,25 @@ def layer(shape, seed=0):
     return f32(b, m, h, w), f32(NUM_KERNELS * m, n), f32(n), f32(b, n, h, w)
 
 
-def run(x, w, bias, dy, isa, threads=2, kernels=_fixed_cpu, stride=1):
+def run(x, w, bias, dy, isa, threads=2, kernels=_fixed_cpu, stride=1, nhwc=False):
     """(y, dx, dw, db) from the three kernels of module ``kernels``, outputs
     pre-filled with NaN so that any element a kernel leaves unwritten fails
-    the comparison; dy is the output's (B, N, Ho, Wo)."""
+    the comparison; dy is the output's (B, N, Ho, Wo). ``nhwc``: the kernels
+    get (and give) the 4-D tensors as (B, H, W, C) buffers, channels_last
+    memory; the results come back as (B, C, H, W) arrays."""
+    if nhwc:
+        to, back = (lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))), (lambda a: a.transpose(0, 3, 1, 2))
+    else:
+        to = back = lambda a: a  # noqa: E731
+    extra = [stride, True] if nhwc else [stride] if stride != 1 else []
+    x, dy = to(x), to(dy)
     y = np.full(dy.shape, np.nan, np.float32)
     dx = np.full(x.shape, np.nan, np.float32)
     dw, db = np.full(w.shape, np.nan, np.float32), np.full(w.shape[1], np.nan, np.float32)
-    kernels.fused_forward(x, w, bias, y, threads, isa, *([stride] if stride != 1 else []))
-    kernels.fused_dgrad(dy, w, dx, threads, isa, *([stride] if stride != 1 else []))
-    kernels.fused_wgrad(x, dy, dw, db, threads, isa, *([stride] if stride != 1 else []))
-    return y, dx, dw, db
+    kernels.fused_forward(x, w, bias, y, threads, isa, *extra)
+    kernels.fused_dgrad(dy, w, dx, threads, isa, *extra)
+    kernels.fused_wgrad(x, dy, dw, db, threads, isa, *extra)
+    return back(y), back(dx), dw, db
 
 
 def strided_layer(shape, stride, seed=0):
@@ -63,11 +71,12 @@ def close(got, want):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * scale)
 
 
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_forward_and_gradients_match_the_references(shape, isa):
+def test_forward_and_gradients_match_the_references(shape, isa, nhwc):
     x, w, bias, dy = layer(shape)
-    y, dx, dw, db = run(x, w, bias, dy, isa)
+    y, dx, dw, db = run(x, w, bias, dy, isa, nhwc=nhwc)
     close(y, fixed_conv_reference(x, w, bias))
     want_dx, want_dw, want_db = fixed_conv_grad_reference(x, w, dy)
     close(dx, want_dx)
@@ -75,18 +84,21 @@ def test_forward_and_gradients_match_the_references(shape, isa):
     close(db, want_db)
 
 
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("shape", STRIDED_SHAPES, ids=shape_id)
-def test_strided_forward_and_gradients_match_the_references(shape, isa):
+def test_strided_forward_and_gradients_match_the_references(shape, isa, nhwc):
     x, w, bias, dy = strided_layer(shape, 2)
-    for got, want in zip(run(x, w, bias, dy, isa, stride=2), strided_references(x, w, bias, dy, 2)):
+    for got, want in zip(run(x, w, bias, dy, isa, stride=2, nhwc=nhwc), strided_references(x, w, bias, dy, 2)):
         close(got, want)
 
 
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("isa", ISAS)
-def test_strided_numbers_do_not_depend_on_the_thread_count(isa):
+def test_strided_numbers_do_not_depend_on_the_thread_count(isa, nhwc):
     x, w, bias, dy = strided_layer((5, 13, 11, 17, 19), 2, seed=4)
-    for got, want in zip(run(x, w, bias, dy, isa, 7, stride=2), run(x, w, bias, dy, isa, 1, stride=2)):
+    seven, one = (run(x, w, bias, dy, isa, threads, stride=2, nhwc=nhwc) for threads in (7, 1))
+    for got, want in zip(seven, one):
         np.testing.assert_array_equal(got, want)
 
 
@@ -115,14 +127,31 @@ def test_without_bias(isa):
     close(dw, fixed_conv_grad_reference(x, w, dy)[1])
 
 
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("threads", [2, 3, 7, 64])
-def test_the_thread_count_changes_no_number(isa, threads):
+def test_the_thread_count_changes_no_number(isa, threads, nhwc):
     """Every output element is computed by one thread in a fixed order, and
-    the weight gradient's partial sums are over groups fixed by the size."""
-    x, w, bias, dy = layer((5, 13, 11, 17, 19), seed=2)
-    for got, want in zip(run(x, w, bias, dy, isa, threads), run(x, w, bias, dy, isa, 1)):
+    the weight gradient's partial sums are over groups fixed by the size
+    (in channels_last too, where more pixels than one group's minimum give
+    several groups)."""
+    shape = (9, 13, 11, 23, 21) if nhwc else (5, 13, 11, 17, 19)
+    x, w, bias, dy = layer(shape, seed=2)
+    for got, want in zip(run(x, w, bias, dy, isa, threads, nhwc=nhwc), run(x, w, bias, dy, isa, 1, nhwc=nhwc)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_channels_last_buffers_of_the_wrong_shape_are_refused():
+    """The shape errors speak of the tensors, (B, C, H, W), not of the
+    channels_last buffers' (B, H, W, C) order."""
+    x, w, bias, dy = layer((2, 3, 4, 5, 6))
+    nhwc = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # noqa: E731
+    with pytest.raises(ValueError, match=r"y must be \(B, N, Ho, Wo\)"):
+        _fixed_cpu.fused_forward(nhwc(x), w, bias, np.zeros((2, 5, 6, 5), np.float32), 1, ISAS[0], 1, True)
+    with pytest.raises(ValueError, match=r"\(5M, N\)"):
+        _fixed_cpu.fused_forward(nhwc(x), w[:-1], bias, nhwc(np.zeros((2, 4, 5, 6), np.float32)), 1, ISAS[0], 1, True)
+    with pytest.raises(ValueError, match="dx must be"):
+        _fixed_cpu.fused_dgrad(nhwc(dy), w, np.zeros((2, 5, 5, 3), np.float32), 1, ISAS[0], 1, True)
 
 
 def test_every_isa_this_cpu_runs_agrees_with_the_portable_one():
@@ -181,19 +210,21 @@ def avx512_standin(tmp_path_factory):
     return build_extension(tmp_path_factory, "standin", ["-DFXNN_AVX512_STANDIN"], "the AVX-512 stand-in")
 
 
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_the_avx512_geometry_matches_the_references(avx512_standin, shape):
+def test_the_avx512_geometry_matches_the_references(avx512_standin, shape, nhwc):
     assert avx512_standin.isas()[-1] == "avx512_standin"  # listed, never the best
     x, w, bias, dy = layer(shape)
-    y, dx, dw, db = run(x, w, bias, dy, "avx512_standin", kernels=avx512_standin)
+    y, dx, dw, db = run(x, w, bias, dy, "avx512_standin", kernels=avx512_standin, nhwc=nhwc)
     close(y, fixed_conv_reference(x, w, bias))
     for got, want in zip((dx, dw, db), fixed_conv_grad_reference(x, w, dy)):
         close(got, want)
 
 
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("shape", STRIDED_SHAPES, ids=shape_id)
-def test_the_avx512_geometry_matches_the_references_at_stride_2(avx512_standin, shape):
+def test_the_avx512_geometry_matches_the_references_at_stride_2(avx512_standin, shape, nhwc):
     x, w, bias, dy = strided_layer(shape, 2)
-    for got, want in zip(run(x, w, bias, dy, "avx512_standin", kernels=avx512_standin, stride=2),
+    for got, want in zip(run(x, w, bias, dy, "avx512_standin", kernels=avx512_standin, stride=2, nhwc=nhwc),
                          strided_references(x, w, bias, dy, 2)):
         close(got, want)
