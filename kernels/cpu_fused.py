@@ -12,6 +12,11 @@ or the one named by the environment variable ``FXNN_ISA`` (``avx512``,
 supports. Where the extension could not be built, the fused path is not
 offered (:func:`fxnn.kernels.capabilities.capability` says why).
 
+Float32 tensors in channels_last memory format (x for the forward and the
+weight gradient, dy for the input gradient) run the channels_last kernels of
+the same file, which read and write (B, H, W, C) memory as it lies: their
+4-D results are channels_last too, with no copy either way.
+
 The same three functions take bfloat16 tensors (every argument bf16; the
 outputs bf16, of the same shapes) and then run the bfloat16 kernels of
 ``kernels/fused_bf16_cpu.c`` (fixed stage in float32, rounded once to bf16,
@@ -39,6 +44,22 @@ def _bits(t):
     return t.detach().contiguous().view(torch.int16).numpy()
 
 
+def channels_last(t):
+    """Whether ``t`` is 4-D in channels_last memory format and not also
+    NCHW-contiguous (as a tensor of one channel or one pixel is both)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _nhwc(t):
+    """The (B, H, W, C) memory of a channels_last float32 tensor, as numpy."""
+    return t.detach().permute(0, 2, 3, 1).numpy()
+
+
+def _empty_nhwc(like, shape):
+    """An uninitialised channels_last tensor of NCHW ``shape``."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
+
+
 def _is_bf16(*tensors):
     """True when every tensor given (None skipped) is bfloat16; ValueError
     when some are and some are not."""
@@ -63,7 +84,13 @@ def forward(x, weight, bias=None, stride=1):
     computed there only: (B, M, H, W) -> (B, N, (H-1)//s + 1, (W-1)//s + 1)."""
     _check_stride(stride)
     b, _, h, w = x.shape
-    y = x.new_empty((b, weight.shape[1], out_size(h, stride), out_size(w, stride)))
+    shape = (b, weight.shape[1], out_size(h, stride), out_size(w, stride))
+    if not _is_bf16(x, weight, bias) and channels_last(x):
+        y = _empty_nhwc(x, shape)
+        _fixed_cpu.fused_forward(_nhwc(x), _array(weight), None if bias is None else _array(bias), _nhwc(y),
+                                 torch.get_num_threads(), isa(), stride, True)
+        return y
+    y = x.new_empty(shape)
     if _is_bf16(x, weight, bias):
         _fixed_cpu.fused_forward_bf16(_bits(x), _bits(weight), None if bias is None else _bits(bias),
                                       y.view(torch.int16).numpy(), torch.get_num_threads(), native.bf16_isa(), stride)
@@ -80,6 +107,10 @@ def weight_grad(x, dy, bias=True, stride=1):
     m, n = x.shape[1], dy.shape[1]
     dw = x.new_empty((NUM_KERNELS * m, n))
     db = x.new_empty((n,)) if bias else None
+    if not _is_bf16(x, dy) and channels_last(x):
+        _fixed_cpu.fused_wgrad(_nhwc(x), _nhwc(dy.contiguous(memory_format=torch.channels_last)), dw.numpy(),
+                               None if db is None else db.numpy(), torch.get_num_threads(), isa(), stride, True)
+        return dw, db
     if _is_bf16(x, dy):
         _fixed_cpu.fused_wgrad_bf16(_bits(x), _bits(dy), dw.view(torch.int16).numpy(),
                                     None if db is None else db.view(torch.int16).numpy(),
@@ -99,7 +130,12 @@ def input_grad(dy, weight, stride=1, size=None):
         if stride != 1:
             raise ValueError(f"input_grad at stride {stride} needs size=(H, W), the input's")
         size = dy.shape[2:]
-    dx = dy.new_empty((dy.shape[0], weight.shape[0] // NUM_KERNELS) + tuple(size))
+    shape = (dy.shape[0], weight.shape[0] // NUM_KERNELS) + tuple(size)
+    if not _is_bf16(dy, weight) and channels_last(dy):
+        dx = _empty_nhwc(dy, shape)
+        _fixed_cpu.fused_dgrad(_nhwc(dy), _array(weight), _nhwc(dx), torch.get_num_threads(), isa(), stride, True)
+        return dx
+    dx = dy.new_empty(shape)
     if _is_bf16(dy, weight):
         _fixed_cpu.fused_dgrad_bf16(_bits(dy), _bits(weight), dx.view(torch.int16).numpy(),
                                     torch.get_num_threads(), native.bf16_isa(), stride)

@@ -19,7 +19,7 @@ those pixels of the input.
 Each is linear in each argument and the derivatives of each are the others
 (see the autograd formulas below), so derivatives of any order stay on
 these operators. Their kernels: ``kernels/fused_cpu.c`` for float32 CPU
-tensors and the bfloat16 kernels (AMX or AVX512-BF16) for bfloat16 CPU
+tensors (NCHW, or channels_last as they lie, with a channels_last result) and the bfloat16 kernels (AMX or AVX512-BF16) for bfloat16 CPU
 tensors when the extension is built (:mod:`fxnn.kernels.cpu_fused`), the Triton
 kernels of :mod:`fxnn.kernels.fused_triton` (:mod:`fxnn.kernels.cuda_fused`) for float32, float16 and bfloat16
 CUDA tensors when Triton is installed; anything else (other dtypes and
@@ -100,13 +100,29 @@ def _contiguous(*tensors):
     return [None if t is None else t.contiguous() for t in tensors]
 
 
+def _dense(*tensors):
+    """Each tensor contiguous in its own memory format: channels_last ones
+    stay channels_last (the CPU kernels read them as they lie)."""
+    return [None if t is None else t.contiguous(memory_format=torch.channels_last) if cpu_fused.channels_last(t)
+            else t.contiguous() for t in tensors]
+
+
+def _nhwc_out(t, stride):
+    """Whether the fast kernel given ``t`` (x, or dy for the input gradient)
+    returns a channels_last result: float32 CPU tensors in channels_last
+    memory format, at a stride the kernels run."""
+    return (t.device.type == "cpu" and t.dtype == torch.float32 and stride in FAST_STRIDES
+            and cpu_fused.channels_last(t) and runs_fast("cpu", t.dtype))
+
+
 #: The strides the fast kernels run; others take the reference.
 FAST_STRIDES = (1, 2)
 
 
-def _register_fast(device_type, module):
+def _register_fast(device_type, module, prepare):
     """The kernels of ``module`` (cpu_fused or cuda_fused) for ``device_type``,
-    with the reference where they cannot run."""
+    with the reference where they cannot run; ``prepare`` lays out the
+    tensors as the module takes them."""
     def fast(dtype, stride):
         return stride in FAST_STRIDES and runs_fast(device_type, dtype)
 
@@ -114,34 +130,41 @@ def _register_fast(device_type, module):
     def _forward(x, weight, bias, stride=1):
         if not fast(x.dtype, stride):
             return _forward_ref(x, weight, bias, stride)
-        return module.forward(*_contiguous(x, weight, bias), stride=stride)
+        return module.forward(*prepare(x, weight, bias), stride=stride)
 
     @fused_weight_grad.register_kernel(device_type)
     def _weight_grad(x, dy, stride=1):
         if not fast(x.dtype, stride):
             return _weight_grad_ref(x, dy, stride)
-        return module.weight_grad(*_contiguous(x, dy), stride=stride)
+        return module.weight_grad(*prepare(x, dy), stride=stride)
 
     @fused_input_grad.register_kernel(device_type)
     def _input_grad(dy, weight, stride=1, height=None, width=None):
         if not fast(dy.dtype, stride):
             return _input_grad_ref(dy, weight, stride, height, width)
-        return module.input_grad(*_contiguous(dy, weight), stride=stride,
+        return module.input_grad(*prepare(dy, weight), stride=stride,
                                  size=_input_size(dy, stride, height, width))
 
 
-_register_fast("cpu", cpu_fused)
-_register_fast("cuda", cuda_fused)
+_register_fast("cpu", cpu_fused, _dense)
+_register_fast("cuda", cuda_fused, _contiguous)
 
 
 # ---- shapes, for torch.compile and the meta device --------------------------
+
+def _empty_like_kernels(t, shape, stride):
+    """An empty result of ``shape`` in the memory format the kernels give
+    when ``t`` (x, or dy for the input gradient) is their input."""
+    return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=torch.channels_last
+                       if _nhwc_out(t, stride) else torch.contiguous_format)
+
 
 @fused_forward.register_fake
 def _forward_fake(x, weight, bias, stride=1):
     b, m, h, w = x.shape
     torch._check(weight.shape[0] == NUM_KERNELS * m,
                  lambda: f"weight has {weight.shape[0]} rows for {m} input channels")
-    return x.new_empty((b, weight.shape[1], out_size(h, stride), out_size(w, stride)))
+    return _empty_like_kernels(x, (b, weight.shape[1], out_size(h, stride), out_size(w, stride)), stride)
 
 
 @fused_weight_grad.register_fake
@@ -152,7 +175,7 @@ def _weight_grad_fake(x, dy, stride=1):
 @fused_input_grad.register_fake
 def _input_grad_fake(dy, weight, stride=1, height=None, width=None):
     h, w = _input_size(dy, stride, height, width)
-    return dy.new_empty((dy.shape[0], weight.shape[0] // NUM_KERNELS, h, w))
+    return _empty_like_kernels(dy, (dy.shape[0], weight.shape[0] // NUM_KERNELS, h, w), stride)
 
 
 # ---- derivatives: each operator's are the other two -------------------------
@@ -211,7 +234,8 @@ def fused_conv2d(x, weight, bias=None, stride=1):
     once to the autocast dtype (bfloat16 on the CPU) and the kernels of that
     dtype run, with float32 accumulation; the result has that dtype, and the
     casts carry the gradients back to float32 parameters. The kernels
-    compute in NCHW: a channels_last input is copied."""
+    compute float32 channels_last tensors as they lie (on the CPU; the result
+    is channels_last too) and copy any other layout to NCHW."""
     check_stride(stride, "fused_conv2d")
     dtype = autocast_dtype(x)
     if any(t is not None and t.dtype != dtype for t in (x, weight, bias)):

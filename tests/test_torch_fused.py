@@ -230,6 +230,53 @@ def test_stride_2_compiles_with_fullgraph_to_the_eager_numbers():
         torch.testing.assert_close(got, want)
 
 
+def channels_last(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def is_channels_last(t):
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+@pytest.mark.parametrize("isa", native.isas())
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("shape", STRIDED[1:], ids=lambda s: "x".join(map(str, s)))
+def test_channels_last_runs_as_it_lies_and_matches_the_folded_convolution(shape, stride, isa, monkeypatch):
+    """A float32 channels_last input takes the channels_last kernels: the
+    result and the input's gradient are channels_last, no copy to NCHW is
+    made (no aten::copy_ runs), and every number matches the folded dense
+    convolution."""
+    monkeypatch.setenv("FXNN_ISA", isa)
+    x, w, b, dy = strided_tensors(*shape, stride=stride)
+    args = [channels_last(x).requires_grad_(True), w.clone().requires_grad_(True), b.clone().requires_grad_(True)]
+    dy_cl = channels_last(dy)
+    with torch.profiler.profile() as prof:
+        y = torch_fused.fused_conv2d(*args, stride=stride)
+        got = [y] + list(torch.autograd.grad(y, args, dy_cl))
+    if shape[1] > 1 and shape[3] * shape[4] > 1:  # else the tensors are NCHW-contiguous too
+        assert is_channels_last(y) and is_channels_last(got[1])
+        assert "aten::copy_" not in {e.key for e in prof.key_averages()}
+    for g, want in zip(got, folded_conv(x, w, b, dy, stride)):
+        assert g.shape == want.shape
+        np.testing.assert_allclose(g.detach().numpy(), want.detach().numpy(), rtol=2e-5,
+                                   atol=2e-5 * max(1.0, float(want.abs().max())))
+
+
+def test_channels_last_compiles_with_fullgraph_to_the_eager_numbers_and_layout():
+    """The fakes promise torch.compile the layout the kernels give."""
+    x, w, b, dy = strided_tensors(2, 3, 4, 9, 8, 2, seed=7)
+    x, dy = channels_last(x), channels_last(dy)
+    results = []
+    for fn in (torch_fused.fused_conv2d, torch.compile(torch_fused.fused_conv2d, fullgraph=True)):
+        args = [t.clone().requires_grad_(True) for t in (x, w, b)]
+        y = fn(*args, stride=2)
+        results.append([y] + list(torch.autograd.grad(y, args, dy)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+        assert got.stride() == want.stride()
+    assert is_channels_last(results[1][0]) and is_channels_last(results[1][1])
+
+
 def test_a_bad_stride_or_a_missing_input_size_is_refused():
     x, w, b, dy = strided_tensors(1, 2, 3, 7, 8, 2)
     with pytest.raises(ValueError, match="stride must be an int >= 1, got 0"):

@@ -24,10 +24,12 @@ layers on MNIST, one thread: 2.9 against 4.6 ms, 3.3 against 4.1 ms), and a
 whole training step never lost by it (2 threads: even on MNIST and
 CIFAR-10 shapes, faster with ``-fsize 5``), though the copies into and out
 of that format, and the block's C kernel, which takes NCHW, eat most of the
-gain. The fused and fixed paths of fxnn layers take NCHW: an engine whose
-fxnn layers are held to one of them (``fxnn_path`` fused or fixed) stays
-NCHW, and under ``auto`` the residual network's BatchNorms put such a
-layer's output into channels_last. Folded kernels are folded in float32,
+gain. The fused and fixed paths of fxnn layers compute bf16 in NCHW: an
+engine whose fxnn layers are held to one of them (``fxnn_path`` fused or
+fixed) stays NCHW, and under ``auto`` the residual network's BatchNorms put
+such a layer's output into channels_last. (In float32 the fused kernels
+also run channels_last tensors as they lie, for engines built with
+``channels_last=True``.) Folded kernels are folded in float32,
 then cast once. Each conv layer's memory format as it ran is recorded
 (:meth:`TorchEngine.describe_memory_formats`).
 """
@@ -106,7 +108,7 @@ class PrecisionBackend(TorchBackend):
         """BatchNorm (which follows every conv layer of the residual network),
         its input's memory format noted; with ``channels_last`` it takes (and
         so the ReLUs and residual adds after it see) channels_last, whatever
-        the conv gave (an fxnn layer on the fixed or fused path gives NCHW):
+        the conv gave (an fxnn layer on the fixed path, or fused in bf16, gives NCHW):
         elementwise ops on mixed formats run slowly."""
         self.formats.append(memory_format(x))
         if self.channels_last:
