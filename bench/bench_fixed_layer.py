@@ -15,6 +15,8 @@ contender of one pass alternated in the same rounds:
                           and never the baseline where the CPU has neither AMX-BF16 nor AVX512-BF16
   fxnn contenders   fxnn.models.torch_paths.fixed_conv2d_record on a path:
     fp32 fused|fixed|folded|auto    float32, NCHW (fused: kernels/fused_cpu.c)
+    fp32 fused cl|auto cl           float32, channels_last (fused: the same file's channels_last
+                                    kernels, which read and write that layout as it lies)
     bf16 fused|fixed|folded|auto    under bf16 autocast, bf16 input (fused: the bf16 C kernel
                                     where built; folded: channels_last input, as oneDNN likes it)
   extras (--extras) naive (depthwise conv2d, then 1x1 conv2d, fp32) and gemms (just the 1x1's
@@ -162,6 +164,15 @@ def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=Fal
                             notes["bf16 fused"] = "no bf16 fused kernel here: runs the fixed path"
                 except Exception as e:  # noqa: BLE001
                     notes["bf16 fused"] = f"available_paths failed: {type(e).__name__}: {e}"
+    if "fp32" in precisions:
+        for path in ("fused", "auto"):
+            fns[f"fp32 {path} cl"] = one_pass(
+                lambda x, path=path: fixed_conv2d_record(x, weight, bias, path, stride), "fp32", True)
+        try:
+            with torch.set_grad_enabled(train):
+                notes["fp32 auto cl"] = "took " + torch_paths.auto_path(inputs["fp32", True][0], weight, bias, stride)
+        except Exception as e:  # noqa: BLE001  (reported with the contender)
+            notes["fp32 auto cl"] = f"auto_path failed: {type(e).__name__}: {e}"
     if extras and "fp32" in precisions:
         depthwise = torch.tensor(KERNELS, dtype=torch.float32)[:, None].repeat(m, 1, 1, 1)
         pointwise = torch.randn(n, 5 * m, 1, 1, generator=g).requires_grad_(train)
@@ -236,8 +247,9 @@ def analyse(engine, pass_, shape, label, samples, notes, info):
            "vs_same_precision": {k: t / ms[same[precision_of(k)]] for k, t in ms.items()
                                  if precision_of(k) in same}}
     fractions = {}
-    if "fp32 fused" in rates and info.get("fma_peak_gflops"):
-        fractions["fp32 fused"] = rates["fp32 fused"] / info["fma_peak_gflops"]
+    for k in ("fp32 fused", "fp32 fused cl"):
+        if k in rates and info.get("fma_peak_gflops"):
+            fractions[k] = rates[k] / info["fma_peak_gflops"]
     peak, _ = bf16_peak(info)
     if "bf16 fused" in rates and peak and "fixed path" not in notes.get("bf16 fused", ""):
         fractions["bf16 fused"] = rates["bf16 fused"] / peak
@@ -280,7 +292,7 @@ def print_summary(rows):
     print("\nsummary: ratio to the row's baseline (fastest dense), lower is better; "
           "fused GEMM part as a fraction of its peak")
     print(f"{'engine':9s} {'pass':8s} {'B,M,N,HxW[/S]':17s} {'baseline':14s} {'ms':>8s} {'fp32 fused':>11s} "
-          f"{'bf16 fused':>11s} {'best fxnn':>20s} {'fp32 %pk':>9s} {'bf16 %pk':>9s}")
+          f"{'fp32 fus.cl':>11s} {'bf16 fused':>11s} {'best fxnn':>20s} {'fp32 %pk':>9s} {'bf16 %pk':>9s}")
     for r in rows:
         vb = r["vs_baseline"]
         fx = {k: v for k, v in vb.items() if not k.startswith("dense") and k not in ("naive", "gemms")}
@@ -289,7 +301,7 @@ def print_summary(rows):
         pk = lambda k: f"{r['gemm_part_of_peak'][k]:.0%}" if k in r["gemm_part_of_peak"] else "-"  # noqa: E731
         print(f"{r['engine']:9s} {r['pass']:8s} {shape_name(r['shape']):17s} {r['baseline'] or '-':14s} "
               f"{r['ms'][r['baseline']] if r['baseline'] else float('nan'):8.2f} {cell('fp32 fused'):>11s} "
-              f"{cell('bf16 fused'):>11s} {(f'{best} {fx[best]:.2f}x' if best else '-'):>20s} "
+              f"{cell('fp32 fused cl'):>11s} {cell('bf16 fused'):>11s} {(f'{best} {fx[best]:.2f}x' if best else '-'):>20s} "
               f"{pk('fp32 fused'):>9s} {pk('bf16 fused'):>9s}")
 
 
