@@ -155,6 +155,12 @@ static long fxnn_round_up(long v, long to) { return (v + to - 1) / to * to; }
 static long fxnn_min(long a, long b) { return a < b ? a : b; }
 static long fxnn_max(long a, long b) { return a > b ? a : b; }
 
+/* Whether the channels_last weight gradient sums dW'^T (N x 5M), its
+ * vectors along the fixed stage's 5M channels, rather than dW' (5M x N),
+ * vectors along dY's N: where N fills less than two vectors of `vw` floats
+ * and 5M is longer (ResNet-20's 16-channel layers, measured faster). */
+#define FXNN_NH_WGRAD_BY_N(f, vw) ((f)->n < 2 * (vw) && (f)->c5 > (f)->n)
+
 /* What fused_isa.h defines for one instruction set. */
 struct fxnn_isa {
     const char *name;
@@ -555,11 +561,13 @@ static int fxnn_nh_wgrad(int isa_index, const float *x, const float *dy, float *
     }
     rc = fxnn_parallel(isa->nh_wgrad, &f, f.groups, (size_t)f.block * f.c5 * sizeof(float), threads);
     if (rc == 0) {
+        int by_n = FXNN_NH_WGRAD_BY_N(&f, isa->vw);
         for (c = 0; c < m; c++)
             for (k = 0; k < FXNN_NUM_KERNELS; k++)
                 for (nn = 0; nn < n; nn++) {
                     float sum = 0.0f;
-                    for (g = 0; g < f.groups; g++) sum += f.partial[(g * f.c5 + k * m + c) * n + nn];
+                    for (g = 0; g < f.groups; g++)
+                        sum += f.partial[g * f.c5 * n + (by_n ? nn * f.c5 + k * m + c : (k * m + c) * n + nn)];
                     dw[(FXNN_NUM_KERNELS * c + k) * n + nn] = sum;
                 }
         if (dbias)
@@ -586,7 +594,7 @@ static int fxnn_nh_dgrad(int isa_index, const float *dy, const float *weight, fl
     if ((rc = fxnn_setup(&f, isa, b, m, n, h, w, s)) != 0)
         return (int)rc;
     f.dy = dy; f.dx = dx;
-    f.npad = fxnn_round_up(f.c5, 2 * isa->vw);
+    f.npad = fxnn_round_up(f.c5, isa->vw);
     f.a = fxnn_nh_weights(weight, m, n, f.npad, 1);
     if (!f.a) {
         fxnn_release(&f);

@@ -768,74 +768,130 @@ FXNN_TARGET static void FX(nh_wgrad_items)(void *arg, long first, long last, voi
         for (g0 = g_first; g0 < g_last; g0 += f->block) {
             long count = fxnn_min(f->block, g_last - g0);
             FX(nh_pack)(f, g0, count, z, ldz);
-            for (n0 = 0; n0 < f->n; n0 += 2 * FXNN_VW) {
-                long cols = fxnn_min(2 * FXNN_VW, f->n - n0);
-                                for (k0 = 0; k0 < f->c5; k0 += FX_NMR)
-                    FX(nh_tile)(count, z + k0, 1, ldz, f->dy + g0 * f->n + n0, f->n, cols, (int)fxnn_min(FX_NMR, f->c5 - k0),
-                                cols, dw + k0 * f->n + n0, f->n, NULL, 1);
-            }
+            if (FXNN_NH_WGRAD_BY_N(f, FXNN_VW))  /* dW'^T (N x 5M): rows of output channels, vectors along Z's rows */
+                for (k0 = 0; k0 < f->c5; k0 += 2 * FXNN_VW) {
+                    long cols = fxnn_min(2 * FXNN_VW, f->c5 - k0);
+                    for (n0 = 0; n0 < f->n; n0 += FX_NMR)
+                        FX(nh_tile)(count, f->dy + g0 * f->n + n0, 1, f->n, z + k0, ldz, cols,
+                                    (int)fxnn_min(FX_NMR, f->n - n0), cols, dw + n0 * f->c5 + k0, f->c5, NULL, 1);
+                }
+            else  /* dW' (5M x N): rows of fixed-stage channels, vectors along dY's rows */
+                for (n0 = 0; n0 < f->n; n0 += 2 * FXNN_VW) {
+                    long cols = fxnn_min(2 * FXNN_VW, f->n - n0);
+                    for (k0 = 0; k0 < f->c5; k0 += FX_NMR)
+                        FX(nh_tile)(count, z + k0, 1, ldz, f->dy + g0 * f->n + n0, f->n, cols,
+                                    (int)fxnn_min(FX_NMR, f->c5 - k0), cols, dw + k0 * f->n + n0, f->n, NULL, 1);
+                }
             for (l = 0; l < count; l++)
                 for (n = 0; n < f->n; n++) db[n] += f->dy[(g0 + l) * f->n + n];
         }
     }
 }
 
+/* dx[(y, x), channels cg..] += v for the first `lanes` of VW channels. */
+FX_INLINE void FX(nh_add)(const struct fxnn_fused *f, float *dx, long y, long x, long cg, long lanes, FX(vf) v)
+{
+    float *dst = dx + (y * f->w + x) * f->m + cg;
+    long q;
+    if (lanes == FXNN_VW)
+        FX(store)(dst, FX(load)(dst) + v);
+    else
+        for (q = 0; q < lanes; q++) dst[q] += v[q];
+}
+
+/* One output row i of dZ (pixel j's 5 kernels at dz + j ldz + k M + cg)
+ * back through the adjoint stencil into dx, VW channels from cg. Pixel j
+ * reaches input columns x = s j - 1 + c (c = 0, 1, 2) of input rows
+ * y = s i - 1 + r: with the column profiles A_c = w_c dZ0 + d_c dZ2 and
+ * B_c = w_c dZ1 + d_c dZ3 (w = 1,2,1; d = 1,0,-1), row r gets w_r A_c +
+ * d_r B_c, plus dZ4 at the centre. Per row r, the sums of a column are
+ * kept in registers until no later pixel reaches it, then added to dx
+ * once: one addition into dx per column and row (stride 1), instead of
+ * one per tap. */
+FXNN_TARGET static void FX(nh_adjoint_row)(const struct fxnn_fused *f, const float *dz, long ldz, float *dx, long i,
+                                           long cg)
+{
+    long lanes = fxnn_min(FXNN_VW, f->m - cg), j;
+    int r, live[3];
+    FX(vf) acc[3][3];  /* per row r: the columns s j - 1, s j, s j + 1 */
+    for (r = 0; r < 3; r++) {
+        long y = f->s * i + r - 1;
+        live[r] = y >= 0 && y < f->h;
+        acc[r][0] = acc[r][1] = acc[r][2] = FX(splat)(0.0f);
+    }
+    for (j = 0; j < f->ow; j++) {
+        const float *g = dz + j * ldz + cg;
+        FX(vf) z0 = FX(load)(g), z1 = FX(load)(g + f->m), z2 = FX(load)(g + 2 * f->m), z3 = FX(load)(g + 3 * f->m),
+               z4 = FX(load)(g + 4 * f->m);
+        FX(vf) av[3] = {z0 + z2, z0 + z0, z0 - z2}, bv[3] = {z1 + z3, z1 + z1, z1 - z3};
+        long x = f->s * j - 1;
+        for (r = 0; r < 3; r++) {
+            FX(vf) t[3];
+            int c;
+            if (!live[r])
+                continue;
+            for (c = 0; c < 3; c++) t[c] = r == 0 ? av[c] + bv[c] : r == 1 ? av[c] + av[c] : av[c] - bv[c];
+            if (r == 1)
+                t[1] += z4;
+            if (f->s == 1) {  /* columns j-1 (complete now), j, j+1 */
+                acc[r][0] += t[0];
+                acc[r][1] += t[1];
+                acc[r][2] = t[2];
+                if (x >= 0)
+                    FX(nh_add)(f, dx, f->s * i + r - 1, x, cg, lanes, acc[r][0]);
+                acc[r][0] = acc[r][1];
+                acc[r][1] = acc[r][2];
+            } else {  /* columns 2j-1 (complete with the last pixel's), 2j, 2j+1 (pending) */
+                t[0] += acc[r][2];
+                if (x >= 0)
+                    FX(nh_add)(f, dx, f->s * i + r - 1, x, cg, lanes, t[0]);
+                FX(nh_add)(f, dx, f->s * i + r - 1, x + 1, cg, lanes, t[1]);
+                acc[r][2] = t[2];
+            }
+        }
+    }
+    for (r = 0; r < 3; r++) {  /* the columns still held: s (ow-1) and, at stride 1, s (ow-1) + 1 */
+        long y = f->s * i + r - 1, x = f->s * (f->ow - 1);
+        if (!live[r])
+            continue;
+        if (f->s == 1) {
+            FX(nh_add)(f, dx, y, x, cg, lanes, acc[r][0]);
+            if (x + 1 < f->w)
+                FX(nh_add)(f, dx, y, x + 1, cg, lanes, acc[r][1]);
+        } else if (x + 1 < f->w)
+            FX(nh_add)(f, dx, y, x + 1, cg, lanes, acc[r][2]);
+    }
+}
+
 /* Input gradient: items are images. Per band of f->rows output rows, dZ
- * (ldz = 5M rounded up to 2 VW floats a pixel) = dY W'^T (f->a: W'^T, N x
- * ldz) over the band's pixels, contiguous in dY; then each output pixel's
- * dZ goes back through the adjoint of the stencil into dx, which the item
- * zeroes first: per column c of the taps, the vertical profiles A_c = w_c
- * dZ0 + d_c dZ2 and B_c = w_c dZ1 + d_c dZ3 (w = 1,2,1; d = 1,0,-1), then
- * row r gets w_r A_c + d_r B_c, and the centre dZ4 besides. */
+ * (ldz = 5M rounded up to VW floats a pixel) = dY W'^T (f->a: W'^T, N x
+ * ldz) over the band's pixels, contiguous in dY; then each output row of dZ
+ * goes back through the adjoint stencil into dx (FX(nh_adjoint_row)),
+ * which the item zeroes first. */
 FXNN_TARGET static void FX(nh_dgrad_items)(void *arg, long first, long last, void *scratch)
 {
     const struct fxnn_fused *f = (const struct fxnn_fused *)arg;
     long ldz = f->npad, bi;
     float *dz = (float *)scratch;
-        for (bi = first; bi < last; bi++) {
+    for (bi = first; bi < last; bi++) {
         float *dx = f->dx + bi * f->hw * f->m;
-        long i0, i, j, c0, cg, q, p;
+        long i0, i, c0, cg, p;
         memset(dx, 0, f->hw * f->m * sizeof(float));
         for (i0 = 0; i0 < f->oh; i0 += f->rows) {
             long band = fxnn_min(f->rows, f->oh - i0) * f->ow;
             const float *dyb = f->dy + (bi * f->oh + i0) * f->ow * f->n;
-            for (c0 = 0; c0 < ldz; c0 += 2 * FXNN_VW)
+            for (c0 = 0; c0 < ldz; c0 += 2 * FXNN_VW) {
+                long cols = fxnn_min(2 * FXNN_VW, ldz - c0);
                 for (p = 0; p < band; p += FX_NMR)
-                    FX(nh_tile)(f->n, dyb + p * f->n, f->n, 1, f->a + c0, ldz, ldz - c0, (int)fxnn_min(FX_NMR, band - p),
-                                2 * FXNN_VW, dz + p * ldz + c0, ldz, NULL, 0);
-            for (p = 0; p < band; p++)
-                for (cg = 0; cg < f->m; cg += FXNN_VW) {
-                    long lanes = fxnn_min(FXNN_VW, f->m - cg);
-                    const float *g = dz + p * ldz + cg;
-                    FX(vf) z0 = FX(load)(g), z1 = FX(load)(g + f->m), z2 = FX(load)(g + 2 * f->m),
-                           z3 = FX(load)(g + 3 * f->m), z4 = FX(load)(g + 4 * f->m);
-                    FX(vf) av[3] = {z0 + z2, z0 + z0, z0 - z2}, bv[3] = {z1 + z3, z1 + z1, z1 - z3};
-                    int r, c;
-                    i = i0 + p / f->ow;
-                    j = p % f->ow;
-                    for (r = 0; r < 3; r++) {
-                        long y = f->s * i + r - 1;
-                        if (y < 0 || y >= f->h)
-                            continue;
-                        for (c = 0; c < 3; c++) {
-                            long x = f->s * j + c - 1;
-                            float *dst = dx + (y * f->w + x) * f->m + cg;
-                            FX(vf) add = r == 0 ? av[c] + bv[c] : r == 1 ? av[c] + av[c] : av[c] - bv[c];
-                            if (x < 0 || x >= f->w)
-                                continue;
-                            if (r == 1 && c == 1)
-                                add += z4;
-                            if (lanes == FXNN_VW)
-                                FX(store)(dst, FX(load)(dst) + add);
-                            else
-                                for (q = 0; q < lanes; q++) dst[q] += add[q];
-                        }
-                    }
-                }
+                    FX(nh_tile)(f->n, dyb + p * f->n, f->n, 1, f->a + c0, ldz, cols, (int)fxnn_min(FX_NMR, band - p),
+                                cols, dz + p * ldz + c0, ldz, NULL, 0);
+            }
+            for (i = i0; i < i0 + band / f->ow; i++)
+                for (cg = 0; cg < f->m; cg += FXNN_VW)
+                    FX(nh_adjoint_row)(f, dz + (i - i0) * f->ow * ldz, ldz, dx, i, cg);
         }
     }
 }
-
 
 /* Work functions of fxnn_parallel and the tile sizes, by ISA. */
 static const struct fxnn_isa FX(isa) = {
