@@ -392,6 +392,21 @@ static int fxnn_fused_forward(int isa_index, const float *x, const float *weight
     return (int)rc;
 }
 
+/* The weight gradient's pixel groups (its work items, each summed into a
+ * partial dW of c5 x n floats, added in order afterwards): a power of two
+ * (so that they split evenly over 2, 4, 8 or 16 threads), at most 16, of
+ * at least FXNN_WGRAD_GROUP_PIXELS pixels each (every group ends with its
+ * own sums), within the memory cap; fixed by the problem's size, so the
+ * numbers do not depend on the thread count. */
+static long fxnn_wgrad_groups(long pixels, long c5, long n)
+{
+    long groups = 1;
+    while (2 * groups <= FXNN_WGRAD_GROUPS && 2 * groups * FXNN_WGRAD_GROUP_PIXELS <= pixels
+           && 2 * groups * (long)sizeof(float) * c5 * n <= FXNN_WGRAD_PARTIAL_BYTES)
+        groups *= 2;
+    return groups;
+}
+
 /* dw (5M, N) = fixed(x) . dY over batch and the output's pixels (stride s);
  * dbias (N,) = sums of dY (skipped when NULL). */
 static int fxnn_fused_wgrad(int isa_index, const float *x, const float *dy, float *dw, float *dbias,
@@ -409,13 +424,7 @@ static int fxnn_fused_wgrad(int isa_index, const float *x, const float *dy, floa
     f.x = x; f.dy = dy; f.dw = dw; f.dbias = dbias;
     kc_rows = FXNN_NUM_KERNELS * isa->wr;
     n_rows = fxnn_round_up(n, isa->wc);
-    /* groups: a power of two (so that they split evenly over 2, 4, 8 or 16
-     * threads), at most 16, of at least FXNN_WGRAD_GROUP_PIXELS pixels each
-     * (every group ends with 5M N lane sums), within the memory cap */
-    for (f.groups = 1; 2 * f.groups <= FXNN_WGRAD_GROUPS
-                       && 2 * f.groups * FXNN_WGRAD_GROUP_PIXELS <= b * f.hwp
-                       && 2 * f.groups * (long)sizeof(float) * f.c5 * n <= FXNN_WGRAD_PARTIAL_BYTES; )
-        f.groups *= 2;
+    f.groups = fxnn_wgrad_groups(b * f.hwp, f.c5, n);
     f.block = fxnn_min(4096, fxnn_max(isa->vw, FXNN_L2_BLOCK_BYTES / ((kc_rows + n_rows) * (long)sizeof(float))
                                                    / isa->vw * isa->vw));
     f.span = fxnn_max(f.block, FXNN_WGRAD_SPAN_BYTES / (n_rows * (long)sizeof(float)) / f.block * f.block);
@@ -549,10 +558,7 @@ static int fxnn_nh_wgrad(int isa_index, const float *x, const float *dy, float *
         return (int)rc;
     f.x = x; f.dy = dy;
     f.block = fxnn_nh_block(f.c5, 3 * isa->nh_mr);
-    /* groups: as the NCHW kernel's, fixed by the problem's size */
-    for (f.groups = 1; 2 * f.groups <= FXNN_WGRAD_GROUPS && 2 * f.groups * FXNN_WGRAD_GROUP_PIXELS <= b * f.ohw
-                       && 2 * f.groups * (long)sizeof(float) * f.c5 * n <= FXNN_WGRAD_PARTIAL_BYTES; )
-        f.groups *= 2;
+    f.groups = fxnn_wgrad_groups(b * f.ohw, f.c5, n);
     f.partial = (float *)malloc((size_t)f.groups * f.c5 * n * sizeof(float));
     f.partial_bias = (float *)malloc((size_t)f.groups * n * sizeof(float));
     if (!f.partial || !f.partial_bias) {

@@ -219,14 +219,19 @@ def test_stride_2_operators_pass_gradcheck_in_float64():
     assert torch.autograd.gradcheck(input_grad, (dy, w)) and torch.autograd.gradgradcheck(input_grad, (dy, w))
 
 
-def test_stride_2_compiles_with_fullgraph_to_the_eager_numbers():
-    x, w, b, dy = strided_tensors(2, 3, 4, 9, 8, 2, seed=6)
+def eager_and_compiled(x, w, b, dy, stride):
+    """(y, dx, dw, db) of fused_conv2d run eagerly and compiled with fullgraph."""
     results = []
     for fn in (torch_fused.fused_conv2d, torch.compile(torch_fused.fused_conv2d, fullgraph=True)):
         args = [t.clone().requires_grad_(True) for t in (x, w, b)]
-        y = fn(*args, stride=2)
+        y = fn(*args, stride=stride)
         results.append([y] + list(torch.autograd.grad(y, args, dy)))
-    for got, want in zip(*results):
+    return results
+
+
+def test_stride_2_compiles_with_fullgraph_to_the_eager_numbers():
+    x, w, b, dy = strided_tensors(2, 3, 4, 9, 8, 2, seed=6)
+    for got, want in zip(*eager_and_compiled(x, w, b, dy, 2)):
         torch.testing.assert_close(got, want)
 
 
@@ -265,12 +270,7 @@ def test_channels_last_runs_as_it_lies_and_matches_the_folded_convolution(shape,
 def test_channels_last_compiles_with_fullgraph_to_the_eager_numbers_and_layout():
     """The fakes promise torch.compile the layout the kernels give."""
     x, w, b, dy = strided_tensors(2, 3, 4, 9, 8, 2, seed=7)
-    x, dy = channels_last(x), channels_last(dy)
-    results = []
-    for fn in (torch_fused.fused_conv2d, torch.compile(torch_fused.fused_conv2d, fullgraph=True)):
-        args = [t.clone().requires_grad_(True) for t in (x, w, b)]
-        y = fn(*args, stride=2)
-        results.append([y] + list(torch.autograd.grad(y, args, dy)))
+    results = eager_and_compiled(channels_last(x), w, b, channels_last(dy), 2)
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
         assert got.stride() == want.stride()
