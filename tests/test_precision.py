@@ -93,6 +93,25 @@ def test_the_block_in_bf16_is_the_float64_reference_rounded_once(shape, crowded,
         assert out.is_contiguous(memory_format=memory_format)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["NCHW", "NHWC"])
+def test_without_a_gradient_the_bf16_block_runs_in_its_own_dtype(memory_format):
+    """Validation's block (no gradient) takes the bfloat16 torch ops on a
+    channels_last tensor, not the float32 copy the training block pays for:
+    the same numbers, a channels_last result, no cast to float32 (and on a
+    channels_last input, as a dense conv gives, no copy at all)."""
+    y, _, _ = block_case((2, 8, 10, 10), 0.0, True)
+    t = y.contiguous(memory_format=memory_format)
+    want = torch_block.relu_dropout_pool(t.detach().clone().requires_grad_(True)).detach()
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        got = torch_block.relu_dropout_pool(t)
+    ran = {e.key for e in prof.key_averages()}
+    assert torch.equal(got, want) and got.dtype == BF16
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert "aten::_to_copy" not in ran
+    if memory_format == torch.channels_last:
+        assert "aten::copy_" not in ran
+
+
 def test_scaling_before_pooling_would_tie_what_differs():
     """Why the scale comes after the maximum: on the crowded grid some
     different bfloat16 values times 4/3 round to one bfloat16 number, and

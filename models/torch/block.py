@@ -21,8 +21,10 @@ Python float in float32), and the gradient g * 1/(1-p) goes to every element
 equal to its window's maximum before the scale (the maxima of the exact
 function). The operators do this in torch ops of the tensor's dtype
 (:func:`low_precision_ops`, CUDA; a channels_last input gives a
-channels_last result). On the CPU with the C build a bfloat16 block runs the
-float32 C kernel on an exact float32 copy instead (:func:`casts_to_native`):
+channels_last result). On the CPU with the C build a bfloat16 block whose
+gradient will be taken runs the float32 C kernel on an exact float32 copy
+instead (:func:`casts_to_native`; without a gradient, as in validation, the
+torch ops on a channels_last copy are faster):
 its float32 products of bfloat16 values round to the same bfloat16 numbers,
 and no two of them tie where the bfloat16 values differ, so forward and
 gradient are bitwise the same (tested), in a quarter of the time of the
@@ -250,8 +252,15 @@ def relu_dropout_pool(y, mask=None, p=0.0):
     """pool(relu(y) * dropout factors) of ``y`` (B, C, H, W); ``mask``: the
     layer's uint16 draws from :func:`fxnn.models.dropout.draw`, or None.
     The operators run on float32 CPU tensors (the C kernel), on bfloat16 CPU
-    tensors as float32 copies (:func:`casts_to_native`), on other bfloat16
-    and float16 ones in torch ops of their dtype, :func:`reference` elsewhere."""
+    tensors as float32 copies (:func:`casts_to_native`) where a gradient
+    will be taken, on other bfloat16 and float16 ones in torch ops of their
+    dtype (on the CPU without a gradient, as in validation, on a
+    channels_last copy: faster there than the float32 kernel's copies, and
+    the result is channels_last), :func:`reference` elsewhere. The numbers
+    are the same either way (see the module's notes)."""
+    forward_only = not (torch.is_grad_enabled() and y.requires_grad)
+    if casts_to_native(y) and forward_only:
+        return low_precision_ops(y.contiguous(memory_format=torch.channels_last), mask, p)
     if casts_to_native(y):
         return relu_dropout_pool(y.to(torch.float32, memory_format=torch.contiguous_format), mask, p).to(y.dtype)
     return low_precision_ops(y, mask, p) if y.dtype in LOW_PRECISION else _block(y, mask, p)
