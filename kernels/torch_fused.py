@@ -19,8 +19,9 @@ those pixels of the input.
 Each is linear in each argument and the derivatives of each are the others
 (see the autograd formulas below), so derivatives of any order stay on
 these operators. Their kernels: ``kernels/fused_cpu.c`` for float32 CPU
-tensors (NCHW, or channels_last as they lie, with a channels_last result) and the bfloat16 kernels (AMX or AVX512-BF16) for bfloat16 CPU
-tensors when the extension is built (:mod:`fxnn.kernels.cpu_fused`), the Triton
+tensors (NCHW, or channels_last as they lie, with a channels_last result)
+and the bfloat16 kernels (AMX or AVX512-BF16) for bfloat16 CPU tensors
+when the extension is built (:mod:`fxnn.kernels.cpu_fused`), the Triton
 kernels of :mod:`fxnn.kernels.fused_triton` (:mod:`fxnn.kernels.cuda_fused`) for float32, float16 and bfloat16
 CUDA tensors when Triton is installed; anything else (other dtypes and
 devices) computes the same in torch ops (the fixed stage of
