@@ -249,9 +249,11 @@ def group_by_label(runs):
 
 
 def _experiment_flags():
-    # --precision too: a resume checks it apart (checkpoint.precision_mismatch), and it changes the curves
+    # --precision too: a resume checks it apart (checkpoint.precision_mismatch), and it changes the curves;
+    # not --memory-format, which like the engine changes only the rounding
     from fxnn.training.checkpoint import ADDED_FLAGS, MUST_MATCH
-    flags = tuple(k for k in MUST_MATCH if k not in ("model", "engine", "seed", "record_params")) + ("precision",)
+    flags = tuple(k for k in MUST_MATCH if k not in ("model", "engine", "seed", "record_params", "memory_format")) \
+        + ("precision",)
     return flags, dict(ADDED_FLAGS, precision="fp32")
 
 

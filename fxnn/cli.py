@@ -124,7 +124,7 @@ def program_name():
 
 def build_parser():
     from fxnn.models.architecture import ABLATIONS, BASIS_MODELS, KERNEL_INITS, MODELS
-    from fxnn.models.engines import DEVICES, ENGINES, PRECISIONS
+    from fxnn.models.engines import DEVICES, ENGINES, MEMORY_FORMATS, PRECISIONS
     from fxnn.models.fxnn_paths import PATHS
     from fxnn.models.hyperparameters import HYP
     from fxnn.models.optimizers import OPTIMIZERS
@@ -186,6 +186,11 @@ def build_parser():
                         "on channels_last tensors), training and validation alike, while the weights, "
                         "gradients, optimizer state, softmax and loss stay float32; the record's meta.precision "
                         "and meta.memory_format say what ran")
+    p.add_argument("--memory-format", choices=tuple(MEMORY_FORMATS), default="auto",
+                   help="how the torch engine lays out the conv layers' tensors: auto (channels_last under --precision "
+                        "bf16, except fxnn layers held to the fused or fixed path; NCHW in fp32, as the original's "
+                        "records), nchw, or channels_last (faster for the residual network in fp32 too, where "
+                        "oneDNN's convolutions and fxnn's fused kernels take it as it lies; docs/resnet.md)")
     p.add_argument("--fxnn-path", choices=PATHS, default="auto",
                    help="how fxnn layers compute (the same function): the fixed stage then the 1x1 GEMM; "
                         "fused, one kernel (CPU: C, float32; CUDA: Triton); or folded into one dense 3x3 conv; auto: each "

@@ -53,6 +53,7 @@ class RunConfig:
     engine: str            # as given: auto, pytensor or torch
     device: str            # as given: auto, cpu or cuda
     precision: str
+    memory_format: str     # auto, nchw or channels_last (the torch engine)
     fxnn_path: str
     seed: int | None       # None: a fresh seed (or, resuming, the interrupted run's)
     data_dir: str
@@ -76,7 +77,7 @@ class RunConfig:
         from fxnn.models.engines import resolve
         from fxnn.training import tensorboard_log
         try:
-            engine, device = resolve(args.engine, args.device, args.precision)
+            engine, device = resolve(args.engine, args.device, args.precision, args.memory_format)
         except ValueError as e:
             raise BadInput(e) from None
         flags = dict(vars(args), **arch_defaults(args, engine))
@@ -280,7 +281,8 @@ def build_engine(config, network, init_seed, engine_seed):
         params = network.init_params(np.random.default_rng(init_seed))
         engine = make_engine(config.resolved_engine, config.resolved_device, network, params, config.optimizer,
                              config.dropout_prob, int(engine_seed), config.fxnn_path,
-                             {"train": config.batch_size, "valid": HYP.valid_batch}, precision=config.precision)
+                             {"train": config.batch_size, "valid": HYP.valid_batch}, precision=config.precision,
+                             memory_format=config.memory_format)
     except (ValueError, RuntimeError, BadInput) as e:  # a path or FXNN_ISA this machine cannot run
         print(flush=True)  # ends the line "Building model ..."
         raise BadInput(e) from None

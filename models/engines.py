@@ -24,6 +24,10 @@ DEVICES = ("auto", "cpu", "cuda")
 #: fp32: float32 throughout; bf16: bfloat16 autocast in the torch engine
 #: (:class:`fxnn.models.torch.engine.TorchEngine`), float32 weights and loss.
 PRECISIONS = ("fp32", "bf16")
+#: How the torch engine lays out its conv layers' inputs: auto, channels_last under
+#: bf16 (where oneDNN's and cuDNN's bf16 convolutions are fastest) and NCHW in fp32
+#: (as records before the flag ran); nchw or channels_last, in either precision.
+MEMORY_FORMATS = {"auto": None, "nchw": False, "channels_last": True}
 
 
 def torch_available():
@@ -41,12 +45,14 @@ def cuda_available():
     return torch.cuda.is_available()
 
 
-def resolve(engine, device, precision="fp32"):
+def resolve(engine, device, precision="fp32", memory_format="auto"):
     """(engine, device) with 'auto' replaced by a concrete choice: torch on a
     CUDA GPU; on the CPU also torch when installed, which bench/bench_network.py
     shows faster than pytensor for every model (docs/engines.md); else pytensor.
     ``precision`` bf16 needs the torch engine (PyTensor computes in float32)
-    and, on CUDA, a GPU with bfloat16 arithmetic; ValueError (one line) otherwise."""
+    and, on CUDA, a GPU with bfloat16 arithmetic; ``memory_format``
+    channels_last the torch engine (PyTensor lays tensors out NCHW); ValueError
+    (one line) otherwise."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
     if engine == "torch" and not torch_available():
@@ -60,6 +66,9 @@ def resolve(engine, device, precision="fp32"):
         device = "cuda" if engine in ("auto", "torch") and cuda_available() else "cpu"
     if engine == "auto":
         engine = "torch" if torch_available() else "pytensor"
+    if engine == "pytensor" and memory_format == "channels_last":
+        raise ValueError("the pytensor engine lays tensors out NCHW only; use --engine torch (pip install torch) "
+                         "for --memory-format channels_last, or --memory-format nchw")
     if engine == "pytensor" and device != "cpu":
         raise ValueError("the pytensor engine runs on the CPU only; use --engine torch for --device cuda")
     if device == "cuda" and not cuda_available():
@@ -83,21 +92,26 @@ def cuda_bf16_problem():
 
 
 def make_engine(engine, device, network, params, optimizer, dropout, seed, fxnn_path="auto", batch_sizes=None,
-                precision="fp32"):
+                precision="fp32", memory_format="auto"):
     """A ready-to-train engine for ``network`` starting from ``params``; fxnn
     layers on ``fxnn_path`` (see :mod:`fxnn.models.fxnn_paths`); ``batch_sizes``
     {pass: B} tells an engine that chooses paths before it runs (PyTensor)
     which batches to choose them for; ``precision``: one of :data:`PRECISIONS`
-    (bf16: the torch engine only)."""
+    (bf16: the torch engine only); ``memory_format``: one of :data:`MEMORY_FORMATS`
+    (channels_last: the torch engine only)."""
     if engine == "pytensor":
         if precision != "fp32":
             raise ValueError("the pytensor engine computes in float32 only; use --engine torch for "
                              f"--precision {precision}")
+        if MEMORY_FORMATS[memory_format]:
+            raise ValueError("the pytensor engine lays tensors out NCHW only; use --engine torch for "
+                             "--memory-format channels_last")
         from .pytensor.engine import PyTensorEngine
         return PyTensorEngine(network, params, optimizer, dropout, seed, fxnn_path=fxnn_path,
                               batch_sizes=batch_sizes)
     from .torch.engine import TorchEngine
-    return TorchEngine(network, params, optimizer, dropout, seed, device, fxnn_path=fxnn_path, precision=precision)
+    return TorchEngine(network, params, optimizer, dropout, seed, device, fxnn_path=fxnn_path, precision=precision,
+                       channels_last=MEMORY_FORMATS[memory_format])
 
 
 class Engine:

@@ -29,10 +29,12 @@ FILE = "checkpoint.npz"
 #: Flags a resumed run must share with the run it continues.
 MUST_MATCH = ("model", "dataset", "filter_size", "batch_size", "dropout_prob", "num_records",
               "iters_per_record", "learn_rate", "learn_decay", "optimizer", "engine", "seed",
-              "record_params", "valid_split", "conv_lr_scale", "arch", "width", "depth", "kernel_init")
+              "record_params", "valid_split", "conv_lr_scale", "arch", "width", "depth", "kernel_init",
+              "memory_format")
 #: The value a flag added later had before it existed, for checkpoints saved without it
 #: (--width and --depth: none in runs of --arch original).
-ADDED_FLAGS = {"conv_lr_scale": 1.0, "arch": "original", "width": None, "depth": None, "kernel_init": "model"}
+ADDED_FLAGS = {"conv_lr_scale": 1.0, "arch": "original", "width": None, "depth": None, "kernel_init": "model",
+               "memory_format": "auto"}
 CURVES = ("tloss", "terate", "vloss", "verate", "yprob", "sec_per_record")
 RECOVER = "start the run over with --force instead of --resume (its progress is lost)"
 

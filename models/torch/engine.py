@@ -71,19 +71,25 @@ def to_channels_last(x):
 
 class PrecisionBackend(TorchBackend):
     """The torch backend of one engine: under autocast (``autocast_dtype``)
-    the dense convolutions take channels_last inputs when ``channels_last``,
-    and the softmax computes in float32; the memory format of each conv
-    layer's output is noted in :attr:`formats` (the block that follows every
-    conv layer sees it)."""
+    the softmax computes in float32; the dense convolutions and the fused
+    fxnn layers take channels_last inputs when ``channels_last``, else NCHW
+    (a channels_last input, as the bf16 block gives in validation, is copied);
+    the memory format of each conv layer's output is noted in :attr:`formats`
+    (the block or BatchNorm that follows every conv layer sees it)."""
 
     def __init__(self, autocast_dtype=None, channels_last=False):
         self.autocast_dtype, self.channels_last = autocast_dtype, channels_last
         self.formats = []
 
+    def _laid_out(self, x):
+        return to_channels_last(x) if self.channels_last else x.contiguous()
+
     def conv(self, x, w, bias, size, stride=1):
-        if self.channels_last:
-            x = to_channels_last(x if self.autocast_dtype is None else x.to(self.autocast_dtype))
-        return super().conv(x, w, bias, size, stride)
+        return super().conv(self._laid_out(x if self.autocast_dtype is None else x.to(self.autocast_dtype)),
+                            w, bias, size, stride)
+
+    def fused_conv(self, x, w, bias, stride=1):
+        return super().fused_conv(self._laid_out(x), w, bias, stride)
 
     def _low(self, *tensors):
         """The tensors in the autocast dtype (None kept); autograd carries the
