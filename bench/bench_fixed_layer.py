@@ -17,8 +17,11 @@ contender of one pass alternated in the same rounds:
     fp32 fused|fixed|folded|auto    float32, NCHW (fused: kernels/fused_cpu.c)
     fp32 fused cl|auto cl           float32, channels_last (fused: the same file's channels_last
                                     kernels, which read and write that layout as it lies)
-    bf16 fused|fixed|folded|auto    under bf16 autocast, bf16 input (fused: the bf16 C kernel
-                                    where built; folded: channels_last input, as oneDNN likes it)
+    bf16 fused|fixed|folded|auto    under bf16 autocast, bf16 NCHW input (fused: the bf16 C
+                                    kernel where built)
+    bf16 folded cl|auto cl          the same on a bf16 channels_last input (oneDNN's bf16 conv,
+                                    which folded runs, is fastest on it): ``auto`` is compared
+                                    with ``folded`` on the same input
   extras (--extras) naive (depthwise conv2d, then 1x1 conv2d, fp32) and gemms (just the 1x1's
                     GEMMs as torch.mm on preallocated matrices, fp32: the floor of any path that
                     writes the 5M channels out)
@@ -145,18 +148,21 @@ def torch_contenders(b, m, n, hw, train, precisions=("fp32", "bf16"), extras=Fal
             fns["dense fp32 cl"] = one_pass(dense, "fp32", True)
         else:
             fns["dense bf16 cl"] = one_pass(dense, "bf16", True)
-        for path in PATHS:
-            channels_last = precision == "bf16" and path == "folded"
-            fns[f"{precision} {path}"] = one_pass(
+        layouts = ((path, False) for path in PATHS)
+        if precision == "bf16":  # folded and auto on the layout oneDNN's bf16 conv likes, too
+            layouts = (*layouts, ("folded", True), ("auto", True))
+        for path, channels_last in layouts:
+            name = f"{precision} {path}" + (" cl" if channels_last else "")
+            fns[name] = one_pass(
                 lambda x, path=path: fixed_conv2d_record(x, weight, bias, path, stride), precision, channels_last)
             if path == "auto":
                 x, _ = inputs[precision, channels_last]
                 try:
                     with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"), \
                             torch.set_grad_enabled(train):
-                        notes[f"{precision} auto"] = "took " + torch_paths.auto_path(x, weight, bias, stride)
+                        notes[name] = "took " + torch_paths.auto_path(x, weight, bias, stride)
                 except Exception as e:  # noqa: BLE001  (reported with the contender)
-                    notes[f"{precision} auto"] = f"auto_path failed: {type(e).__name__}: {e}"
+                    notes[name] = f"auto_path failed: {type(e).__name__}: {e}"
             elif path == "fused" and precision == "bf16":
                 try:
                     with torch.autocast("cpu", torch.bfloat16):
