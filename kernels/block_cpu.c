@@ -39,31 +39,68 @@ typedef uint16_t fxnn_v8h __attribute__((vector_size(16)));
 /* a where the int lanes of m are -1, b where they are 0 */
 #define fxnn_select(m, a, b) ((fxnn_v8f)(((m) & (fxnn_v8i)(a)) | (~(m) & (fxnn_v8i)(b))))
 
-/* max(a, b) that keeps a NaN, as torch.maximum */
-static inline float fxnn_max_nan(float a, float b) { return a > b || a != a ? a : b; }
+/* Rows in the scratch are padded to a whole number of 16 floats, so the vector
+ * loops may run over their ends; the caller's rows are not, and their last
+ * n % 8 elements go through 8-lane copies (fxnn_tail_*): every element takes
+ * the same branch-free arithmetic, as a scalar loop of ternaries on random
+ * signs and dropout draws costs a mispredicted branch an element. */
+#define FXNN_ROW_PAD(w) (((w) + 15) / 16 * 16 + 16)
+
+static inline fxnn_v8f fxnn_tail_load(const float *p, long n)
+{
+    fxnn_v8f v = {0};
+    memcpy(&v, p, n * sizeof(float));
+    return v;
+}
+
+static inline void fxnn_tail_store(float *p, fxnn_v8f v, long n) { memcpy(p, &v, n * sizeof(float)); }
+
+/* The even and odd lanes of the 16 floats a, b (GCC's and Clang's spellings) */
+#if defined(__clang__) || __GNUC__ >= 12
+#define FXNN_EVEN(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
+#define FXNN_ODD(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
+#else
+#define FXNN_EVEN(a, b) __builtin_shuffle(a, b, ((fxnn_v8i){0, 2, 4, 6, 8, 10, 12, 14}))
+#define FXNN_ODD(a, b) __builtin_shuffle(a, b, ((fxnn_v8i){1, 3, 5, 7, 9, 11, 13, 15}))
+#endif
+
+/* max(a, b) lane by lane, keeping a NaN of a, as torch.maximum */
+static inline fxnn_v8f fxnn_vmax_nan(fxnn_v8f a, fxnn_v8f b) { return fxnn_select((a > b) | (a != a), a, b); }
+
+/* relu(v) * s and s for 8 lanes: relu as torch's (NaN stays NaN), s = scale
+ * where the draw is >= threshold, 0 below (m: the draws; no mask: s = 1). */
+static inline fxnn_v8f fxnn_relu_scaled(fxnn_v8f v, const fxnn_v8h *m, fxnn_v8i vthreshold, fxnn_v8f vscale,
+                                        fxnn_v8f *s)
+{
+    const fxnn_v8f zero = {0};
+    *s = m ? fxnn_select(__builtin_convertvector(*m, fxnn_v8i) >= vthreshold, vscale, zero) : zero + 1.0f;
+    return fxnn_select((v > zero) | (v != v), v, zero) * *s;
+}
 
 /* h = relu(y) * s of one row of n elements into hrow, the factors s into
- * srow; relu as torch's (NaN stays NaN), s = scale where mask >= threshold,
- * 0 below, 1 without a mask. */
+ * srow (both scratch rows); s = scale where mask >= threshold, 0 below, 1
+ * without a mask. */
 FXNN_CLONES static void fxnn_block_row(const float *y, const uint16_t *mask, uint16_t threshold, float scale,
                                        long n, float *hrow, float *srow)
 {
-    const fxnn_v8f zero = {0}, one = zero + 1.0f, vscale = zero + scale;
+    const fxnn_v8f vscale = (fxnn_v8f){0} + scale;
     const fxnn_v8i vthreshold = (fxnn_v8i){0} + (int)threshold;
+    fxnn_v8f s;
+    fxnn_v8h m = {0};
     long j = 0;
     for (; j + 8 <= n; j += 8) {
-        fxnn_v8f v = *(const fxnn_v8f_u *)(y + j), s = one;
-        fxnn_v8f r = fxnn_select((v > zero) | (v != v), v, zero);
         if (mask)
-            s = fxnn_select(__builtin_convertvector(*(const fxnn_v8h_u *)(mask + j), fxnn_v8i) >= vthreshold,
-                            vscale, zero);
+            m = *(const fxnn_v8h_u *)(mask + j);
+        *(fxnn_v8f_u *)(hrow + j) = fxnn_relu_scaled(*(const fxnn_v8f_u *)(y + j), mask ? &m : NULL, vthreshold,
+                                                     vscale, &s);
         *(fxnn_v8f_u *)(srow + j) = s;
-        *(fxnn_v8f_u *)(hrow + j) = r * s;
     }
-    for (; j < n; j++) {
-        float v = y[j], sj = mask ? (mask[j] >= threshold ? scale : 0.0f) : 1.0f;
-        srow[j] = sj;
-        hrow[j] = (v > 0.0f || v != v ? v : 0.0f) * sj;
+    if (j < n) {
+        if (mask)
+            memcpy(&m, mask + j, (n - j) * sizeof(uint16_t));
+        *(fxnn_v8f_u *)(hrow + j) = fxnn_relu_scaled(fxnn_tail_load(y + j, n - j), mask ? &m : NULL, vthreshold,
+                                                     vscale, &s);
+        *(fxnn_v8f_u *)(srow + j) = s;
     }
 }
 
@@ -81,8 +118,12 @@ FXNN_CLONES static void fxnn_block_row_grad(const float *y, const float *hrow, c
         fxnn_v8f s = *(const fxnn_v8f_u *)(srow + j);
         *(fxnn_v8f_u *)(gy + j) = fxnn_select((v > zero) & (h == o), g * s, zero);
     }
-    for (; j < n; j++)
-        gy[j] = y[j] > 0.0f && hrow[j] == ob[j] ? gb[j] * srow[j] : 0.0f;
+    if (j < n) {
+        fxnn_v8f v = fxnn_tail_load(y + j, n - j), h = *(const fxnn_v8f_u *)(hrow + j);
+        fxnn_v8f o = *(const fxnn_v8f_u *)(ob + j), g = *(const fxnn_v8f_u *)(gb + j);
+        fxnn_v8f s = *(const fxnn_v8f_u *)(srow + j);
+        fxnn_tail_store(gy + j, fxnn_select((v > zero) & (h == o), g * s, zero), n - j);
+    }
 }
 
 static void fxnn_block_h(const struct fxnn_block *k, long t, long n, float *hrow, float *srow)
@@ -90,20 +131,28 @@ static void fxnn_block_h(const struct fxnn_block *k, long t, long n, float *hrow
     fxnn_block_row(k->y + t, k->mask ? k->mask + t : NULL, k->threshold, k->scale, n, hrow, srow);
 }
 
-/* Work items are planes; scratch holds 4 rows of W floats. */
+/* Work items are planes; scratch holds 4 padded rows (FXNN_ROW_PAD). */
 FXNN_CLONES static void fxnn_block_forward_planes(void *arg, long first, long last, void *scratch)
 {
     const struct fxnn_block *k = (const struct fxnn_block *)arg;
     long h2 = k->h / 2, w2 = k->w / 2, p, i, j;
-    float *h0 = (float *)scratch, *h1 = h0 + k->w, *s = h1 + k->w;
+    float *h0 = (float *)scratch, *h1 = h0 + FXNN_ROW_PAD(k->w), *s = h1 + FXNN_ROW_PAD(k->w);
     for (p = first; p < last; p++) {
         long base = p * k->h * k->w;
         float *o = k->result + p * h2 * w2;
         for (i = 0; i < h2; i++) {
             fxnn_block_h(k, base + 2 * i * k->w, 2 * w2, h0, s);
             fxnn_block_h(k, base + (2 * i + 1) * k->w, 2 * w2, h1, s);
-            for (j = 0; j < 2 * w2; j++) h0[j] = fxnn_max_nan(h0[j], h1[j]);
-            for (j = 0; j < w2; j++) o[i * w2 + j] = fxnn_max_nan(h0[2 * j], h0[2 * j + 1]);
+            for (j = 0; j < 2 * w2; j += 8)
+                *(fxnn_v8f_u *)(h0 + j) = fxnn_vmax_nan(*(fxnn_v8f_u *)(h0 + j), *(fxnn_v8f_u *)(h1 + j));
+            for (j = 0; j < w2; j += 8) {  /* the maxima of column pairs, 8 windows at a time */
+                fxnn_v8f a = *(fxnn_v8f_u *)(h0 + 2 * j), b = *(fxnn_v8f_u *)(h0 + 2 * j + 8);
+                fxnn_v8f m = fxnn_vmax_nan(FXNN_EVEN(a, b), FXNN_ODD(a, b));
+                if (j + 8 <= w2)
+                    *(fxnn_v8f_u *)(o + i * w2 + j) = m;
+                else
+                    fxnn_tail_store(o + i * w2 + j, m, w2 - j);
+            }
         }
     }
 }
@@ -112,7 +161,8 @@ FXNN_CLONES static void fxnn_block_backward_planes(void *arg, long first, long l
 {
     const struct fxnn_block *k = (const struct fxnn_block *)arg;
     long h2 = k->h / 2, w2 = k->w / 2, p, i, j, r;
-    float *hrow = (float *)scratch, *srow = hrow + k->w, *ob = srow + k->w, *gb = ob + k->w;
+    float *hrow = (float *)scratch, *srow = hrow + FXNN_ROW_PAD(k->w), *ob = srow + FXNN_ROW_PAD(k->w);
+    float *gb = ob + FXNN_ROW_PAD(k->w);
     for (p = first; p < last; p++) {
         long base = p * k->h * k->w;
         const float *o = k->out + p * h2 * w2, *g = k->g + p * h2 * w2;
@@ -139,7 +189,7 @@ static int fxnn_block_forward(const float *y, const uint16_t *mask, uint16_t thr
     struct fxnn_block k;
     memset(&k, 0, sizeof(k));
     k.y = y; k.mask = mask; k.threshold = threshold; k.scale = scale; k.result = out; k.h = h; k.w = w;
-    return fxnn_parallel(fxnn_block_forward_planes, &k, planes, 4 * (size_t)(w + 1) * sizeof(float), threads);
+    return fxnn_parallel(fxnn_block_forward_planes, &k, planes, 4 * (size_t)FXNN_ROW_PAD(w) * sizeof(float), threads);
 }
 
 /* gy (planes, h, w) from g and out (planes, h/2, w/2), y and the mask. */
@@ -150,7 +200,7 @@ static int fxnn_block_backward(const float *y, const uint16_t *mask, uint16_t th
     memset(&k, 0, sizeof(k));
     k.y = y; k.mask = mask; k.threshold = threshold; k.scale = scale; k.out = out; k.g = g; k.result = gy;
     k.h = h; k.w = w;
-    return fxnn_parallel(fxnn_block_backward_planes, &k, planes, 4 * (size_t)(w + 1) * sizeof(float), threads);
+    return fxnn_parallel(fxnn_block_backward_planes, &k, planes, 4 * (size_t)FXNN_ROW_PAD(w) * sizeof(float), threads);
 }
 
 #endif /* FXNN_BLOCK_CPU_C */

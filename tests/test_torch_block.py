@@ -12,7 +12,8 @@ import torch.nn.functional as F  # noqa: E402
 from fxnn.models import dropout  # noqa: E402
 from fxnn.models.torch.block import native_available, reference, relu_dropout_pool  # noqa: E402
 
-SHAPES = [(2, 3, 28, 28), (1, 2, 7, 5), (3, 1, 3, 4), (2, 2, 2, 2), (1, 1, 1, 1), (2, 4, 9, 17)]
+SHAPES = [(2, 3, 28, 28), (1, 2, 7, 5), (3, 1, 3, 4), (2, 2, 2, 2), (1, 1, 1, 1), (2, 4, 9, 17), (2, 3, 14, 14),
+          (1, 2, 35, 33), (2, 2, 6, 34)]  # the last three: rows of 14, 32 and 34 columns (vectors of 8 and 16)
 
 
 def case(shape, p, seed=0):
