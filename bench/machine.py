@@ -123,6 +123,9 @@ def describe(threads, peaks=True):
             or "none of avx2/avx512",
             "vector_isa": vector_isa(flags), "matrix_engine": matrix_engine(flags),
             "python": platform.python_version()}
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if capped:  # oneDNN told to use no more than this ISA (e.g. no AMX): the dense baselines run it
+        info["onednn_max_isa"] = capped
     try:
         import torch
         info["torch"] = torch.__version__
@@ -189,7 +192,9 @@ def banner(info):
     if "fused_bf16" in info:
         fused += f", bf16 kernel {'yes' if info['fused_bf16'] else 'no'}"
     return (f"CPU: {info['cpu']} ({info['machine']}, {info['vector_isa']}, matrix engine {info['matrix_engine']}), "
-            f"{info['threads']} threads of {info['cores_visible']} visible; fused kernels: {fused}\n"
+            f"{info['threads']} threads of {info['cores_visible']} visible; fused kernels: {fused}"
+            + (f"; oneDNN capped at {info['onednn_max_isa']} (ONEDNN_MAX_CPU_ISA)" if "onednn_max_isa" in info else "")
+            + "\n"
             f"peaks on {info['threads']} threads, best of {PEAK_TRIES}: {fp32}; {bf16}; "
             f"torch {info.get('torch', '-')}, pytensor {info.get('pytensor', '-')}, python {info['python']}")
 

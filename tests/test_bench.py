@@ -49,6 +49,18 @@ def test_describe_without_peaks_has_the_fields():
     machine.banner(info)
 
 
+def test_a_capped_onednn_is_named_in_the_banner(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA (e.g. AVX512_CORE_BF16: AMX off, an AVX512-BF16-only machine's
+    oneDNN) changes what the dense baselines run, so the banner says so."""
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert "oneDNN" not in machine.banner(machine.describe(1, peaks=False))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    info = machine.describe(1, peaks=False)
+    assert info["onednn_max_isa"] == "AVX512_CORE_BF16"
+    assert "oneDNN capped at AVX512_CORE_BF16 (ONEDNN_MAX_CPU_ISA)" in machine.banner(info).splitlines()[0]
+
+
 def samples(ms):
     return {k: [v / 1000] * 3 for k, v in ms.items()}
 
