@@ -190,9 +190,15 @@ def run_jobs(client, jobs, fxnn_flags, status_every=60.0, gpus_per_run=0, remote
     return failed
 
 
+#: Scheduler states of a task no worker has started (None: the scheduler has none).
+NOT_STARTED = ("released", "waiting", "queued", "no-worker", None)
+
+
 def _wait_for_started(client, pending):
     """Until every task in ``pending`` has ended, cancelling those that no
-    worker has taken (queued, or waiting for a worker that may never come)."""
+    worker has taken (queued, or waiting for a worker that may never come).
+    A task the scheduler holds as finished ("memory") while this client has
+    not heard so yet is left alone: cancelling it would lose its outcome."""
     left = set(pending)
     while left:
         left = {f for f in left if not f.done()}
@@ -200,7 +206,7 @@ def _wait_for_started(client, pending):
             return
         keys = {f.key for f in left}
         states = client.run_on_scheduler(_task_states, keys)
-        waiting = [f for f in left if states.get(f.key) != "processing"]
+        waiting = [f for f in left if states.get(f.key) in NOT_STARTED]
         if waiting:
             client.cancel(waiting)
         time.sleep(0.5)

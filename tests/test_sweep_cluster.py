@@ -236,6 +236,42 @@ class FakeWorker:
         self.state = type("State", (), {"total_resources": {"GPU": gpus}})()
 
 
+class FakeFuture:
+    def __init__(self, key, polls_until_done):
+        self.key, self.polls = key, polls_until_done
+
+    def done(self):
+        self.polls -= 1
+        return self.polls < 0
+
+
+class FakeClient:
+    """The scheduler's task states as _wait_for_started asks for them, and what it cancels."""
+    def __init__(self, states):
+        self.states, self.cancelled = states, []
+
+    def run_on_scheduler(self, function, keys):
+        return {k: self.states[k] for k in keys if k in self.states}
+
+    def cancel(self, futures):
+        self.cancelled += [f.key for f in futures]
+        for f in futures:
+            f.polls = 0
+
+
+def test_a_stopped_sweep_cancels_only_the_runs_no_worker_started(monkeypatch):
+    """Ctrl-C: queued tasks are cancelled; a running one, and one that has just
+    ended on its worker ("memory") before this client heard so, are waited for,
+    so that their outcome ("stopped after ...") is reported."""
+    from fxnn.analysis import sweep as sweep_module
+    monkeypatch.setattr(sweep_module.time, "sleep", lambda s: None)
+    futures = [FakeFuture("queued", 5), FakeFuture("running", 2), FakeFuture("ended", 1), FakeFuture("gone", 5),
+               FakeFuture("no-worker", 5)]
+    client = FakeClient({"queued": "queued", "running": "processing", "ended": "memory", "no-worker": "no-worker"})
+    sweep_module._wait_for_started(client, futures)
+    assert sorted(client.cancelled) == ["gone", "no-worker", "queued"]
+
+
 def test_gpu_slots_give_each_run_its_own_devices(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     slots, worker = GpuSlots(), FakeWorker("tcp://a:1", 3)
