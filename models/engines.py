@@ -28,6 +28,9 @@ PRECISIONS = ("fp32", "bf16")
 #: bf16 (where oneDNN's and cuDNN's bf16 convolutions are fastest) and NCHW in fp32
 #: (as records before the flag ran); nchw or channels_last, in either precision.
 MEMORY_FORMATS = {"auto": None, "nchw": False, "channels_last": True}
+#: The refusal of --memory-format channels_last by the PyTensor engine.
+PYTENSOR_NCHW_ONLY = ("the pytensor engine lays tensors out NCHW only; use --engine torch (pip install torch) "
+                      "for --memory-format channels_last, or --memory-format nchw")
 
 
 def torch_available():
@@ -66,9 +69,8 @@ def resolve(engine, device, precision="fp32", memory_format="auto"):
         device = "cuda" if engine in ("auto", "torch") and cuda_available() else "cpu"
     if engine == "auto":
         engine = "torch" if torch_available() else "pytensor"
-    if engine == "pytensor" and memory_format == "channels_last":
-        raise ValueError("the pytensor engine lays tensors out NCHW only; use --engine torch (pip install torch) "
-                         "for --memory-format channels_last, or --memory-format nchw")
+    if engine == "pytensor" and MEMORY_FORMATS[memory_format]:
+        raise ValueError(PYTENSOR_NCHW_ONLY)
     if engine == "pytensor" and device != "cpu":
         raise ValueError("the pytensor engine runs on the CPU only; use --engine torch for --device cuda")
     if device == "cuda" and not cuda_available():
@@ -104,8 +106,7 @@ def make_engine(engine, device, network, params, optimizer, dropout, seed, fxnn_
             raise ValueError("the pytensor engine computes in float32 only; use --engine torch for "
                              f"--precision {precision}")
         if MEMORY_FORMATS[memory_format]:
-            raise ValueError("the pytensor engine lays tensors out NCHW only; use --engine torch for "
-                             "--memory-format channels_last")
+            raise ValueError(PYTENSOR_NCHW_ONLY)
         from .pytensor.engine import PyTensorEngine
         return PyTensorEngine(network, params, optimizer, dropout, seed, fxnn_path=fxnn_path,
                               batch_sizes=batch_sizes)
