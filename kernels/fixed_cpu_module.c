@@ -123,19 +123,22 @@ static void release_all(Py_buffer *views, int count)
         if (views[i].obj) PyBuffer_Release(&views[i]);
 }
 
-/* One float32 argument of a fused call. */
+/* One buffer argument of a fused call. */
 struct f32_arg {
     const char *name;
     int ndim, writable, optional;
 };
 
-/* The buffers of objs as spec says, all or none (0, or -1 with an error). */
-static int get_f32_args(PyObject *const *objs, const struct f32_arg *spec, int count, Py_buffer *v)
+/* A buffer reader: get_f32, or get_bf16 below. */
+typedef int (*buffer_getter)(PyObject *, Py_buffer *, int, int, const char *, int);
+
+/* The buffers of objs as spec says, read by get, all or none (0, or -1 with an error). */
+static int get_args(PyObject *const *objs, const struct f32_arg *spec, int count, Py_buffer *v, buffer_getter get)
 {
     int i;
     memset(v, 0, count * sizeof(*v));
     for (i = 0; i < count; i++)
-        if (get_f32(objs[i], &v[i], spec[i].writable, spec[i].ndim, spec[i].name, spec[i].optional) < 0) {
+        if (get(objs[i], &v[i], spec[i].writable, spec[i].ndim, spec[i].name, spec[i].optional) < 0) {
             release_all(v, count);
             return -1;
         }
@@ -182,12 +185,6 @@ static int bad_stride(long stride)
     PyErr_Format(PyExc_ValueError, "the fused kernels run stride 1 or 2, got %ld", stride);
     return 1;
 }
-
-/* Parses (buffers..., threads, isa[, stride]) of a fused call into o, v, threads, isa, stride. */
-#define PARSE_FUSED(format, ...)                                                                   \
-    if (!PyArg_ParseTuple(args, format "is|lp", __VA_ARGS__, &threads, &isa_name, &stride, &nhwc) \
-        || bad_stride(stride) || (isa = isa_index(isa_name)) < 0 || get_f32_args(o, spec, count, v) < 0) \
-        return NULL
 
 /* Whether a 4-d buffer is (b, c, h, w). */
 static int shaped(const Py_buffer *v, long b, long c, long h, long w)
@@ -258,81 +255,92 @@ static const Py_buffer *as_nchw(const Py_buffer *v, int count, int nhwc, Py_buff
     return t;
 }
 
-static PyObject *fused_forward(PyObject *self, PyObject *args)
+enum fused_op { FUSED_FORWARD, FUSED_WGRAD, FUSED_DGRAD };
+
+/* The buffers of each fused call, in order (the input gradient has three). */
+static const struct f32_arg fused_specs[3][4] = {
+    {{"x", 4, 0, 0}, {"w", 2, 0, 0}, {"bias", 1, 0, 1}, {"y", 4, 1, 0}},
+    {{"x", 4, 0, 0}, {"dy", 4, 0, 0}, {"dw", 2, 1, 0}, {"dbias", 1, 1, 1}},
+    {{"dy", 4, 0, 0}, {"w", 2, 0, 0}, {"dx", 4, 1, 0}, {NULL, 0, 0, 0}},
+};
+
+static const char *(*const fused_shapes[3])(const Py_buffer *, long, struct fused_dims *) = {
+    forward_shapes, wgrad_shapes, dgrad_shapes};
+
+static int bf16_isa_index(const char *name);
+static int get_bf16(PyObject *obj, Py_buffer *view, int writable, int ndim, const char *name, int optional);
+
+#define BUF(i, T) ((T *)v[i].buf)
+#define OPTIONAL_BUF(i, T) (v[i].obj ? (T *)v[i].buf : NULL)
+
+/* Runs one float32 fused kernel on checked buffers (no Python calls: the GIL is released). */
+static int run_f32(int op, int isa, int nhwc, const Py_buffer *v, const struct fused_dims *d, long stride, int threads)
 {
-    static const struct f32_arg spec[] = {{"x", 4, 0, 0}, {"w", 2, 0, 0}, {"bias", 1, 0, 1}, {"y", 4, 1, 0}};
-    enum { count = 4 };
-    PyObject *o[count];
-    Py_buffer v[count];
-    int threads, isa, rc;
-    const char *isa_name, *problem;
-    long stride = 1;
-    int nhwc = 0;
-    Py_buffer t[count];
-    Py_ssize_t shapes[count][4];
+    switch (op) {
+    case FUSED_FORWARD:
+        return (nhwc ? fxnn_nh_forward : fxnn_fused_forward)(isa, BUF(0, const float), BUF(1, const float),
+                                                             OPTIONAL_BUF(2, const float), BUF(3, float),
+                                                             d->b, d->m, d->n, d->h, d->w, stride, threads);
+    case FUSED_WGRAD:
+        return (nhwc ? fxnn_nh_wgrad : fxnn_fused_wgrad)(isa, BUF(0, const float), BUF(1, const float), BUF(2, float),
+                                                         OPTIONAL_BUF(3, float), d->b, d->m, d->n, d->h, d->w, stride,
+                                                         threads);
+    default:
+        return (nhwc ? fxnn_nh_dgrad : fxnn_fused_dgrad)(isa, BUF(0, const float), BUF(1, const float), BUF(2, float),
+                                                         d->b, d->m, d->n, d->h, d->w, stride, threads);
+    }
+}
+
+/* The same for the bfloat16 kernels (NCHW only). */
+static int run_bf16(int op, int isa, const Py_buffer *v, const struct fused_dims *d, long stride, int threads)
+{
+    switch (op) {
+    case FUSED_FORWARD:
+        return fxb_fused_forward(isa, BUF(0, const uint16_t), BUF(1, const uint16_t), OPTIONAL_BUF(2, const uint16_t),
+                                 BUF(3, uint16_t), d->b, d->m, d->n, d->h, d->w, stride, threads);
+    case FUSED_WGRAD:
+        return fxb_fused_wgrad(isa, BUF(0, const uint16_t), BUF(1, const uint16_t), BUF(2, uint16_t),
+                               OPTIONAL_BUF(3, uint16_t), d->b, d->m, d->n, d->h, d->w, stride, threads);
+    default:
+        return fxb_fused_dgrad(isa, BUF(0, const uint16_t), BUF(1, const uint16_t), BUF(2, uint16_t),
+                               d->b, d->m, d->n, d->h, d->w, stride, threads);
+    }
+}
+
+/* One fused call, (buffers..., threads, isa[, stride[, nhwc]]) (nhwc: float32 only): parses and
+ * checks the arguments, then runs the kernel with the GIL released. */
+static PyObject *fused_call(PyObject *args, int op, int bf16)
+{
+    const struct f32_arg *spec = fused_specs[op];
+    const int count = op == FUSED_DGRAD ? 3 : 4;
+    PyObject *o[4] = {NULL, NULL, NULL, NULL};
+    Py_buffer v[4], t[4];
+    Py_ssize_t shapes[4][4];
     struct fused_dims d;
-    (void)self;
-    PARSE_FUSED("OOOO", &o[0], &o[1], &o[2], &o[3]);
-    if ((problem = forward_shapes(as_nchw(v, count, nhwc, t, shapes), stride, &d)) != NULL)
+    const char *isa_name, *problem;
+    int threads, isa, nhwc = 0, rc, parsed;
+    long stride = 1;
+    if (count == 4)
+        parsed = PyArg_ParseTuple(args, bf16 ? "OOOOis|l" : "OOOOis|lp", &o[0], &o[1], &o[2], &o[3], &threads,
+                                  &isa_name, &stride, &nhwc);
+    else
+        parsed = PyArg_ParseTuple(args, bf16 ? "OOOis|l" : "OOOis|lp", &o[0], &o[1], &o[2], &threads, &isa_name,
+                                  &stride, &nhwc);
+    if (!parsed || bad_stride(stride) || (isa = (bf16 ? bf16_isa_index : isa_index)(isa_name)) < 0
+        || get_args(o, spec, count, v, bf16 ? get_bf16 : get_f32) < 0)
+        return NULL;
+    if ((problem = fused_shapes[op](as_nchw(v, count, nhwc, t, shapes), stride, &d)) != NULL)
         SHAPE_ERROR(problem);
     Py_BEGIN_ALLOW_THREADS
-    rc = (nhwc ? fxnn_nh_forward : fxnn_fused_forward)(isa, (const float *)v[0].buf, (const float *)v[1].buf,
-                            v[2].obj ? (const float *)v[2].buf : NULL, (float *)v[3].buf, d.b, d.m, d.n, d.h, d.w, stride,
-                            threads);
+    rc = bf16 ? run_bf16(op, isa, v, &d, stride, threads) : run_f32(op, isa, nhwc, v, &d, stride, threads);
     Py_END_ALLOW_THREADS
     release_all(v, count);
     return fused_result(rc);
 }
 
-static PyObject *fused_wgrad(PyObject *self, PyObject *args)
-{
-    static const struct f32_arg spec[] = {{"x", 4, 0, 0}, {"dy", 4, 0, 0}, {"dw", 2, 1, 0}, {"dbias", 1, 1, 1}};
-    enum { count = 4 };
-    PyObject *o[count];
-    Py_buffer v[count];
-    int threads, isa, rc;
-    const char *isa_name, *problem;
-    long stride = 1;
-    int nhwc = 0;
-    Py_buffer t[count];
-    Py_ssize_t shapes[count][4];
-    struct fused_dims d;
-    (void)self;
-    PARSE_FUSED("OOOO", &o[0], &o[1], &o[2], &o[3]);
-    if ((problem = wgrad_shapes(as_nchw(v, count, nhwc, t, shapes), stride, &d)) != NULL)
-        SHAPE_ERROR(problem);
-    Py_BEGIN_ALLOW_THREADS
-    rc = (nhwc ? fxnn_nh_wgrad : fxnn_fused_wgrad)(isa, (const float *)v[0].buf, (const float *)v[1].buf, (float *)v[2].buf,
-                          v[3].obj ? (float *)v[3].buf : NULL, d.b, d.m, d.n, d.h, d.w, stride, threads);
-    Py_END_ALLOW_THREADS
-    release_all(v, count);
-    return fused_result(rc);
-}
-
-static PyObject *fused_dgrad(PyObject *self, PyObject *args)
-{
-    static const struct f32_arg spec[] = {{"dy", 4, 0, 0}, {"w", 2, 0, 0}, {"dx", 4, 1, 0}};
-    enum { count = 3 };
-    PyObject *o[count];
-    Py_buffer v[count];
-    int threads, isa, rc;
-    const char *isa_name, *problem;
-    long stride = 1;
-    int nhwc = 0;
-    Py_buffer t[count];
-    Py_ssize_t shapes[count][4];
-    struct fused_dims d;
-    (void)self;
-    PARSE_FUSED("OOO", &o[0], &o[1], &o[2]);
-    if ((problem = dgrad_shapes(as_nchw(v, count, nhwc, t, shapes), stride, &d)) != NULL)
-        SHAPE_ERROR(problem);
-    Py_BEGIN_ALLOW_THREADS
-    rc = (nhwc ? fxnn_nh_dgrad : fxnn_fused_dgrad)(isa, (const float *)v[0].buf, (const float *)v[1].buf, (float *)v[2].buf, d.b, d.m, d.n, d.h, d.w,
-                          stride, threads);
-    Py_END_ALLOW_THREADS
-    release_all(v, count);
-    return fused_result(rc);
-}
+static PyObject *fused_forward(PyObject *self, PyObject *args) { (void)self; return fused_call(args, FUSED_FORWARD, 0); }
+static PyObject *fused_wgrad(PyObject *self, PyObject *args) { (void)self; return fused_call(args, FUSED_WGRAD, 0); }
+static PyObject *fused_dgrad(PyObject *self, PyObject *args) { (void)self; return fused_call(args, FUSED_DGRAD, 0); }
 
 /* The names of an ISA table's entries that this CPU runs, best first. */
 static PyObject *supported_names(int count, int (*supported)(int), const char *(*name_of)(int))
@@ -405,18 +413,6 @@ static int get_bf16(PyObject *obj, Py_buffer *view, int writable, int ndim, cons
     return 0;
 }
 
-static int get_bf16_args(PyObject *const *objs, const struct f32_arg *spec, int count, Py_buffer *v)
-{
-    int i;
-    memset(v, 0, count * sizeof(*v));
-    for (i = 0; i < count; i++)
-        if (get_bf16(objs[i], &v[i], spec[i].writable, spec[i].ndim, spec[i].name, spec[i].optional) < 0) {
-            release_all(v, count);
-            return -1;
-        }
-    return 0;
-}
-
 /* The bf16 ISA index of a name this CPU supports; -1 with ValueError otherwise. */
 static int bf16_isa_index(const char *name)
 {
@@ -434,77 +430,9 @@ static int bf16_isa_index(const char *name)
     return -1;
 }
 
-#define PARSE_BF16(format, ...)                                                                    \
-    if (!PyArg_ParseTuple(args, format "is|l", __VA_ARGS__, &threads, &isa_name, &stride)         \
-        || bad_stride(stride) || (isa = bf16_isa_index(isa_name)) < 0 || get_bf16_args(o, spec, count, v) < 0) \
-        return NULL
-
-static PyObject *fused_forward_bf16(PyObject *self, PyObject *args)
-{
-    static const struct f32_arg spec[] = {{"x", 4, 0, 0}, {"w", 2, 0, 0}, {"bias", 1, 0, 1}, {"y", 4, 1, 0}};
-    enum { count = 4 };
-    PyObject *o[count];
-    Py_buffer v[count];
-    int threads, isa, rc;
-    const char *isa_name, *problem;
-    long stride = 1;
-    struct fused_dims d;
-    (void)self;
-    PARSE_BF16("OOOO", &o[0], &o[1], &o[2], &o[3]);
-    if ((problem = forward_shapes(v, stride, &d)) != NULL)
-        SHAPE_ERROR(problem);
-    Py_BEGIN_ALLOW_THREADS
-    rc = fxb_fused_forward(isa, (const uint16_t *)v[0].buf, (const uint16_t *)v[1].buf,
-                           v[2].obj ? (const uint16_t *)v[2].buf : NULL, (uint16_t *)v[3].buf, d.b, d.m, d.n, d.h, d.w, stride,
-                           threads);
-    Py_END_ALLOW_THREADS
-    release_all(v, count);
-    return fused_result(rc);
-}
-
-static PyObject *fused_wgrad_bf16(PyObject *self, PyObject *args)
-{
-    static const struct f32_arg spec[] = {{"x", 4, 0, 0}, {"dy", 4, 0, 0}, {"dw", 2, 1, 0}, {"dbias", 1, 1, 1}};
-    enum { count = 4 };
-    PyObject *o[count];
-    Py_buffer v[count];
-    int threads, isa, rc;
-    const char *isa_name, *problem;
-    long stride = 1;
-    struct fused_dims d;
-    (void)self;
-    PARSE_BF16("OOOO", &o[0], &o[1], &o[2], &o[3]);
-    if ((problem = wgrad_shapes(v, stride, &d)) != NULL)
-        SHAPE_ERROR(problem);
-    Py_BEGIN_ALLOW_THREADS
-    rc = fxb_fused_wgrad(isa, (const uint16_t *)v[0].buf, (const uint16_t *)v[1].buf, (uint16_t *)v[2].buf,
-                         v[3].obj ? (uint16_t *)v[3].buf : NULL, d.b, d.m, d.n, d.h, d.w, stride, threads);
-    Py_END_ALLOW_THREADS
-    release_all(v, count);
-    return fused_result(rc);
-}
-
-static PyObject *fused_dgrad_bf16(PyObject *self, PyObject *args)
-{
-    static const struct f32_arg spec[] = {{"dy", 4, 0, 0}, {"w", 2, 0, 0}, {"dx", 4, 1, 0}};
-    enum { count = 3 };
-    PyObject *o[count];
-    Py_buffer v[count];
-    int threads, isa, rc;
-    const char *isa_name, *problem;
-    long stride = 1;
-    struct fused_dims d;
-    (void)self;
-    PARSE_BF16("OOO", &o[0], &o[1], &o[2]);
-    if ((problem = dgrad_shapes(v, stride, &d)) != NULL)
-        SHAPE_ERROR(problem);
-    Py_BEGIN_ALLOW_THREADS
-    rc = fxb_fused_dgrad(isa, (const uint16_t *)v[0].buf, (const uint16_t *)v[1].buf, (uint16_t *)v[2].buf,
-                         d.b, d.m, d.n, d.h, d.w, stride, threads);
-    Py_END_ALLOW_THREADS
-    release_all(v, count);
-    return fused_result(rc);
-}
+static PyObject *fused_forward_bf16(PyObject *self, PyObject *args) { (void)self; return fused_call(args, FUSED_FORWARD, 1); }
+static PyObject *fused_wgrad_bf16(PyObject *self, PyObject *args) { (void)self; return fused_call(args, FUSED_WGRAD, 1); }
+static PyObject *fused_dgrad_bf16(PyObject *self, PyObject *args) { (void)self; return fused_call(args, FUSED_DGRAD, 1); }
 
 static const char *bf16_isa_name_of(int i) { return fxb_isas[i]->name; }
 
