@@ -67,3 +67,61 @@ def test_download_progress_counts_in_megabytes_with_or_without_a_total():
     assert "download [###############...............] 2.5/5.0 MB" in stream.getvalue()
     bar.update(7_250_000, 0, "download")
     assert stream.getvalue().endswith("\r  download 7.2 MB ")
+
+
+def test_lengths_of_time_read_as_a_person_would_say_them():
+    from fxnn.training.loop import duration
+    assert [duration(s) for s in (0, 29, 31, 90, 59 * 60, 3600, 3 * 3600 + 5 * 60 + 10)] == [
+        "under a minute", "under a minute", "about 1 min", "about 2 min", "about 59 min", "about 1 h 00 min",
+        "about 3 h 05 min"]
+
+
+class FakeEngine:
+    """Training steps that count themselves; a loss that never changes."""
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    def train_step(self, x, y, lr):
+        self.clock[0] += 1.0  # each iteration takes one second
+        return 0.5, 0.25
+
+    def evaluate(self, x, y):
+        return 0.5, 0.25, np.zeros((len(x), 10), np.float32)
+
+    def snapshot(self):
+        return {}
+
+
+class FakeRecorder:
+    records = 0
+    sample_x, sample_y = np.zeros((1, 1, 2, 2), np.float32), np.zeros(1, np.int32)
+
+    def add_iteration(self, loss, erate):
+        pass
+
+    def add_record(self, *args):
+        self.records += 1
+
+
+class FakeData:
+    train_x, train_y = np.zeros((4, 1, 2, 2), np.float32), np.zeros(4, np.int32)
+
+    def validation(self):
+        return self.train_x, self.train_y
+
+
+def test_the_training_bar_names_the_record_and_the_time_the_run_has_left(monkeypatch):
+    from fxnn.training import loop
+    clock = [0.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock[0])
+    terminal = FakeTTY()
+    schedule = loop.Schedule(num_records=4, iters_per_record=30, batch_size=2, learn_rate=0.1, learn_decay=1.0)
+    lines = []
+    outcome = loop.train(FakeEngine(clock), FakeData(), schedule, FakeRecorder(), np.random.default_rng(0),
+                         start_record=1, print_line=lines.append, progress=Progress(terminal, interval=0))
+    assert outcome == "complete" and len(lines) == 4  # record 0's validation, then records 2-4
+    bars = [part.strip() for part in terminal.getvalue().split("\r") if part.strip()]
+    training = [bar.split(" [")[0] for bar in bars if "record" in bar]
+    # record 2 is this process's first: no estimate; then 30 s a record, for 2 and 1 records left
+    assert sorted(set(training)) == ["record 2/4", "record 3/4, about 1 min left", "record 4/4, under a minute left"]

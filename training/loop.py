@@ -65,10 +65,29 @@ def validate(engine, x, y, batch=HYP.valid_batch, progress=None):
     return loss / len(x), errors / len(x)
 
 
+def duration(seconds):
+    """A rough length of time for a person: "under a minute", "about 12 min", "about 3 h 05 min"."""
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "under a minute"
+    return f"about {minutes} min" if minutes < 60 else f"about {minutes // 60} h {minutes % 60:02d} min"
+
+
+def record_label(record, num_records, seconds_per_record=None):
+    """The progress bar's label while record ``record`` (0-based) trains: which
+    record of how many, and the time left for the run at the rate so far."""
+    label = f"record {record + 1}/{num_records}"
+    if seconds_per_record is None:
+        return label
+    return f"{label}, {duration(seconds_per_record * (num_records - record))} left"
+
+
 def train(engine, dataset, schedule, recorder, sampler, start_record=0, on_record=None,
           print_line=print, progress=None):
     """Train records ``start_record``..nrec-1 (record 0's validation first on a
-    fresh run), calling ``on_record(done)`` after each; returns the outcome."""
+    fresh run), calling ``on_record(done)`` after each; returns the outcome.
+    The progress bar (terminals only) names the record and, from the second
+    one this process trains, the time the run has left."""
     progress = progress or Progress()
     total = schedule.total_iterations
     on_record = on_record or (lambda done: None)
@@ -86,9 +105,12 @@ def train(engine, dataset, schedule, recorder, sampler, start_record=0, on_recor
             if recorder.records == 0:
                 record(0, None, None, 0.0, 0.0)
             n_train = len(dataset.train_x)
+            first = time.perf_counter()
             for r in range(start_record, schedule.num_records):
                 lr = schedule.learn_rate_at(r)
                 start, cpu_start = time.perf_counter(), time.process_time()
+                per_record = (start - first) / (r - start_record) if r > start_record else None
+                label = record_label(r, schedule.num_records, per_record)
                 progress.start()
                 losses, erates = [], []
                 for i in range(schedule.iters_per_record):
@@ -100,7 +122,7 @@ def train(engine, dataset, schedule, recorder, sampler, start_record=0, on_recor
                         return "diverged"
                     losses.append(loss)
                     erates.append(erate)
-                    progress.update(i + 1, schedule.iters_per_record)
+                    progress.update(i + 1, schedule.iters_per_record, label)
                 record(r + 1, float(np.mean(losses)), float(np.mean(erates)), time.perf_counter() - start,
                        time.process_time() - cpu_start)
     except KeyboardInterrupt:
