@@ -587,6 +587,19 @@ static int fxnn_nh_wgrad(int isa_index, const float *x, const float *dy, float *
     return (int)rc;
 }
 
+/* Output rows a band of the channels_last input gradient: at least 4 tiles
+ * of mr pixels and at most 256 KiB of dZ; within that, the fewest rows (up
+ * to 4x the least) whose pixels fill whole tiles, or the whole image, as
+ * the band's last tile computes mr rows however many are real. */
+static long fxnn_nh_dgrad_rows(long oh, long ow, long npad, long mr)
+{
+    long cap = fxnn_max(1, 65536 / (ow * npad)), least = fxnn_max(1, fxnn_min((4 * mr + ow - 1) / ow, cap)), rows;
+    for (rows = least; rows <= fxnn_min(cap, 4 * least); rows++)
+        if ((rows * ow) % mr == 0 || rows >= oh)
+            return rows;
+    return least;
+}
+
 static int fxnn_nh_dgrad(int isa_index, const float *dy, const float *weight, float *dx,
                          long b, long m, long n, long h, long w, long s, int threads)
 {
@@ -606,9 +619,7 @@ static int fxnn_nh_dgrad(int isa_index, const float *dy, const float *weight, fl
         fxnn_release(&f);
         return FXNN_ERR_MEMORY;
     }
-    /* output rows a band: at least 4 tiles of pixels, at most 256 KiB of dZ */
-    f.rows = fxnn_max(1, fxnn_min((4 * isa->nh_mr + f.ow - 1) / f.ow,
-                                  65536 / (f.ow * f.npad)));
+    f.rows = fxnn_nh_dgrad_rows(f.oh, f.ow, f.npad, isa->nh_mr);
     /* scratch: a band's dZ, and a vector past it that the last channels'
      * loads may read (their lanes past M unused) */
     rc = fxnn_parallel(isa->nh_dgrad, &f, b, ((size_t)f.rows * f.ow * f.npad + isa->vw) * sizeof(float), threads);
