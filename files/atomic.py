@@ -13,7 +13,8 @@ created, so another user of a shared folder cannot redirect it.
 
 A full disk (or a quota, or a file-size limit) while writing becomes a
 :class:`WriteError` whose message is one line naming the file, the space it
-needs and the space free.
+needs and the space free; a folder that cannot take the file (missing, not a
+folder, no permission) a :class:`FolderError`, one line naming both.
 """
 import errno
 import os
@@ -35,6 +36,22 @@ class WriteError(OSError):
     @property
     def remedy(self):
         return NO_ROOM[self.errno][1]
+
+
+class FolderError(OSError):
+    """The folder of a file to be written cannot take it (missing, not a
+    folder, no permission, read-only); ``str()`` is one line naming the file."""
+
+    def __str__(self):
+        return self.strerror
+
+
+#: What each errno of creating a file says about its folder.
+FOLDER_PROBLEMS = {errno.ENOENT: "the folder {} does not exist (create it first)",
+                   errno.ENOTDIR: "{} is not a folder",
+                   errno.EACCES: "no permission to create files in {}",
+                   errno.EPERM: "no permission to create files in {}",
+                   errno.EROFS: "{} is on a read-only file system"}
 
 
 def _host():
@@ -122,6 +139,14 @@ def atomic_path(path, needed=None):
                     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                 except FileExistsError:
                     tmp = None
+                except OSError as e:
+                    tmp = None
+                    if e.errno not in FOLDER_PROBLEMS:
+                        raise
+                    problem = (FOLDER_PROBLEMS[e.errno].format(folder)
+                               if e.errno != errno.ENOENT or not os.path.isdir(folder)
+                               else f"{folder} takes no new files ({e.strerror})")
+                    raise FolderError(e.errno, f"cannot write {path}: {problem}") from None
             yield tmp
             if not os.path.samestat(os.fstat(fd), os.lstat(tmp)):  # replaced meanwhile: not ours to rename
                 raise FileExistsError(errno.EEXIST, f"the temporary {tmp} of {path} was replaced while "

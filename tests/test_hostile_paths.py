@@ -378,6 +378,23 @@ def test_a_writer_stopped_by_a_signal_leaves_no_temporary(tmp_path, records, sig
     assert out.read_bytes() == VICTIM and temporaries(tmp_path) == []
 
 
+@pytest.mark.parametrize("module,flags,name", [("to_csv", ["-o"], "out.csv"), ("summary", ["--csv"], "out.csv"),
+                                               ("plot", ["-o"], "out.png"), ("tune", ["--csv"], "out.csv")])
+@pytest.mark.parametrize("where", ["missing folder", "file as folder"])
+def test_a_writer_into_a_folder_that_cannot_take_it_says_so_in_one_line(tmp_path, capsys, records, module, flags,
+                                                                         name, where):
+    from importlib import import_module
+    folder = tmp_path / "no-such-folder"
+    if where == "file as folder":
+        folder.write_bytes(VICTIM)
+    out = folder / name
+    assert import_module(f"fxnn.analysis.{module}").main(records + flags + [str(out)]) == 2
+    line = one_line(capsys.readouterr().err)
+    problem = "does not exist (create it first)" if where == "missing folder" else "is not a folder"
+    assert line.startswith(f"{module}: error: cannot write {out}: ") and str(folder) in line and problem in line
+    assert (folder.read_bytes() == VICTIM) if where == "file as folder" else not folder.exists()
+
+
 def test_a_second_sweep_into_a_folder_in_use_is_refused_naming_the_first(tmp_path, capsys):
     folder = tmp_path / "s"
     folder.mkdir()
