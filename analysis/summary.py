@@ -403,22 +403,35 @@ def _key_value(text):
     return key, value
 
 
-def _margin(text):
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"a margin is an error rate in (0, 1), e.g. 0.01 for 1 point; got {text}")
-    return value
+def error_rate(what, example):
+    """An argparse type: an error rate strictly between 0 and 1, refused in one line naming ``what``."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0 < value < 1:
+            raise argparse.ArgumentTypeError(f"{what} is an error rate in (0, 1), e.g. {example}; got {text}")
+        return value
+    return parse
+
+
+def iteration(text):
+    """An argparse type: an iteration count, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"an iteration is a whole number, 0 or more; got {text}")
+    return int(text)
 
 
 def add_summary_flags(p):
-    p.add_argument("--at", type=int, nargs="+", default=None,
+    p.add_argument("--at", type=iteration, nargs="+", default=None,
                    help="iterations at which to report the validation error (default, for each setting: "
                         "one record, then 4x apart, and the last)")
-    p.add_argument("--target", type=float, default=0.05, help="validation error rate to reach (0.05 = 5%%)")
+    p.add_argument("--target", type=error_rate("a target", "0.05 for 5%"), default=0.05, help="validation error rate to reach (0.05 = 5%%)")
     p.add_argument("--versus", default="cnn", help="model the others are compared with")
     p.add_argument("--csv", default=None, help="write the summary as CSV here")
     p.add_argument("--png", default=None, help="write validation curves with one-std bands here")
-    p.add_argument("--margin", type=_margin, default=None, metavar="M",
+    p.add_argument("--margin", type=error_rate("a margin", "0.01 for 1 point"), default=None, metavar="M",
                    help="equivalence margin of error rate (0.01 = 1 point): each difference gets the p of two "
                         "one-sided tests that it lies within +-M; say 'level' only where that p is below 0.05")
 

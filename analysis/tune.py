@@ -20,7 +20,7 @@ import numpy as np
 
 from .records import RecordError, distinct_runs, group_by_label, load_run, tag_experiments
 from .stats import error_at
-from .summary import default_at
+from .summary import default_at, iteration
 
 
 def _learn_rate(run):
@@ -127,11 +127,11 @@ def plot_grids(groups, at, path):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python3 -m fxnn.analysis.tune",
+    p = argparse.ArgumentParser(prog="fxnn-tune",
                                 description=__doc__.split("\n\n")[1].replace("``", ""),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("records", nargs="+", help="record files of a learn-rate grid, written by fxnn.py")
-    p.add_argument("--at", type=int, nargs="+", default=None,
+    p.add_argument("--at", type=iteration, nargs="+", default=None,
                    help="iterations at which to compare the rates (default, per group: one record, then 4x apart, "
                         "and the last)")
     p.add_argument("--best", action="store_true",

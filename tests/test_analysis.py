@@ -449,3 +449,17 @@ def test_runs_in_another_precision_are_another_setting_not_the_same_run_again(tm
                           ("fxnn (torch) -lr 1.6 --precision bf16", "cnn (torch) -lr 3.2 --precision bf16")}
     assert diffs["fxnn (torch) -lr 1.6 --precision bf16", "cnn (torch) -lr 3.2 --precision bf16"]["mean"] == \
         pytest.approx(-0.02)
+
+
+@pytest.mark.parametrize("tool,argv,words", [
+    ("summary", ["--target", "2"], "--target: a target is an error rate in (0, 1)"),
+    ("summary", ["--target", "abc"], "--target: a target is an error rate in (0, 1)"),
+    ("summary", ["--margin", "0"], "--margin: a margin is an error rate in (0, 1)"),
+    ("summary", ["--at", "-5"], "--at: an iteration is a whole number, 0 or more"),
+    ("tune", ["--at", "100", "x"], "--at: an iteration is a whole number, 0 or more")])
+def test_horizons_targets_and_margins_out_of_range_are_refused_in_one_line(capsys, tool, argv, words):
+    from importlib import import_module
+    with pytest.raises(SystemExit) as stop:
+        import_module(f"fxnn.analysis.{tool}").main(["rec.mat"] + argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and err.startswith(f"fxnn-{tool}: error: argument {words}")
