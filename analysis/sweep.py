@@ -23,6 +23,7 @@ How the runs are spread is :mod:`fxnn.analysis.cluster`'s (Dask, the ``cluster``
 extra); what is printed and when is this module's.
 """
 import argparse
+import errno
 import os
 import queue
 import signal
@@ -364,7 +365,12 @@ def main(argv=None):
             print(f"sweep: error: {e}", file=sys.stderr)
             return 2
         return 0
-    os.makedirs(args.out_dir, exist_ok=True)
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as e:
+        why = "a file is in its place" if e.errno == errno.EEXIST else e.strerror.lower()
+        print(f"sweep: error: cannot make the output folder {args.out_dir}: {why}; give another -o", file=sys.stderr)
+        return 2
     problem = lock_folder(args.out_dir)
     if problem:
         print(f"sweep: error: {problem}", file=sys.stderr)

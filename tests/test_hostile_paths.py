@@ -414,6 +414,15 @@ def test_a_second_sweep_into_a_folder_in_use_is_refused_naming_the_first(tmp_pat
     assert not (folder / "sweep.lock").exists()
 
 
+@pytest.mark.parametrize("where,words", [("file", "a file is in its place"), ("file/below", "not a directory")])
+def test_a_sweep_whose_output_folder_cannot_be_made_stops_in_one_line(tmp_path, capsys, where, words):
+    victim(tmp_path, "file")
+    code, err = sweep_main(capsys, ["-m", "baseline", "--seeds", "1", "-o", tmp_path / where])
+    line = one_line(err)
+    assert code == 2 and line == f"sweep: error: cannot make the output folder {tmp_path / where}: {words}; give another -o"
+    assert (tmp_path / "file").read_bytes() == VICTIM
+
+
 def test_a_planted_sweep_lock_link_is_refused(tmp_path, capsys):
     folder = tmp_path / "s"
     folder.mkdir()

@@ -103,5 +103,6 @@ def test_a_new_run_takes_a_folder_of_earlier_events_only_with_force_and_then_sho
 def test_check_refuses_a_file_and_an_empty_name(tmp_path):
     (tmp_path / "f").write_text("")
     assert "is a file, not a folder" in check(str(tmp_path / "f"))
+    assert f"{tmp_path / 'f'} is a file, not a folder" in check(str(tmp_path / "f" / "tb" / "run"))  # on the way
     assert "needs a folder" in check("")
     assert check(str(tmp_path / "new" / "deeper")) is None

@@ -37,11 +37,11 @@ def check(logdir, resume=False, force=False):
         return f"--tensorboard needs the tensorboard package, which is not installed: {INSTALL}"
     if not logdir:
         return "--tensorboard needs a folder for the event files, e.g. --tensorboard tb/fxnn"
-    if os.path.exists(logdir) and not os.path.isdir(logdir):
-        return f"--tensorboard {logdir}: that is a file, not a folder; give a folder for the event files"
-    existing = logdir
-    while not os.path.isdir(existing):
-        existing = os.path.dirname(os.path.abspath(existing))
+    existing = os.path.abspath(logdir)
+    while not os.path.isdir(existing):  # the nearest folder it would be made in; none of the way a file
+        if os.path.lexists(existing):
+            return f"--tensorboard {logdir}: {existing} is a file, not a folder; give a folder for the event files"
+        existing = os.path.dirname(existing)
     if not os.access(existing, os.W_OK):
         return f"--tensorboard {logdir}: folder {existing} is not writable; give another folder"
     if event_files(logdir) and not (resume or force):
