@@ -222,11 +222,24 @@ def plot_bands(runs, path, error_scale="auto", log_iter=False, loss_scale="auto"
                    _title(runs, common, " (band: one std over seeds)"), log_iter, say)
 
 
+def image_path(text):
+    """An argparse type: a file name whose extension is an image format
+    matplotlib writes (png, pdf, svg, ...; none: PNG)."""
+    from matplotlib.figure import Figure
+    formats = Figure().canvas.get_supported_filetypes()
+    extension = os.path.splitext(text)[1][1:].lower()
+    if extension and extension not in formats:
+        raise argparse.ArgumentTypeError(f"{text}: .{extension} is not an image format matplotlib writes; "
+                                         f"end the name in one of {', '.join(sorted(formats))}")
+    return text
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="fxnn-plot", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("records", nargs="+", help="record files written by fxnn.py")
-    p.add_argument("-o", "--out", default="curves.png", help="PNG to write")
+    p.add_argument("-o", "--out", type=image_path, default="curves.png",
+                   help="image to write, its format from the extension (png, pdf, svg, ...)")
     p.add_argument("--error-scale", choices=SCALES, default="auto",
                    help="error-rate axis; auto: logarithmic when the curves span more than a decade")
     p.add_argument("--loss-scale", choices=SCALES, default="auto",

@@ -23,6 +23,7 @@ import sys
 
 import numpy as np
 
+from .plot import image_path, plot_bands
 from .records import RecordError, distinct_runs, group_by_label, load_run, option_flag, tag_experiments
 from .stats import (Spread, clipped, equivalence, error_at, holm, iterations_to, mean_interval, paired_difference,
                     paired_equivalence, paired_p, seconds_to, t_factor, welch_difference, welch_p)
@@ -337,9 +338,14 @@ def write_csv(rows, path):
         writer.writerows(rows)
 
 
-def report(runs, at=None, target=0.05, versus="cnn", csv_path=None, png_path=None, out=None, margin=None,
+def report(runs, at=None, target=0.05, versus=None, csv_path=None, png_path=None, out=None, margin=None,
            time=False, against=None, paired=False):
-    """Print the summary of ``runs``; write the CSV and band plot if asked."""
+    """Print the summary of ``runs``; write the CSV and band plot if asked.
+    ``versus``: the reference model (None: cnn, where there is one)."""
+    if versus is not None and against is None and not any(run.model == versus for run in runs):
+        raise ValueError(f"--versus {versus}: no record of that model among these "
+                         f"(models: {', '.join(sorted({run.model for run in runs}))})")
+    versus = versus or "cnn"
     out = out or sys.stdout
     runs, differ = tag_experiments(runs)
     rows = summarize(runs, at, target, versus, margin=margin, time=time, against=against, paired=paired)
@@ -372,7 +378,6 @@ def report(runs, at=None, target=0.05, versus="cnn", csv_path=None, png_path=Non
         write_csv(rows, csv_path)
         print(f"Wrote {csv_path}", file=out)
     if png_path:
-        from .plot import plot_bands
         plot_bands(runs, png_path)
         print(f"Wrote {png_path}", file=out)
     return rows
@@ -428,9 +433,9 @@ def add_summary_flags(p):
                    help="iterations at which to report the validation error (default, for each setting: "
                         "one record, then 4x apart, and the last)")
     p.add_argument("--target", type=error_rate("a target", "0.05 for 5%"), default=0.05, help="validation error rate to reach (0.05 = 5%%)")
-    p.add_argument("--versus", default="cnn", help="model the others are compared with")
+    p.add_argument("--versus", default=None, help="model the others are compared with (default: cnn, where there is one)")
     p.add_argument("--csv", default=None, help="write the summary as CSV here")
-    p.add_argument("--png", default=None, help="write validation curves with one-std bands here")
+    p.add_argument("--png", type=image_path, default=None, help="write validation curves with one-std bands here")
     p.add_argument("--margin", type=error_rate("a margin", "0.01 for 1 point"), default=None, metavar="M",
                    help="equivalence margin of error rate (0.01 = 1 point): each difference gets the p of two "
                         "one-sided tests that it lies within +-M; say 'level' only where that p is below 0.05")

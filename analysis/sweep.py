@@ -347,6 +347,8 @@ def main(argv=None):
         p.error("--jobs must be at least 1")
     if args.gpus_per_run < 0:
         p.error("--gpus-per-run must be 0 or more")
+    if args.versus is not None and args.versus not in args.models:
+        p.error(f"--versus {args.versus} is not among the models run (-m {' '.join(args.models)})")
     if args.scheduler and args.jobs is not None:
         p.error("--jobs is for this machine; on a cluster each worker's --nthreads says how many runs it takes")
     slurm.check_flags(p, args)

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from .plot import image_path
 from .records import RecordError, distinct_runs, group_by_label, load_run, tag_experiments
 from .stats import error_at
 from .summary import default_at, iteration
@@ -137,7 +138,7 @@ def build_parser():
     p.add_argument("--best", action="store_true",
                    help="print only '<group label>\\t<rate>' per group: the best rate at the last horizon")
     p.add_argument("--csv", default=None, help="write every group's grid as CSV here")
-    p.add_argument("--png", default=None,
+    p.add_argument("--png", type=image_path, default=None,
                    help="plot validation error against learn rate here, a panel per --at horizon (needs --at)")
     return p
 

@@ -124,6 +124,8 @@ def atomic_path(path, needed=None):
     (Ctrl-C included) it is removed. ``needed``: the bytes it will take, for
     the message of a :class:`WriteError` when the disk is full."""
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise FolderError(errno.EISDIR, f"cannot write {path}: it is a folder; name a file in it")
     remove_stale_temporaries(folder)
     tmp = None
     fd = None

@@ -16,6 +16,7 @@ from fxnn.analysis.records import RecordError, distinct_runs, load_run
 from fxnn.analysis.stats import Spread, error_at, iterations_to, welch_difference
 from conftest import ROOT
 from fxnn.training.matfile import write_mat
+from test_hostile_records import genuine_small
 
 
 def make_record(path, model, seed, verate, ipr=100, engine="torch", source="test data", clocks=None, **flags):
@@ -463,3 +464,24 @@ def test_horizons_targets_and_margins_out_of_range_are_refused_in_one_line(capsy
         import_module(f"fxnn.analysis.{tool}").main(["rec.mat"] + argv)
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert stop.value.code == 2 and err.startswith(f"fxnn-{tool}: error: argument {words}")
+
+
+def test_a_versus_model_with_no_record_is_refused_in_one_line(tmp_path, capsys):
+    path = str(tmp_path / "fxnn.mat")
+    write_mat(path, genuine_small(), [])
+    assert summary.main([path, "--versus", "cnn-x13"]) == 2
+    assert capsys.readouterr().err.strip() == "summary: error: --versus cnn-x13: no record of that model among these (models: fxnn)"
+    assert summary.main([path]) == 0  # the default, cnn, is compared with where there is one
+    with pytest.raises(SystemExit) as stop:
+        sweep.main(["-m", "fxnn", "--seeds", "1", "--versus", "cnn", "-o", str(tmp_path / "s")])
+    assert stop.value.code == 2 and "--versus cnn is not among the models run (-m fxnn)" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("tool,flag", [("plot", "-o"), ("summary", "--png"), ("tune", "--png")])
+def test_an_image_name_matplotlib_cannot_write_is_refused_before_any_work(capsys, tool, flag):
+    from importlib import import_module
+    with pytest.raises(SystemExit) as stop:
+        import_module(f"fxnn.analysis.{tool}").main(["no-such.mat", flag, "curves.xyz"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and ".xyz is not an image format matplotlib writes" in err and "png" in err

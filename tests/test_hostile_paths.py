@@ -380,7 +380,7 @@ def test_a_writer_stopped_by_a_signal_leaves_no_temporary(tmp_path, records, sig
 
 @pytest.mark.parametrize("module,flags,name", [("to_csv", ["-o"], "out.csv"), ("summary", ["--csv"], "out.csv"),
                                                ("plot", ["-o"], "out.png"), ("tune", ["--csv"], "out.csv")])
-@pytest.mark.parametrize("where", ["missing folder", "file as folder"])
+@pytest.mark.parametrize("where", ["missing folder", "file as folder", "a folder as the file"])
 def test_a_writer_into_a_folder_that_cannot_take_it_says_so_in_one_line(tmp_path, capsys, records, module, flags,
                                                                          name, where):
     from importlib import import_module
@@ -388,11 +388,17 @@ def test_a_writer_into_a_folder_that_cannot_take_it_says_so_in_one_line(tmp_path
     if where == "file as folder":
         folder.write_bytes(VICTIM)
     out = folder / name
+    if where == "a folder as the file":
+        out.mkdir(parents=True)
     assert import_module(f"fxnn.analysis.{module}").main(records + flags + [str(out)]) == 2
     line = one_line(capsys.readouterr().err)
-    problem = "does not exist (create it first)" if where == "missing folder" else "is not a folder"
-    assert line.startswith(f"{module}: error: cannot write {out}: ") and str(folder) in line and problem in line
-    assert (folder.read_bytes() == VICTIM) if where == "file as folder" else not folder.exists()
+    problem = {"missing folder": f"the folder {folder} does not exist (create it first)",
+               "file as folder": f"{folder} is not a folder", "a folder as the file": "it is a folder; name a file in it"}
+    assert line == f"{module}: error: cannot write {out}: {problem[where]}"
+    if where == "file as folder":
+        assert folder.read_bytes() == VICTIM
+    else:
+        assert not folder.exists() if where == "missing folder" else os.listdir(out) == []
 
 
 def test_a_second_sweep_into_a_folder_in_use_is_refused_naming_the_first(tmp_path, capsys):
