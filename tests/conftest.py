@@ -72,3 +72,18 @@ def wait_for_line(proc, prefix="Iter", n=1):
         line = proc.stdout.readline()
         assert line, f"process ended early: {proc.stderr.read()}"
         seen += line.startswith(prefix)
+
+
+def run_fxnn(capsys, argv):
+    """fxnn.py's main in this process: (exit code, stdout, stderr)."""
+    import fxnn
+    code = fxnn.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err):
+    """The one line of an error message, asserting there is one and no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

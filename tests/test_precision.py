@@ -13,6 +13,7 @@ import scipy.io
 torch = pytest.importorskip("torch")
 
 import fxnn  # noqa: E402
+from conftest import one_line, run_fxnn  # noqa: E402
 from fxnn.models import dropout, engines  # noqa: E402
 from fxnn.models.torch import block as torch_block  # noqa: E402
 from fxnn.models.architecture import build_network  # noqa: E402
@@ -27,15 +28,7 @@ FORMATS = {"cnn": "conv0: channels_last; conv1: channels_last", "fxnn": "conv0: 
 
 
 def run(capsys, *argv):
-    code = fxnn.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    return run_fxnn(capsys, argv)
 
 
 def loadmat_meta(path):

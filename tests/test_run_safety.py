@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import fxnn
-from conftest import ROOT, wait_for_line
+from conftest import ROOT, one_line, wait_for_line
+from conftest import run_fxnn as main
 from fxnn.files.atomic import WriteError, atomic_path, remove_stale_temporaries, room_for
 from fxnn.data.idx import write_idx
 from fxnn.training import checkpoint, matfile
@@ -45,18 +46,6 @@ def spawn(args, file_size_limit=None):
 def finish(proc):
     out, err = proc.communicate(timeout=300)
     return proc.returncode, out, err
-
-
-def main(capsys, argv):
-    code = fxnn.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def temporaries(folder):
