@@ -16,6 +16,7 @@ seeds instead, with a band of one standard deviation.
 import argparse
 import os
 import sys
+import textwrap
 
 import numpy as np
 
@@ -167,9 +168,12 @@ def save_figure(fig, path):
         fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or None)
 
 
-def _title(runs, common, extra=""):
+def _title(runs, common, extra="", width=120):
+    """The settings all runs share, then their data, each wrapped to ``width``
+    characters (a figure's width at the title's size)."""
     sources = "; ".join(sorted({f"{r.dataset}, {r.data_source}" for r in runs}))
-    return (", ".join(common) + extra + "\n" if common or extra else "") + sources
+    lines = ([", ".join(common) + extra] if common or extra else []) + [sources]
+    return "\n".join(textwrap.fill(line, width) for line in lines)
 
 
 def _say_to_stderr(line):

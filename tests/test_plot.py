@@ -115,6 +115,16 @@ def test_labels_name_what_differs_and_the_title_what_is_shared(tmp_path):
     assert labels[0] == "fxnn (a.mat) valid" and labels[2] == "fxnn (e.mat) valid"
 
 
+def test_a_long_data_description_is_wrapped_whole_in_the_title(tmp_path):
+    """The title's lines stay within the figure's width (a long data source was cut at both edges)."""
+    from dataclasses import replace
+    source = "Fashion-MNIST from " + "/a/long/data/folder" * 6 + ": 60,000 training and 10,000 test images"
+    run = replace(make_record(tmp_path / "a.mat", [0.9, 0.1]), data_source=source)
+    title = plot.plot_runs([run], str(tmp_path / "a.png"))._suptitle.get_text()
+    assert max(len(line) for line in title.split("\n")) <= 120
+    assert " ".join(title.split("\n")[1:]).replace(" ", "") == f"MNIST, {source}".replace(" ", "")
+
+
 def test_bands_group_the_seeds_of_each_setting(tmp_path):
     runs = [make_record(tmp_path / f"f{s}.mat", v, seed=s) for s, v in ((1, [0.9, 0.2, 0.04]), (2, [0.9, 0.3, 0.02]))]
     runs += [make_record(tmp_path / f"c{s}.mat", v, seed=s, model="cnn") for s, v in ((1, [0.9, 0.5, 0.1]),)]
