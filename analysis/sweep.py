@@ -33,6 +33,7 @@ import uuid
 from dataclasses import dataclass
 
 from fxnn.files.nofollow import UnsafePath
+from fxnn.files.progress import duration
 from fxnn.training import runlock
 
 from . import slurm
@@ -105,6 +106,14 @@ class Watch:
         self.total, self.remote, self.status_every, self.say = total, remote, status_every, say
         self.events, self.running, self.finished = queue.Queue(), {}, 0
         self.last_status, self.stopping = time.monotonic(), False
+        self.start = time.monotonic()
+
+    def left(self):
+        """'; about 40 min left' for the runs not yet ended, at the rate the
+        sweep has ended runs so far (its parallelism included), or ''."""
+        if not self.finished or self.finished >= self.total:
+            return ""
+        return f"; {duration((time.monotonic() - self.start) / self.finished * (self.total - self.finished))} left"
 
     def started(self, event):  # called by Dask's client thread
         self.events.put(event[1])
@@ -133,7 +142,7 @@ class Watch:
             return True
         took = _minutes(outcome["seconds"])
         if outcome["code"] == 0:
-            self.say(f"{head} done in {took}: {last_line(job.log)}")
+            self.say(f"{head} done in {took}{self.left()}: {last_line(job.log)}")
             return False
         if self.stopping and outcome["code"] in (130, 143):
             self.say(f"{head} stopped after {took}: {last_line(job.log, '')}")

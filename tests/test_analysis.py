@@ -485,3 +485,19 @@ def test_an_image_name_matplotlib_cannot_write_is_refused_before_any_work(capsys
         import_module(f"fxnn.analysis.{tool}").main(["no-such.mat", flag, "curves.xyz"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert stop.value.code == 2 and ".xyz is not an image format matplotlib writes" in err and "png" in err
+
+
+def test_a_sweep_says_how_long_its_remaining_runs_will_take(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(sweep.time, "monotonic", lambda: clock[0])
+    lines = []
+    watch = sweep.Watch(total=4, remote=False, status_every=60, say=lines.append)
+    log = tmp_path / "run.log"
+    log.write_text("Iter 00300/00300: loss|erate 0.1| 5.00% valid loss|erate 0.1|  4.00%\n")
+    job = type("Job", (), {"name": "fxnn-seed1", "log": str(log)})()
+    for ended_at in (700.0, 1300.0, 1900.0, 2500.0):  # two at a time: 10 min between ends
+        clock[0] = ended_at
+        watch.ended(job, {"code": 0, "seconds": 1200.0})
+    heads = [line.split(": Iter")[0] for line in lines]
+    assert heads == ["[1/4] fxnn-seed1 done in 20m00s; about 30 min left", "[2/4] fxnn-seed1 done in 20m00s; about 20 min left",
+                     "[3/4] fxnn-seed1 done in 20m00s; about 10 min left", "[4/4] fxnn-seed1 done in 20m00s"]

@@ -70,7 +70,7 @@ def test_download_progress_counts_in_megabytes_with_or_without_a_total():
 
 
 def test_lengths_of_time_read_as_a_person_would_say_them():
-    from fxnn.training.loop import duration
+    from fxnn.files.progress import duration
     assert [duration(s) for s in (0, 29, 31, 90, 59 * 60, 3600, 3 * 3600 + 5 * 60 + 10)] == [
         "under a minute", "under a minute", "about 1 min", "about 2 min", "about 59 min", "about 1 h 00 min",
         "about 3 h 05 min"]

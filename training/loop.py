@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fxnn.files.progress import Progress
+from fxnn.files.progress import Progress, duration
 from fxnn.files.signals import Terminated
 from fxnn.models.hyperparameters import HYP
 
@@ -63,14 +63,6 @@ def validate(engine, x, y, batch=HYP.valid_batch, progress=None):
         if progress:
             progress.update(start + len(xb), len(x), "valid")
     return loss / len(x), errors / len(x)
-
-
-def duration(seconds):
-    """A rough length of time for a person: "under a minute", "about 12 min", "about 3 h 05 min"."""
-    minutes = round(seconds / 60)
-    if minutes < 1:
-        return "under a minute"
-    return f"about {minutes} min" if minutes < 60 else f"about {minutes // 60} h {minutes % 60:02d} min"
 
 
 def record_label(record, num_records, seconds_per_record=None):
