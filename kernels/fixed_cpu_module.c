@@ -124,7 +124,7 @@ static void release_all(Py_buffer *views, int count)
 }
 
 /* One buffer argument of a fused call. */
-struct f32_arg {
+struct buffer_arg {
     const char *name;
     int ndim, writable, optional;
 };
@@ -133,7 +133,7 @@ struct f32_arg {
 typedef int (*buffer_getter)(PyObject *, Py_buffer *, int, int, const char *, int);
 
 /* The buffers of objs as spec says, read by get, all or none (0, or -1 with an error). */
-static int get_args(PyObject *const *objs, const struct f32_arg *spec, int count, Py_buffer *v, buffer_getter get)
+static int get_args(PyObject *const *objs, const struct buffer_arg *spec, int count, Py_buffer *v, buffer_getter get)
 {
     int i;
     memset(v, 0, count * sizeof(*v));
@@ -258,7 +258,7 @@ static const Py_buffer *as_nchw(const Py_buffer *v, int count, int nhwc, Py_buff
 enum fused_op { FUSED_FORWARD, FUSED_WGRAD, FUSED_DGRAD };
 
 /* The buffers of each fused call, in order (the input gradient has three). */
-static const struct f32_arg fused_specs[3][4] = {
+static const struct buffer_arg fused_specs[3][4] = {
     {{"x", 4, 0, 0}, {"w", 2, 0, 0}, {"bias", 1, 0, 1}, {"y", 4, 1, 0}},
     {{"x", 4, 0, 0}, {"dy", 4, 0, 0}, {"dw", 2, 1, 0}, {"dbias", 1, 1, 1}},
     {{"dy", 4, 0, 0}, {"w", 2, 0, 0}, {"dx", 4, 1, 0}, {NULL, 0, 0, 0}},
@@ -311,7 +311,7 @@ static int run_bf16(int op, int isa, const Py_buffer *v, const struct fused_dims
  * checks the arguments, then runs the kernel with the GIL released. */
 static PyObject *fused_call(PyObject *args, int op, int bf16)
 {
-    const struct f32_arg *spec = fused_specs[op];
+    const struct buffer_arg *spec = fused_specs[op];
     const int count = op == FUSED_DGRAD ? 3 : 4;
     PyObject *o[4] = {NULL, NULL, NULL, NULL};
     Py_buffer v[4], t[4];
