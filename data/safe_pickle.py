@@ -30,6 +30,7 @@ Every refusal is a :class:`~fxnn.data.dataset.DataError` of one line.
 """
 import os
 import pickle
+import struct
 
 import numpy as np
 from numpy._core.multiarray import _reconstruct  # this path exists from numpy 1.26 on
@@ -107,6 +108,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def __init__(self, file, allowed, max_depth=MAX_DEPTH, **kwargs):
         super().__init__(file, **kwargs)
         self.allowed, self.max_depth = allowed, max_depth
+        self.file_size = file.size
         self._depth = {}      # id -> (tuple or frozenset, its nesting depth); keeps them alive
         self._unbuilt = {}    # id -> array from _reconstruct still waiting for its state
 
@@ -154,6 +156,18 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     dispatch[pickle.BUILD[0]] = load_build
 
+    def load_bytearray8(self):
+        """BYTEARRAY8 as pickle's, but the declared length is checked against
+        the file before the bytearray is allocated (pickle allocates first)."""
+        size, = struct.unpack("<Q", self.read(8))
+        if size > self.file_size:
+            raise TruncatedPickle(f"it declares an object of {size:,} bytes in a file of {self.file_size:,}")
+        data = bytearray(size)
+        self.readinto(data)
+        self.append(data)
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+
     def load(self):
         obj = super().load()
         if self._unbuilt:
@@ -171,7 +185,7 @@ class _BoundedFile:
     and reading that many would first allocate it."""
 
     def __init__(self, f, size):
-        self._f, self._left = f, size
+        self._f, self._left, self.size = f, size, size
 
     def read(self, n=-1):
         if n is None or n < 0:

@@ -141,6 +141,9 @@ CIFAR_CASES = {
                                     "declares an object of 2,147,483,647 bytes"),
     "bytes-of-2-to-the-60": (lambda p: p.write_bytes(b"\x80\x04\x8e" + (2**60).to_bytes(8, "little") + b"abc"),
                              "declares an object of"),
+    # found by test_fuzz_readers.py: BYTEARRAY8 (protocol 5) allocates its declared length before reading
+    "bytearray-of-2-to-the-60": (lambda p: p.write_bytes(b"\x80\x05\x96" + (2**60).to_bytes(8, "little") + b"abc"),
+                                 "declares an object of 1,152,921,504,606,846,976 bytes"),
 }
 
 
