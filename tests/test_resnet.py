@@ -151,8 +151,12 @@ def test_memory_preflight_counts_every_layer():
     layout = resnet.build_resnet("fxnn", (3, 32, 32), 10)
     need = preflight.step_memory(layout, 128)
     assert need > 4 * 128 * 7 * 2 * 16 * 32 * 32  # stage 1 alone: 7 convs' and BatchNorms' outputs
-    assert "use a smaller -bsize" in preflight.check_resources(layout, 128, 3, "fxnn", available=need - 1)
+    assert "use a smaller -bsize or --width" in preflight.check_resources(layout, 128, 3, "fxnn", available=need - 1)
     assert preflight.check_resources(layout, 128, 3, "fxnn", available=need) is None
+    # a network too wide for any batch: the batch size is no cure, the width is
+    one = preflight.step_memory(layout, 1)
+    problem = preflight.check_resources(layout, 128, 3, "fxnn", available=one - 1)
+    assert problem.startswith("the network, even at -bsize 1, needs") and problem.endswith("use a smaller --width")
 
 
 @pytest.mark.parametrize("model", ["fxnn", "cnn", "fxnn-ortho"])

@@ -113,9 +113,12 @@ def check_resources(network, batch_size, filter_size, model, device="cpu", avail
     needed = step_memory(network, batch_size, device)
     if available is not None and needed > available:
         flags = f"-bsize {batch_size}" + (f" with -fsize {filter_size}" if model == "cnn" else "")
-        return (f"{flags} needs at least {needed / 2**30:,.1f} GiB of "
-                f"memory for one training step, and this machine has {available / 2**30:,.1f} GiB available; "
-                f"use a smaller -bsize" + (" or -fsize" if model == "cnn" else ""))
+        sizes = ["-bsize"] + (["-fsize"] if model == "cnn" else []) + (["--width"] if network.arch == "resnet" else [])
+        if step_memory(network, 1, device) > available:  # no batch size fits: the network itself is too large
+            flags, needed, sizes = "the network, even at -bsize 1,", step_memory(network, 1, device), sizes[1:]
+        hint = f"use a smaller {' or '.join(sizes)}" if sizes else "run it on a machine with more memory"
+        return (f"{flags} needs at least {needed / 2**30:,.1f} GiB of memory for one training step, "
+                f"and this machine has {available / 2**30:,.1f} GiB available; {hint}")
     return None
 
 
