@@ -32,7 +32,7 @@ def main(argv):
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            sys.exit(f"sweep: error: cannot bind the run to its worker (prctl errno {ctypes.get_errno()})")
+            sys.exit(f"fxnn-sweep: error: cannot bind the run to its worker (prctl errno {ctypes.get_errno()})")
         if os.getppid() != parent:  # the worker died before the request took effect
             sys.exit(1)
     signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -265,7 +265,7 @@ def main(argv=None):
         draw = plot_bands if args.bands else plot_runs
         draw(runs, args.out, args.error_scale, args.log_iter, args.loss_scale)
     except (RecordError, OSError) as e:
-        print(f"plot: error: {e}", file=sys.stderr)
+        print(f"fxnn-plot: error: {e}", file=sys.stderr)
         return 2
     print(f"Wrote {args.out}")
     return 0

@@ -71,8 +71,12 @@ def load_run(path):
     from fxnn.files.mat_reader import MatError
     from fxnn.training.matfile import read_mat
 
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
+        raise RecordError(f"{path}: a folder, not a record file; give the records in it ({os.path.join(path, '*.mat')})")
+    if not os.path.exists(path):
         raise RecordError(f"{path}: no such record file")
+    if not os.path.isfile(path):
+        raise RecordError(f"{path}: not a plain file (a device or a pipe); {FIX}")
     try:
         r = read_mat(path, RECORD_VARIABLES, MAX_VARIABLE_BYTES)
     except MatError as e:

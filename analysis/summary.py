@@ -450,7 +450,7 @@ def main(argv=None):
         report(runs, args.at, args.target, args.versus, args.csv, args.png, margin=args.margin, time=args.time,
                against=args.against, paired=args.paired)
     except (RecordError, ValueError, OSError) as e:
-        print(f"summary: error: {e}", file=sys.stderr)
+        print(f"fxnn-summary: error: {e}", file=sys.stderr)
         return 2
     return 0
 

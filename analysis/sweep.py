@@ -366,25 +366,25 @@ def main(argv=None):
     try:
         check_runs(jobs, fxnn_flags)  # refuse bad flags before starting anything
     except SweepError as e:
-        print(f"sweep: error: {e}", file=sys.stderr)
+        print(f"fxnn-sweep: error: {e}", file=sys.stderr)
         return 2
 
     if args.print_job_script:
         try:
             print(slurm.job_script(args, os.path.abspath(args.out_dir)), end="")
         except SweepError as e:
-            print(f"sweep: error: {e}", file=sys.stderr)
+            print(f"fxnn-sweep: error: {e}", file=sys.stderr)
             return 2
         return 0
     try:
         os.makedirs(args.out_dir, exist_ok=True)
     except OSError as e:
         why = "a file is in its place" if e.errno == errno.EEXIST else e.strerror.lower()
-        print(f"sweep: error: cannot make the output folder {args.out_dir}: {why}; give another -o", file=sys.stderr)
+        print(f"fxnn-sweep: error: cannot make the output folder {args.out_dir}: {why}; give another -o", file=sys.stderr)
         return 2
     problem = lock_folder(args.out_dir)
     if problem:
-        print(f"sweep: error: {problem}", file=sys.stderr)
+        print(f"fxnn-sweep: error: {problem}", file=sys.stderr)
         return 2
     try:
         return sweep(args, jobs, fxnn_flags)
@@ -403,7 +403,7 @@ def sweep(args, jobs, fxnn_flags):
         head = f"{len(jobs)} runs in {args.out_dir}: {len(jobs) - len(todo)} already done, {len(todo)} to run"
         failed = run_sweep(args, head, todo, fxnn_flags, say) if todo else say(head) or []
     except SweepError as e:
-        print(f"sweep: error: {e}", file=sys.stderr)
+        print(f"fxnn-sweep: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("Stopped. Rerun the same command to resume the unfinished runs.", file=sys.stderr)
@@ -414,7 +414,7 @@ def sweep(args, jobs, fxnn_flags):
             report(runs, args.at, args.target, args.versus, os.path.join(args.out_dir, "summary.csv"),
                    os.path.join(args.out_dir, "summary.png"), margin=args.margin)
     except (RecordError, ValueError, OSError) as e:
-        print(f"sweep: error: {e}", file=sys.stderr)
+        print(f"fxnn-sweep: error: {e}", file=sys.stderr)
         return 2
     if failed:
         print(f"sweep: {len(failed)} run(s) failed: {', '.join(j.name for j in failed)}; "

@@ -84,7 +84,7 @@ def main(argv=None):
         with atomic_path(args.out) as tmp, open(tmp, "w", newline="") as f:  # an earlier file stays whole
             write(runs, f)
     except (RecordError, OSError) as e:
-        print(f"to_csv: error: {e}", file=sys.stderr)
+        print(f"fxnn-csv: error: {e}", file=sys.stderr)
         return 2
     print(f"Wrote {args.out}", file=sys.stderr)
     return 0

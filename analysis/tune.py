@@ -172,7 +172,7 @@ def main(argv=None, out=None):
             plot_grids(groups, args.at, args.png)
             print(f"Wrote {args.png}", file=out)
     except (RecordError, ValueError, OSError) as e:
-        print(f"tune: error: {e}", file=sys.stderr)
+        print(f"fxnn-tune: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -61,6 +61,12 @@ def test_load_run_refuses_missing_and_foreign_files(tmp_path):
     (tmp_path / "junk.mat").write_bytes(b"not a mat file at all" * 20)
     with pytest.raises(RecordError, match="junk.mat: not an fxnn record"):
         load_run(str(tmp_path / "junk.mat"))
+    with pytest.raises(RecordError) as e:  # a folder given where its records were meant
+        load_run(str(tmp_path))
+    assert str(e.value) == f"{tmp_path}: a folder, not a record file; give the records in it ({tmp_path}/*.mat)"
+    os.mkfifo(tmp_path / "pipe.mat")  # a pipe: opening it to read would wait for a writer for ever
+    with pytest.raises(RecordError, match="pipe.mat: not a plain file"):
+        load_run(str(tmp_path / "pipe.mat"))
 
 
 def test_error_at_and_iterations_to_target(records):
@@ -470,7 +476,7 @@ def test_a_versus_model_with_no_record_is_refused_in_one_line(tmp_path, capsys):
     path = str(tmp_path / "fxnn.mat")
     write_mat(path, genuine_small(), [])
     assert summary.main([path, "--versus", "cnn-x13"]) == 2
-    assert capsys.readouterr().err.strip() == "summary: error: --versus cnn-x13: no record of that model among these (models: fxnn)"
+    assert capsys.readouterr().err.strip() == "fxnn-summary: error: --versus cnn-x13: no record of that model among these (models: fxnn)"
     assert summary.main([path]) == 0  # the default, cnn, is compared with where there is one
     with pytest.raises(SystemExit) as stop:
         sweep.main(["-m", "fxnn", "--seeds", "1", "--versus", "cnn", "-o", str(tmp_path / "s")])

@@ -274,7 +274,7 @@ def sweep_main(capsys, argv):
 def test_sweep_flags_are_checked_by_the_runners_own_parser_before_anything_starts(tmp_path, capsys, argv, words):
     code, err = sweep_main(capsys, ["-m", "baseline", "-o", tmp_path / "s", *argv])
     line = one_line(err)
-    assert code == 2 and line.startswith("sweep: error: ") and all(w in line for w in words), line
+    assert code == 2 and line.startswith("fxnn-sweep: error: ") and all(w in line for w in words), line
     assert not (tmp_path / "s").exists()
 
 
@@ -394,7 +394,8 @@ def test_a_writer_into_a_folder_that_cannot_take_it_says_so_in_one_line(tmp_path
     line = one_line(capsys.readouterr().err)
     problem = {"missing folder": f"the folder {folder} does not exist (create it first)",
                "file as folder": f"{folder} is not a folder", "a folder as the file": "it is a folder; name a file in it"}
-    assert line == f"{module}: error: cannot write {out}: {problem[where]}"
+    command = {"to_csv": "fxnn-csv"}.get(module, f"fxnn-{module}")
+    assert line == f"{command}: error: cannot write {out}: {problem[where]}"
     if where == "file as folder":
         assert folder.read_bytes() == VICTIM
     else:
@@ -425,7 +426,7 @@ def test_a_sweep_whose_output_folder_cannot_be_made_stops_in_one_line(tmp_path, 
     victim(tmp_path, "file")
     code, err = sweep_main(capsys, ["-m", "baseline", "--seeds", "1", "-o", tmp_path / where])
     line = one_line(err)
-    assert code == 2 and line == f"sweep: error: cannot make the output folder {tmp_path / where}: {words}; give another -o"
+    assert code == 2 and line == f"fxnn-sweep: error: cannot make the output folder {tmp_path / where}: {words}; give another -o"
     assert (tmp_path / "file").read_bytes() == VICTIM
 
 

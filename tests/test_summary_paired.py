@@ -175,7 +175,7 @@ def test_against_takes_any_flag_by_name_or_option_and_numbers_by_value(tmp_path)
 def test_against_refuses_in_one_line_a_setting_or_counterpart_the_runs_lack(tmp_path, capsys, args, message):
     assert summary.main(precision_records(tmp_path) + ["--at", "100", "--csv", str(tmp_path / "p.csv")] + args) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("summary: error: ") and message in err
+    assert len(err.splitlines()) == 1 and err.startswith("fxnn-summary: error: ") and message in err
     assert not (tmp_path / "p.csv").exists()
 
 

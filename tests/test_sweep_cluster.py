@@ -199,7 +199,7 @@ def test_a_worker_that_cannot_see_the_output_folder_stops_the_sweep_before_any_r
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 2
     (line,) = stderr.strip().splitlines()
-    assert line.startswith("sweep: error: 1 worker(s) cannot use the output folder " + str(hidden / "sweep"))
+    assert line.startswith("fxnn-sweep: error: 1 worker(s) cannot use the output folder " + str(hidden / "sweep"))
     assert "not the same filesystem" in line and "every worker sees" in line
     assert "starting" not in stdout and not list((hidden / "sweep").glob("*.log"))
 
@@ -226,7 +226,7 @@ def test_an_unreachable_scheduler_is_one_line_naming_it(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("sweep: error: cannot reach the Dask scheduler at 127.0.0.1 (") and "dask scheduler" in line
+    assert line.startswith("fxnn-sweep: error: cannot reach the Dask scheduler at 127.0.0.1 (") and "dask scheduler" in line
 
 
 class FakeWorker:

@@ -99,9 +99,9 @@ def test_no_sbatch_on_path_is_one_line_saying_where_to_run(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 2, done.stderr
     # the one line (Dask may log a warning of its own before it, as "event loop unresponsive" under load)
-    assert done.stderr.count("sweep: error") == 1, done.stderr
+    assert done.stderr.count("fxnn-sweep: error") == 1, done.stderr
     line = done.stderr.strip().splitlines()[-1]
-    assert line.startswith("sweep: error: --slurm: sbatch is not on PATH") and "login node" in line
+    assert line.startswith("fxnn-sweep: error: --slurm: sbatch is not on PATH") and "login node" in line
 
 
 def test_slurm_without_dask_jobqueue_says_how_to_install_it(tmp_path):
@@ -115,7 +115,7 @@ def test_a_partition_slurm_does_not_have_is_one_line_and_nothing_is_submitted(tm
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180, env=slurm.env)
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("sweep: error: --slurm: Slurm refuses the workers' job (") and "partition" in line.lower()
+    assert line.startswith("fxnn-sweep: error: --slurm: Slurm refuses the workers' job (") and "partition" in line.lower()
     assert "sinfo" in line and time.monotonic() - started < 60
     assert "starting" not in done.stdout and slurm.squeue() == []
 
@@ -128,7 +128,7 @@ def test_jobs_that_never_start_are_one_line_with_slurms_reason_within_the_timeou
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180, env=slurm.env)
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("sweep: error: --slurm: no job started within 5 s (1 job(s) PENDING, reason BeginTime)")
+    assert line.startswith("fxnn-sweep: error: --slurm: no job started within 5 s (1 job(s) PENDING, reason BeginTime)")
     assert "--job-start-timeout" in line and time.monotonic() - started < 60
     assert wait_until_empty(slurm) == []  # the sweep cancelled its job
 
