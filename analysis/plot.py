@@ -177,7 +177,7 @@ def _title(runs, common, extra="", width=120):
 
 
 def _say_to_stderr(line):
-    print(f"plot: note: {line}", file=sys.stderr)
+    print(f"fxnn-plot: note: {line}", file=sys.stderr)
 
 
 def plot_runs(runs, path, error_scale="auto", log_iter=False, loss_scale="auto", say=_say_to_stderr):

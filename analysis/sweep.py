@@ -286,7 +286,7 @@ def once(values, what):
     unique = list(dict.fromkeys(values))
     repeated = sorted({str(v) for v in values if values.count(v) > 1})
     if repeated:
-        print(f"sweep: note: {what} {', '.join(repeated)} given more than once; each runs once", file=sys.stderr)
+        print(f"fxnn-sweep: note: {what} {', '.join(repeated)} given more than once; each runs once", file=sys.stderr)
     return unique
 
 
@@ -315,7 +315,7 @@ def lock_folder(out_dir):
     except OSError as e:
         if e.errno not in runlock.UNSUPPORTED:
             return f"cannot lock {out_dir}: {e.strerror or e}"
-        print(f"sweep: warning: the filesystem of {out_dir} has no locks; make sure no other sweep writes there",
+        print(f"fxnn-sweep: warning: the filesystem of {out_dir} has no locks; make sure no other sweep writes there",
               file=sys.stderr)
     return None
 

@@ -280,7 +280,7 @@ def test_sweep_flags_are_checked_by_the_runners_own_parser_before_anything_start
 
 def test_repeated_seeds_and_models_run_once_and_say_so(capsys):
     assert sweep.once([3, 1, 3, 2, 1], "seed") == [3, 1, 2]
-    assert capsys.readouterr().err.strip() == "sweep: note: seed 1, 3 given more than once; each runs once"
+    assert capsys.readouterr().err.strip() == "fxnn-sweep: note: seed 1, 3 given more than once; each runs once"
     assert sweep.once(["fxnn", "cnn"], "model") == ["fxnn", "cnn"] and capsys.readouterr().err == ""
 
 

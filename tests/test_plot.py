@@ -77,7 +77,7 @@ def test_the_command_reports_undrawable_points_on_stderr(tmp_path, capsys):
     make_record(tmp_path / "a.mat", [0.9, 0.05, 0.0])
     assert plot.main([str(tmp_path / "a.mat"), "-o", str(tmp_path / "a.png")]) == 0
     err = capsys.readouterr().err
-    assert "plot: note: fxnn valid error rate: 1 point at or below zero" in err
+    assert "fxnn-plot: note: fxnn valid error rate: 1 point at or below zero" in err
 
 
 @pytest.mark.parametrize("status, marker", [("diverged", "X"), ("interrupted", "o"), ("terminated", "o")])
