@@ -200,6 +200,16 @@ def test_the_largest_seed_is_stored_exactly(tmp_path, capsys, small_mnist):
     assert read_mat(str(tmp_path / "r.mat"))["meta"]["seed"] == 2**32 - 1
 
 
+def test_resuming_a_finished_run_says_it_is_finished_and_keeps_it(tmp_path, capsys, small_mnist):
+    args = command(small_mnist, tmp_path / "r.mat", nrec=1, ipr=1)[2:]
+    assert main(capsys, args)[0] == 0
+    finished = (tmp_path / "r.mat").read_bytes()
+    code, stdout, err = main(capsys, args + ["--resume"])
+    line = one_line(err)
+    assert code == 2 and f"nothing to resume: {tmp_path / 'r.mat'} is a finished run" in line, line
+    assert "Iter" not in stdout and (tmp_path / "r.mat").read_bytes() == finished
+
+
 @pytest.mark.parametrize("extra,words", [
     (["-bsize", 10**9], "needs at least"),
     (["-m", "cnn", "-fsize", 1001], "-fsize 1001 is larger than 28x28 images allow"),

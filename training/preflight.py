@@ -48,6 +48,9 @@ def claim_output(out, run_dir, resume, force):
     remove_stale_temporaries(directory)
     remove_stale_temporaries(run_dir)
     if resume:
+        if not checkpoint.exists(run_dir) and os.path.exists(out):
+            return (f"nothing to resume: {out} is a finished run (a run's checkpoint goes when it ends); "
+                    f"to run more records, start a new run with -o, or without --resume and with --force to redo it")
         if not checkpoint.exists(run_dir):
             return f"nothing to resume: no checkpoint in {run_dir} (start a new run without --resume)"
     elif not force:
