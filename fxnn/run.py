@@ -191,8 +191,12 @@ def prepare(config):
     recorder, sampler, start_record = make_recorder(config, network, dataset, engine, resumed, batch_seed)
     schedule = Schedule(config.num_records, config.iters_per_record, config.batch_size, config.learn_rate,
                         config.learn_decay)
-    board = (tensorboard_log.TensorBoardLog(config.tensorboard, recorder, schedule, flags, origin)
-             if config.tensorboard is not None else None)
+    try:
+        board = (tensorboard_log.TensorBoardLog(config.tensorboard, recorder, schedule, flags, origin)
+                 if config.tensorboard is not None else None)
+    except OSError as e:  # what check() could not foresee: a folder the system will not let it make
+        raise BadInput(f"--tensorboard {config.tensorboard}: cannot write the event files there "
+                       f"({e.strerror or e}); give another folder") from None
     return Job(config, seed, flags, dataset, network, engine, recorder, sampler, start_record, schedule, origin,
                board)
 

@@ -106,3 +106,18 @@ def test_check_refuses_a_file_and_an_empty_name(tmp_path):
     assert f"{tmp_path / 'f'} is a file, not a folder" in check(str(tmp_path / "f" / "tb" / "run"))  # on the way
     assert "needs a folder" in check("")
     assert check(str(tmp_path / "new" / "deeper")) is None
+
+
+def test_a_folder_the_system_will_not_make_is_one_line_and_no_record(tmp_path, capsys, small_mnist):
+    """/proc passes check() (it exists, and root may write to it) but refuses
+    any new folder: the run stops in one line before training."""
+    pytest.importorskip("torch")
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc")
+    out = tmp_path / "r.mat"
+    code = fxnn.main(["-m", "baseline", "-nrec", "1", "-ipr", "1", "--data-dir", small_mnist, "-o", str(out),
+                      "--engine", "torch", "--tensorboard", "/proc/fxnn-tb"])
+    stdout, err = capsys.readouterr()
+    assert code == 2 and err.startswith("fxnn: error: --tensorboard /proc/fxnn-tb: "), err  # (not writable, as non-root)
+    assert err.count("\n") == 1 and "Traceback" not in err and "Iter" not in stdout
+    assert not out.exists() and os.listdir(tmp_path) == []
