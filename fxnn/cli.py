@@ -87,6 +87,23 @@ def resnet_depth(text):
 ARCHS = ("original", "resnet")
 
 
+def record_path(text):
+    """-o: not empty (what the path names is checked when the run claims it)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a file name, e.g. -o runs/rec-fxnn.mat")
+    return text
+
+
+def data_folder(text):
+    """--data-dir: a folder (made when a download needs it), not a file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a folder, e.g. --data-dir data/image")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder (it holds mnist/, fashion-mnist/, "
+                                         "cifar10/, cifar100/); for your own .npz use -d")
+    return text
+
+
 def odd_size(text):
     value = positive_int(text)
     if value % 2 == 0:
@@ -198,11 +215,11 @@ def build_parser():
     p.add_argument("--seed", type=seed_value, default=None,
                    help="random seed; same seed, same engine: same numbers (default: a fresh one, "
                         "stored in the record's meta.seed)")
-    p.add_argument("--data-dir", default=os.environ.get("FXNN_DATA", os.path.join("data", "image")),
+    p.add_argument("--data-dir", type=data_folder, default=os.environ.get("FXNN_DATA", os.path.join("data", "image")),
                    help="folder holding mnist/, fashion-mnist/, cifar10/, cifar100/ (env FXNN_DATA)")
     p.add_argument("--no-download", action="store_true",
                    help="never download: MNIST falls back to the bundled sample, other datasets stop")
-    p.add_argument("-o", "--out", default=None,
+    p.add_argument("-o", "--out", type=record_path, default=None,
                    help="record file (default rec-<DATASET>-<MODEL>.mat; for data.npz, rec-data-<MODEL>.mat)")
     p.add_argument("--record-params", choices=RECORD_PARAMS, default="all",
                    help="parameter snapshots to record: at every record, the last only, or none")

@@ -113,6 +113,18 @@ def test_bad_flags_are_refused_by_the_parser(argv, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+def test_an_empty_record_name_and_a_file_as_data_folder_are_refused_by_the_parser(tmp_path, capsys):
+    (tmp_path / "mnist.npz").write_bytes(b"x")
+    for argv, words in ((["-o", ""], "argument -o/--out: needs a file name"),
+                        (["--data-dir", str(tmp_path / "mnist.npz")], f"{tmp_path / 'mnist.npz'} is a file, not a folder"),
+                        (["--data-dir", " "], "argument --data-dir: needs a folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            fxnn.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and words in err.strip().splitlines()[-1], err
+    assert os.listdir(tmp_path) == ["mnist.npz"]
+
+
 def test_diverging_run_stops_keeps_its_record_and_exits_3(tmp_path, capsys, small_mnist):
     out_file = tmp_path / "rec.mat"
     code, _, err = run(capsys, "-m", "fxnn", "-lr", "1e10", "-nrec", 3, "-ipr", 10,
