@@ -20,7 +20,7 @@ import textwrap
 
 import numpy as np
 
-from .records import RecordError, distinct_runs, experiment_differences, load_run
+from .records import RecordError, check_outputs, distinct_runs, experiment_differences, load_run
 
 SCALES = ("auto", "log", "linear")
 #: A run that did not complete: (marker at the end of its curves, word).
@@ -259,6 +259,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        check_outputs([args.out], args.records)
         runs, notes = distinct_runs([load_run(path) for path in args.records], by_experiment=args.bands)
         for note in notes:
             print(note, file=sys.stderr)

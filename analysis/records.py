@@ -64,6 +64,24 @@ MAX_COUNT = 10**9
 FIX = "records are written by fxnn.py"
 
 
+def check_outputs(outputs, records):
+    """RecordError unless each of ``outputs`` (None skipped), a file an
+    analysis command is about to write, is neither one of the ``records``
+    it reads nor any other MATLAB file: records are fxnn.py's to write, and
+    a CSV or a plot written over one would destroy the run."""
+    for out in (o for o in outputs if o is not None):
+        if any(os.path.exists(r) and os.path.exists(out) and os.path.samefile(out, r) for r in records):
+            raise RecordError(f"{out}: it is one of the records read; name another file to write")
+        try:
+            with open(out, "rb") as f:
+                matlab = f.read(6) == b"MATLAB"  # the header of v5 and of v7.3 (HDF5 with a user block) alike
+        except OSError:
+            continue  # absent, or not readable: its writer says what stops it
+        if matlab:
+            raise RecordError(f"{out}: it is a MATLAB file (a record?), which the analysis commands never write "
+                              f"over; name another file to write")
+
+
 def load_run(path):
     """The :class:`Run` in the record file at ``path``: read bounded (only
     :data:`RECORD_VARIABLES`, each at most :data:`MAX_VARIABLE_BYTES`) and

@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 from .plot import image_path, plot_bands
-from .records import RecordError, distinct_runs, group_by_label, load_run, option_flag, tag_experiments
+from .records import RecordError, check_outputs, distinct_runs, group_by_label, load_run, option_flag, tag_experiments
 from .stats import (Spread, clipped, equivalence, error_at, holm, iterations_to, mean_interval, paired_difference,
                     paired_equivalence, paired_p, seconds_to, t_factor, welch_difference, welch_p)
 
@@ -444,6 +444,7 @@ def add_summary_flags(p):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        check_outputs([args.csv, args.png], args.records)
         runs, notes = distinct_runs([load_run(path) for path in args.records])
         for note in notes:
             print(note)

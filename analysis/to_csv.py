@@ -17,7 +17,7 @@ import sys
 
 from fxnn.files.atomic import atomic_path
 
-from .records import RecordError, load_run
+from .records import RecordError, check_outputs, load_run
 
 COLUMNS = ("record_file", "iteration", "tloss", "terate", "vloss", "verate", "learn_rate")
 
@@ -77,6 +77,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        check_outputs([args.out], args.records)
         runs = [load_run(path) for path in args.records]
         if args.out is None:
             write(runs, sys.stdout)

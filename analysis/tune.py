@@ -19,7 +19,7 @@ from dataclasses import replace
 import numpy as np
 
 from .plot import image_path
-from .records import RecordError, distinct_runs, group_by_label, load_run, tag_experiments
+from .records import RecordError, check_outputs, distinct_runs, group_by_label, load_run, tag_experiments
 from .stats import error_at
 from .summary import default_at, iteration
 
@@ -149,6 +149,7 @@ def main(argv=None, out=None):
     try:
         if args.png and not args.at:
             raise ValueError("--png needs --at: the horizons to draw a panel for")
+        check_outputs([args.csv, args.png], args.records)
         runs, notes = distinct_runs([load_run(path) for path in args.records])
         for note in notes:
             print(note, file=out)

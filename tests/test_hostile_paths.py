@@ -358,6 +358,11 @@ sys.argv = ["fxnn-{module}"] + {argv!r}
 """
 
 
+def command_name(module):
+    """The command a module of fxnn.analysis is installed as."""
+    return {"to_csv": "fxnn-csv"}.get(module, f"fxnn-{module}")
+
+
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     folder = tmp_path_factory.mktemp("records")
@@ -394,8 +399,7 @@ def test_a_writer_into_a_folder_that_cannot_take_it_says_so_in_one_line(tmp_path
     line = one_line(capsys.readouterr().err)
     problem = {"missing folder": f"the folder {folder} does not exist (create it first)",
                "file as folder": f"{folder} is not a folder", "a folder as the file": "it is a folder; name a file in it"}
-    command = {"to_csv": "fxnn-csv"}.get(module, f"fxnn-{module}")
-    assert line == f"{command}: error: cannot write {out}: {problem[where]}"
+    assert line == f"{command_name(module)}: error: cannot write {out}: {problem[where]}"
     if where == "file as folder":
         assert folder.read_bytes() == VICTIM
     else:
@@ -476,3 +480,22 @@ def test_a_failed_download_removes_only_the_folders_it_created(tmp_path, capsys,
     refused(capsys, argv + ["-d", "CIFAR10", "-o", "c.mat"], "download")
     assert sorted(os.listdir(tmp_path / "data" / "image")) == ["cifar10"]
     assert os.listdir(tmp_path / "data" / "image" / "cifar10") == ["notes.txt"]
+
+
+@pytest.mark.parametrize("module,flags,name", [("to_csv", ["-o"], "out.csv"), ("summary", ["--csv"], "out.csv"),
+                                               ("summary", ["--png"], "out.png"), ("plot", ["-o"], "out.png"),
+                                               ("tune", ["--csv"], "out.csv"), ("tune", ["--at", "4", "--png"], "out.png")])
+@pytest.mark.parametrize("which", ["a record read", "another record"])
+def test_an_analysis_command_never_writes_over_a_record(tmp_path, capsys, records, module, flags, name, which):
+    """`fxnn-csv rec.mat -o rec.mat` wrote the CSV over the run; a record
+    under any name (here one named like the output) is refused in one line."""
+    from importlib import import_module
+    out = tmp_path / name
+    write_genuine(out, seed=3)
+    before = out.read_bytes()
+    inputs = records + ([str(out)] if which == "a record read" else [])
+    assert import_module(f"fxnn.analysis.{module}").main(inputs + flags + [str(out)]) == 2
+    line = one_line(capsys.readouterr().err)
+    words = "it is one of the records read" if which == "a record read" else "it is a MATLAB file (a record?)"
+    assert line.startswith(f"{command_name(module)}: error: {out}: {words}"), line
+    assert out.read_bytes() == before
