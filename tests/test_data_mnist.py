@@ -131,6 +131,15 @@ def test_pickler_fails_cleanly_on_a_damaged_file_and_writes_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths.values())
 
 
+def test_pickler_refuses_an_output_it_cannot_write_in_one_line(tmp_path):
+    make_mnist(tmp_path)
+    (tmp_path / "mnist.npz").mkdir()  # a folder where the npz goes: a traceback before
+    out = run_pickler(tmp_path)
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    assert out.stderr == f"fxnn-pickle-mnist: error: cannot write {tmp_path / 'mnist.npz'}: it is a folder; name a file in it\n"
+    assert os.listdir(tmp_path / "mnist.npz") == []
+
+
 def test_pickler_help():
     out = run_pickler("--help")
     assert out.returncode == 0 and "mnist.npz" in out.stdout
