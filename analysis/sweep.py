@@ -417,7 +417,7 @@ def sweep(args, jobs, fxnn_flags):
         print(f"fxnn-sweep: error: {e}", file=sys.stderr)
         return 2
     if failed:
-        print(f"sweep: {len(failed)} run(s) failed: {', '.join(j.name for j in failed)}; "
+        print(f"fxnn-sweep: {len(failed)} run(s) failed: {', '.join(j.name for j in failed)}; "
               f"see their logs, fix and rerun the same command", file=sys.stderr)
         return 1
     return 0
