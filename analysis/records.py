@@ -69,14 +69,14 @@ def check_outputs(outputs, records):
     analysis command is about to write, is neither one of the ``records``
     it reads nor any other MATLAB file: records are fxnn.py's to write, and
     a CSV or a plot written over one would destroy the run."""
-    for out in (o for o in outputs if o is not None):
-        if any(os.path.exists(r) and os.path.exists(out) and os.path.samefile(out, r) for r in records):
+    for out in (o for o in outputs if o is not None and os.path.exists(o)):
+        if any(os.path.exists(r) and os.path.samefile(out, r) for r in records):
             raise RecordError(f"{out}: it is one of the records read; name another file to write")
         try:
             with open(out, "rb") as f:
                 matlab = f.read(6) == b"MATLAB"  # the header of v5 and of v7.3 (HDF5 with a user block) alike
         except OSError:
-            continue  # absent, or not readable: its writer says what stops it
+            continue  # not readable: its writer says what stops it
         if matlab:
             raise RecordError(f"{out}: it is a MATLAB file (a record?), which the analysis commands never write "
                               f"over; name another file to write")
@@ -90,7 +90,8 @@ def load_run(path):
     from fxnn.training.matfile import read_mat
 
     if os.path.isdir(path):
-        raise RecordError(f"{path}: a folder, not a record file; give the records in it ({os.path.join(path, '*.mat')})")
+        raise RecordError(f"{path}: a folder, not a record file; give the records in it "
+                          f"({os.path.join(path, '*.mat')})")
     if not os.path.exists(path):
         raise RecordError(f"{path}: no such record file")
     if not os.path.isfile(path):

@@ -380,7 +380,8 @@ def main(argv=None):
         os.makedirs(args.out_dir, exist_ok=True)
     except OSError as e:
         why = "a file is in its place" if e.errno == errno.EEXIST else e.strerror.lower()
-        print(f"fxnn-sweep: error: cannot make the output folder {args.out_dir}: {why}; give another -o", file=sys.stderr)
+        print(f"fxnn-sweep: error: cannot make the output folder {args.out_dir}: {why}; give another -o",
+              file=sys.stderr)
         return 2
     problem = lock_folder(args.out_dir)
     if problem:

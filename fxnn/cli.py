@@ -158,83 +158,87 @@ def build_parser():
     compute = p.add_argument_group("engine, device, precision and threads")
     files = p.add_argument_group("data, records and resuming")
     what.add_argument("-m", "--model", choices=MODELS, default="fxnn", metavar="MODEL",
-                   help="network to train: fxnn, cnn or baseline; or an ablation (docs/network.md): "
-                        + ", ".join(ABLATIONS) + "; or fxnn over another fixed basis (docs/network.md): "
-                        + ", ".join(BASIS_MODELS))
+                      help="network to train: fxnn, cnn or baseline; or an ablation (docs/network.md): "
+                           + ", ".join(ABLATIONS) + "; or fxnn over another fixed basis (docs/network.md): "
+                           + ", ".join(BASIS_MODELS))
     what.add_argument("--arch", choices=ARCHS, default="original",
-                   help="original: the original's two conv layers, pooling and three dense layers; resnet: a "
-                        "CIFAR ResNet (He et al.) whose 3x3 convs are the model's, with BatchNorm (torch engine; "
-                        "docs/resnet.md)")
+                      help="original: the original's two conv layers, pooling and three dense layers; resnet: a "
+                           "CIFAR ResNet (He et al.) whose 3x3 convs are the model's, with BatchNorm (torch engine; "
+                           "docs/resnet.md)")
     what.add_argument("--width", type=positive_int, default=argparse.SUPPRESS,
-                   help=f"--arch resnet: channels of its first stage (then 2x, 4x) (default {HYP.resnet_width})")
+                      help=f"--arch resnet: channels of its first stage (then 2x, 4x) (default {HYP.resnet_width})")
     what.add_argument("--depth", type=resnet_depth, default=argparse.SUPPRESS,
-                   help=f"--arch resnet: layers, 6n+2 (default {HYP.resnet_depth}: ResNet-20)")
+                      help=f"--arch resnet: layers, 6n+2 (default {HYP.resnet_depth}: ResNet-20)")
     what.add_argument("-d", "--dataset", default="MNIST", type=dataset_name, metavar="DATASET",
-                   help="MNIST, FashionMNIST, CIFAR10, CIFAR100 (any case; downloaded into --data-dir when "
-                        "missing) or your own data.npz (docs/data.md)")
+                      help="MNIST, FashionMNIST, CIFAR10, CIFAR100 (any case; downloaded into --data-dir when "
+                           "missing) or your own data.npz (docs/data.md)")
     what.add_argument("--valid-split", type=probability, default=0.0, metavar="F",
-                   help="validate on a fraction F of the training set held out (stratified, chosen by the "
-                        "seed) and evaluate the test set once at the end; 0: validate on the test set")
-    what.add_argument("-fsize", "--filter-size", type=odd_size, default=HYP.filter_size, help="conv kernel size (cnn only)")
+                      help="validate on a fraction F of the training set held out (stratified, chosen by the "
+                           "seed) and evaluate the test set once at the end; 0: validate on the test set")
+    what.add_argument("-fsize", "--filter-size", type=odd_size, default=HYP.filter_size,
+                      help="conv kernel size (cnn only)")
     how.add_argument("-bsize", "--batch-size", type=positive_int, default=HYP.batch_size, help="training batch size")
     how.add_argument("-pdpo", "--dropout-prob", type=probability, default=None,
-                   help=f"dropout probability after each conv layer (training only; default {HYP.dropout}; "
-                        f"--arch resnet has none)")
+                     help=f"dropout probability after each conv layer (training only; default {HYP.dropout}; "
+                          f"--arch resnet has none)")
     how.add_argument("-nrec", "--num-records", type=positive_int, default=HYP.num_records,
-                   help="number of records (validation + snapshot after each)")
+                     help="number of records (validation + snapshot after each)")
     how.add_argument("-ipr", "--iters-per-record", type=positive_int, default=HYP.iters_per_record,
-                   help="training iterations per record")
+                     help="training iterations per record")
     how.add_argument("-lr", "--learn-rate", type=positive_float, default=HYP.learn_rate,
-                   help="initial learn rate")
+                     help="initial learn rate")
     how.add_argument("--conv-lr-scale", type=positive_float, default=HYP.conv_lr_scale, metavar="S",
-                   help="the conv layers train at S times the learn rate of the others (per-layer rates; "
-                        "docs/results.md)")
+                     help="the conv layers train at S times the learn rate of the others (per-layer rates; "
+                          "docs/results.md)")
     how.add_argument("--kernel-init", choices=KERNEL_INITS, default="model",
-                   help="model: each model's own initialisation; cnn or fxnn: the conv layers' initial effective 3x3 "
-                        "kernels drawn by the model's rule, then scaled to the expected squared norm of cnn's or "
-                        "fxnn's (docs/network.md)")
+                     help="model: each model's own initialisation; cnn or fxnn: the conv layers' initial effective 3x3 "
+                          "kernels drawn by the model's rule, then scaled to the expected squared norm of cnn's or "
+                          "fxnn's (docs/network.md)")
     how.add_argument("-ld", "--learn-decay", type=positive_float, default=HYP.learn_decay,
-                   help="learn rate decays exponentially to lr*ld by the last record")
+                     help="learn rate decays exponentially to lr*ld by the last record")
     how.add_argument("--optimizer", choices=OPTIMIZERS, default=HYP.optimizer, help="update rule")
     compute.add_argument("--engine", choices=ENGINES, default="auto",
-                   help="auto: torch when installed (the faster engine on CPU and GPU), else pytensor "
-                        "(see docs/engines.md)")
+                         help="auto: torch when installed (the faster engine on CPU and GPU), else pytensor "
+                              "(see docs/engines.md)")
     compute.add_argument("--device", choices=DEVICES, default="auto", help="cuda needs the torch engine")
     compute.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32: float32 throughout (as the original); bf16 (torch engine, CPU or CUDA GPU of "
-                        "compute capability 8.0+): every layer's forward in bfloat16 autocast (convolutions, "
-                        "fxnn layers and matmuls compute in bfloat16, accumulate in float32; cnn's dense convs "
-                        "on channels_last tensors), training and validation alike, while the weights, "
-                        "gradients, optimizer state, softmax and loss stay float32; the record's meta.precision "
-                        "and meta.memory_format say what ran")
+                         help="fp32: float32 throughout (as the original); bf16 (torch engine, CPU or CUDA GPU of "
+                              "compute capability 8.0+): every layer's forward in bfloat16 autocast (convolutions, "
+                              "fxnn layers and matmuls compute in bfloat16, accumulate in float32; cnn's dense convs "
+                              "on channels_last tensors), training and validation alike, while the weights, "
+                              "gradients, optimizer state, softmax and loss stay float32; the record's meta.precision "
+                              "and meta.memory_format say what ran")
     compute.add_argument("--memory-format", choices=tuple(MEMORY_FORMATS), default="auto",
-                   help="how the torch engine lays out the conv layers' tensors: auto (channels_last under --precision "
-                        "bf16, except fxnn layers held to the fused or fixed path; NCHW in fp32, as the original's "
-                        "records), nchw, or channels_last (faster for the residual network in fp32 too, where "
-                        "oneDNN's convolutions and fxnn's fused kernels take it as it lies; docs/resnet.md)")
+                         help="how the torch engine lays out the conv layers' tensors: auto (channels_last under "
+                              "--precision bf16, except fxnn layers held to the fused or fixed path; NCHW in fp32, "
+                              "as the original's records), nchw, or channels_last (faster for the residual network "
+                              "in fp32 too, where oneDNN's convolutions and fxnn's fused kernels take it as it lies; "
+                              "docs/resnet.md)")
     compute.add_argument("--fxnn-path", choices=PATHS, default="auto",
-                   help="how fxnn layers compute (the same function): the fixed stage then the 1x1 GEMM; "
-                        "fused, one kernel (CPU: C, float32; CUDA: Triton); or folded into one dense 3x3 conv; auto: each "
-                        "layer's fastest, timed on first use and cached per machine (docs/paths.md)")
+                         help="how fxnn layers compute (the same function): the fixed stage then the 1x1 GEMM; "
+                              "fused, one kernel (CPU: C, float32; CUDA: Triton); or folded into one dense 3x3 conv; "
+                              "auto: each layer's fastest, timed on first use and cached per machine (docs/paths.md)")
     how.add_argument("--seed", type=seed_value, default=None,
-                   help="random seed; same seed, same engine: same numbers (default: a fresh one, "
-                        "stored in the record's meta.seed)")
-    files.add_argument("--data-dir", type=data_folder, default=os.environ.get("FXNN_DATA", os.path.join("data", "image")),
-                   help="folder holding mnist/, fashion-mnist/, cifar10/, cifar100/ (env FXNN_DATA)")
+                     help="random seed; same seed, same engine: same numbers (default: a fresh one, "
+                          "stored in the record's meta.seed)")
+    files.add_argument("--data-dir", type=data_folder,
+                       default=os.environ.get("FXNN_DATA", os.path.join("data", "image")),
+                       help="folder holding mnist/, fashion-mnist/, cifar10/, cifar100/ (env FXNN_DATA)")
     files.add_argument("--no-download", action="store_true",
-                   help="never download: MNIST falls back to the bundled sample, other datasets stop")
+                       help="never download: MNIST falls back to the bundled sample, other datasets stop")
     files.add_argument("-o", "--out", type=record_path, default=None,
-                   help="record file (default rec-<DATASET>-<MODEL>.mat; for data.npz, rec-data-<MODEL>.mat)")
+                       help="record file (default rec-<DATASET>-<MODEL>.mat; for data.npz, rec-data-<MODEL>.mat)")
     files.add_argument("--record-params", choices=RECORD_PARAMS, default="all",
-                   help="parameter snapshots to record: at every record, the last only, or none")
+                       help="parameter snapshots to record: at every record, the last only, or none")
     files.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run whose checkpoint sits beside the record file")
+                       help="continue the interrupted run whose checkpoint sits beside the record file")
     files.add_argument("--force", action="store_true", help="overwrite an existing record file")
     compute.add_argument("--threads", type=thread_count, default=None, metavar="N",
-                   help="threads to compute on, in either engine (default: OMP_NUM_THREADS when set, else all cores)")
+                         help="threads to compute on, in either engine (default: OMP_NUM_THREADS when set, else "
+                              "all cores)")
     files.add_argument("--tensorboard", metavar="DIR", default=None,
-                   help="also log the curves, learn rate and flags to DIR for TensorBoard as the run goes "
-                        "(needs: pip install 'fxnn[tensorboard]')")
+                       help="also log the curves, learn rate and flags to DIR for TensorBoard as the run goes "
+                            "(needs: pip install 'fxnn[tensorboard]')")
     return p
 
 

@@ -25,8 +25,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 epilog="Writes <folder>/mnist.npz (uint8 arrays, no pickled objects), "
                                        "which fxnn then loads instead of the idx files. "
-                                       "Exit codes: 0 written, 2 bad or missing input files or a folder that cannot take the "
-                                       "file, 4 a full disk.")
+                                       "Exit codes: 0 written, 2 bad or missing input files or a folder that "
+                                       "cannot take the file, 4 a full disk.")
     p.add_argument("folder", nargs="?", default=os.path.join("data", "image", "mnist"),
                    help="folder holding the four MNIST idx files (default: %(default)s)")
     args = p.parse_args(argv)

@@ -48,10 +48,11 @@ def claim_output(out, run_dir, resume, force):
     remove_stale_temporaries(directory)
     remove_stale_temporaries(run_dir)
     if resume:
-        if not checkpoint.exists(run_dir) and os.path.exists(out):
-            return (f"nothing to resume: {out} is a finished run (a run's checkpoint goes when it ends); "
-                    f"to run more records, start a new run with -o, or without --resume and with --force to redo it")
         if not checkpoint.exists(run_dir):
+            if os.path.exists(out):
+                return (f"nothing to resume: {out} is a finished run (a run's checkpoint goes when it ends); "
+                        f"to run more records, start a new run with -o, or without --resume and with --force to "
+                        f"redo it")
             return f"nothing to resume: no checkpoint in {run_dir} (start a new run without --resume)"
     elif not force:
         if checkpoint.exists(run_dir):
@@ -117,8 +118,9 @@ def check_resources(network, batch_size, filter_size, model, device="cpu", avail
     if available is not None and needed > available:
         flags = f"-bsize {batch_size}" + (f" with -fsize {filter_size}" if model == "cnn" else "")
         sizes = ["-bsize"] + (["-fsize"] if model == "cnn" else []) + (["--width"] if network.arch == "resnet" else [])
-        if step_memory(network, 1, device) > available:  # no batch size fits: the network itself is too large
-            flags, needed, sizes = "the network, even at -bsize 1,", step_memory(network, 1, device), sizes[1:]
+        smallest = step_memory(network, 1, device)
+        if smallest > available:  # no batch size fits: the network itself is too large
+            flags, needed, sizes = "the network, even at -bsize 1,", smallest, sizes[1:]
         hint = f"use a smaller {' or '.join(sizes)}" if sizes else "run it on a machine with more memory"
         return (f"{flags} needs at least {needed / 2**30:,.1f} GiB of memory for one training step, "
                 f"and this machine has {available / 2**30:,.1f} GiB available; {hint}")
