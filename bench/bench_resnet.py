@@ -22,8 +22,20 @@ steadier figure, and the ratios are of CPU times. Medians; the first calls
 (``auto``'s path measuring included) are left out (docs/resnet.md has
 figures).
 
+With ``--floor``, the same rounds also time the network's convolutions
+by themselves, forward and backward at their shapes in the step, in the
+precision's fastest dense layout (channels_last): as dense 3x3 convs
+(oneDNN), as 1x1 convs from 5M channels at the output's pixels (oneDNN's
+GEMM over the fixed stage's output, written out), and the BatchNorm and
+ReLU between each block's two convs, the pass a kernel's epilogue could
+take over. From them, two floors for fxnn's step, the rest of the network
+as cnn's channels_last step has it: ``floor``, its fixed stage free and
+its GEMM (5 multiply-adds where a dense conv does 9) at the dense convs'
+own rate, and ``floor, inner BN+ReLU fused``, those BatchNorms and ReLUs
+free too.
+
     python3 -m bench.bench_resnet [--repeats 10] [--batch 128] [--inputs fashion,cifar]
-        [--precisions fp32,bf16] [--threads 1] [--width 16] [--depth 20] [--json out.json]
+        [--precisions fp32,bf16] [--threads 1] [--width 16] [--depth 20] [--floor] [--json out.json]
 """
 import argparse
 import json
@@ -122,6 +134,86 @@ def contenders(shape, batch, precision, width, depth):
     return fns
 
 
+#: The parts ``--floor`` times beside the steps (not contenders themselves).
+FLOOR_PARTS = ("3x3 convs", "1x1 convs", "inner BN+ReLU")
+
+
+def floor_parts(shape, batch, precision, width, depth):
+    """{part: one call}: the network's convs by themselves, each forward and
+    backward (input gradient included) at its shape in the step, on
+    channels_last inputs of ``precision`` (bf16: under autocast, bf16
+    inputs): ``3x3 convs`` dense, ``1x1 convs`` each as the 1x1 conv from
+    5M channels at its output's pixels (an fxnn layer's GEMM over its fixed
+    stage's output, the stride taken), ``inner BN+ReLU`` the BatchNorm and
+    ReLU after each block's first conv (in training mode)."""
+    import torch
+    from torch import nn
+    from fxnn.models.resnet import build_resnet
+    cl, bf16 = torch.channels_last, precision == "bf16"
+    g = torch.Generator().manual_seed(0)
+
+    def tensor(channels, size, grad=False):
+        t = torch.randn(batch, channels, size, size, generator=g).contiguous(memory_format=cl)
+        return (t.bfloat16() if bf16 else t).requires_grad_(grad)
+
+    network = build_resnet("cnn", shape, 10, width, depth)
+    inner = {block.conv_a.name for block in network.blocks}
+    parts = {part: [] for part in FLOOR_PARTS}  # (module, x, dy) per layer
+    size = shape[1]
+    for conv in network.convs:
+        m, n, out = conv.in_channels, conv.out_channels, (size - 1) // conv.stride + 1
+        dy = tensor(n, out)
+        parts["3x3 convs"].append((nn.Conv2d(m, n, 3, conv.stride, 1, bias=False).to(memory_format=cl),
+                                   tensor(m, size, True), dy))
+        parts["1x1 convs"].append((nn.Conv2d(5 * m, n, 1, bias=False).to(memory_format=cl),
+                                    tensor(5 * m, out, True), dy))
+        if conv.name in inner:
+            parts["inner BN+ReLU"].append((nn.Sequential(nn.BatchNorm2d(n), nn.ReLU()), tensor(n, out, True), dy))
+        size = out
+
+    def call(layers):
+        def run():
+            for module, x, dy in layers:
+                x.grad = None
+                module.zero_grad(set_to_none=True)
+                with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                    y = module(x)
+                y.backward(dy)
+        run.layers = layers  # for the tests
+        return run
+    return {part: call(layers) for part, layers in parts.items()}
+
+
+#: An fxnn layer's multiply-adds per output pixel, as a fraction of a dense 3x3 conv's.
+GEMM_SHARE = 5 / 9
+
+
+def floor(cpu_ms, precision, best_dense):
+    """The ``--floor`` figures from the median CPU ms of the steps and parts:
+    cnn's channels_last step with its 3x3 convs at :data:`GEMM_SHARE` of
+    their time (``floor``), and that less the inner BatchNorms and ReLUs,
+    each in ms and as ratios to that cnn step and to the fastest dense step;
+    and oneDNN's 1x1 convs as a ratio to the 3x3 convs."""
+    base = "cnn cl" if precision == "fp32" else "cnn"
+    ms = cpu_ms[base] - (1 - GEMM_SHARE) * cpu_ms["3x3 convs"]
+    fused = ms - cpu_ms["inner BN+ReLU"]
+    return {"base": base, "parts_ms": {p: cpu_ms[p] for p in FLOOR_PARTS},
+            "convs_share": cpu_ms["3x3 convs"] / cpu_ms[base], "1x1/3x3": cpu_ms["1x1 convs"] / cpu_ms["3x3 convs"],
+            "floor_ms": ms, "floor/cnn": ms / cpu_ms[base], "floor/best dense": ms / cpu_ms[best_dense],
+            "fused_floor_ms": fused, "fused_floor/cnn": fused / cpu_ms[base],
+            "fused_floor/best dense": fused / cpu_ms[best_dense]}
+
+
+def print_floor(f):
+    parts, base = f["parts_ms"], f["base"]
+    print(f"  the convs alone: 3x3 {parts['3x3 convs']:.1f} ms ({f['convs_share']:.0%} of {base}'s step); "
+          f"1x1 from 5M channels {parts['1x1 convs']:.1f} ms ({f['1x1/3x3']:.2f}x of the 3x3)")
+    print(f"  floor (fixed stage free, GEMM at the 3x3 convs' rate): {f['floor_ms']:.1f} ms, "
+          f"{f['floor/cnn']:.2f}x of {base}, {f['floor/best dense']:.2f}x of best dense")
+    print(f"  floor, inner BN+ReLU fused (- {parts['inner BN+ReLU']:.1f} ms): {f['fused_floor_ms']:.1f} ms, "
+          f"{f['fused_floor/cnn']:.2f}x of {base}, {f['fused_floor/best dense']:.2f}x of best dense", flush=True)
+
+
 def timed(fns):
     """``fns`` wrapped to note each call's process CPU time: (wrapped, {name: [s]})."""
     cpu = {name: [] for name in fns}
@@ -146,7 +238,7 @@ def summarise(wall, cpu, warmup):
     contender's to the fastest dense one, fxnn's to cnn's in the same
     layout, and the fastest fxnn's to the fastest dense."""
     row = {name: {"wall_ms": 1000 * float(np.median(wall[name])),
-                  "cpu_ms": 1000 * float(np.median(cpu[name][warmup:]))} for name in wall}
+                  "cpu_ms": 1000 * float(np.median(cpu[name][warmup:]))} for name in wall if name not in FLOOR_PARTS}
     cpu_ms = {name: figures["cpu_ms"] for name, figures in row.items()}
     dense = min((n for n in cpu_ms if is_dense(n)), key=cpu_ms.get)
     fxnn = min((n for n in cpu_ms if not is_dense(n)), key=cpu_ms.get)
@@ -206,6 +298,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--floor", action="store_true",
+                   help="also time the convs alone (dense 3x3, and 1x1 from 5M channels) and the inner "
+                        "BatchNorms and ReLUs: floors for fxnn's step (see the module's notes)")
     p.add_argument("--json", help="also write every figure to this file")
     p.add_argument("--profile", metavar="NAMES",
                    help="instead of timing, profile these contenders (e.g. fxnn,cnn cl) with torch.profiler")
@@ -234,12 +329,18 @@ def main(argv=None):
             if args.profile:
                 profile(fns, args.profile.split(","), args.repeats, f"{name} {precision}")
                 continue
+            if args.floor:
+                fns.update(floor_parts(INPUTS[name], args.batch, precision, args.width, args.depth))
             wrapped, cpu = timed(fns)
             wall = alternated(wrapped, args.repeats, warmup)
             figures, ratios = summarise(wall, cpu, warmup)
             rows.append({"input": name, "shape": INPUTS[name], "precision": precision, "ms": figures,
                          "ratios": ratios, "load_average": os.getloadavg()[0]})
             print_row(name, precision, figures, ratios)
+            if args.floor:
+                cpu_ms = {n: 1000 * float(np.median(t[warmup:])) for n, t in cpu.items()}
+                rows[-1]["floor"] = floor(cpu_ms, precision, ratios["best_dense"])
+                print_floor(rows[-1]["floor"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "args": vars(args), "rows": rows}, f, indent=2)
