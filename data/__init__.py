@@ -26,6 +26,9 @@ def dataset_arg(text):
             return name
     if os.path.isfile(text):
         return text
+    if os.path.isdir(text):
+        raise ValueError(f"{text!r} is a folder, not a dataset: give a built-in dataset ({', '.join(DATASETS)}) "
+                         f"and the folder that holds its files as --data-dir {text}, or your own .npz file")
     raise ValueError(f"{text!r} is neither a built-in dataset ({', '.join(DATASETS)}) nor an existing file "
                      f"(your own data: {npz_dataset.FORMAT})")
 

@@ -113,11 +113,12 @@ def test_bad_flags_are_refused_by_the_parser(argv, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_an_empty_record_name_and_a_file_as_data_folder_are_refused_by_the_parser(tmp_path, capsys):
+def test_an_empty_record_name_a_file_as_data_folder_and_a_folder_as_dataset_are_refused_by_the_parser(tmp_path, capsys):
     (tmp_path / "mnist.npz").write_bytes(b"x")
     for argv, words in ((["-o", ""], "argument -o/--out: needs a file name"),
                         (["--data-dir", str(tmp_path / "mnist.npz")], f"{tmp_path / 'mnist.npz'} is a file, not a folder"),
-                        (["--data-dir", " "], "argument --data-dir: needs a folder")):
+                        (["--data-dir", " "], "argument --data-dir: needs a folder"),
+                        (["-d", str(tmp_path)], f"{str(tmp_path)!r} is a folder, not a dataset")):
         with pytest.raises(SystemExit) as exit_info:
             fxnn.main(argv)
         err = capsys.readouterr().err
