@@ -280,3 +280,30 @@ def test_the_pytensor_fused_op_refuses_stride_2_in_one_line():
                                          "needs the torch engine"):
         network.factored_conv(pytensor_backend.BACKEND, pt.tensor4(dtype="float32"), pt.matrix(dtype="float32"),
                               pt.vector(dtype="float32"), "fused", KERNELS, 2)
+
+
+@pytest.mark.parametrize("path", ["auto", "fixed", "fused", "folded"])
+def test_on_the_meta_device_it_infers_shapes_as_nn_conv2d(path, monkeypatch, tmp_path):
+    """Tensors without data (shape inference, deferred initialisation): every
+    path, auto included (which, measuring on, has nothing to time there and
+    takes its default), gives nn.Conv2d's output shape, strided too."""
+    monkeypatch.setenv("FXNN_AUTOTUNE", "1")
+    monkeypatch.setattr(fxnn_paths, "_default", fxnn_paths.PathTuner(str(tmp_path / "paths.json"), budget=0.0))
+    monkeypatch.setattr(torch_paths, "_auto", {})
+    for stride in (1, 2):
+        layer = FixedConv2d(3, 8, 3, stride=stride, padding=1, device="meta", path=path)
+        dense = torch.nn.Conv2d(3, 8, 3, stride=stride, padding=1, device="meta")
+        x = torch.empty(2, 3, 9, 9, device="meta")
+        y = layer(x)
+        assert y.device.type == "meta" and y.shape == dense(x).shape
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool])
+def test_an_integer_input_is_refused_in_one_line(dtype):
+    """An image tensor not yet converted (uint8 pixels, say): one line naming
+    its dtype and the fix, on every path (auto used to fail inside its timing)."""
+    for path in ("auto", "fixed", "fused", "folded"):
+        with pytest.raises(TypeError) as raised:
+            FixedConv2d(3, 8, path=path)(torch.ones(1, 3, 8, 8, dtype=dtype))
+        message = str(raised.value)
+        assert "\n" not in message and str(dtype) in message and "input.float()" in message

@@ -127,6 +127,9 @@ def fixed_conv2d(input, weight, bias=None, stride=1, padding=1, path="auto", bas
     if input.dim() not in (3, 4) or input.shape[-3] != weight.shape[1]:
         raise ValueError(f"input must be (B, {weight.shape[1]}, H, W) or ({weight.shape[1]}, H, W) for a weight "
                          f"of {weight.shape[1]} input channels, got shape {tuple(input.shape)}")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, as nn.Conv2d's (the weight is {weight.dtype}), "
+                        f"got {input.dtype}: convert it first, e.g. input.float()")
     x = input if input.dim() == 4 else input[None]
     record = record_layout(weight)
     if fxnn_basis:

@@ -84,6 +84,9 @@ def _measured_path(call):
         device = torch.device(device)
         compute = autocast or dtype
         paths = available_paths(torch.empty(0, dtype=dtype, device=device), compute)
+        if device.type == "meta":  # tensors without data (shape inference): nothing to time
+            _auto[call, threads] = fxnn_paths.default_path(paths)
+            return _auto[call, threads]
         key = {"engine": "torch", "torch": torch.__version__, "device": device.type, "dtype": str(dtype),
                "threads": threads, "shape": [b, m, n, h, w], "pass": "train" if train else "valid",
                "input_grad": input_grad, "bias": bias,
