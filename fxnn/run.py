@@ -278,7 +278,7 @@ def build_engine(config, network, init_seed, engine_seed):
     from fxnn.training import preflight
     print(f'Building model "{config.model}" ... ', end="", flush=True)
     problem = preflight.check_resources(network, config.batch_size, config.filter_size, config.model,
-                                        config.resolved_device)
+                                        config.resolved_device, fxnn_path=config.fxnn_path)
     try:
         if problem:
             raise BadInput(problem)

@@ -287,13 +287,19 @@ class Network(Layout):
     def init_buffers(self, dtype=np.float32):
         return OrderedDict()
 
-    def activations_per_sample(self):
-        """Floats the backward pass keeps per image: the input and every
-        layer's output (for the memory preflight)."""
+    def activations_per_sample(self, fixed_stage=False):
+        """Floats the backward pass keeps per image (for the memory
+        preflight): the input, every conv layer's output and its pooled
+        block, every dense layer's output, and with ``fixed_stage`` (the
+        fixed path) each fxnn layer's 5M-channel fixed stage."""
         c, h, w = self.input_shape
         sizes = feature_sizes(self.input_shape, len(self.convs))
-        convs = sum(conv.out_channels * rows * cols for conv, (rows, cols) in zip(self.convs, sizes))
-        return c * h * w + convs + sum(d.out_features for d in self.denses)
+        total = c * h * w + sum(d.out_features for d in self.denses) + LOSS_FLOATS
+        for conv, (rows, cols) in zip(self.convs, sizes):
+            total += conv.out_channels * (rows * cols + (rows // 2) * (cols // 2))
+            if fixed_stage and conv.fxnn_paths:
+                total += conv.kernels.shape[0] * conv.in_channels * rows * cols
+        return total
 
     def param_shapes(self):
         """Ordered {name: shape} of all trainable parameters."""
@@ -312,6 +318,10 @@ class Network(Layout):
             params[layer.name + "_w"] = layer.init_weight(rng, dtype)
             params[layer.name + "_b"] = np.zeros(layer.bias_shape(), dtype=dtype)
         return params
+
+
+#: Floats per image the loss keeps for its gradient: the label's index (an int64) and its probability.
+LOSS_FLOATS = 3
 
 
 def feature_sizes(input_shape, convs):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .architecture import CONV_KINDS, ConvLayer, DenseLayer, Layout
+from .architecture import CONV_KINDS, LOSS_FLOATS, ConvLayer, DenseLayer, Layout
 from .hyperparameters import HYP
 from .network import conv_layer
 
@@ -100,15 +100,20 @@ class ResNet(Layout):
         return OrderedDict((name, (np.zeros if name.endswith("_mean") else np.ones)(shape, dtype))
                            for name, shape in self.buffer_shapes().items())
 
-    def activations_per_sample(self):
-        """A lower bound on the floats the backward pass keeps per image: the
-        input, and each conv's and BatchNorm's output."""
+    def activations_per_sample(self, fixed_stage=False):
+        """Floats the backward pass keeps per image (for the memory
+        preflight): the input, each conv's and BatchNorm's output, the
+        pooled features, the logits and their softmax, the loss's terms, and
+        with ``fixed_stage`` (the fixed path) each fxnn layer's 5M-channel
+        fixed stage, at its output's pixels."""
         c, h, w = self.input_shape
         total = c * h * w
         for conv in self.convs:
             h, w = out_size(h, conv.stride), out_size(w, conv.stride)
             total += 2 * conv.out_channels * h * w
-        return total + self.fc.out_features
+            if fixed_stage and conv.fxnn_paths:
+                total += conv.kernels.shape[0] * conv.in_channels * h * w
+        return total + self.fc.in_features + 2 * self.fc.out_features + LOSS_FLOATS
 
 
 def out_size(size, stride):

@@ -156,6 +156,9 @@ def test_memory_preflight_counts_every_layer():
     # a network too wide for any batch: the batch size is no cure, the width is
     one = preflight.step_memory(layout, 1)
     problem = preflight.check_resources(layout, 128, 3, "fxnn", available=one - 1)
+    assert problem.startswith("the network, even at -bsize 1, needs") and "use a smaller --width (with --fxnn-path" in problem
+    lean_one = preflight.step_memory(layout, 1, fxnn_path="fused")
+    problem = preflight.check_resources(layout, 128, 3, "fxnn", available=lean_one - 1, fxnn_path="fused")
     assert problem.startswith("the network, even at -bsize 1, needs") and problem.endswith("use a smaller --width")
 
 

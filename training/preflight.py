@@ -96,32 +96,44 @@ def _available_memory():
     return available
 
 
-def step_memory(network, batch_size, device="cpu"):
-    """A lower bound on the host bytes one training step needs: the
-    parameters and their gradients, and the batch's input and (on the CPU)
-    every layer's output, which the backward pass keeps (float32)."""
+def keeps_fixed_stage(network, fxnn_path):
+    """Whether a step may keep fxnn layers' 5M-channel fixed stages: on the
+    fixed path, or under ``auto``, which may measure it fastest."""
+    return fxnn_path in ("auto", "fixed") and any(conv.fxnn_paths for conv in network.convs)
+
+
+def step_memory(network, batch_size, device="cpu", fxnn_path="auto"):
+    """The host bytes one training step needs at least: the parameters and
+    their gradients, and the batch's input and (on the CPU) the activations
+    the backward pass keeps (float32), the fixed stages included where
+    :func:`keeps_fixed_stage`."""
     params = sum(int(np.prod(s)) for s in network.param_shapes().values())
     if device == "cuda":  # the activations live on the GPU
         return 4 * (2 * params + batch_size * int(np.prod(network.input_shape)))
-    return 4 * (2 * params + batch_size * network.activations_per_sample())
+    kept = network.activations_per_sample(fixed_stage=keeps_fixed_stage(network, fxnn_path))
+    return 4 * (2 * params + batch_size * kept)
 
 
-def check_resources(network, batch_size, filter_size, model, device="cpu", available=None):
+def check_resources(network, batch_size, filter_size, model, device="cpu", available=None, fxnn_path="auto"):
     """The filter must fit the images (every tap can reach a pixel), and a
-    training step must fit in the memory the machine has left."""
+    training step (on ``fxnn_path``) must fit in the memory the machine has left."""
     c, h, w = network.input_shape
     if model == "cnn" and filter_size > 2 * min(h, w) - 1:
         return (f"-fsize {filter_size} is larger than {h}x{w} images allow (at most {2 * min(h, w) - 1}, "
                 f"where every tap can reach a pixel); use a smaller -fsize")
     available = _available_memory() if available is None else available
-    needed = step_memory(network, batch_size, device)
+    needed = step_memory(network, batch_size, device, fxnn_path)
     if available is not None and needed > available:
         flags = f"-bsize {batch_size}" + (f" with -fsize {filter_size}" if model == "cnn" else "")
         sizes = ["-bsize"] + (["-fsize"] if model == "cnn" else []) + (["--width"] if network.arch == "resnet" else [])
-        smallest = step_memory(network, 1, device)
+        smallest = step_memory(network, 1, device, fxnn_path)
         if smallest > available:  # no batch size fits: the network itself is too large
             flags, needed, sizes = "the network, even at -bsize 1,", smallest, sizes[1:]
         hint = f"use a smaller {' or '.join(sizes)}" if sizes else "run it on a machine with more memory"
+        if device != "cuda" and keeps_fixed_stage(network, fxnn_path):
+            lean = step_memory(network, batch_size, device, "fused")
+            hint += (f" (with --fxnn-path fused or folded, which keep no 5M-channel fixed stages, it needs at "
+                     f"least {lean / 2**30:,.1f} GiB)")
         return (f"{flags} needs at least {needed / 2**30:,.1f} GiB of memory for one training step, "
                 f"and this machine has {available / 2**30:,.1f} GiB available; {hint}")
     return None
