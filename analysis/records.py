@@ -68,7 +68,10 @@ def check_outputs(outputs, records):
     """RecordError unless each of ``outputs`` (None skipped), a file an
     analysis command is about to write, is neither one of the ``records``
     it reads nor any other MATLAB file: records are fxnn.py's to write, and
-    a CSV or a plot written over one would destroy the run."""
+    a CSV or a plot written over one would destroy the run; nor "-", which
+    would make a file of that name where standard output was meant."""
+    if "-" in outputs:
+        raise RecordError("-: names a file to write here, not standard output; give a file name")
     for out in (o for o in outputs if o is not None and os.path.exists(o)):
         if any(os.path.exists(r) and os.path.samefile(out, r) for r in records):
             raise RecordError(f"{out}: it is one of the records read; name another file to write")

@@ -70,12 +70,14 @@ def build_parser():
     p = argparse.ArgumentParser(prog="fxnn-csv", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("records", nargs="+", help="record files written by fxnn.py")
-    p.add_argument("-o", "--out", default=None, help="CSV file to write (default: standard output)")
+    p.add_argument("-o", "--out", default=None, help="CSV file to write (default, or -: standard output)")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.out == "-":  # the usual name of standard output, not a file called "-"
+        args.out = None
     try:
         check_outputs([args.out], args.records)
         runs = [load_run(path) for path in args.records]

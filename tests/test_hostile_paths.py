@@ -499,3 +499,17 @@ def test_an_analysis_command_never_writes_over_a_record(tmp_path, capsys, record
     words = "it is one of the records read" if which == "a record read" else "it is a MATLAB file (a record?)"
     assert line.startswith(f"{command_name(module)}: error: {out}: {words}"), line
     assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("module,flags", [("summary", ["--csv"]), ("summary", ["--png"]), ("plot", ["-o"]),
+                                          ("tune", ["--csv"]), ("tune", ["--at", "4", "--png"])])
+def test_a_dash_for_an_output_file_is_refused_not_written_as_a_file_named_dash(tmp_path, capsys, records, module,
+                                                                                flags, monkeypatch):
+    """`fxnn-summary ... --csv -` wrote a file called "-" (fxnn-csv's -o -
+    is standard output, its default; these commands print their table there)."""
+    from importlib import import_module
+    monkeypatch.chdir(tmp_path)
+    assert import_module(f"fxnn.analysis.{module}").main(records + flags + ["-"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line == f"{command_name(module)}: error: -: names a file to write here, not standard output; give a file name"
+    assert not os.path.exists(tmp_path / "-")

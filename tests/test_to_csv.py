@@ -3,6 +3,7 @@ training values, the validation rows, the learn rate of the schedule."""
 import csv
 import io
 import math
+import os
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def test_a_real_record_as_csv(tmp_path, capsys, small_mnist):
     assert rates == pytest.approx([0.3] * 4 + [0.3 * 0.25 ** 0.5] * 4 + [0.3 * 0.25] * 4)
 
 
-def test_an_interrupted_diverged_record_and_several_records_to_stdout(tmp_path, capsys):
+def test_an_interrupted_diverged_record_and_several_records_to_stdout(tmp_path, capsys, monkeypatch):
     tloss = np.r_[np.linspace(0.3, 0.1, 6), np.nan]  # diverged at iteration 7, in the second record of 5
     write_mat(str(tmp_path / "d.mat"), {
         "tloss": tloss, "terate": np.full(7, 0.5), "vloss": np.array([0.4, 0.2]), "verate": np.array([0.9, 0.3]),
@@ -61,6 +62,9 @@ def test_an_interrupted_diverged_record_and_several_records_to_stdout(tmp_path, 
     first = rows[:8]
     assert math.isnan(cell(first[7]["tloss"])) and cell(first[5]["verate"]) == 0.3
     assert all(r["learn_rate"] == "" for r in first)
+    monkeypatch.chdir(tmp_path)  # "-o -" is standard output too, not a file called "-"
+    assert to_csv.main([str(tmp_path / "d.mat"), "-o", "-"]) == 0
+    assert read_csv(capsys.readouterr().out) == rows[:8] and not os.path.exists(tmp_path / "-")
 
 
 def test_bad_records_one_line_and_an_earlier_csv_kept(tmp_path, capsys):
