@@ -66,6 +66,10 @@ HIDDEN_UNITS = (384, 192)
 LOG_EPS = 1e-3             # the original's loss: mean(-onehot(y) * log(p + 1e-3)) over batch and classes
 
 
+#: Floats per image the loss keeps for its gradient: the label's index (an int64) and its probability.
+LOSS_FLOATS = 3
+
+
 @dataclass(frozen=True)
 class ConvKind:
     """What a model's conv layers are made of: ``basis``, a name of
@@ -318,10 +322,6 @@ class Network(Layout):
             params[layer.name + "_w"] = layer.init_weight(rng, dtype)
             params[layer.name + "_b"] = np.zeros(layer.bias_shape(), dtype=dtype)
         return params
-
-
-#: Floats per image the loss keeps for its gradient: the label's index (an int64) and its probability.
-LOSS_FLOATS = 3
 
 
 def feature_sizes(input_shape, convs):

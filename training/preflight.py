@@ -126,12 +126,12 @@ def check_resources(network, batch_size, filter_size, model, device="cpu", avail
     if available is not None and needed > available:
         flags = f"-bsize {batch_size}" + (f" with -fsize {filter_size}" if model == "cnn" else "")
         sizes = ["-bsize"] + (["-fsize"] if model == "cnn" else []) + (["--width"] if network.arch == "resnet" else [])
-        smallest = step_memory(network, 1, device, fxnn_path)
+        smallest, batch = step_memory(network, 1, device, fxnn_path), batch_size
         if smallest > available:  # no batch size fits: the network itself is too large
-            flags, needed, sizes = "the network, even at -bsize 1,", smallest, sizes[1:]
+            flags, needed, sizes, batch = "the network, even at -bsize 1,", smallest, sizes[1:], 1
         hint = f"use a smaller {' or '.join(sizes)}" if sizes else "run it on a machine with more memory"
         if device != "cuda" and keeps_fixed_stage(network, fxnn_path):
-            lean = step_memory(network, batch_size, device, "fused")
+            lean = step_memory(network, batch, device, "fused")
             hint += (f" (with --fxnn-path fused or folded, which keep no 5M-channel fixed stages, it needs at "
                      f"least {lean / 2**30:,.1f} GiB)")
         return (f"{flags} needs at least {needed / 2**30:,.1f} GiB of memory for one training step, "
