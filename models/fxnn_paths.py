@@ -73,9 +73,21 @@ def check_path(requested):
     return requested
 
 
+#: The values of ``$FXNN_AUTOTUNE`` that switch measuring off, and those that leave it on.
+SWITCH_OFF, SWITCH_ON = ("0", "off", "no", "false"), ("1", "on", "yes", "true", "")
+_said_switch = set()
+
+
 def measuring_enabled():
-    """False when ``$FXNN_AUTOTUNE`` is 0, off, no or false."""
-    return os.environ.get(SWITCH_VARIABLE, "1").strip().lower() not in ("0", "off", "no", "false")
+    """False when ``$FXNN_AUTOTUNE`` is 0, off, no or false; any other value
+    leaves measuring on, and one that is not 1, on, yes or true says so (a
+    warning, once a value)."""
+    value = os.environ.get(SWITCH_VARIABLE, "1").strip().lower()
+    if value not in SWITCH_OFF + SWITCH_ON and value not in _said_switch:
+        _said_switch.add(value)
+        warnings.warn(f"{SWITCH_VARIABLE}={value!r} is neither off ({', '.join(SWITCH_OFF)}) nor on "
+                      f"({', '.join(SWITCH_ON[:-1])}): auto measures the paths", RuntimeWarning, stacklevel=2)
+    return value not in SWITCH_OFF
 
 
 def default_path(available):

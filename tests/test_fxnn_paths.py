@@ -4,6 +4,7 @@ hit skips the timing, a corrupt or foreign cache file is ignored with a
 warning, measuring can be switched off, and runs record each layer's path."""
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -130,6 +131,25 @@ def test_measuring_switched_off_takes_the_default_without_timing(monkeypatch):
     assert fxnn_paths.choose(KEY, ("fused", "fixed", "folded"), no_timing) == "fused"
     assert fxnn_paths.choose(KEY, ("fixed", "folded"), no_timing) == "fixed"
     assert fxnn_paths.choose(KEY, ("folded",), no_timing) == "folded"
+
+
+@pytest.mark.parametrize("value,on", [("off", False), ("No", False), (" false ", False), ("yes", True),
+                                      ("TRUE", True), ("", True)])
+def test_the_switch_reads_its_words_quietly(monkeypatch, value, on):
+    monkeypatch.setenv("FXNN_AUTOTUNE", value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fxnn_paths.measuring_enabled() is on
+
+
+def test_a_switch_value_it_does_not_know_leaves_measuring_on_and_says_so_once(monkeypatch):
+    monkeypatch.setenv("FXNN_AUTOTUNE", "maybe")
+    monkeypatch.setattr(fxnn_paths, "_said_switch", set())
+    with pytest.warns(RuntimeWarning, match=r"FXNN_AUTOTUNE='maybe' is neither off \(0, off, no, false\) nor on"):
+        assert fxnn_paths.measuring_enabled()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fxnn_paths.measuring_enabled()
 
 
 def test_the_cache_lives_where_the_environment_says(monkeypatch, tmp_path):
