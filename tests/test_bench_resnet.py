@@ -88,6 +88,9 @@ def test_floor_runs_cnns_channels_last_convs_at_five_ninths():
     assert f["floor/cnn"] == pytest.approx(0.7) and f["floor/best dense"] == pytest.approx(280 / 380)
     assert f["fused_floor_ms"] == pytest.approx(240.0) and f["fused_floor/cnn"] == pytest.approx(0.6)
     assert f["convs_share"] == pytest.approx(270 / 400) and f["1x1/3x3"] == pytest.approx(300 / 270)
+    # 400 - 270 + 270 r = 0.75 * 400 at r = 1 - 100 / 270; less the 40 ms of BN+ReLU, r = 1 - 60 / 270
+    assert f["layers_for_goal"] == pytest.approx(1 - 100 / 270)
+    assert f["layers_for_goal_fused"] == pytest.approx(1 - 60 / 270)
     assert bench_resnet.floor(cpu_ms, "bf16", "cnn")["base"] == "cnn"  # bf16's cnn is channels_last
 
 
