@@ -45,6 +45,8 @@ import time
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 import numpy as np  # noqa: E402
 
+from fxnn.kernels.fixed_kernels import NUM_KERNELS  # noqa: E402
+
 from .machine import banner, describe  # noqa: E402
 from .timing import alternated  # noqa: E402
 
@@ -148,7 +150,7 @@ def floor_parts(shape, batch, precision, width, depth):
     ReLU after each block's first conv (in training mode)."""
     import torch
     from torch import nn
-    from fxnn.models.resnet import build_resnet
+    from fxnn.models.resnet import build_resnet, out_size
     cl, bf16 = torch.channels_last, precision == "bf16"
     g = torch.Generator().manual_seed(0)
 
@@ -161,12 +163,12 @@ def floor_parts(shape, batch, precision, width, depth):
     parts = {part: [] for part in FLOOR_PARTS}  # (module, x, dy) per layer
     size = shape[1]
     for conv in network.convs:
-        m, n, out = conv.in_channels, conv.out_channels, (size - 1) // conv.stride + 1
+        m, n, out = conv.in_channels, conv.out_channels, out_size(size, conv.stride)
         dy = tensor(n, out)
         parts["3x3 convs"].append((nn.Conv2d(m, n, 3, conv.stride, 1, bias=False).to(memory_format=cl),
                                    tensor(m, size, True), dy))
-        parts["1x1 convs"].append((nn.Conv2d(5 * m, n, 1, bias=False).to(memory_format=cl),
-                                    tensor(5 * m, out, True), dy))
+        parts["1x1 convs"].append((nn.Conv2d(NUM_KERNELS * m, n, 1, bias=False).to(memory_format=cl),
+                                    tensor(NUM_KERNELS * m, out, True), dy))
         if conv.name in inner:
             parts["inner BN+ReLU"].append((nn.Sequential(nn.BatchNorm2d(n), nn.ReLU()), tensor(n, out, True), dy))
         size = out
@@ -185,7 +187,7 @@ def floor_parts(shape, batch, precision, width, depth):
 
 
 #: An fxnn layer's multiply-adds per output pixel, as a fraction of a dense 3x3 conv's.
-GEMM_SHARE = 5 / 9
+GEMM_SHARE = NUM_KERNELS / 9
 #: The step ratio to cnn that issue 31 asks fxnn for.
 GOAL = 0.75
 

@@ -302,7 +302,7 @@ class Network(Layout):
         for conv, (rows, cols) in zip(self.convs, sizes):
             total += conv.out_channels * (rows * cols + (rows // 2) * (cols // 2))
             if fixed_stage and conv.fxnn_paths:
-                total += conv.kernels.shape[0] * conv.in_channels * rows * cols
+                total += conv.weight_shape()[0] * rows * cols  # K*M channels
         return total
 
     def param_shapes(self):

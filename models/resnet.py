@@ -112,7 +112,7 @@ class ResNet(Layout):
             h, w = out_size(h, conv.stride), out_size(w, conv.stride)
             total += 2 * conv.out_channels * h * w
             if fixed_stage and conv.fxnn_paths:
-                total += conv.kernels.shape[0] * conv.in_channels * h * w
+                total += conv.weight_shape()[0] * h * w  # K*M channels
         return total + self.fc.in_features + 2 * self.fc.out_features + LOSS_FLOATS
 
 
